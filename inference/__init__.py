@@ -1,0 +1,46 @@
+"""Inference: Phi-3-vision behind a small async API. Knows nothing of Discord.
+
+Public API::
+
+    from inference import LocalEngine, EngineConfig, Request, Task
+    engine = LocalEngine(EngineConfig(model_id="microsoft/Phi-3-vision-128k-instruct"))
+    await engine.start()
+    async for piece in engine.stream(Request(Task.DESCRIBE, (image,), question="What is this?")):
+        ...
+"""
+
+from inference.errors import (
+    EngineBusy,
+    EngineUnavailable,
+    InferenceError,
+    InvalidRequest,
+    ModelNotFound,
+    OutOfMemory,
+    RequestTimedOut,
+)
+from inference.types import Engine, EngineConfig, Request, Result, Task
+
+__all__ = [
+    "Engine",
+    "EngineBusy",
+    "EngineConfig",
+    "EngineUnavailable",
+    "InferenceError",
+    "InvalidRequest",
+    "LocalEngine",
+    "ModelNotFound",
+    "OutOfMemory",
+    "Request",
+    "RequestTimedOut",
+    "Result",
+    "Task",
+]
+
+
+def __getattr__(name: str):
+    # The engine pulls in torch and transformers; import it only when asked for.
+    if name == "LocalEngine":
+        from inference.engine import LocalEngine
+
+        return LocalEngine
+    raise AttributeError(name)

@@ -1,0 +1,78 @@
+"""Plain data passed between the bot and the engine (no torch, no Discord)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+class Task(enum.StrEnum):
+    DESCRIBE = "describe"
+    OCR = "ocr"
+    COMPARE = "compare"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One question about one or more images.
+
+    ``images`` are decoded RGB PIL images (the caller has already applied EXIF
+    orientation and flattened transparency). ``user_id`` lets the scheduler be
+    fair between people; ``max_new_tokens`` of ``None`` means the engine default.
+    """
+
+    task: Task
+    images: tuple[Image.Image, ...]
+    question: str | None = None
+    max_new_tokens: int | None = None
+    user_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    text: str
+    new_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to load and run the model. Defaults run the real published model."""
+
+    model_id: str = "microsoft/Phi-3-vision-128k-instruct"
+    device: str = "auto"  # auto | cuda | cuda:N | mps | cpu
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    quantization: str = "none"  # none | 4bit | 8bit (bitsandbytes, CUDA only)
+    attn_implementation: str = "auto"  # auto | flash_attention_2 | sdpa | eager
+    num_crops: int | None = None  # None: the checkpoint's preprocessor_config value
+    max_new_tokens: int = 512
+    max_images: int = 4
+    request_timeout_s: float = 180.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    """What the bot needs from an inference backend."""
+
+    async def start(self) -> None:
+        """Load the model (may take minutes); raise ``EngineUnavailable`` on failure."""
+
+    async def stop(self) -> None:
+        """Cancel or finish in-flight work and release the model."""
+
+    def stream(self, request: Request) -> AsyncIterator[str]:
+        """Yield the answer as text pieces as they are generated.
+
+        Closing the iterator (or cancelling the task consuming it) stops the
+        generation at the next decoding step.
+        """
+        ...
+
+    async def generate(self, request: Request) -> Result:
+        """Run the request to the end and return the whole answer."""
+        ...

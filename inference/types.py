@@ -53,6 +53,7 @@ class EngineConfig:
     max_new_tokens: int = 512
     max_images: int = 4
     request_timeout_s: float = 180.0
+    max_queued: int = 32  # requests waiting or running at once; more are refused as "busy"
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -78,6 +78,10 @@ class Phi3VConfig(Phi3Config):
         if isinstance(rope_scaling, dict) and rope_scaling.get("type", rope_scaling.get("rope_type")) == "su":
             rope_scaling = {k: v for k, v in rope_scaling.items() if k != "type"}
             kwargs["rope_scaling"] = {**rope_scaling, "rope_type": "longrope"}
+        if isinstance(kwargs.get("rope_scaling"), dict):
+            # The published models scale by max / original max positions; say so explicitly.
+            factor = self.max_position_embeddings / self.original_max_position_embeddings
+            kwargs["rope_scaling"].setdefault("factor", factor)
         super().__post_init__(**kwargs)
         self._check_vision_settings()
 

@@ -83,6 +83,7 @@ class Phi3VProcessor(ProcessorMixin):
             data["pixel_values"] = pixels["pixel_values"]
             data["image_sizes"] = pixels["image_sizes"]
             num_tokens = pixels["num_img_tokens"]
+            data["num_img_tokens"] = num_tokens
 
         rows, first = [], 0
         for prompt, count in zip(texts, tag_counts):

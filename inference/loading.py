@@ -1,0 +1,154 @@
+"""Find a checkpoint (local folder or hub id), pick device / precision / attention, load model + processor.
+
+The only module that touches the filesystem or the hub for model files. Errors
+are ``ModelNotFound`` / ``InvalidRequest`` with a message an owner can act on.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from inference.errors import InvalidRequest, ModelNotFound
+from inference.types import EngineConfig
+
+log = logging.getLogger(__name__)
+
+# Files a Phi-3-vision checkpoint needs; we never fetch the remote *.py code.
+CHECKPOINT_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: object  # Phi3VForCausalLM
+    processor: object  # Phi3VProcessor
+    device: torch.device
+    dtype: torch.dtype
+    attn_implementation: str
+    source: Path
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise InvalidRequest(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidRequest("DEVICE is set to cuda but PyTorch sees no CUDA GPU (is the CUDA build installed?).")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidRequest("DEVICE is set to mps but Apple's Metal backend is not available.")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    name = (name or "auto").lower()
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.float32
+    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+             "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+    if name not in table:
+        raise InvalidRequest(f"Unknown dtype {name!r}: use auto, bfloat16, float16 or float32.")
+    return table[name]
+
+
+def resolve_attention(name: str, device: torch.device) -> str:
+    name = (name or "auto").lower()
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if name == "auto":
+        return "flash_attention_2" if device.type == "cuda" and has_flash else "sdpa"
+    if name == "flash_attention_2" and not (has_flash and device.type == "cuda"):
+        raise InvalidRequest("flash_attention_2 needs a CUDA GPU and the flash-attn package (pip install '.[gpu]').")
+    if name not in {"flash_attention_2", "sdpa", "eager"}:
+        raise InvalidRequest(f"Unknown attention {name!r}: use auto, flash_attention_2, sdpa or eager.")
+    return name
+
+
+def resolve_checkpoint(model_id: str) -> Path:
+    """A local folder as it is, or a hub id downloaded (with a progress bar) into the HF cache.
+
+    Honours HF_HOME and HF_HUB_OFFLINE like every Hugging Face tool.
+    """
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelNotFound(f"{local} is a folder but has no config.json: is it a Phi-3-vision checkpoint?")
+        return local
+    if model_id.startswith((".", "/", "~")) or model_id.count("/") != 1:
+        raise ModelNotFound(f"Model folder {model_id!r} does not exist.")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=CHECKPOINT_FILES))
+    except LocalEntryNotFoundError as exc:
+        raise ModelNotFound(
+            f"{model_id} is not in the local Hugging Face cache and cannot be downloaded "
+            "(offline, or HF_HUB_OFFLINE=1). Connect once to download it, or set MODEL_ID to a local folder."
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelNotFound(f"No model called {model_id!r} on the Hugging Face hub (check the spelling).") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise ModelNotFound(f"Could not download {model_id}: {exc}") from exc
+
+
+def quantization_config(mode: str, dtype: torch.dtype, device: torch.device):
+    mode = (mode or "none").lower()
+    if mode == "none":
+        return None
+    if mode not in {"4bit", "8bit"}:
+        raise InvalidRequest(f"Unknown quantization {mode!r}: use none, 4bit or 8bit.")
+    if device.type != "cuda":
+        raise InvalidRequest("4-bit and 8-bit loading need a CUDA GPU (bitsandbytes).")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise InvalidRequest("4-bit and 8-bit loading need bitsandbytes: pip install '.[quant]'.")
+    from transformers import BitsAndBytesConfig
+
+    # The vision tower and projector stay in full precision: small, and sensitive to rounding.
+    keep = ["vision_embed_tokens", "lm_head"]
+    if mode == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=keep)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
+
+
+def load(config: EngineConfig) -> LoadedModel:
+    """Load the model and processor described by ``config`` (blocking; run it off the event loop)."""
+    import inference.phi3v as phi3v
+
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    attn = resolve_attention(config.attn_implementation, device)
+    quant = quantization_config(config.quantization, dtype, device)
+    source = resolve_checkpoint(config.model_id)
+    log.info("Loading %s on %s (%s, attention %s%s)", source, device, str(dtype).removeprefix("torch."),
+             attn, f", {config.quantization}" if quant else "")
+    kwargs = {"dtype": dtype, "attn_implementation": attn}
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
+    try:
+        model = phi3v.Phi3VForCausalLM.from_pretrained(source, **kwargs)
+        processor = phi3v.Phi3VProcessor.from_pretrained(source, num_crops=config.num_crops)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFound(f"Could not load a Phi-3-vision checkpoint from {source}: {exc}") from exc
+    if quant is None:
+        model.to(device)
+    model.eval()
+    if device.type == "cuda":
+        gib = torch.cuda.memory_allocated(device) / 2**30
+        log.info("Model loaded: %.1f GiB of GPU memory in use", gib)
+    return LoadedModel(model, processor, device, dtype, attn, source)

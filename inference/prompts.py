@@ -1,0 +1,84 @@
+"""The prompts for each task, in Phi-3's chat format, built in one place.
+
+User text is untrusted: it can never add chat control tokens (``<|end|>``,
+``<|assistant|>``...), sentence markers (``<s>``) or image tags
+(``<|image_7|>``). Those are broken up so the tokenizer reads them as plain
+text, and the prompt always has exactly one image tag per image, numbered
+1..N in order.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from inference.errors import InvalidRequest
+from inference.types import Task
+
+MAX_QUESTION_CHARS = 1000
+MIN_COMPARE_IMAGES = 2
+
+DESCRIBE = "Describe this image in detail."
+OCR = (
+    "Transcribe all of the text in this image exactly as written, keeping the original line breaks. "
+    "Output only the text itself. If the image contains no text, answer exactly: No text found."
+)
+COMPARE = (
+    "Compare these {count} images. Say what they have in common and how they differ, "
+    "referring to them as Image 1, Image 2 and so on."
+)
+
+# Anything shaped like a chat control token or image tag: <|...|>, plus the sentence markers.
+_CONTROL_TOKEN = re.compile(r"<\s*\|([^<>]*?)\|\s*>")
+_SENTENCE_MARKER = re.compile(r"<\s*(/?)\s*(s|unk)\s*>", re.IGNORECASE)
+
+
+def neutralise(text: str) -> str:
+    """Make user text safe to place inside a prompt: no control tokens, no control characters."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    # "<|end|>" becomes "<end>": still readable, no longer a token the tokenizer knows.
+    text = _CONTROL_TOKEN.sub(lambda m: f"<{m.group(1).strip()}>", text)
+    text = _SENTENCE_MARKER.sub(lambda m: f"‹{m.group(1)}{m.group(2)}›", text)
+    # Leftover halves ("<|" or "|>") cannot join with our own tokens either.
+    return text.replace("<|", "< |").replace("|>", "| >").strip()
+
+
+def clean_question(question: str | None) -> str | None:
+    if question is None:
+        return None
+    question = neutralise(question)
+    if not question:
+        return None
+    if len(question) > MAX_QUESTION_CHARS:
+        raise InvalidRequest(f"The question is too long ({len(question)} characters; the limit is {MAX_QUESTION_CHARS}).")
+    return question
+
+
+def image_tags(count: int, labelled: bool = False) -> str:
+    if labelled:
+        return "".join(f"Image {i}: <|image_{i}|>\n" for i in range(1, count + 1))
+    return "".join(f"<|image_{i}|>\n" for i in range(1, count + 1))
+
+
+def chat(user_message: str) -> str:
+    return f"<|user|>\n{user_message}<|end|>\n<|assistant|>\n"
+
+
+def build_prompt(task: Task, num_images: int, question: str | None = None) -> str:
+    """The full prompt for ``task`` over ``num_images`` images, with an optional user question."""
+    if num_images < 1:
+        raise InvalidRequest("Attach at least one image.")
+    question = clean_question(question)
+    if task is Task.DESCRIBE:
+        return chat(image_tags(num_images) + (question or DESCRIBE))
+    if task is Task.OCR:
+        return chat(image_tags(num_images) + OCR)
+    if task is Task.COMPARE:
+        if num_images < MIN_COMPARE_IMAGES:
+            raise InvalidRequest(f"Compare needs at least {MIN_COMPARE_IMAGES} images; got {num_images}.")
+        instruction = COMPARE.format(count=num_images)
+        if question:
+            instruction += f" Then answer this question: {question}"
+        return chat(image_tags(num_images, labelled=True) + instruction)
+    raise InvalidRequest(f"Unknown task {task!r}")

@@ -98,7 +98,7 @@ def resolve_checkpoint(model_id: str) -> Path:
     except LocalEntryNotFoundError as exc:
         raise ModelNotFound(
             f"{model_id} is not in the local Hugging Face cache and cannot be downloaded "
-            "(offline, or HF_HUB_OFFLINE=1). Connect once to download it, or set MODEL_ID to a local folder."
+            "(offline, or HF_HUB_OFFLINE=1). Connect once to download it, or point MODEL_ID / --model at a local folder."
         ) from exc
     except RepositoryNotFoundError as exc:
         raise ModelNotFound(f"No model called {model_id!r} on the Hugging Face hub (check the spelling).") from exc

@@ -30,7 +30,7 @@ def manifest() -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    import inference.phi3v as phi3v
+    from inference import phi3v
 
     torch.manual_seed(0)
     model = phi3v.Phi3VForCausalLM.from_pretrained(TINY_CHECKPOINT, dtype=torch.float32, attn_implementation="eager")
@@ -39,6 +39,6 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_processor():
-    import inference.phi3v as phi3v
+    from inference import phi3v
 
     return phi3v.Phi3VProcessor.from_pretrained(TINY_CHECKPOINT)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import inference.phi3v as phi3v
+from inference import phi3v
 from inference.phi3v.image_processing_phi3v import CROP_SIZE, num_image_tokens
 from tests.inference.conftest import OFFICIAL, TINY_CHECKPOINT
 

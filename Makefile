@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh machine:
+#   make run    set up .venv and start the bot (reads .env)
+#   make test   set up .venv (with test tools) and run the whole test suite on the CPU
+VENV ?= .venv
+EXTRAS ?=
+PY := $(VENV)/bin/python
+
+.PHONY: run test bench-tiny clean
+
+$(VENV)/.installed-run: pyproject.toml scripts/setup-venv.sh
+	bash scripts/setup-venv.sh $(VENV) $(EXTRAS)
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml scripts/setup-venv.sh
+	bash scripts/setup-venv.sh $(VENV) dev$(if $(EXTRAS),$(comma)$(EXTRAS))
+	touch $@ $(VENV)/.installed-run
+
+comma := ,
+
+run: $(VENV)/.installed-run
+	$(PY) -m bot
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench-tiny: $(VENV)/.installed-dev
+	$(PY) bench/engine.py --tiny
+
+clean:
+	rm -rf $(VENV) .pytest_cache

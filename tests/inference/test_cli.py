@@ -1,0 +1,58 @@
+"""``python -m inference``: answers with the tiny checkpoint, one clear line for every bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from inference.__main__ import main
+from tests.inference.conftest import TINY, TINY_CHECKPOINT
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = str(TINY / "images" / "rgba_500x300.png")
+MODEL = ["--model", str(TINY_CHECKPOINT), "--device", "cpu", "--max-new-tokens", "4"]
+
+
+def test_describe_streams_an_answer(capsys):
+    assert main(["describe", IMAGE, "--question", "What is this?", *MODEL]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_ocr_and_compare_answer(capsys):
+    assert main(["ocr", IMAGE, *MODEL]) == 0
+    assert main(["compare", IMAGE, str(TINY / "images" / "gray_640x480.png"), *MODEL]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+
+
+def test_missing_file(capsys):
+    assert main(["describe", "nope.png", *MODEL]) == 2
+    assert capsys.readouterr().err.strip() == "error: nope.png: no such file"
+
+
+def test_file_that_is_not_an_image(capsys):
+    assert main(["ocr", str(ROOT / "pyproject.toml"), *MODEL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not an image" in err and len(err.splitlines()) == 1
+
+
+def test_compare_needs_two_images(capsys):
+    assert main(["compare", IMAGE, *MODEL]) == 2
+    assert "at least two images" in capsys.readouterr().err
+
+
+def test_missing_model_folder(capsys):
+    assert main(["describe", IMAGE, "--model", "./no-such-model"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_hub_model_offline_and_not_cached(tmp_path):
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "inference", "describe", IMAGE, "--model", "microsoft/Phi-3-vision-128k-instruct"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )
+    assert done.returncode == 2
+    assert "not in the local Hugging Face cache" in done.stderr
+    assert "Traceback" not in done.stderr

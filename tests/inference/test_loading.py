@@ -1,0 +1,71 @@
+"""Choosing device, precision and attention, and finding checkpoints, with plain-word errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference.errors import InvalidRequest, ModelNotFound
+from inference.loading import (
+    quantization_config,
+    resolve_attention,
+    resolve_checkpoint,
+    resolve_device,
+    resolve_dtype,
+)
+from inference.types import EngineConfig
+from tests.inference.conftest import TINY_CHECKPOINT
+
+CPU = torch.device("cpu")
+
+
+def test_default_configuration_runs_the_published_model():
+    assert EngineConfig().model_id == "microsoft/Phi-3-vision-128k-instruct"
+
+
+def test_auto_device_and_precision_on_a_cpu_machine():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the CPU defaults are what is checked here")
+    assert resolve_device("auto") == CPU
+    assert resolve_dtype("auto", CPU) == torch.float32
+    assert resolve_attention("auto", CPU) == "sdpa"
+
+
+def test_explicit_choices():
+    assert resolve_dtype("bf16", CPU) == torch.bfloat16
+    assert resolve_dtype("float16", CPU) == torch.float16
+    assert resolve_attention("eager", CPU) == "eager"
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: resolve_device("tpu9"), "Unknown device"),
+        (lambda: resolve_dtype("int3", CPU), "Unknown dtype"),
+        (lambda: resolve_attention("magic", CPU), "Unknown attention"),
+        (lambda: resolve_attention("flash_attention_2", CPU), "flash-attn"),
+        (lambda: quantization_config("4bit", torch.float16, CPU), "CUDA GPU"),
+        (lambda: quantization_config("3bit", torch.float16, CPU), "Unknown quantization"),
+    ],
+)
+def test_bad_settings_are_explained(call, message):
+    with pytest.raises(InvalidRequest, match=message):
+        call()
+
+
+def test_cuda_requested_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(InvalidRequest, match="no CUDA GPU"):
+        resolve_device("cuda")
+
+
+def test_checkpoint_folders(tmp_path):
+    assert resolve_checkpoint(str(TINY_CHECKPOINT)) == TINY_CHECKPOINT
+    with pytest.raises(ModelNotFound, match="no config.json"):
+        resolve_checkpoint(str(tmp_path))
+    with pytest.raises(ModelNotFound, match="does not exist"):
+        resolve_checkpoint(str(tmp_path / "missing"))
+    with pytest.raises(ModelNotFound, match="does not exist"):
+        resolve_checkpoint("not/a/hub/id")
+    assert quantization_config("none", torch.float16, CPU) is None

@@ -1,21 +1,28 @@
-"""The asyncio front of the local model: one worker thread owns the model.
+"""The asyncio front of the local model (vLLM's shape at small scale).
 
-Each request runs on that thread (preprocessing included, so the event loop
-never decodes or resizes images), streams text back to the loop through
-``call_soon_threadsafe``, and is stopped at the next decoding step when the
-caller stops listening, times out, or the engine shuts down. Requests wait
-their turn in the thread's queue; past ``max_queued`` they are refused at once.
+    stream(request) ──► prepare on a CPU thread (prompt, images -> tensors)
+                    ──► Scheduler.add (bounded, fair)      ──► "busy" at once when full
+    driver task     ──► Scheduler.admit ──► ModelRunner.step on the model thread (batched)
+                    ──► text pieces routed to each request's own queue
+
+One thread owns the model. The driver task exists only while there is work,
+so an idle engine leaves nothing running on the event loop. A request that
+is cancelled, times out or whose reader goes away is aborted: dropped from the
+queue, or from the batch at the next decoding step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
-from inference.errors import EngineBusy, EngineUnavailable, InferenceError, RequestTimedOut
+from inference.errors import EngineBusy, EngineUnavailable, InferenceError, InvalidRequest, RequestTimedOut
+from inference.scheduler import QueueFull, Scheduler, Ticket, TooLarge, rope_regime
 from inference.types import EngineConfig, Request, Result
 
 log = logging.getLogger(__name__)
@@ -28,6 +35,29 @@ def _default_runner_factory(config: EngineConfig):
     return ModelRunner(load(config), config)
 
 
+@dataclass
+class _Channel:
+    """Where the driver delivers one request's output."""
+
+    pieces: asyncio.Queue = field(default_factory=asyncio.Queue)
+    on_position: Callable[[int], None] | None = None
+    position: int | None = None
+    prepared: object = None
+    new_tokens: int = 0
+
+    def tell_position(self, position: int) -> None:
+        if position != self.position:
+            self.position = position
+            if self.on_position is not None:
+                try:
+                    self.on_position(position)
+                except Exception:  # a display callback must never break the engine
+                    log.exception("on_position callback failed")
+
+
+_DONE = object()
+
+
 class LocalEngine:
     """Runs Phi-3-vision in this process. See ``inference.types.Engine`` for the contract."""
 
@@ -35,103 +65,178 @@ class LocalEngine:
         self.config = config or EngineConfig()
         self._runner_factory = runner_factory or _default_runner_factory
         self._runner = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._in_flight = 0
-        self._stops: set[threading.Event] = set()
+        self._model_thread: ThreadPoolExecutor | None = None
+        self._prep_threads: ThreadPoolExecutor | None = None
+        self.scheduler = Scheduler(self.config.max_batch_size, self.config.max_queued, self.config.token_budget)
+        self._channels: dict[int, _Channel] = {}
+        self._aborted: list[int] = []
+        self._ids = itertools.count(1)
+        self._driver: asyncio.Task | None = None
         self._closing = False
 
+    # -- lifecycle -----------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
         return self._runner is not None and not self._closing
 
     @property
     def in_flight(self) -> int:
-        """Requests waiting for or using the model right now."""
-        return self._in_flight
+        """Requests being prepared, waiting or running right now."""
+        return len(self._channels)
 
     async def start(self) -> None:
         if self._runner is not None:
             return
         self._closing = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phi3v-model")
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phi3v-model")
+        self._prep_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="phi3v-prepare")
         loop = asyncio.get_running_loop()
         try:
-            self._runner = await loop.run_in_executor(self._executor, self._runner_factory, self.config)
+            self._runner = await loop.run_in_executor(self._model_thread, self._runner_factory, self.config)
         except InferenceError:
-            self._shutdown_executor()
+            await self._shutdown_threads()
             raise
         except Exception as exc:
-            self._shutdown_executor()
+            await self._shutdown_threads()
             raise EngineUnavailable(f"The model failed to load: {exc}") from exc
 
     async def stop(self) -> None:
+        """Fail every open request with a clear message, finish the current step, free the threads."""
         self._closing = True
-        for stop in list(self._stops):
-            stop.set()
-        if self._executor is not None:
-            loop = asyncio.get_running_loop()
-            # Wait for the worker to finish its current step; cancelled requests end at the next token.
-            await loop.run_in_executor(None, self._shutdown_executor)
+        for request_id, channel in list(self._channels.items()):
+            self._abort(request_id)
+            channel.pieces.put_nowait(EngineUnavailable("The bot is shutting down; please ask again later."))
+        if self._driver is not None:
+            await asyncio.gather(self._driver, return_exceptions=True)
+        await self._shutdown_threads()
         self._runner = None
 
-    def _shutdown_executor(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+    async def _shutdown_threads(self) -> None:
+        pools = [p for p in (self._model_thread, self._prep_threads) if p is not None]
+        self._model_thread = self._prep_threads = None
+        for pool in pools:
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, True)
 
+    # -- requests ------------------------------------------------------------------------------
     async def generate(self, request: Request) -> Result:
-        pieces = []
-        result_box: list[Result] = []
-        async for piece in self._run(request, result_box):
-            pieces.append(piece)
-        return result_box[0]
+        started = time.perf_counter()
+        channel = _Channel()
+        pieces = [piece async for piece in self._stream(request, channel)]
+        return Result("".join(pieces).strip(), channel.new_tokens, time.perf_counter() - started)
 
-    def stream(self, request: Request) -> AsyncIterator[str]:
-        return self._run(request, [])
+    def stream(self, request: Request, on_position: Callable[[int], None] | None = None) -> AsyncIterator[str]:
+        return self._stream(request, _Channel(on_position=on_position))
 
-    async def _run(self, request: Request, result_box: list[Result]) -> AsyncIterator[str]:
+    async def _stream(self, request: Request, channel: _Channel) -> AsyncIterator[str]:
         if not self.ready:
             raise EngineUnavailable("The model is not loaded yet (or is shutting down). Try again in a moment.")
         self._runner.validate(request)
-        if self._in_flight >= self.config.max_queued:
+        if self.scheduler.num_waiting >= self.config.max_queued:
             raise EngineBusy("I'm busy with other requests right now. Please try again shortly.")
         loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[str] = asyncio.Queue()
-        stop = threading.Event()
-
-        def on_text(piece: str) -> None:
-            loop.call_soon_threadsafe(pieces.put_nowait, piece)
-
-        self._in_flight += 1
-        self._stops.add(stop)
-        work = loop.run_in_executor(self._executor, self._runner.run, request, on_text, stop)
         deadline = loop.time() + self.config.request_timeout_s
+        request_id = next(self._ids)
+        self._channels[request_id] = channel
+        finished = False
         try:
+            channel.prepared = await loop.run_in_executor(self._prep_threads, self._runner.prepare, request)
+            if self._closing:
+                raise EngineUnavailable("The bot is shutting down; please ask again later.")
+            self._enqueue(request_id, request, channel)
             while True:
-                next_piece = asyncio.ensure_future(pieces.get())
-                done, _ = await asyncio.wait(
-                    {next_piece, work}, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
-                )
-                if next_piece in done:
-                    yield next_piece.result()
-                    continue
-                next_piece.cancel()
-                if not done:
+                remaining = deadline - loop.time()
+                try:
+                    item = await asyncio.wait_for(channel.pieces.get(), timeout=max(remaining, 0))
+                except TimeoutError:
                     raise RequestTimedOut(
                         f"The answer took longer than {self.config.request_timeout_s:.0f} seconds and was stopped."
-                    )
-                while not pieces.empty():
-                    yield pieces.get_nowait()
-                result_box.append(work.result())
-                return
+                    ) from None
+                if item is _DONE:
+                    finished = True
+                    return
+                if isinstance(item, Exception):
+                    finished = True
+                    raise item
+                yield item
         finally:
-            stop.set()
-            self._stops.discard(stop)
-            self._in_flight -= 1
-            if not work.done():
-                work.add_done_callback(_log_late_failure)
+            self._channels.pop(request_id, None)
+            if not finished:
+                self._abort(request_id)
 
+    def _enqueue(self, request_id: int, request: Request, channel: _Channel) -> None:
+        prepared = channel.prepared
+        ticket = Ticket(
+            request_id=request_id,
+            user_id=request.user_id,
+            prompt_tokens=prepared.prompt_tokens,
+            max_new_tokens=prepared.max_new_tokens,
+            regime=rope_regime(prepared.prompt_tokens, prepared.max_new_tokens, self._runner.rope_switch),
+        )
+        try:
+            self.scheduler.add(ticket)
+        except QueueFull:
+            raise EngineBusy("I'm busy with other requests right now. Please try again shortly.") from None
+        except TooLarge:
+            raise InvalidRequest(
+                "This request is too large for the server's memory settings. Try fewer or smaller images."
+            ) from None
+        self._announce_positions()
+        if self._driver is None or self._driver.done():
+            self._driver = asyncio.get_running_loop().create_task(self._drive(), name="phi3v-engine")
 
-def _log_late_failure(future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.debug("Abandoned request ended with %r", future.exception())
+    def _abort(self, request_id: int) -> None:
+        was_running = any(t.request_id == request_id for t in self.scheduler.running)
+        if self.scheduler.abort(request_id) and was_running:
+            self._aborted.append(request_id)
+        self._announce_positions()
+
+    def _announce_positions(self) -> None:
+        for request_id, position in self.scheduler.positions().items():
+            channel = self._channels.get(request_id)
+            if channel is not None:
+                channel.tell_position(position)
+
+    # -- the driver ----------------------------------------------------------------------------
+    async def _drive(self) -> None:
+        """Step the batch until there is nothing left to do, then end (an idle engine runs no task)."""
+        loop = asyncio.get_running_loop()
+        if not self.scheduler.running and self.config.batch_window_ms > 0:
+            # Let a burst arrive together. The idle model thread does the waiting, so the
+            # window is plain wall-clock time whatever clock the event loop is given.
+            await loop.run_in_executor(self._model_thread, time.sleep, self.config.batch_window_ms / 1000)
+        while (self.scheduler.has_work() or self._aborted) and self._model_thread is not None:
+            admitted = self.scheduler.admit()
+            admit = []
+            for ticket in admitted:
+                channel = self._channels.get(ticket.request_id)
+                if channel is None:  # went away while waiting
+                    self.scheduler.finish(ticket.request_id)
+                    continue
+                channel.tell_position(0)
+                admit.append((ticket.request_id, channel.prepared))
+                channel.prepared = None
+            aborted, self._aborted = self._aborted, []
+            self._announce_positions()
+            try:
+                events = await loop.run_in_executor(self._model_thread, self._runner.step, admit, aborted)
+            except Exception as exc:  # a bug in a step must not leave readers hanging
+                log.exception("Model step failed")
+                self._runner.reset()
+                for ticket in self.scheduler.running:
+                    self.scheduler.finish(ticket.request_id)
+                    self._deliver(ticket.request_id, InferenceError(f"The model failed: {exc}"))
+                continue
+            for event in events:
+                channel = self._channels.get(event.request_id)
+                if channel is not None:
+                    channel.new_tokens = event.new_tokens
+                if event.text:
+                    self._deliver(event.request_id, event.text)
+                if event.finished:
+                    self.scheduler.finish(event.request_id)
+                    self._deliver(event.request_id, event.error or _DONE)
+
+    def _deliver(self, request_id: int, item) -> None:
+        channel = self._channels.get(request_id)
+        if channel is not None:
+            channel.pieces.put_nowait(item)

@@ -1,69 +1,107 @@
-"""The synchronous model runner. One thread owns it; nothing here is async.
+"""The synchronous model runner. One worker thread owns it; nothing here is async.
 
-``ModelRunner.run`` turns one request into text: prompt, preprocessing,
-generation with the KV cache, streaming decoded text through a callback, and
-stopping at the next decoding step once ``stop`` is set.
+Two jobs:
+- ``prepare(request)``: prompt + image preprocessing on the CPU. Needs only the
+  processor, so it may run on another thread while the model works.
+- ``step(admit, abort)``: one iteration of continuous batching. Newly admitted
+  requests are prefilled together and merged into the running batch (the KV
+  caches are left-padded to a common length), aborted rows are dropped, and
+  every running sequence decodes one greedy token. Returns what each request
+  gained: a piece of text, and whether it has finished.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
+import logging
+from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import DynamicCache
 
 from inference.errors import InvalidRequest, OutOfMemory
 from inference.loading import LoadedModel
 from inference.prompts import build_prompt
-from inference.types import EngineConfig, Request, Result
+from inference.types import EngineConfig, Request
+
+log = logging.getLogger(__name__)
 
 # Phi-3 ends an answer with <|end|>; <|endoftext|> also stops it.
 STOP_TOKENS = ("<|end|>", "<|endoftext|>")
 
 
-class _StopWhenSet(StoppingCriteria):
-    def __init__(self, event: threading.Event):
-        self.event = event
+@dataclass
+class Prepared:
+    """A request turned into model inputs (CPU tensors), ready to be prefilled."""
 
-    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+    input_ids: torch.Tensor  # [S]
+    pixel_values: torch.Tensor  # [N, K, 3, 336, 336]
+    image_sizes: torch.Tensor  # [N, 2]
+    max_new_tokens: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
 
 
-class IncrementalDecoder(BaseStreamer):
-    """Receives token ids from ``generate`` and hands out the newly completed text."""
+@dataclass
+class Event:
+    request_id: int
+    text: str = ""
+    finished: bool = False
+    error: Exception | None = None
+    new_tokens: int = 0
 
-    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+
+class IncrementalDecoder:
+    """Token ids in, newly completed text out (holds back a half-decoded multi-byte character)."""
+
+    def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.on_text = on_text
         self.ids: list[int] = []
         self.sent = 0
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate() first passes the whole prompt
-            self.prompt_seen = True
-            return
-        self.ids.extend(value.reshape(-1).tolist())
-        self._flush(final=False)
-
-    def end(self) -> None:
-        self._flush(final=True)
 
     @property
     def text(self) -> str:
         return self.tokenizer.decode(self.ids, skip_special_tokens=True)
 
-    def _flush(self, final: bool) -> None:
+    def push(self, token_id: int | None, final: bool = False) -> str:
+        if token_id is not None:
+            self.ids.append(token_id)
         text = self.text
-        # A multi-byte character split over tokens decodes to U+FFFD until it is complete.
-        if not final and text.endswith("\ufffd"):
-            return
-        if len(text) > self.sent:
-            self.on_text(text[self.sent :])
-            self.sent = len(text)
+        if (not final and text.endswith("\ufffd")) or len(text) <= self.sent:
+            return ""
+        piece, self.sent = text[self.sent :], len(text)
+        return piece
+
+
+@dataclass
+class _Row:
+    request_id: int
+    max_new_tokens: int
+    next_position: int
+    decoder: IncrementalDecoder
+    last_token: int = 0
+    generated: int = 0
+
+
+@dataclass
+class _Batch:
+    rows: list[_Row] = field(default_factory=list)
+    cache: DynamicCache | None = None
+    attention_mask: torch.Tensor | None = None  # [B, L]: 0 where a row is left-padded
+
+
+def _left_pad(tensor: torch.Tensor, length: int, dim: int, value: int = 0) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_full(shape, value), tensor], dim=dim)
+
+
+def _cache_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 class ModelRunner:
@@ -71,8 +109,15 @@ class ModelRunner:
         self.loaded = loaded
         self.config = config
         tokenizer = loaded.processor.tokenizer
-        self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[-1]
+        self.tokenizer = tokenizer
+        self.stop_ids = {tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.batch = _Batch()
+
+    # -- requests ------------------------------------------------------------------------------
+    @property
+    def rope_switch(self) -> int:
+        return int(self.loaded.model.config.original_max_position_embeddings)
 
     def validate(self, request: Request) -> None:
         if not request.images:
@@ -86,30 +131,143 @@ class ModelRunner:
         asked = request.max_new_tokens or self.config.max_new_tokens
         return max(1, min(asked, self.config.max_new_tokens))
 
-    @torch.inference_mode()
-    def run(self, request: Request, on_text: Callable[[str], None], stop: threading.Event) -> Result:
+    def prepare(self, request: Request) -> Prepared:
         self.validate(request)
-        started = time.perf_counter()
         prompt = build_prompt(request.task, len(request.images), request.question)
         inputs = self.loaded.processor(text=prompt, images=list(request.images), return_tensors="pt")
-        inputs.pop("num_img_tokens", None)
-        inputs = {k: v.to(self.loaded.device) for k, v in inputs.items()}
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.dtype)
-        decoder = IncrementalDecoder(self.loaded.processor.tokenizer, on_text)
+        return Prepared(
+            input_ids=inputs["input_ids"][0],
+            pixel_values=inputs["pixel_values"],
+            image_sizes=inputs["image_sizes"],
+            max_new_tokens=self.max_new_tokens(request),
+        )
+
+    # -- batching ------------------------------------------------------------------------------
+    @property
+    def running_ids(self) -> list[int]:
+        return [row.request_id for row in self.batch.rows]
+
+    def reset(self) -> None:
+        self.batch = _Batch()
+
+    @torch.inference_mode()
+    def step(self, admit: list[tuple[int, Prepared]], abort: list[int]) -> list[Event]:
+        """Admit, drop, and decode one token for every running request."""
+        events: list[Event] = []
+        if abort:
+            self._drop(set(abort))
+        if admit:
+            try:
+                events += self._prefill(admit)
+            except torch.OutOfMemoryError:
+                self._free_memory()
+                error = OutOfMemory("The GPU ran out of memory for this request. Try fewer or smaller images.")
+                return events + [Event(rid, error=error, finished=True) for rid, _ in admit]
+        if not self.batch.rows:
+            return events
         try:
-            self.loaded.model.generate(
-                **inputs,
-                max_new_tokens=self.max_new_tokens(request),
-                do_sample=False,
-                eos_token_id=self.stop_ids,
-                pad_token_id=self.pad_id,
-                streamer=decoder,
-                stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
-            )
-        except torch.OutOfMemoryError as exc:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            raise OutOfMemory(
-                "The GPU ran out of memory for this request. Try fewer or smaller images, or try again later."
-            ) from exc
-        return Result(text=decoder.text.strip(), new_tokens=len(decoder.ids), seconds=time.perf_counter() - started)
+            events += self._decode()
+        except torch.OutOfMemoryError:
+            self._free_memory()
+            error = OutOfMemory("The GPU ran out of memory while answering. Please try again.")
+            events += [Event(row.request_id, error=error, finished=True) for row in self.batch.rows]
+            self.reset()
+        return events
+
+    def _free_memory(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _prefill(self, admit: list[tuple[int, Prepared]]) -> list[Event]:
+        device, model = self.loaded.device, self.loaded.model
+        longest = max(p.prompt_tokens for _, p in admit)
+        ids = torch.stack([_left_pad(p.input_ids, longest, 0, self.pad_id) for _, p in admit])
+        mask = torch.stack(
+            [_left_pad(torch.ones(p.prompt_tokens, dtype=torch.long), longest, 0) for _, p in admit]
+        )
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            pixel_values=torch.cat([p.pixel_values for _, p in admit]).to(device, self.loaded.dtype),
+            image_sizes=torch.cat([p.image_sizes for _, p in admit]).to(device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
+        rows = [
+            _Row(rid, p.max_new_tokens, p.prompt_tokens, IncrementalDecoder(self.tokenizer))
+            for rid, p in admit
+        ]
+        self._merge(rows, cache, mask.to(device))
+        return self._accept(rows, logits.argmax(-1).tolist())
+
+    def _merge(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        batch = self.batch
+        if not batch.rows:
+            self.batch = _Batch(rows, cache, mask)
+            return
+        length = max(batch.attention_mask.shape[1], mask.shape[1])
+        merged = []
+        for (old_k, old_v), (new_k, new_v) in zip(_cache_tensors(batch.cache), _cache_tensors(cache)):
+            merged.append((
+                torch.cat([_left_pad(old_k, length, 2), _left_pad(new_k, length, 2)]),
+                torch.cat([_left_pad(old_v, length, 2), _left_pad(new_v, length, 2)]),
+            ))
+        self.batch = _Batch(
+            batch.rows + rows,
+            DynamicCache(ddp_cache_data=merged),
+            torch.cat([_left_pad(batch.attention_mask, length, 1), _left_pad(mask, length, 1)]),
+        )
+
+    def _drop(self, request_ids: set[int]) -> None:
+        keep = [i for i, row in enumerate(self.batch.rows) if row.request_id not in request_ids]
+        if len(keep) == len(self.batch.rows):
+            return
+        if not keep:
+            self.reset()
+            return
+        index = torch.tensor(keep, device=self.batch.attention_mask.device)
+        mask = self.batch.attention_mask.index_select(0, index)
+        # Columns that are padding for every remaining row can go (frees cache memory).
+        first = int(mask.any(0).nonzero()[0])
+        kept = [(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
+                for k, v in _cache_tensors(self.batch.cache)]
+        self.batch = _Batch([self.batch.rows[i] for i in keep], DynamicCache(ddp_cache_data=kept), mask[:, first:])
+
+    def _decode(self) -> list[Event]:
+        batch, device = self.batch, self.loaded.device
+        ids = torch.tensor([[row.last_token] for row in batch.rows], device=device)
+        positions = torch.tensor([[row.next_position] for row in batch.rows], device=device)
+        batch.attention_mask = torch.cat(
+            [batch.attention_mask, batch.attention_mask.new_ones(len(batch.rows), 1)], dim=1
+        )
+        logits = self.loaded.model(
+            input_ids=ids,
+            attention_mask=batch.attention_mask,
+            position_ids=positions,
+            past_key_values=batch.cache,
+            use_cache=True,
+        ).logits[:, -1]
+        for row in batch.rows:
+            row.next_position += 1
+        return self._accept(batch.rows, logits.argmax(-1).tolist())
+
+    def _accept(self, rows: list[_Row], tokens: list[int]) -> list[Event]:
+        """Record one new token per row; finished rows leave the batch."""
+        events, done = [], set()
+        for row, token in zip(rows, tokens):
+            stop = token in self.stop_ids
+            if not stop:
+                row.generated += 1
+            finished = stop or row.generated >= row.max_new_tokens
+            piece = row.decoder.push(None if stop else token, final=finished)
+            row.last_token = token
+            events.append(Event(row.request_id, piece, finished, new_tokens=row.generated))
+            if finished:
+                done.add(row.request_id)
+        if done:
+            self._drop(done)
+        return events

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -53,7 +53,10 @@ class EngineConfig:
     max_new_tokens: int = 512
     max_images: int = 4
     request_timeout_s: float = 180.0
-    max_queued: int = 32  # requests waiting or running at once; more are refused as "busy"
+    max_queued: int = 32  # requests waiting for a slot; more are refused at once as "busy"
+    max_batch_size: int = 8  # sequences decoded together
+    token_budget: int = 24_576  # KV-cache tokens (prompt + answer) reserved across the running batch
+    batch_window_ms: float = 15.0  # how long an idle engine waits to gather a burst into one batch
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -66,11 +69,13 @@ class Engine(Protocol):
     async def stop(self) -> None:
         """Cancel or finish in-flight work and release the model."""
 
-    def stream(self, request: Request) -> AsyncIterator[str]:
+    def stream(self, request: Request, on_position: Callable[[int], None] | None = None) -> AsyncIterator[str]:
         """Yield the answer as text pieces as they are generated.
 
-        Closing the iterator (or cancelling the task consuming it) stops the
-        generation at the next decoding step.
+        ``on_position(n)`` is called whenever the request's place in line changes
+        (n >= 1 while waiting, 0 once it is being answered). Closing the iterator
+        (or cancelling the task consuming it) stops the generation at the next
+        decoding step.
         """
         ...
 

@@ -101,20 +101,20 @@ class Phi3VPreTrainedModel(Phi3PreTrainedModel):
     _no_split_modules = ["Phi3DecoderLayer", "CLIPEncoderLayer"]
     input_modalities = ("image", "text")
 
-    @torch.no_grad()
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, Phi3VImageEmbedding):
-            std = self.config.initializer_range
-            nn.init.normal_(module.glb_GN, std=std)
-            nn.init.normal_(module.sub_GN, std=std)
-
 
 class Phi3VModel(Phi3Model):
     """transformers' Phi3 decoder plus the image embedding (``vision_embed_tokens``)."""
 
     config_class = Phi3VConfig
     config: Phi3VConfig
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # transformers initialises each nested PreTrainedModel's subtree with that model's method.
+        super()._init_weights(module)
+        if isinstance(module, Phi3VImageEmbedding):
+            nn.init.normal_(module.glb_GN, std=self.config.initializer_range)
+            nn.init.normal_(module.sub_GN, std=self.config.initializer_range)
 
     def __init__(self, config: Phi3VConfig):
         super().__init__(config)
@@ -194,9 +194,9 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         image_sizes: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        num_img_tokens: list[int] | None = None,  # processor bookkeeping; the spans are in input_ids
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        kwargs.pop("num_img_tokens", None)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

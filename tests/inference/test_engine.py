@@ -1,4 +1,4 @@
-"""LocalEngine: the real runner on the tiny checkpoint, plus controlled runners for the failure paths."""
+"""LocalEngine: the real runner on the tiny checkpoint, plus a scripted runner for the failure paths."""
 
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from inference import (
     OutOfMemory,
     Request,
     RequestTimedOut,
-    Result,
     Task,
 )
-from inference.runner import ModelRunner
-from tests.inference.conftest import TINY_CHECKPOINT
+from inference.runner import Event, ModelRunner
+from tests.inference.conftest import TINY, TINY_CHECKPOINT
 
 IMAGE = Image.new("RGB", (120, 80), (200, 30, 30))
 
@@ -31,60 +30,82 @@ def tiny_config(**overrides) -> EngineConfig:
     return EngineConfig(**settings)
 
 
-class RecordingRunner(ModelRunner):
-    """The real runner, remembering each result (to see where a stopped request ended)."""
-
-    results: list[Result]
-
-    def run(self, request, on_text, stop):
-        result = super().run(request, on_text, stop)
-        self.results.append(result)
-        return result
-
-
-def recording_factory(config):
-    from inference.loading import load
-
-    runner = RecordingRunner(load(config), config)
-    runner.results = []
-    return runner
+def fixture_image(name: str) -> Image.Image:
+    return Image.open(TINY / "images" / name).convert("RGB")
 
 
 class ScriptedRunner:
-    """Stands in for the model: emits pieces, can block, fail or wait for its stop event."""
+    """Stands in for the model: each request yields "tok0 tok1 ..." one token per step.
+
+    ``hold`` pauses every step until released; ``fail_next`` makes the next admitted request fail.
+    """
+
+    rope_switch = 4096
 
     def __init__(self, config):
         self.config = config
-        self.release = threading.Event()
+        self.rows: dict[int, int] = {}
+        self.hold = threading.Event()
+        self.hold.set()
         self.fail_next: Exception | None = None
-        self.block = False
-        self.stopped = threading.Event()
+        self.steps = 0
+        self.dropped: list[int] = []
 
     def validate(self, request):
         ModelRunner.validate(self, request)
 
-    def run(self, request, on_text, stop):
-        if self.fail_next is not None:
-            error, self.fail_next = self.fail_next, None
-            raise error
-        on_text("hello ")
-        if self.block:
-            while not stop.wait(0.01):
-                if self.release.is_set():
-                    break
-            if stop.is_set():
-                self.stopped.set()
-        on_text("world")
-        return Result("hello world", 2, 0.0)
+    def prepare(self, request):
+        self.validate(request)
+        return type("Prepared", (), {"prompt_tokens": 10, "max_new_tokens": request.max_new_tokens or 3})()
+
+    def reset(self):
+        self.rows.clear()
+
+    def step(self, admit, abort):
+        self.hold.wait(10)
+        self.steps += 1
+        events = []
+        for rid in abort:
+            self.rows.pop(rid, None)
+            self.dropped.append(rid)
+        for rid, prepared in admit:
+            if self.fail_next is not None:
+                error, self.fail_next = self.fail_next, None
+                events.append(Event(rid, error=error, finished=True))
+                continue
+            self.rows[rid] = prepared.max_new_tokens
+        for rid in list(self.rows):
+            left = self.rows[rid] - 1
+            events.append(Event(rid, f"tok{left} ", finished=left == 0, new_tokens=1))
+            self.rows[rid] = left
+            if left == 0:
+                del self.rows[rid]
+        return events
 
 
 @pytest.fixture
 async def engine():
-    engine = LocalEngine(tiny_config(), runner_factory=recording_factory)
+    engine = LocalEngine(tiny_config())
     await engine.start()
     yield engine
     await engine.stop()
 
+
+async def until(condition, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def scripted(**overrides) -> LocalEngine:
+    engine = LocalEngine(tiny_config(batch_window_ms=0, **overrides), runner_factory=ScriptedRunner)
+    await engine.start()
+    return engine
+
+
+# -- the real model ------------------------------------------------------------------------------
 
 async def test_stream_and_generate_give_the_same_greedy_answer(engine):
     request = Request(Task.DESCRIBE, (IMAGE,), question="What is it?")
@@ -94,23 +115,49 @@ async def test_stream_and_generate_give_the_same_greedy_answer(engine):
     assert result.new_tokens == 8
 
 
-async def test_compare_runs_with_several_images(engine):
-    result = await engine.generate(Request(Task.COMPARE, (IMAGE, IMAGE.rotate(90), IMAGE.resize((40, 300)))))
-    assert result.new_tokens > 0
+async def test_batched_answers_equal_answers_run_alone():
+    engine = LocalEngine(tiny_config(max_new_tokens=10, batch_window_ms=50))
+    await engine.start()
+    try:
+        requests = [
+            Request(Task.DESCRIBE, (fixture_image("landscape_1000x600.png"),), question="What is this?", user_id=1),
+            Request(Task.OCR, (fixture_image("square_336.png"),), user_id=2),
+            Request(Task.COMPARE, (fixture_image("gray_640x480.png"), fixture_image("palette_300x200.png")), user_id=3),
+            Request(Task.DESCRIBE, (fixture_image("portrait_400x1500.png"),), user_id=1),
+        ]
+        alone = [await engine.generate(r) for r in requests]
+        together = await asyncio.gather(*(engine.generate(r) for r in requests))
+        assert [r.text for r in together] == [r.text for r in alone]
+        assert all(r.new_tokens == 10 for r in together)
+    finally:
+        await engine.stop()
+
+
+async def test_requests_arriving_mid_answer_join_the_running_batch():
+    engine = LocalEngine(tiny_config(max_new_tokens=12, batch_window_ms=0))
+    await engine.start()
+    try:
+        first = Request(Task.DESCRIBE, (fixture_image("square_336.png"),), user_id=1)
+        second = Request(Task.OCR, (fixture_image("rgba_500x300.png"),), user_id=2)
+        alone = [await engine.generate(first), await engine.generate(second)]
+        stream = engine.stream(first)
+        pieces = [await anext(stream)]  # the first request is decoding now
+        joined = asyncio.ensure_future(engine.generate(second))
+        pieces += [p async for p in stream]
+        assert "".join(pieces).strip() == alone[0].text
+        assert (await joined).text == alone[1].text
+    finally:
+        await engine.stop()
 
 
 async def test_closing_the_stream_stops_generation_early():
-    engine = LocalEngine(tiny_config(max_new_tokens=400), runner_factory=recording_factory)
+    engine = LocalEngine(tiny_config(max_new_tokens=400))
     await engine.start()
     try:
         stream = engine.stream(Request(Task.DESCRIBE, (IMAGE,)))
         await anext(stream)
         await stream.aclose()
-        for _ in range(200):  # the worker notices at its next decoding step
-            if engine._runner.results:
-                break
-            await asyncio.sleep(0.05)
-        assert engine._runner.results[0].new_tokens < 400
+        await until(lambda: not engine.scheduler.has_work() and not engine._runner.batch.rows)
         assert engine.in_flight == 0
     finally:
         await engine.stop()
@@ -138,57 +185,84 @@ async def test_a_model_that_cannot_load_fails_start_clearly():
     assert not engine.ready
 
 
+# -- scripted runner: queueing, fairness, failures -------------------------------------------------
+
 async def test_one_failure_does_not_break_the_next_request():
-    engine = LocalEngine(tiny_config(), runner_factory=ScriptedRunner)
-    await engine.start()
+    engine = await scripted()
     try:
         engine._runner.fail_next = OutOfMemory("The GPU ran out of memory")
         with pytest.raises(OutOfMemory):
             await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
-        engine._runner.fail_next = RuntimeError("boom")
-        with pytest.raises(RuntimeError):
-            await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
-        assert (await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))).text == "hello world"
+        assert (await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))).text == "tok2 tok1 tok0"
         assert engine.in_flight == 0
     finally:
         await engine.stop()
 
 
-async def test_timeout_stops_the_work():
-    engine = LocalEngine(tiny_config(request_timeout_s=0.2), runner_factory=ScriptedRunner)
-    await engine.start()
+async def test_timeout_aborts_the_work():
+    engine = await scripted(request_timeout_s=0.3)
     try:
-        engine._runner.block = True
         with pytest.raises(RequestTimedOut, match="longer than"):
-            await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
-        assert await asyncio.to_thread(engine._runner.stopped.wait, 5)
+            await engine.generate(Request(Task.DESCRIBE, (IMAGE,), max_new_tokens=10_000))
+        await until(lambda: engine._runner.dropped == [1])
     finally:
         await engine.stop()
 
 
 async def test_full_queue_answers_busy_at_once():
-    engine = LocalEngine(tiny_config(max_queued=1), runner_factory=ScriptedRunner)
-    await engine.start()
+    engine = await scripted(max_queued=2, max_batch_size=1)
+    runner = engine._runner
     try:
-        engine._runner.block = True
-        first = engine.stream(Request(Task.DESCRIBE, (IMAGE,)))
-        assert await anext(first) == "hello "
+        runner.hold.clear()
+        tasks = [asyncio.ensure_future(engine.generate(Request(Task.DESCRIBE, (IMAGE,))))]
+        await until(lambda: len(engine.scheduler.running) == 1)
+        tasks += [asyncio.ensure_future(engine.generate(Request(Task.DESCRIBE, (IMAGE,)))) for _ in range(2)]
+        await until(lambda: engine.scheduler.num_waiting == 2)
         with pytest.raises(EngineBusy, match="busy"):
             await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
-        engine._runner.release.set()
-        assert [p async for p in first] == ["world"]
+        runner.hold.set()
+        assert [r.text for r in await asyncio.gather(*tasks)] == ["tok2 tok1 tok0"] * 3
     finally:
         await engine.stop()
 
 
-async def test_stop_cancels_in_flight_work():
-    engine = LocalEngine(tiny_config(), runner_factory=ScriptedRunner)
-    await engine.start()
-    engine._runner.block = True
-    stream = engine.stream(Request(Task.DESCRIBE, (IMAGE,)))
-    await anext(stream)
+async def test_positions_are_reported_and_users_take_turns():
+    engine = await scripted(max_batch_size=1)
+    runner = engine._runner
+    runner.hold.clear()
+    seen: dict[str, list[int]] = {}
+    order: list[str] = []
+
+    async def ask(name: str, user: int):
+        async for _ in engine.stream(Request(Task.DESCRIBE, (IMAGE,), user_id=user, max_new_tokens=1),
+                                     on_position=lambda p: seen.setdefault(name, []).append(p)):
+            order.append(name)
+
+    try:
+        # Alice sends three at once, then Bob sends one: Bob must not wait behind all of Alice's.
+        tasks = [asyncio.ensure_future(ask(f"alice{i}", 1)) for i in range(3)]
+        await until(lambda: engine.scheduler.num_waiting + len(engine.scheduler.running) == 3)
+        tasks.append(asyncio.ensure_future(ask("bob", 2)))
+        await until(lambda: engine.scheduler.num_waiting + len(engine.scheduler.running) == 4)
+        runner.hold.set()
+        await asyncio.gather(*tasks)
+    finally:
+        await engine.stop()
+    assert order.index("bob") < order.index("alice2")
+    # Bob arrives behind Alice's running request: her second goes first, then him, then her third.
+    assert order == ["alice0", "alice1", "bob", "alice2"]
+    assert seen["bob"] == [2, 1, 0]
+    assert seen["alice2"][-2:] == [1, 0]
+
+
+async def test_stop_fails_open_requests_clearly():
+    engine = await scripted()
+    engine._runner.hold.clear()
+    task = asyncio.ensure_future(engine.generate(Request(Task.DESCRIBE, (IMAGE,), max_new_tokens=50)))
+    await until(engine.scheduler.has_work)
+    engine._runner.hold.set()
     await engine.stop()
-    assert engine._runner is None
-    await stream.aclose()
+    with pytest.raises(EngineUnavailable, match="shutting down"):
+        await task
     with pytest.raises(EngineUnavailable):
         await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))

@@ -1,0 +1,1 @@
+"""Benchmarks (not part of the bot). See bench/RESULTS.md."""

@@ -1,0 +1,87 @@
+"""``python -m bot``: read the settings, load the model, connect to Discord, run until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Mapping
+
+import discord
+
+from bot.app import VisionBot, create_bot
+from bot.settings import Settings, SettingsError
+from inference import InferenceError
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+LOG_FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
+MISSING_TOKEN_TEXT = (
+    "DISCORD_TOKEN is not set. Copy .env.example to .env and put your bot's token after DISCORD_TOKEN= "
+    "(Discord Developer Portal > your application > Bot > Reset Token)."
+)
+INVALID_TOKEN_TEXT = (
+    "Discord rejected DISCORD_TOKEN. Put a valid bot token in .env "
+    "(Discord Developer Portal > your application > Bot > Reset Token)."
+)
+MISSING_INTENT_TEXT = (
+    "Discord refused the Message Content intent. Enable it in the Developer Portal "
+    "(Bot > Privileged Gateway Intents), or set COMMAND_PREFIX= (blank) to use mentions and slash commands only."
+)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    # discord.py's gateway chatter is noisy at DEBUG; keep it at INFO unless asked for.
+    logging.getLogger("discord").setLevel(max(logging.INFO, logging.getLevelName(level)))
+
+
+async def run(bot: VisionBot, token: str) -> None:
+    """Run until the connection ends, Ctrl-C, or SIGTERM; always close cleanly."""
+    loop = asyncio.get_running_loop()
+    closing: set[asyncio.Task[None]] = set()  # keeps the close task referenced until it is done
+
+    def on_sigterm() -> None:
+        task = loop.create_task(bot.close())
+        closing.add(task)
+        task.add_done_callback(closing.discard)
+
+    with contextlib.suppress(NotImplementedError):  # not available on Windows
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    async with bot:
+        await bot.start(token)
+
+
+def main(environ: Mapping[str, str] | None = None) -> int:
+    """Entry point; returns the process exit code. Prints one clear line for setup problems."""
+    try:
+        settings = Settings.from_env(environ)
+    except SettingsError as error:
+        print(f"Configuration error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not settings.discord_token:
+        print(MISSING_TOKEN_TEXT, file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level)
+    bot = create_bot(settings)
+    try:
+        asyncio.run(run(bot, settings.discord_token.reveal()))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except discord.LoginFailure:
+        print(INVALID_TOKEN_TEXT, file=sys.stderr)
+        return EXIT_CONFIG
+    except discord.PrivilegedIntentsRequired:
+        print(MISSING_INTENT_TEXT, file=sys.stderr)
+        return EXIT_CONFIG
+    except InferenceError as error:
+        print(f"Could not start the model: {error}", file=sys.stderr)
+        return EXIT_STARTUP
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

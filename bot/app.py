@@ -1,0 +1,169 @@
+"""The bot itself: wiring of settings, engine, image intake, limits and the command extensions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import aiohttp
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.context import VisionContext
+from bot.errors import send_error_to_context, send_error_to_interaction
+from bot.images import Fetcher, HttpFetcher, ImageLimits
+from bot.limits import AccessPolicy, JobLimiter
+from bot.settings import Settings
+from inference import Engine
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.describe", "cogs.ocr", "cogs.compare")
+DESCRIPTION = "Describes, reads and compares images with Phi-3-vision."
+
+
+class VisionTree(app_commands.CommandTree):
+    """The app command tree; every slash and context-menu failure ends in the shared handler."""
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        await send_error_to_interaction(interaction, error)
+
+
+class VisionBot(commands.Bot):
+    settings: Settings
+    engine: Engine
+    manage_engine: bool
+    session: aiohttp.ClientSession | None
+    fetcher: Fetcher | None
+    image_limits: ImageLimits
+    access: AccessPolicy
+    limiter: JobLimiter
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        fetcher: Fetcher | None = None,
+        manage_engine: bool = True,
+    ) -> None:
+        super().__init__(
+            command_prefix=_prefix(settings.command_prefix),
+            description=DESCRIPTION,
+            intents=_intents(settings.command_prefix),
+            tree_cls=VisionTree,
+            allowed_mentions=discord.AllowedMentions.none(),
+            owner_ids=set(settings.owner_ids) or None,
+        )
+        self.settings = settings
+        self.engine = engine
+        self.manage_engine = manage_engine
+        self._engine_started = False
+        self.session = None
+        self.fetcher = fetcher
+        self.image_limits = ImageLimits(
+            max_bytes=settings.max_attachment_bytes,
+            max_pixels=settings.max_image_pixels,
+            allowed_hosts=settings.cdn_hosts,
+            download_timeout_s=settings.download_timeout_s,
+        )
+        self.access = AccessPolicy.from_settings(settings)
+        self.limiter = JobLimiter.from_settings(settings)
+        self.add_command(sync_command)
+
+    async def setup_hook(self) -> None:
+        self.session = aiohttp.ClientSession()
+        if self.fetcher is None:
+            self.fetcher = HttpFetcher(self.session, timeout_s=self.settings.download_timeout_s)
+        if self.manage_engine:
+            log.info("Starting the inference engine (%s)…", self.settings.model_id)
+            await self.engine.start()
+            self._engine_started = True
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        if self.settings.sync_commands:
+            await sync_app_commands(self, self.settings.dev_guild_id)
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            if self._engine_started:
+                self._engine_started = False
+                await self.engine.stop()
+            if self.session is not None:
+                await self.session.close()
+                self.session = None
+
+    async def get_context(self, origin, /, *, cls=VisionContext):  # type: ignore[override]
+        return await super().get_context(origin, cls=cls)
+
+    async def on_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:  # type: ignore[override]
+        await send_error_to_context(ctx, error)  # type: ignore[arg-type]
+
+    async def on_ready(self) -> None:
+        log.info(
+            "Logged in as %s (%s) in %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds)
+        )
+
+
+async def sync_app_commands(bot: commands.Bot, guild_id: int | None) -> int:
+    """Publish slash commands and menus to one guild (fast, for development) or everywhere."""
+    try:
+        if guild_id is not None:
+            guild = discord.Object(id=guild_id)
+            bot.tree.copy_global_to(guild=guild)
+            synced = await bot.tree.sync(guild=guild)
+            log.info("Synced %d app commands to guild %s", len(synced), guild_id)
+        else:
+            synced = await bot.tree.sync()
+            log.info("Synced %d app commands globally", len(synced))
+    except discord.HTTPException:
+        log.exception("Could not sync app commands (guild=%s); the old ones stay in place", guild_id)
+        return 0
+    return len(synced)
+
+
+@commands.command(name="sync", hidden=True)
+@commands.is_owner()
+async def sync_command(ctx: VisionContext, scope: Literal["guild", "global"] = "guild") -> None:
+    """Owner only: publish app commands to this server ("guild") or everywhere ("global")."""
+    guild_id = ctx.guild.id if scope == "guild" and ctx.guild is not None else None
+    count = await sync_app_commands(ctx.bot, guild_id)
+    where = "this server" if guild_id is not None else "all servers"
+    await ctx.reply(f"Synced {count} app commands to {where}.", mention_author=False)
+
+
+def _prefix(prefix: str) -> Callable[[commands.Bot, discord.Message], list[str]]:
+    return commands.when_mentioned_or(prefix) if prefix else commands.when_mentioned
+
+
+def _intents(prefix: str) -> discord.Intents:
+    intents = discord.Intents.default()
+    # Reading "!describe" needs message content; mentions are delivered without it.
+    intents.message_content = bool(prefix)
+    return intents
+
+
+def create_bot(
+    settings: Settings | None = None,
+    engine: Engine | None = None,
+    *,
+    fetcher: Fetcher | None = None,
+    manage_engine: bool = True,
+) -> VisionBot:
+    """Build the fully wired bot without connecting.
+
+    ``settings`` defaults to :meth:`Settings.from_env`; ``engine`` defaults to a
+    ``LocalEngine`` built from the settings. With ``manage_engine`` the bot
+    starts the engine in ``setup_hook`` and stops it in ``close``; pass ``False``
+    when the caller starts and stops the engine itself.
+    """
+    settings = settings if settings is not None else Settings.from_env()
+    if engine is None:
+        from inference import LocalEngine
+
+        engine = LocalEngine(settings.engine_config())
+    return VisionBot(settings, engine, fetcher=fetcher, manage_engine=manage_engine)

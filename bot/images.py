@@ -1,0 +1,202 @@
+"""Attachment intake: check where a file comes from, download it within limits, decode it safely.
+
+Three separate steps, so each can be tested alone:
+
+* :func:`check_source` looks only at metadata (URL host, declared size) and never touches the network;
+* a :class:`Fetcher` downloads bytes (:class:`HttpFetcher` in production: no redirects,
+  a time limit, and a size cap enforced while streaming);
+* :func:`decode_image` is pure: bytes in, an RGB ``PIL.Image`` out, or :class:`ImageRejected`.
+
+:func:`load_images` ties them together and decodes off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from bot.errors import SUPPORTED_FORMATS_TEXT, ImageRejected
+
+# Pillow format names we accept, decided by the file's content, never by its name.
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+# Phi-3-vision never needs more than this on a side (num_crops=16 => 4x4 tiles of 336, with margin).
+DRAFT_TARGET_SIDE = 2688
+# Paths on the Discord CDN that hold uploaded files (not proxied external links).
+CDN_UPLOAD_PATH_PREFIXES = ("/attachments/", "/ephemeral-attachments/")
+DOWNLOAD_CHUNK_BYTES = 64 * 1024
+WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where an image lives, from Discord's metadata (nothing downloaded yet)."""
+
+    filename: str
+    url: str
+    size: int | None = None  # bytes, when Discord told us
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+    allowed_hosts: frozenset[str]
+    download_timeout_s: float
+
+
+class DownloadError(Exception):
+    """A download failed; ``str()`` says why in plain words."""
+
+
+class DownloadTooLarge(DownloadError):
+    pass
+
+
+class Fetcher(Protocol):
+    """Downloads one URL, refusing to read more than ``max_bytes``."""
+
+    async def fetch(self, url: str, *, max_bytes: int) -> bytes: ...
+
+
+def is_discord_upload(url: str, allowed_hosts: Iterable[str]) -> bool:
+    """True for an https URL of a file uploaded to Discord (not a user-typed link)."""
+    parts = urlsplit(url)
+    return (
+        parts.scheme == "https"
+        and (parts.hostname or "") in set(allowed_hosts)
+        and parts.path.startswith(CDN_UPLOAD_PATH_PREFIXES)
+    )
+
+
+def format_megabytes(size: int) -> str:
+    """A file size in words people know: "3.2 MB", or "850 KB" for small ones."""
+    if size < 1024 * 1024:
+        return f"{max(size / 1024, 0.1):.3g} KB"
+    return f"{size / (1024 * 1024):.3g} MB"
+
+
+def check_source(source: ImageSource, limits: ImageLimits) -> None:
+    """Reject a file from its metadata alone: wrong place, or declared too big."""
+    if not is_discord_upload(source.url, limits.allowed_hosts):
+        raise ImageRejected(source.filename, "I only read files uploaded to Discord")
+    if source.size is not None and source.size > limits.max_bytes:
+        raise ImageRejected(
+            source.filename,
+            f"it is {format_megabytes(source.size)}, larger than the {format_megabytes(limits.max_bytes)} limit",
+        )
+
+
+def decode_image(data: bytes, filename: str, *, max_pixels: int) -> Image.Image:
+    """Turn file bytes into an upright RGB image, or raise :class:`ImageRejected`.
+
+    The format is sniffed from the content (allow-list only), the pixel count is
+    checked from the header before anything is decoded, large JPEGs are decoded
+    at a reduced scale, EXIF orientation is applied and transparency is
+    flattened onto white. Animated images give their first frame.
+    """
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError:
+        raise ImageRejected(filename, "it has far too many pixels to open safely") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise ImageRejected(filename, f"it is not an image I can read ({SUPPORTED_FORMATS_TEXT})") from None
+    with image:
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise ImageRejected(filename, "it has no pixels")
+        if width * height > max_pixels:
+            raise ImageRejected(
+                filename,
+                f"it is {width}×{height} pixels; the limit is {max_pixels:,} pixels in total",
+            )
+        if image.format == "JPEG" and max(width, height) > DRAFT_TARGET_SIDE:
+            scale = DRAFT_TARGET_SIDE / max(width, height)
+            image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+        try:
+            image.seek(0)
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+        except Image.DecompressionBombError:
+            raise ImageRejected(filename, "it has far too many pixels to open safely") from None
+        except (OSError, ValueError, SyntaxError, EOFError):
+            raise ImageRejected(filename, "the file is damaged or incomplete") from None
+        return _flatten_to_rgb(upright)
+
+
+def _flatten_to_rgb(image: Image.Image) -> Image.Image:
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if not has_alpha:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    background = Image.new("RGB", rgba.size, WHITE)
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
+
+
+class HttpFetcher:
+    """Downloads from the Discord CDN over the bot's own aiohttp session.
+
+    Redirects are not followed (a redirect could lead anywhere), the whole
+    download has a time limit, and the size cap is enforced while streaming,
+    whatever the server claims.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, *, timeout_s: float) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def fetch(self, url: str, *, max_bytes: int) -> bytes:
+        try:
+            async with self._session.get(url, allow_redirects=False, timeout=self._timeout) as response:
+                if response.status != 200:
+                    raise DownloadError(
+                        f"Discord answered HTTP {response.status} when I tried to download it"
+                    )
+                if response.content_length is not None and response.content_length > max_bytes:
+                    raise DownloadTooLarge(f"it is larger than the {format_megabytes(max_bytes)} limit")
+                buffer = bytearray()
+                async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK_BYTES):
+                    buffer += chunk
+                    if len(buffer) > max_bytes:
+                        raise DownloadTooLarge(f"it is larger than the {format_megabytes(max_bytes)} limit")
+                return bytes(buffer)
+        except TimeoutError:
+            raise DownloadError("downloading it took too long") from None
+        except aiohttp.ClientError:
+            raise DownloadError("it could not be downloaded") from None
+
+
+async def load_image(source: ImageSource, limits: ImageLimits, fetcher: Fetcher) -> Image.Image:
+    """Check, download and decode one image (decoding runs in a worker thread)."""
+    check_source(source, limits)
+    try:
+        async with asyncio.timeout(limits.download_timeout_s):
+            data = await fetcher.fetch(source.url, max_bytes=limits.max_bytes)
+    except TimeoutError:
+        raise ImageRejected(source.filename, "downloading it took too long") from None
+    except DownloadError as error:
+        raise ImageRejected(source.filename, str(error)) from None
+    if len(data) > limits.max_bytes:
+        raise ImageRejected(
+            source.filename, f"it is larger than the {format_megabytes(limits.max_bytes)} limit"
+        )
+    return await asyncio.to_thread(decode_image, data, source.filename, max_pixels=limits.max_pixels)
+
+
+async def load_images(
+    sources: Iterable[ImageSource], limits: ImageLimits, fetcher: Fetcher
+) -> tuple[Image.Image, ...]:
+    """Load several images, one after the other, stopping at the first bad one."""
+    sources = tuple(sources)
+    for source in sources:  # cheap metadata checks first, before any download
+        check_source(source, limits)
+    return tuple([await load_image(source, limits, fetcher) for source in sources])

@@ -1,0 +1,124 @@
+"""One request from start to finish: permissions, images, limits, the engine, the reply.
+
+Cogs call :func:`answer_interaction` (slash commands, context menus) or
+:func:`answer_command` (prefix commands); everything else is shared here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.errors import NoImage, NotEnoughImages, TooManyImages, UserFacingError
+from bot.gather import sources_for_command_message
+from bot.images import ImageSource, check_source, load_images
+from bot.limits import Requester
+from bot.replies import AnswerTarget, InteractionTarget, MessageTarget, stream_answer
+from inference import Request, Task
+
+if TYPE_CHECKING:
+    from bot.app import VisionBot
+    from bot.context import VisionContext
+
+MAX_QUESTION_CHARS = 1000
+NO_IMAGE_IN_COMMAND_TEXT = "Attach an image to your message, or reply to a message that has one."
+NO_IMAGE_IN_MESSAGE_TEXT = "That message has no image I can look at."
+MIN_IMAGES_TO_COMPARE = 2
+
+
+def clean_question(question: str | None) -> str | None:
+    """Trim the question; empty means none. Too long is refused rather than cut."""
+    if question is None:
+        return None
+    question = question.strip()
+    if not question:
+        return None
+    if len(question) > MAX_QUESTION_CHARS:
+        raise UserFacingError(
+            f"Your question is too long; please keep it under {MAX_QUESTION_CHARS} characters."
+        )
+    return question
+
+
+def choose_images(
+    sources: Sequence[ImageSource], task: Task, *, max_images: int, no_image_text: str
+) -> tuple[ImageSource, ...]:
+    """The images this task will look at: the first one, or 2..max_images to compare."""
+    if not sources:
+        raise NoImage(no_image_text)
+    if task is not Task.COMPARE:
+        return (sources[0],)
+    if len(sources) < MIN_IMAGES_TO_COMPARE:
+        raise NotEnoughImages("Comparing needs at least two images; I found only one.")
+    if len(sources) > max_images:
+        raise TooManyImages(f"You gave me {len(sources)} images; I can compare up to {max_images} at once.")
+    return tuple(sources)
+
+
+async def run_job(
+    bot: VisionBot,
+    *,
+    requester: Requester,
+    task: Task,
+    sources: Sequence[ImageSource],
+    question: str | None,
+    target: AnswerTarget,
+    no_image_text: str,
+) -> str:
+    """Check limits, acknowledge, load the images, ask the engine and stream the answer."""
+    question = clean_question(question)
+    chosen = choose_images(sources, task, max_images=bot.settings.max_images, no_image_text=no_image_text)
+    for source in chosen:
+        check_source(source, bot.image_limits)
+    with bot.limiter.job(requester.user_id):
+        await target.start()
+        images = await load_images(chosen, bot.image_limits, bot.fetcher)
+        request = Request(task=task, images=images, question=question, user_id=requester.user_id)
+        return await stream_answer(target, bot.engine.stream(request), code_block=task is Task.OCR)
+
+
+def is_private(bot: VisionBot, task: Task) -> bool:
+    """OCR answers are ephemeral unless the server chose otherwise."""
+    return task is Task.OCR and not bot.settings.ocr_public
+
+
+async def answer_interaction(
+    interaction: discord.Interaction,
+    task: Task,
+    sources: Sequence[ImageSource],
+    *,
+    question: str | None = None,
+    no_image_text: str = NO_IMAGE_IN_MESSAGE_TEXT,
+) -> None:
+    """Answer a slash command or a message context menu."""
+    bot: VisionBot = interaction.client  # type: ignore[assignment]
+    requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
+    bot.access.check(requester, task)
+    await run_job(
+        bot,
+        requester=requester,
+        task=task,
+        sources=sources,
+        question=question,
+        target=InteractionTarget(interaction, ephemeral=is_private(bot, task)),
+        no_image_text=no_image_text,
+    )
+
+
+async def answer_command(ctx: VisionContext, task: Task, *, question: str | None = None) -> None:
+    """Answer a prefix command about the images on the message or the one it replies to."""
+    bot = ctx.bot
+    requester = Requester.of(ctx.author, ctx.channel, ctx.guild)
+    bot.access.check(requester, task)
+    sources = await sources_for_command_message(ctx.message, bot.settings.cdn_hosts)
+    await run_job(
+        bot,
+        requester=requester,
+        task=task,
+        sources=sources,
+        question=question,
+        target=MessageTarget(ctx),
+        no_image_text=NO_IMAGE_IN_COMMAND_TEXT,
+    )

@@ -1,0 +1,138 @@
+"""Who may ask what, where, and how often. Denials raise :class:`bot.errors.Denied` subclasses."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import discord
+
+from bot.errors import Denied, OnCooldown, TooManyJobs
+from bot.settings import Settings
+from inference import Task
+
+DM_DENIED_TEXT = "I don't answer in direct messages; please use me in a server."
+GUILD_DENIED_TEXT = "I'm not enabled in this server."
+OCR_DENIED_TEXT = "Reading text out of images is limited to members with a moderator (OCR) role."
+MAX_LISTED_CHANNELS = 5
+
+
+@dataclass(frozen=True)
+class Requester:
+    """The facts about a request that permissions depend on."""
+
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    parent_channel_id: int | None = None  # for threads: the channel they live in
+    role_ids: frozenset[int] = frozenset()
+
+    @classmethod
+    def of(cls, user: discord.abc.User, channel: object, guild: discord.Guild | None) -> Requester:
+        roles = frozenset(role.id for role in getattr(user, "roles", ()))
+        return cls(
+            user_id=user.id,
+            guild_id=guild.id if guild is not None else None,
+            channel_id=getattr(channel, "id", None),
+            parent_channel_id=getattr(channel, "parent_id", None),
+            role_ids=roles,
+        )
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """Allowed servers and channels, DMs on/off, and who may run OCR."""
+
+    allowed_guild_ids: frozenset[int] = frozenset()
+    allowed_channel_ids: frozenset[int] = frozenset()
+    ocr_role_ids: frozenset[int] = frozenset()
+    allow_dms: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AccessPolicy:
+        return cls(
+            allowed_guild_ids=settings.allowed_guild_ids,
+            allowed_channel_ids=settings.allowed_channel_ids,
+            ocr_role_ids=settings.ocr_role_ids,
+            allow_dms=settings.allow_dms,
+        )
+
+    def check(self, requester: Requester, task: Task) -> None:
+        """Raise :class:`Denied` saying why, or return if the request may go ahead."""
+        if requester.guild_id is None:
+            if not self.allow_dms:
+                raise Denied(DM_DENIED_TEXT)
+        else:
+            if self.allowed_guild_ids and requester.guild_id not in self.allowed_guild_ids:
+                raise Denied(GUILD_DENIED_TEXT)
+            if self.allowed_channel_ids and not (
+                requester.channel_id in self.allowed_channel_ids
+                or requester.parent_channel_id in self.allowed_channel_ids
+            ):
+                raise Denied(self._channel_denied_text())
+        if task is Task.OCR and self.ocr_role_ids and not (requester.role_ids & self.ocr_role_ids):
+            raise Denied(OCR_DENIED_TEXT)
+
+    def _channel_denied_text(self) -> str:
+        channels = sorted(self.allowed_channel_ids)
+        listed = ", ".join(f"<#{channel_id}>" for channel_id in channels[:MAX_LISTED_CHANNELS])
+        if len(channels) > MAX_LISTED_CHANNELS:
+            listed += ", …"
+        return f"I don't answer in this channel. Try {listed}."
+
+
+def _monotonic() -> float:
+    # Looked up at call time so a patched clock (tests, simulators) is honoured.
+    return time.monotonic()
+
+
+class JobLimiter:
+    """Per-user cooldown between requests and a cap on requests waiting or running at once."""
+
+    def __init__(
+        self,
+        *,
+        cooldown_s: float,
+        max_jobs_per_user: int,
+        clock: Callable[[], float] = _monotonic,
+    ) -> None:
+        self._cooldown_s = cooldown_s
+        self._max_jobs = max_jobs_per_user
+        self._clock = clock
+        self._active: Counter[int] = Counter()
+        self._last_start: dict[int, float] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobLimiter:
+        return cls(cooldown_s=settings.user_cooldown_s, max_jobs_per_user=settings.max_jobs_per_user)
+
+    def active_jobs(self, user_id: int) -> int:
+        return self._active[user_id]
+
+    def admit(self, user_id: int) -> None:
+        """Count a new job for this user, or raise :class:`TooManyJobs` / :class:`OnCooldown`."""
+        if self._active[user_id] >= self._max_jobs:
+            raise TooManyJobs(self._max_jobs)
+        now = self._clock()
+        last = self._last_start.get(user_id)
+        if last is not None and now - last < self._cooldown_s:
+            raise OnCooldown(self._cooldown_s - (now - last))
+        self._last_start[user_id] = now
+        self._active[user_id] += 1
+
+    def release(self, user_id: int) -> None:
+        self._active[user_id] -= 1
+        if self._active[user_id] <= 0:
+            del self._active[user_id]
+
+    @contextmanager
+    def job(self, user_id: int) -> Iterator[None]:
+        """``with limiter.job(user_id):`` admits the job and always releases it."""
+        self.admit(user_id)
+        try:
+            yield
+        finally:
+            self.release(user_id)

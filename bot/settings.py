@@ -1,0 +1,260 @@
+"""Bot configuration: the only module that reads the environment (and the .env file)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from dotenv import find_dotenv, load_dotenv
+
+from inference import EngineConfig
+
+DEFAULT_MODEL_ID = "microsoft/Phi-3-vision-128k-instruct"
+# Where Discord serves uploads. Anything else is never downloaded.
+DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+QUANTIZATIONS = ("none", "4bit", "8bit")
+ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "eager")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+MAX_IMAGES_LIMIT = 16
+BYTES_PER_MB = 1024 * 1024
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or has a value the bot cannot use; the message names it."""
+
+
+class Secret:
+    """A string that never shows itself in repr(), str() or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bot can be told from the outside, parsed and checked."""
+
+    discord_token: Secret = field(default_factory=lambda: Secret(""))
+    # Model and engine
+    model_id: str = DEFAULT_MODEL_ID
+    device: str = "auto"
+    dtype: str = "auto"
+    quantization: str = "none"
+    attn_implementation: str = "auto"
+    num_crops: int | None = None
+    max_new_tokens: int = 512
+    max_images: int = 4
+    request_timeout_s: float = 180.0
+    # Discord wiring
+    command_prefix: str = "!"
+    dev_guild_id: int | None = None
+    sync_commands: bool = True
+    owner_ids: frozenset[int] = frozenset()
+    # Who may use the bot, and where
+    allowed_guild_ids: frozenset[int] = frozenset()
+    allowed_channel_ids: frozenset[int] = frozenset()
+    ocr_role_ids: frozenset[int] = frozenset()
+    ocr_public: bool = False
+    allow_dms: bool = True
+    # Limits
+    user_cooldown_s: float = 10.0
+    max_jobs_per_user: int = 2
+    max_attachment_mb: float = 10.0
+    max_image_pixels: int = 40_000_000
+    download_timeout_s: float = 20.0
+    # Hosts attachments may be downloaded from; not read from the environment on purpose.
+    cdn_hosts: frozenset[str] = DISCORD_CDN_HOSTS
+    log_level: str = "INFO"
+
+    @property
+    def max_attachment_bytes(self) -> int:
+        return int(self.max_attachment_mb * BYTES_PER_MB)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``environ``, or from ``os.environ`` after loading ``.env`` (if any).
+
+        Passing ``environ`` (as tests do) skips the ``.env`` file entirely.
+        """
+        if environ is None:
+            load_dotenv(find_dotenv(usecwd=True))  # the .env of the directory the bot runs from
+            environ = os.environ
+        env = _Reader(environ)
+        defaults = cls()
+        return cls(
+            discord_token=Secret(env.text("DISCORD_TOKEN", "")),
+            model_id=env.text("MODEL_ID", defaults.model_id) or defaults.model_id,
+            device=env.parse("DEVICE", defaults.device, _device),
+            dtype=env.choice("DTYPE", defaults.dtype, DTYPES),
+            quantization=env.choice("QUANTIZATION", defaults.quantization, QUANTIZATIONS),
+            attn_implementation=env.choice(
+                "ATTN_IMPLEMENTATION", defaults.attn_implementation, ATTN_IMPLEMENTATIONS
+            ),
+            num_crops=env.optional_int("NUM_CROPS", minimum=1, maximum=16),
+            max_new_tokens=env.integer("MAX_NEW_TOKENS", defaults.max_new_tokens, minimum=1, maximum=4096),
+            max_images=env.integer("MAX_IMAGES", defaults.max_images, minimum=1, maximum=MAX_IMAGES_LIMIT),
+            request_timeout_s=env.number("REQUEST_TIMEOUT_S", defaults.request_timeout_s, minimum=1),
+            command_prefix=env.text("COMMAND_PREFIX", defaults.command_prefix),
+            dev_guild_id=env.optional_int("DEV_GUILD_ID", minimum=1),
+            sync_commands=env.boolean("SYNC_COMMANDS", defaults.sync_commands),
+            owner_ids=env.id_set("OWNER_IDS"),
+            allowed_guild_ids=env.id_set("ALLOWED_GUILD_IDS"),
+            allowed_channel_ids=env.id_set("ALLOWED_CHANNEL_IDS"),
+            ocr_role_ids=env.id_set("OCR_ROLE_IDS"),
+            ocr_public=env.boolean("OCR_PUBLIC", defaults.ocr_public),
+            allow_dms=env.boolean("ALLOW_DMS", defaults.allow_dms),
+            user_cooldown_s=env.number("USER_COOLDOWN_S", defaults.user_cooldown_s, minimum=0),
+            max_jobs_per_user=env.integer("MAX_JOBS_PER_USER", defaults.max_jobs_per_user, minimum=1),
+            max_attachment_mb=env.number(
+                "MAX_ATTACHMENT_MB", defaults.max_attachment_mb, minimum=0.01, maximum=500
+            ),
+            max_image_pixels=env.integer(
+                "MAX_IMAGE_PIXELS", defaults.max_image_pixels, minimum=1, maximum=89_478_485
+            ),
+            download_timeout_s=env.number("DOWNLOAD_TIMEOUT_S", defaults.download_timeout_s, minimum=0.1),
+            log_level=env.choice("LOG_LEVEL", defaults.log_level, LOG_LEVELS, upper=True),
+        )
+
+    def engine_config(self) -> EngineConfig:
+        """The inference engine's configuration, taken from these settings."""
+        return EngineConfig(
+            model_id=self.model_id,
+            device=self.device,
+            dtype=self.dtype,
+            quantization=self.quantization,
+            attn_implementation=self.attn_implementation,
+            num_crops=self.num_crops,
+            max_new_tokens=self.max_new_tokens,
+            max_images=self.max_images,
+            request_timeout_s=self.request_timeout_s,
+        )
+
+
+def _device(raw: str) -> str:
+    value = raw.lower()
+    if value in ("auto", "cpu", "mps", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise ValueError("use auto, cpu, mps, cuda or cuda:N (for example cuda:1)")
+
+
+class _Reader:
+    """Reads one environment mapping, turning bad values into SettingsError with the name."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def _raw(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def text(self, name: str, default: str) -> str:
+        value = self._raw(name)
+        return default if value is None else value
+
+    def parse(self, name: str, default: T, parser: Callable[[str], T]) -> T:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            return parser(raw)
+        except ValueError as error:
+            raise SettingsError(f"{name}={raw!r} is not valid: {error}") from None
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...], *, upper: bool = False) -> str:
+        def pick(raw: str) -> str:
+            value = raw.upper() if upper else raw.lower()
+            if value not in allowed:
+                raise ValueError(f"choose one of {', '.join(allowed)}")
+            return value
+
+        return self.parse(name, default, pick)
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+        return self.parse(name, default, lambda raw: _bounded(int(_digits(raw)), minimum, maximum))
+
+    def optional_int(self, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
+        return self.parse(name, None, lambda raw: _bounded(int(_digits(raw)), minimum, maximum))
+
+    def number(self, name: str, default: float, *, minimum: float, maximum: float | None = None) -> float:
+        return self.parse(name, default, lambda raw: _bounded(_float(raw), minimum, maximum))
+
+    def boolean(self, name: str, default: bool) -> bool:
+        def to_bool(raw: str) -> bool:
+            word = raw.lower()
+            if word in TRUE_WORDS:
+                return True
+            if word in FALSE_WORDS:
+                return False
+            raise ValueError("use true or false")
+
+        return self.parse(name, default, to_bool)
+
+    def id_set(self, name: str) -> frozenset[int]:
+        def to_ids(raw: str) -> frozenset[int]:
+            ids = set()
+            for part in raw.split(","):
+                part = part.strip()
+                if not part:
+                    continue
+                if not part.isdigit():
+                    raise ValueError(f"{part!r} is not a Discord ID (IDs are numbers, separated by commas)")
+                ids.add(int(part))
+            return frozenset(ids)
+
+        return self.parse(name, frozenset(), to_ids)
+
+
+def _digits(raw: str) -> str:
+    cleaned = raw.replace("_", "")
+    if not cleaned.lstrip("-").isdigit():
+        raise ValueError("expected a whole number")
+    return cleaned
+
+
+def _float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def _bounded(value: T, minimum: float, maximum: float | None) -> T:
+    if value < minimum:  # type: ignore[operator]
+        raise ValueError(f"must be at least {minimum:g}")
+    if maximum is not None and value > maximum:  # type: ignore[operator]
+        raise ValueError(f"must be at most {maximum:g}")
+    return value

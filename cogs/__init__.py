@@ -1,0 +1,1 @@
+"""Command extensions: thin layers that gather input and hand it to ``bot.jobs``."""

@@ -1,0 +1,61 @@
+"""Compare two to four images, optionally answering a question about them."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.app import VisionBot
+from bot.context import VisionContext
+from bot.gather import source_from_attachment, sources_from_messages
+from bot.jobs import MAX_QUESTION_CHARS, answer_command, answer_interaction
+from inference import Task
+
+MENU_NAME = "Compare images"
+
+
+class Compare(commands.Cog):
+    def __init__(self, bot: VisionBot) -> None:
+        self.bot = bot
+        self.menu = app_commands.ContextMenu(name=MENU_NAME, callback=self.compare_message)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+
+    @app_commands.command(name="compare", description="Compare two to four images.")
+    @app_commands.describe(
+        image1="First image",
+        image2="Second image",
+        image3="Third image (optional)",
+        image4="Fourth image (optional)",
+        question="What you want to know about them (optional)",
+    )
+    async def compare_slash(
+        self,
+        interaction: discord.Interaction,
+        image1: discord.Attachment,
+        image2: discord.Attachment,
+        image3: discord.Attachment | None = None,
+        image4: discord.Attachment | None = None,
+        question: app_commands.Range[str, 1, MAX_QUESTION_CHARS] | None = None,
+    ) -> None:
+        images = [image for image in (image1, image2, image3, image4) if image is not None]
+        sources = [source_from_attachment(image) for image in images]
+        await answer_interaction(interaction, Task.COMPARE, sources, question=question)
+
+    @commands.command(name="compare")
+    async def compare_prefix(self, ctx: VisionContext, *, question: str | None = None) -> None:
+        """Compare the images attached to your message (and to the message you reply to)."""
+        await answer_command(ctx, Task.COMPARE, question=question)
+
+    async def compare_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        sources = sources_from_messages([message], self.bot.settings.cdn_hosts)
+        await answer_interaction(interaction, Task.COMPARE, sources)
+
+
+async def setup(bot: VisionBot) -> None:
+    await bot.add_cog(Compare(bot))

@@ -1,0 +1,153 @@
+"""Who runs next: a pure queueing and batching policy (no torch, no asyncio, no I/O).
+
+- Bounded: at most ``max_waiting`` requests wait; one more is refused at once.
+- Fair: waiting requests are admitted round-robin across users, so one person's
+  burst cannot starve everyone else; ``position`` tells each request its place.
+- Batched: up to ``max_batch_size`` sequences decode together, as long as their
+  KV-cache reservations (prompt + new tokens) fit ``token_budget``.
+- Exact: Phi-3's LongRoPE picks short or long factors from the longest sequence
+  in a forward pass, so a sequence only shares a batch with sequences that use
+  the same factors for their whole life; one that would cross the switch runs
+  alone. A batched answer therefore equals the same request run alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+
+class RopeRegime(enum.Enum):
+    SHORT = "short"  # prompt + answer stay within original_max_position_embeddings
+    LONG = "long"  # the prompt alone is already past it
+    CROSSING = "crossing"  # starts short, may end long: cannot share a batch
+
+
+def rope_regime(prompt_tokens: int, max_new_tokens: int, switch_at: int) -> RopeRegime:
+    if prompt_tokens > switch_at:
+        return RopeRegime.LONG
+    if prompt_tokens + max_new_tokens <= switch_at:
+        return RopeRegime.SHORT
+    return RopeRegime.CROSSING
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What the scheduler knows about one request."""
+
+    request_id: int
+    user_id: int | None
+    prompt_tokens: int
+    max_new_tokens: int
+    regime: RopeRegime
+
+    @property
+    def reserved_tokens(self) -> int:
+        return self.prompt_tokens + self.max_new_tokens
+
+
+class QueueFull(Exception):
+    pass
+
+
+class TooLarge(Exception):
+    pass
+
+
+class Scheduler:
+    def __init__(self, max_batch_size: int = 8, max_waiting: int = 64, token_budget: int = 64_000):
+        if max_batch_size < 1 or max_waiting < 0 or token_budget < 1:
+            raise ValueError("max_batch_size and token_budget must be positive, max_waiting not negative")
+        self.max_batch_size = max_batch_size
+        self.max_waiting = max_waiting
+        self.token_budget = token_budget
+        # user -> their waiting tickets in arrival order; the dict order is the round-robin order.
+        self._queues: OrderedDict[int | None, deque[Ticket]] = OrderedDict()
+        self._running: dict[int, Ticket] = {}
+
+    # -- queue ---------------------------------------------------------------------------------
+    @property
+    def num_waiting(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    @property
+    def running(self) -> list[Ticket]:
+        return list(self._running.values())
+
+    def has_work(self) -> bool:
+        return bool(self._running) or self.num_waiting > 0
+
+    def add(self, ticket: Ticket) -> None:
+        if ticket.reserved_tokens > self.token_budget:
+            raise TooLarge(f"needs {ticket.reserved_tokens} tokens of cache; the budget is {self.token_budget}")
+        if self.num_waiting >= self.max_waiting:
+            raise QueueFull(f"{self.num_waiting} requests are already waiting")
+        self._queues.setdefault(ticket.user_id, deque()).append(ticket)
+
+    def abort(self, request_id: int) -> bool:
+        """Forget a request, waiting or running. True if it was known."""
+        if self._running.pop(request_id, None) is not None:
+            return True
+        for user, queue in list(self._queues.items()):
+            for ticket in queue:
+                if ticket.request_id == request_id:
+                    queue.remove(ticket)
+                    if not queue:
+                        del self._queues[user]
+                    return True
+        return False
+
+    def finish(self, request_id: int) -> None:
+        self._running.pop(request_id, None)
+
+    def waiting_order(self) -> list[Ticket]:
+        """Waiting tickets in the order they will be admitted: each user's first, then each user's second..."""
+        order, depth = [], 0
+        queues = list(self._queues.values())
+        while True:
+            layer = [q[depth] for q in queues if len(q) > depth]
+            if not layer:
+                return order
+            order.extend(layer)
+            depth += 1
+
+    def positions(self) -> dict[int, int]:
+        """request_id -> 1-based place in line for every waiting request."""
+        return {t.request_id: i for i, t in enumerate(self.waiting_order(), start=1)}
+
+    # -- batching ------------------------------------------------------------------------------
+    def _fits(self, ticket: Ticket, batch: list[Ticket]) -> bool:
+        if len(batch) >= self.max_batch_size:
+            return False
+        if batch:
+            regime = batch[0].regime
+            if regime is RopeRegime.CROSSING or ticket.regime is not regime:
+                return False
+        return sum(t.reserved_tokens for t in batch) + ticket.reserved_tokens <= self.token_budget
+
+    def admit(self) -> list[Ticket]:
+        """Move the waiting requests that can join the running batch now into it, fairly; return them."""
+        admitted: list[Ticket] = []
+        batch = list(self._running.values())
+        for ticket in self.waiting_order():
+            if not self._fits(ticket, batch):
+                if not batch:  # cannot happen: add() refuses tickets larger than the budget
+                    raise TooLarge(f"request {ticket.request_id} can never fit")
+                # Strict fairness: the head of the line is not overtaken by a smaller or
+                # differently-shaped request; it goes first once the batch drains.
+                break
+            batch.append(ticket)
+            admitted.append(ticket)
+        for ticket in admitted:
+            self._take(ticket)
+        return admitted
+
+    def _take(self, ticket: Ticket) -> None:
+        queue = self._queues[ticket.user_id]
+        queue.remove(ticket)
+        # The user just served moves to the back of the rotation.
+        del self._queues[ticket.user_id]
+        if queue:
+            self._queues[ticket.user_id] = queue
+        self._running[ticket.request_id] = ticket

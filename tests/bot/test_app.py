@@ -1,0 +1,123 @@
+"""Wiring of the bot: engine lifecycle, extensions, app command sync, intents, the owner's !sync."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+import simcord
+from discord.ext import commands
+
+import inference
+from bot.app import EXTENSIONS, create_bot
+from bot.settings import Settings
+from inference import ModelNotFound
+from tests.conftest import acknowledge_errors, bot_messages, image_bytes
+from tests.fakes import FakeEngine
+
+APP_COMMANDS = ("describe", "ocr", "compare")
+MENUS = ("Describe image", "Extract text", "Compare images")
+
+
+class RecordingLocalEngine(FakeEngine):
+    configs: ClassVar[list[inference.EngineConfig]] = []
+
+    def __init__(self, config: inference.EngineConfig) -> None:
+        super().__init__()
+        self.configs.append(config)
+
+
+def test_default_bot_builds_a_local_engine_from_the_settings(monkeypatch):
+    monkeypatch.setattr(inference, "LocalEngine", RecordingLocalEngine, raising=False)
+    settings = Settings(model_id="some/model", quantization="4bit", num_crops=8)
+
+    bot = create_bot(settings)
+
+    assert isinstance(bot.engine, RecordingLocalEngine)
+    assert RecordingLocalEngine.configs[-1] == settings.engine_config()
+    assert bot.settings is settings
+
+
+def test_create_bot_without_arguments_reads_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setattr(inference, "LocalEngine", RecordingLocalEngine, raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("MAX_IMAGES", "3")
+    monkeypatch.setenv("COMMAND_PREFIX", "?")
+
+    bot = create_bot()
+
+    assert bot.settings.max_images == 3
+    assert RecordingLocalEngine.configs[-1].max_images == 3
+
+
+@pytest.mark.parametrize(("prefix", "message_content"), [("!", True), ("", False)])
+def test_message_content_intent_only_for_a_text_prefix(prefix, message_content, fake_engine):
+    bot = create_bot(Settings(command_prefix=prefix), fake_engine)
+    assert bot.intents.message_content is message_content
+
+
+async def test_setup_loads_the_extensions_and_syncs_commands_globally(world, fake_engine):
+    bot = world.env.bot
+
+    assert fake_engine.started
+    assert set(bot.extensions) == set(EXTENSIONS)
+    assert set(world.member.available_commands(world.channel)) == set(APP_COMMANDS)
+    assert {command.name for command in bot.tree.get_commands()} == {*APP_COMMANDS, *MENUS}
+
+
+async def test_close_stops_the_engine_and_the_session(make_bot, fake_engine):
+    bot = make_bot()
+    async with simcord.run(bot):
+        assert fake_engine.started and not fake_engine.stopped
+        session = bot.session
+    await bot.close()
+
+    assert fake_engine.stopped
+    assert session.closed
+
+
+async def test_an_engine_managed_by_the_caller_is_left_alone(make_bot, fake_engine):
+    bot = make_bot(manage_engine=False)
+    async with simcord.run(bot) as env:
+        channel = env.create_guild().create_text_channel("general")
+        member = env.guild.add_member(env.create_user("alice"))
+        result = await member.slash(channel, "describe", image=("a.png", image_bytes()))
+    await bot.close()
+
+    assert result.response.content == fake_engine.default_answer
+    assert not fake_engine.started and not fake_engine.stopped
+
+
+async def test_a_model_that_cannot_load_stops_the_start(make_bot, fake_engine):
+    fake_engine.start_error = ModelNotFound("Model 'nope/missing' was not found on the Hugging Face Hub.")
+    bot = make_bot()
+    with pytest.raises(ModelNotFound):
+        async with simcord.run(bot):
+            pass
+    await bot.close()
+
+
+async def test_unloading_an_extension_removes_its_context_menu(world):
+    bot = world.env.bot
+    await bot.unload_extension("cogs.ocr")
+
+    names = {command.name for command in bot.tree.get_commands()}
+    assert "Extract text" not in names and "ocr" not in names
+    assert "Describe image" in names
+
+
+@pytest.mark.bot_settings(sync_commands=False)
+@pytest.mark.simcord(strict_sync=True)
+async def test_owner_sync_command_publishes_to_the_current_server(world, fake_engine):
+    owner = world.guild.add_member(world.env.create_user("owner"))
+    world.env.bot.owner_ids = {owner.id}
+    assert world.member.available_commands(world.channel) == ()
+
+    await world.member.send(world.channel, "!sync")
+    refused = bot_messages(world.channel)[-1].content
+    await owner.send(world.channel, "!sync")
+
+    assert refused == "Only the bot's owner can use this command."
+    assert bot_messages(world.channel)[-1].content == "Synced 6 app commands to this server."
+    assert set(world.member.available_commands(world.channel)) == set(APP_COMMANDS)
+    assert acknowledge_errors(world.env) == [commands.NotOwner]

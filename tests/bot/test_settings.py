@@ -1,0 +1,178 @@
+"""Settings: parsing, defaults, clear errors, secrecy of the token."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.settings import DEFAULT_MODEL_ID, DISCORD_CDN_HOSTS, Secret, Settings, SettingsError
+from inference import EngineConfig
+
+TOKEN = "MTIzNDU2Nzg5.secret-token-value"
+
+
+def test_defaults_with_an_empty_environment():
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert settings.model_id == DEFAULT_MODEL_ID
+    assert settings.quantization == "none"
+    assert settings.num_crops is None
+    assert settings.max_new_tokens == 512
+    assert settings.max_images == 4
+    assert settings.command_prefix == "!"
+    assert settings.allowed_guild_ids == frozenset()
+    assert settings.ocr_public is False
+    assert settings.cdn_hosts == DISCORD_CDN_HOSTS
+    assert not settings.discord_token
+
+
+def test_every_setting_is_read():
+    settings = Settings.from_env(
+        {
+            "DISCORD_TOKEN": TOKEN,
+            "MODEL_ID": "/models/phi3v",
+            "DEVICE": "cuda:1",
+            "DTYPE": "bfloat16",
+            "QUANTIZATION": "4BIT",
+            "ATTN_IMPLEMENTATION": "sdpa",
+            "NUM_CROPS": "16",
+            "MAX_NEW_TOKENS": "256",
+            "MAX_IMAGES": "3",
+            "REQUEST_TIMEOUT_S": "90",
+            "COMMAND_PREFIX": "?",
+            "DEV_GUILD_ID": "123",
+            "SYNC_COMMANDS": "no",
+            "OWNER_IDS": "7",
+            "ALLOWED_GUILD_IDS": "1, 2,3",
+            "ALLOWED_CHANNEL_IDS": "4,",
+            "OCR_ROLE_IDS": "5,6",
+            "OCR_PUBLIC": "true",
+            "ALLOW_DMS": "off",
+            "USER_COOLDOWN_S": "2.5",
+            "MAX_JOBS_PER_USER": "3",
+            "MAX_ATTACHMENT_MB": "8",
+            "MAX_IMAGE_PIXELS": "20_000_000",
+            "DOWNLOAD_TIMEOUT_S": "5",
+            "LOG_LEVEL": "debug",
+        }
+    )
+    assert settings.discord_token.reveal() == TOKEN
+    assert settings.model_id == "/models/phi3v"
+    assert settings.device == "cuda:1"
+    assert settings.dtype == "bfloat16"
+    assert settings.quantization == "4bit"
+    assert settings.attn_implementation == "sdpa"
+    assert settings.num_crops == 16
+    assert settings.max_new_tokens == 256
+    assert settings.max_images == 3
+    assert settings.request_timeout_s == 90
+    assert settings.command_prefix == "?"
+    assert settings.dev_guild_id == 123
+    assert settings.sync_commands is False
+    assert settings.owner_ids == {7}
+    assert settings.allowed_guild_ids == {1, 2, 3}
+    assert settings.allowed_channel_ids == {4}
+    assert settings.ocr_role_ids == {5, 6}
+    assert settings.ocr_public is True
+    assert settings.allow_dms is False
+    assert settings.user_cooldown_s == 2.5
+    assert settings.max_jobs_per_user == 3
+    assert settings.max_attachment_bytes == 8 * 1024 * 1024
+    assert settings.max_image_pixels == 20_000_000
+    assert settings.download_timeout_s == 5
+    assert settings.log_level == "DEBUG"
+
+
+def test_blank_values_mean_default():
+    settings = Settings.from_env({"NUM_CROPS": "", "MODEL_ID": "  ", "MAX_IMAGES": "", "COMMAND_PREFIX": ""})
+    assert settings.num_crops is None
+    assert settings.model_id == DEFAULT_MODEL_ID
+    assert settings.max_images == 4
+    assert settings.command_prefix == "!"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "hint"),
+    [
+        ("QUANTIZATION", "3bit", "none, 4bit, 8bit"),
+        ("DEVICE", "gpu", "cuda:N"),
+        ("DTYPE", "int4", "bfloat16"),
+        ("NUM_CROPS", "zero", "whole number"),
+        ("NUM_CROPS", "0", "at least 1"),
+        ("MAX_IMAGES", "99", "at most 16"),
+        ("MAX_NEW_TOKENS", "-5", "at least 1"),
+        ("USER_COOLDOWN_S", "soon", "number"),
+        ("DOWNLOAD_TIMEOUT_S", "nan", "finite"),
+        ("ALLOWED_GUILD_IDS", "123,general", "'general' is not a Discord ID"),
+        ("OCR_PUBLIC", "maybe", "true or false"),
+        ("LOG_LEVEL", "LOUD", "DEBUG"),
+        ("MAX_IMAGE_PIXELS", "500000000", "at most"),
+    ],
+)
+def test_bad_values_name_the_setting_and_say_what_is_expected(name, value, hint):
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({name: value})
+    message = str(caught.value)
+    assert message.startswith(f"{name}={value!r} is not valid")
+    assert hint in message
+
+
+def test_token_never_shows_in_repr_or_str():
+    settings = Settings.from_env({"DISCORD_TOKEN": TOKEN})
+    assert TOKEN not in repr(settings)
+    assert TOKEN not in str(settings)
+    assert TOKEN not in f"{settings.discord_token}"
+    assert "********" in repr(settings.discord_token)
+    assert Secret(TOKEN) == settings.discord_token
+
+
+def test_engine_config_carries_the_model_settings():
+    settings = Settings.from_env(
+        {
+            "MODEL_ID": "m",
+            "QUANTIZATION": "8bit",
+            "NUM_CROPS": "4",
+            "REQUEST_TIMEOUT_S": "30",
+            "MAX_IMAGES": "2",
+        }
+    )
+    assert settings.engine_config() == EngineConfig(
+        model_id="m",
+        quantization="8bit",
+        num_crops=4,
+        request_timeout_s=30.0,
+        max_images=2,
+    )
+
+
+def test_dotenv_file_is_read_when_no_mapping_is_given(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("MAX_IMAGES=2\nOCR_PUBLIC=true\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAX_IMAGES", raising=False)
+    monkeypatch.delenv("OCR_PUBLIC", raising=False)
+    try:
+        settings = Settings.from_env()
+    finally:
+        import os
+
+        os.environ.pop("MAX_IMAGES", None)
+        os.environ.pop("OCR_PUBLIC", None)
+    assert settings.max_images == 2
+    assert settings.ocr_public is True
+
+
+def test_env_example_documents_every_setting_with_the_defaults():
+    import dataclasses
+    from pathlib import Path
+
+    from dotenv import dotenv_values
+
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    values = dotenv_values(example)
+    documented = {field.name.upper() for field in dataclasses.fields(Settings)} - {"CDN_HOSTS"}
+    assert set(values) == documented
+    assert values["DISCORD_TOKEN"] == ""
+    assert Settings.from_env(values) == Settings()
+    lines = example.read_text().splitlines()
+    for index, line in enumerate(lines):
+        if "=" in line and not line.startswith("#"):
+            assert lines[index - 1].startswith("# "), f"{line} has no comment above it"

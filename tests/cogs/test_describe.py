@@ -1,0 +1,239 @@
+"""/describe, !describe and the "Describe image" menu, driven through simcord."""
+
+from __future__ import annotations
+
+import discord
+import pytest
+
+from bot.errors import UNEXPECTED_ERROR_TEXT, ImageRejected, NoImage
+from bot.jobs import NO_IMAGE_IN_COMMAND_TEXT, NO_IMAGE_IN_MESSAGE_TEXT
+from bot.replies import ANSWER_FILENAME, MESSAGE_LIMIT, WORKING_TEXT
+from inference import OutOfMemory, RequestTimedOut, Task
+from tests.conftest import acknowledge_errors, bot_messages, deferrals, image_bytes, png_header_only
+from tests.fakes import Interrupted
+
+# ---------------------------------------------------------------- slash
+
+
+async def test_slash_describe_answers_with_the_engine_text(world, fake_engine):
+    result = await world.member.slash(world.channel, "describe", image=("cat.png", image_bytes()))
+
+    assert deferrals(world.env) == [{"type": 5}]
+    assert not result.ephemeral
+    assert result.response.content == fake_engine.default_answer
+    [request] = fake_engine.requests
+    assert request.task is Task.DESCRIBE
+    assert request.images[0].size == (32, 24)
+    assert request.images[0].mode == "RGB"
+    assert request.question is None
+    assert request.user_id == world.member.id
+
+
+async def test_slash_describe_passes_the_question(world, fake_engine):
+    await world.member.slash(
+        world.channel, "describe", image=("cat.png", image_bytes()), question="  What colour is it?  "
+    )
+    assert fake_engine.requests[0].question == "What colour is it?"
+
+
+async def test_slash_describe_refuses_a_file_that_is_not_an_image(world, fake_engine):
+    result = await world.member.slash(world.channel, "describe", image=("notes.txt", b"just some text"))
+
+    assert "I can't use **notes.txt**: it is not an image I can read" in result.response.content
+    assert fake_engine.requests == []
+    assert acknowledge_errors(world.env) == [ImageRejected]
+
+
+@pytest.mark.bot_settings(max_attachment_mb=0.001)
+async def test_slash_describe_refuses_a_file_over_the_size_limit_without_downloading(world, fake_engine):
+    noise = bytes(range(256)) * 20
+    result = await world.member.slash(world.channel, "describe", image=("big.png", noise))
+
+    assert result.ephemeral  # refused before the bot deferred, so only the user sees it
+    assert "big.png" in result.response.content and "larger than" in result.response.content
+    assert world.env.bot.fetcher.urls == []
+    assert acknowledge_errors(world.env) == [ImageRejected]
+
+
+async def test_slash_describe_refuses_a_decompression_bomb(world, fake_engine):
+    result = await world.member.slash(
+        world.channel, "describe", image=("bomb.png", png_header_only(9000, 9000))
+    )
+
+    assert "bomb.png" in result.response.content
+    assert "pixels" in result.response.content
+    assert fake_engine.requests == []
+    assert acknowledge_errors(world.env) == [ImageRejected]
+
+
+async def test_an_engine_failure_is_reported_and_the_next_request_works(world, fake_engine):
+    fake_engine.answer_next(OutOfMemory("The GPU ran out of memory for this request; try a smaller image."))
+
+    failed = await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
+    worked = await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
+
+    assert failed.response.content == "The GPU ran out of memory for this request; try a smaller image."
+    assert worked.response.content == fake_engine.default_answer
+    assert acknowledge_errors(world.env) == [OutOfMemory]
+
+
+@pytest.mark.parametrize("command", ["slash", "prefix"])
+async def test_a_failure_midway_through_the_answer_replaces_the_partial_text(world, fake_engine, command):
+    fake_engine.answer_next(Interrupted("The image shows", RequestTimedOut("That took too long; try again.")))
+
+    if command == "slash":
+        result = await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
+        shown = result.response.content
+    else:
+        await world.member.send(world.channel, "!describe", attachments=[("a.png", image_bytes())])
+        shown = bot_messages(world.channel)[-1].content
+
+    assert shown == "That took too long; try again."
+    assert len(bot_messages(world.channel)) == 1
+    assert fake_engine.closed_streams == 1
+    assert acknowledge_errors(world.env) == [RequestTimedOut]
+
+
+async def test_an_unexpected_exception_is_logged_and_reported_generically(world, fake_engine, caplog):
+    fake_engine.answer_next(ZeroDivisionError("bug in the engine"))
+
+    failed = await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
+    worked = await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
+
+    assert failed.response.content == UNEXPECTED_ERROR_TEXT
+    assert worked.response.content == fake_engine.default_answer
+    assert "bug in the engine" in caplog.text
+    assert acknowledge_errors(world.env) == [ZeroDivisionError]
+
+
+async def test_a_long_answer_is_split_into_several_messages(world, fake_engine):
+    answer = "\n".join(f"Detail {i}: " + "x" * 80 for i in range(40))  # ~3,700 characters
+    fake_engine.answer_next(answer)
+
+    result = await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
+
+    parts = [result.response.content] + [followup.content for followup in result.followups]
+    assert len(parts) == 2
+    assert all(len(part) <= MESSAGE_LIMIT for part in parts)
+    assert "\n".join(parts) == answer
+
+
+async def test_a_very_long_answer_is_sent_as_a_text_file(world, fake_engine):
+    answer = "\n".join("y" * 99 for _ in range(100))  # 10,000 characters
+    fake_engine.answer_next(answer)
+
+    result = await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
+
+    assert "attached as a file" in result.response.content
+    [followup] = result.followups
+    [attachment] = followup.attachments
+    assert attachment.filename == ANSWER_FILENAME
+    assert await attachment.read() == answer.encode()
+
+
+# ---------------------------------------------------------------- prefix and mention
+
+
+async def test_prefix_describe_uses_the_attached_image_and_question(world, fake_engine):
+    await world.member.send(
+        world.channel, "!describe what colour is this?", attachments=[("a.png", image_bytes((10, 20)))]
+    )
+
+    [reply] = bot_messages(world.channel)
+    assert reply.content == fake_engine.default_answer
+    [request] = fake_engine.requests
+    assert request.question == "what colour is this?"
+    assert request.images[0].size == (10, 20)
+
+
+async def test_prefix_describe_edits_its_working_message_into_the_answer(world, fake_engine):
+    command = await world.member.send(world.channel, "!describe", attachments=[("a.png", image_bytes())])
+
+    [reply] = bot_messages(world.channel)
+    assert reply.reference.message_id == command.id
+    posted = [e for e in world.env.http_requests if e.method == "POST" and e.path.endswith("/messages")]
+    edited = [e for e in world.env.http_requests if e.method == "PATCH"]
+    assert posted[0].json["content"] == WORKING_TEXT
+    assert edited[-1].json["content"] == fake_engine.default_answer
+
+
+async def test_prefix_describe_reads_the_image_of_the_message_it_replies_to(world, fake_engine):
+    photo = await world.member.send(world.channel, "my cat", attachments=[("cat.png", image_bytes((7, 9)))])
+    await world.member.send(world.channel, "!describe", reply_to=photo)
+
+    assert fake_engine.requests[0].images[0].size == (7, 9)
+    assert bot_messages(world.channel)[-1].content == fake_engine.default_answer
+
+
+async def test_prefix_describe_reads_an_image_embed_hosted_on_the_cdn(world, fake_engine):
+    upload = await world.member.send(world.channel, "", attachments=[("pic.png", image_bytes((5, 6)))])
+    embed = discord.Embed(title="shared")
+    embed.set_image(url=upload.attachments[0].url)
+    posted = await world.guild.create_webhook(world.channel).send(embed=embed)
+
+    await world.member.send(world.channel, "!describe", reply_to=posted)
+
+    assert fake_engine.requests[0].images[0].size == (5, 6)
+
+
+async def test_image_embeds_from_other_sites_are_ignored(world, fake_engine):
+    embed = discord.Embed(title="outside")
+    embed.set_image(url="https://evil.example/attachments/1/2/x.png")
+    posted = await world.guild.create_webhook(world.channel).send(embed=embed)
+
+    await world.member.send(world.channel, "!describe", reply_to=posted)
+
+    assert bot_messages(world.channel)[-1].content == NO_IMAGE_IN_COMMAND_TEXT
+    assert acknowledge_errors(world.env) == [NoImage]
+
+
+async def test_prefix_describe_without_an_image_says_how_to_give_one(world, fake_engine):
+    await world.member.send(world.channel, "!describe")
+
+    assert bot_messages(world.channel)[-1].content == NO_IMAGE_IN_COMMAND_TEXT
+    assert fake_engine.requests == []
+    assert acknowledge_errors(world.env) == [NoImage]
+
+
+async def test_prefix_describe_names_a_non_image_attachment(world, fake_engine):
+    await world.member.send(world.channel, "!describe", attachments=[("report.pdf", b"%PDF-1.7 ...")])
+
+    assert "**report.pdf**" in bot_messages(world.channel)[-1].content
+    assert acknowledge_errors(world.env) == [ImageRejected]
+
+
+async def test_mention_works_as_a_prefix(world, fake_engine):
+    bot_user = world.env.bot.user
+    await world.member.send(
+        world.channel, f"<@{bot_user.id}> describe", attachments=[("a.png", image_bytes())]
+    )
+
+    assert bot_messages(world.channel)[-1].content == fake_engine.default_answer
+
+
+async def test_unknown_prefix_commands_are_ignored(world):
+    await world.member.send(world.channel, "!dance")
+    assert bot_messages(world.channel) == []
+
+
+# ---------------------------------------------------------------- context menu
+
+
+async def test_describe_image_menu_on_a_message(world, fake_engine):
+    photo = await world.member.send(world.channel, "look", attachments=[("a.png", image_bytes((3, 4)))])
+
+    result = await world.member.context_menu(world.channel, "Describe image", photo)
+
+    assert not result.ephemeral
+    assert result.response.content == fake_engine.default_answer
+    assert fake_engine.requests[0].images[0].size == (3, 4)
+
+
+async def test_describe_image_menu_on_a_message_without_images(world, fake_engine):
+    text = await world.member.send(world.channel, "no pictures here")
+
+    result = await world.member.context_menu(world.channel, "Describe image", text)
+
+    assert result.ephemeral
+    assert result.response.content == NO_IMAGE_IN_MESSAGE_TEXT
+    assert acknowledge_errors(world.env) == [NoImage]

@@ -1,0 +1,54 @@
+"""The whole path with the real model: simcord Discord -> cogs -> image intake -> LocalEngine -> tiny Phi-3-vision.
+
+The tiny checkpoint has random weights, so its text is gibberish; these tests check
+the shape of what users see, not the words.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.replies import WORKING_TEXT
+from inference import EngineConfig, LocalEngine
+from tests.conftest import bot_messages, image_bytes
+from tests.inference.conftest import TINY_CHECKPOINT
+
+pytestmark = pytest.mark.simcord(settle_timeout=120)
+
+
+@pytest.fixture
+async def real_engine():
+    engine = LocalEngine(EngineConfig(model_id=str(TINY_CHECKPOINT), device="cpu", max_new_tokens=6))
+    await engine.start()
+    yield engine
+    await engine.stop()
+
+
+@pytest.fixture
+async def simcord_bot(make_bot, real_engine):
+    bot = make_bot(real_engine, manage_engine=False)
+    yield bot
+    await bot.close()
+
+
+async def test_slash_describe_with_the_real_model(world):
+    result = await world.member.slash(world.channel, "describe", image=("cat.png", image_bytes((300, 200))))
+    assert result.response.content.strip()
+    assert result.response.content != WORKING_TEXT
+
+
+async def test_prefix_compare_with_the_real_model(world):
+    message = await world.member.send(
+        world.channel,
+        "!compare which is redder?",
+        attachments=[("a.png", image_bytes((64, 64))), ("b.png", image_bytes((90, 40), color=(0, 0, 255)))],
+    )
+    [answer] = bot_messages(world.channel)
+    assert answer.content.strip() and answer.content != WORKING_TEXT
+    assert answer.reference.message_id == message.id
+
+
+async def test_ocr_is_private_and_in_a_code_block_with_the_real_model(world):
+    result = await world.member.slash(world.channel, "ocr", image=("shot.png", image_bytes((400, 120))))
+    assert result.ephemeral
+    assert result.response.content.startswith("```")

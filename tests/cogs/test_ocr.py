@@ -1,0 +1,79 @@
+"""/ocr, !ocr and the "Extract text" menu: private by default, text in code blocks, role-gated."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.errors import Denied
+from bot.limits import OCR_DENIED_TEXT
+from inference import Task
+from tests.conftest import acknowledge_errors, bot_messages, deferrals, image_bytes, reconfigure
+
+SCREENSHOT_TEXT = "Rule 1: be kind\nRule 2: ```no spam```"
+
+
+async def test_slash_ocr_is_ephemeral_and_in_a_code_block(world, fake_engine):
+    fake_engine.answer_next(SCREENSHOT_TEXT)
+
+    result = await world.member.slash(world.channel, "ocr", image=("shot.png", image_bytes()))
+
+    assert deferrals(world.env) == [{"type": 5, "data": {"flags": 64}}]
+    assert result.ephemeral
+    content = result.response.content
+    assert content.startswith("```\n") and content.endswith("\n```")
+    assert "Rule 1: be kind" in content
+    assert content.count("```") == 2  # the fences inside the text were escaped
+    assert fake_engine.requests[0].task is Task.OCR
+
+
+@pytest.mark.bot_settings(ocr_public=True)
+async def test_slash_ocr_can_be_made_public(world, fake_engine):
+    result = await world.member.slash(world.channel, "ocr", image=("shot.png", image_bytes()))
+
+    assert deferrals(world.env) == [{"type": 5}]
+    assert not result.ephemeral
+
+
+async def test_extract_text_menu_is_ephemeral(world, fake_engine):
+    fake_engine.answer_next("STOP")
+    screenshot = await world.member.send(
+        world.channel, "", attachments=[("sign.jpg", image_bytes(format="JPEG"))]
+    )
+
+    result = await world.member.context_menu(world.channel, "Extract text", screenshot)
+
+    assert result.ephemeral
+    assert result.response.content == "```\nSTOP\n```"
+
+
+async def test_prefix_ocr_replies_in_a_code_block(world, fake_engine):
+    fake_engine.answer_next("hello")
+    await world.member.send(world.channel, "!ocr", attachments=[("shot.png", image_bytes())])
+
+    assert bot_messages(world.channel)[-1].content == "```\nhello\n```"
+
+
+async def test_ocr_with_no_text_found_says_so(world, fake_engine):
+    fake_engine.answer_next("")
+    result = await world.member.slash(world.channel, "ocr", image=("blank.png", image_bytes()))
+
+    assert result.response.content == "(No text found.)"
+
+
+async def test_ocr_is_limited_to_the_ocr_roles(world, fake_engine):
+    mods = world.guild.create_role("Mods")
+    moderator = world.guild.add_member(world.env.create_user("mod"), roles=[mods])
+    reconfigure(world.env.bot, ocr_role_ids=frozenset({mods.id}))
+
+    denied = await world.member.slash(world.channel, "ocr", image=("shot.png", image_bytes()))
+    allowed = await moderator.slash(world.channel, "ocr", image=("shot.png", image_bytes()))
+    await world.member.send(world.channel, "!ocr", attachments=[("shot.png", image_bytes())])
+    prefix_reply = bot_messages(world.channel)[-1]
+    described = await world.member.slash(world.channel, "describe", image=("shot.png", image_bytes()))
+
+    assert denied.ephemeral and denied.response.content == OCR_DENIED_TEXT
+    assert allowed.response.content.startswith("```")
+    assert prefix_reply.content == OCR_DENIED_TEXT
+    assert described.response.content == fake_engine.default_answer  # roles only gate OCR
+    assert [request.user_id for request in fake_engine.requests] == [moderator.id, world.member.id]
+    assert acknowledge_errors(world.env) == [Denied, Denied]

@@ -73,6 +73,10 @@ class Settings:
     max_new_tokens: int = 512
     max_images: int = 4
     request_timeout_s: float = 180.0
+    max_queued: int = 32
+    max_batch_size: int = 8
+    token_budget: int = 24_576
+    batch_window_ms: float = 15.0
     # Discord wiring
     command_prefix: str = "!"
     dev_guild_id: int | None = None
@@ -122,6 +126,10 @@ class Settings:
             max_new_tokens=env.integer("MAX_NEW_TOKENS", defaults.max_new_tokens, minimum=1, maximum=4096),
             max_images=env.integer("MAX_IMAGES", defaults.max_images, minimum=1, maximum=MAX_IMAGES_LIMIT),
             request_timeout_s=env.number("REQUEST_TIMEOUT_S", defaults.request_timeout_s, minimum=1),
+            max_queued=env.integer("MAX_QUEUED", defaults.max_queued, minimum=0),
+            max_batch_size=env.integer("MAX_BATCH_SIZE", defaults.max_batch_size, minimum=1, maximum=256),
+            token_budget=env.integer("TOKEN_BUDGET", defaults.token_budget, minimum=1024),
+            batch_window_ms=env.number("BATCH_WINDOW_MS", defaults.batch_window_ms, minimum=0, maximum=5000),
             command_prefix=env.text("COMMAND_PREFIX", defaults.command_prefix),
             dev_guild_id=env.optional_int("DEV_GUILD_ID", minimum=1),
             sync_commands=env.boolean("SYNC_COMMANDS", defaults.sync_commands),
@@ -155,6 +163,10 @@ class Settings:
             max_new_tokens=self.max_new_tokens,
             max_images=self.max_images,
             request_timeout_s=self.request_timeout_s,
+            max_queued=self.max_queued,
+            max_batch_size=self.max_batch_size,
+            token_budget=self.token_budget,
+            batch_window_ms=self.batch_window_ms,
         )
 
 

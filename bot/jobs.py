@@ -15,7 +15,7 @@ from bot.errors import NoImage, NotEnoughImages, TooManyImages, UserFacingError
 from bot.gather import sources_for_command_message
 from bot.images import ImageSource, check_source, load_images
 from bot.limits import Requester
-from bot.replies import AnswerTarget, InteractionTarget, MessageTarget, stream_answer
+from bot.replies import AnswerTarget, InteractionTarget, MessageTarget, PlaceInLine, stream_answer
 from inference import Request, Task
 
 if TYPE_CHECKING:
@@ -76,7 +76,13 @@ async def run_job(
         await target.start()
         images = await load_images(chosen, bot.image_limits, bot.fetcher)
         request = Request(task=task, images=images, question=question, user_id=requester.user_id)
-        return await stream_answer(target, bot.engine.stream(request), code_block=task is Task.OCR)
+        place_in_line = PlaceInLine(target)
+        return await stream_answer(
+            target,
+            bot.engine.stream(request, on_position=place_in_line),
+            code_block=task is Task.OCR,
+            place_in_line=place_in_line,
+        )
 
 
 def is_private(bot: VisionBot, task: Task) -> bool:

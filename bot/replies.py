@@ -7,6 +7,7 @@ posts and edits for a prefix command (:class:`MessageTarget`).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,7 @@ WORKING_TEXT = "Looking at it… \N{LEFT-POINTING MAGNIFYING GLASS}"
 EMPTY_ANSWER_TEXT = "(The model gave an empty answer.)"
 NO_TEXT_FOUND_TEXT = "(No text found.)"
 ANSWER_FILENAME = "answer.txt"
+QUEUE_TEXT = "You're #{position} in line; I'll start on it as soon as I can. \N{HOURGLASS WITH FLOWING SAND}"
 
 
 class AnswerTarget(Protocol):
@@ -140,11 +142,52 @@ def _monotonic() -> float:
     return time.monotonic()
 
 
-async def deliver_answer(target: AnswerTarget, text: str, *, code_block: bool) -> None:
-    """Show the finished answer: up to four messages, or a text file past that."""
+class PlaceInLine:
+    """Shows a waiting request's place in the queue, at most one edit per ``interval_s``.
+
+    The engine calls it (synchronously) whenever the place changes; 0 means the
+    answer has started, which the streamed text then shows.
+    """
+
+    def __init__(
+        self, target: AnswerTarget, *, interval_s: float = EDIT_INTERVAL_S, clock: Callable[[], float] = _monotonic
+    ) -> None:
+        self.target = target
+        self.interval_s = interval_s
+        self.clock = clock
+        self.shown: int | None = None
+        self._shown_at: float | None = None
+        self._edit: asyncio.Task | None = None
+
+    def __call__(self, position: int) -> None:
+        if position < 1 or position == self.shown:
+            return
+        now = self.clock()
+        if self._shown_at is not None and now - self._shown_at < self.interval_s:
+            return
+        self.shown, self._shown_at = position, now
+        self._edit = asyncio.get_running_loop().create_task(self._show(self._edit, position))
+
+    async def _show(self, previous: asyncio.Task | None, position: int) -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)  # keep edits in order
+        await self.target.show(QUEUE_TEXT.format(position=position))
+
+    async def settle(self) -> None:
+        """Wait for the last queue edit, so it can never land on top of the answer."""
+        if self._edit is not None:
+            await asyncio.gather(self._edit, return_exceptions=True)
+
+
+async def deliver_answer(target: AnswerTarget, text: str, *, code_block: bool, shown: str = "") -> None:
+    """Show the finished answer: up to four messages, or a text file past that.
+
+    ``shown`` is what the main message already says; an identical edit is skipped.
+    """
     parts = format_answer(text, code_block=code_block)
     if len(parts) <= MAX_MESSAGE_PARTS:
-        await target.show(parts[0])
+        if parts[0] != shown:
+            await target.show(parts[0])
         for part in parts[1:]:
             await target.add(part)
         return
@@ -159,6 +202,7 @@ async def stream_answer(
     code_block: bool,
     interval_s: float = EDIT_INTERVAL_S,
     clock: Callable[[], float] = _monotonic,
+    place_in_line: PlaceInLine | None = None,
 ) -> str:
     """Show text as it arrives (at most one edit per ``interval_s``), then the final answer.
 
@@ -175,8 +219,12 @@ async def stream_answer(
             if now - last_edit >= interval_s and text.strip():
                 preview = format_answer(text, code_block=code_block)[0]
                 if preview != shown:
+                    if place_in_line is not None:
+                        await place_in_line.settle()
                     await target.show(preview)
                     shown = preview
                 last_edit = now
-    await deliver_answer(target, text, code_block=code_block)
+    if place_in_line is not None:
+        await place_in_line.settle()
+    await deliver_answer(target, text, code_block=code_block, shown=shown)
     return text

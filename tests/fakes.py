@@ -40,6 +40,7 @@ class FakeEngine:
         self.started = False
         self.stopped = False
         self.closed_streams = 0
+        self.places_in_line: list[int] = []  # reported to on_position before answering, then 0
         self._gate: asyncio.Event | None = None
         self._gate_env: Any = None
 
@@ -66,10 +67,15 @@ class FakeEngine:
     def _next_answer(self) -> str | BaseException | Interrupted:
         return self.answers.popleft() if self.answers else self.default_answer
 
-    async def stream(self, request: Request) -> AsyncIterator[str]:
+    async def stream(
+        self, request: Request, on_position: Callable[[int], None] | None = None
+    ) -> AsyncIterator[str]:
         self.requests.append(request)
         answer = self._next_answer()
         try:
+            for position in [*self.places_in_line, 0] if on_position is not None else []:
+                on_position(position)
+                await asyncio.sleep(0)
             if self._gate is not None and not self._gate.is_set():
                 await self._gate_env.external_wait(self._gate.wait(), reason="the test is holding the engine")
             if isinstance(answer, BaseException):

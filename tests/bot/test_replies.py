@@ -9,6 +9,8 @@ from bot.replies import (
     EMPTY_ANSWER_TEXT,
     MESSAGE_LIMIT,
     NO_TEXT_FOUND_TEXT,
+    QUEUE_TEXT,
+    PlaceInLine,
     deliver_answer,
     format_answer,
     split_text,
@@ -93,8 +95,9 @@ async def test_stream_edits_at_most_once_per_interval_then_shows_the_final_text(
 
     text = await stream_answer(target, timed(), code_block=False, clock=lambda: now[0])
     assert text == "abcde"
-    # pieces arrive at t=0, 0.6, 1.2, 1.8, 2.4: edits at 1.2 and 2.4 only, then the final one
-    assert target.events == [("show", "abc"), ("show", "abcde"), ("show", "abcde")]
+    # pieces arrive at t=0, 0.6, 1.2, 1.8, 2.4: edits at 1.2 and 2.4 only; the final text is
+    # already showing, so no extra edit is spent on it
+    assert target.events == [("show", "abc"), ("show", "abcde")]
 
 
 async def test_long_answers_become_several_messages():
@@ -132,3 +135,25 @@ async def test_the_piece_stream_is_closed_when_showing_fails():
     with pytest.raises(RuntimeError):
         await stream_answer(Broken(), endless(), code_block=False, interval_s=0)
     assert closed == [True]
+
+
+async def test_place_in_line_is_shown_while_waiting_and_never_after_the_answer():
+    now = [0.0]
+    target = RecordingTarget()
+    place = PlaceInLine(target, clock=lambda: now[0])
+
+    async def queued_then_answered():
+        for t, position in [(0.0, 4), (0.5, 3), (1.2, 2), (1.3, 2), (2.5, 1), (2.6, 0)]:
+            now[0] = t
+            place(position)
+            yield ""
+        yield "The answer."
+
+    await stream_answer(target, queued_then_answered(), code_block=False, clock=lambda: now[0], place_in_line=place)
+    # #3 came too soon after #4 and is skipped; repeats and 0 are ignored; the answer is last.
+    assert target.events == [
+        ("show", QUEUE_TEXT.format(position=4)),
+        ("show", QUEUE_TEXT.format(position=2)),
+        ("show", QUEUE_TEXT.format(position=1)),
+        ("show", "The answer."),
+    ]

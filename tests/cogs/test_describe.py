@@ -7,7 +7,7 @@ import pytest
 
 from bot.errors import UNEXPECTED_ERROR_TEXT, ImageRejected, NoImage
 from bot.jobs import NO_IMAGE_IN_COMMAND_TEXT, NO_IMAGE_IN_MESSAGE_TEXT
-from bot.replies import ANSWER_FILENAME, MESSAGE_LIMIT, WORKING_TEXT
+from bot.replies import ANSWER_FILENAME, MESSAGE_LIMIT, QUEUE_TEXT, WORKING_TEXT
 from inference import OutOfMemory, RequestTimedOut, Task
 from tests.conftest import acknowledge_errors, bot_messages, deferrals, image_bytes, png_header_only
 from tests.fakes import Interrupted
@@ -27,6 +27,19 @@ async def test_slash_describe_answers_with_the_engine_text(world, fake_engine):
     assert request.images[0].mode == "RGB"
     assert request.question is None
     assert request.user_id == world.member.id
+
+
+async def test_a_waiting_request_is_told_its_place_in_line(world, fake_engine):
+    fake_engine.places_in_line = [3]
+    result = await world.member.slash(world.channel, "describe", image=("cat.png", image_bytes()))
+
+    edits = [
+        entry.json.get("content")
+        for entry in world.env.http_requests
+        if entry.method == "PATCH" and isinstance(entry.json, dict)
+    ]
+    assert edits[0] == QUEUE_TEXT.format(position=3)
+    assert result.response.content == fake_engine.default_answer
 
 
 async def test_slash_describe_passes_the_question(world, fake_engine):

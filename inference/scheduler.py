@@ -1,8 +1,10 @@
 """Who runs next: a pure queueing and batching policy (no torch, no asyncio, no I/O).
 
 - Bounded: at most ``max_waiting`` requests wait; one more is refused at once.
-- Fair: waiting requests are admitted round-robin across users, so one person's
-  burst cannot starve everyone else; ``position`` tells each request its place.
+- Fair: waiting requests are admitted round-robin across users, the user served
+  least recently first, so one person's burst cannot starve everyone else and a
+  newcomer does not wait behind someone already being served; ``positions``
+  tells each request its place.
 - Batched: up to ``max_batch_size`` sequences decode together, as long as their
   KV-cache reservations (prompt + new tokens) fit ``token_budget``.
 - Exact: Phi-3's LongRoPE picks short or long factors from the longest sequence
@@ -14,8 +16,13 @@
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict, deque
+import itertools
+from collections import deque
 from dataclasses import dataclass
+
+# How many users' "last served" marks to remember; older marks are forgotten (those users
+# then count as never served, which only ever moves them forward).
+MAX_REMEMBERED_USERS = 4096
 
 
 class RopeRegime(enum.Enum):
@@ -62,9 +69,10 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.max_waiting = max_waiting
         self.token_budget = token_budget
-        # user -> their waiting tickets in arrival order; the dict order is the round-robin order.
-        self._queues: OrderedDict[int | None, deque[Ticket]] = OrderedDict()
+        self._queues: dict[int | None, deque[Ticket]] = {}  # user -> waiting tickets, arrival order
         self._running: dict[int, Ticket] = {}
+        self._served_at: dict[int | None, int] = {}  # user -> tick of their latest admission
+        self._ticks = itertools.count(1)
 
     # -- queue ---------------------------------------------------------------------------------
     @property
@@ -104,7 +112,7 @@ class Scheduler:
     def waiting_order(self) -> list[Ticket]:
         """Waiting tickets in the order they will be admitted: each user's first, then each user's second..."""
         order, depth = [], 0
-        queues = list(self._queues.values())
+        queues = sorted(self._queues.values(), key=lambda q: (self._served_at.get(q[0].user_id, 0), q[0].request_id))
         while True:
             layer = [q[depth] for q in queues if len(q) > depth]
             if not layer:
@@ -146,8 +154,12 @@ class Scheduler:
     def _take(self, ticket: Ticket) -> None:
         queue = self._queues[ticket.user_id]
         queue.remove(ticket)
-        # The user just served moves to the back of the rotation.
-        del self._queues[ticket.user_id]
-        if queue:
-            self._queues[ticket.user_id] = queue
+        if not queue:
+            del self._queues[ticket.user_id]
         self._running[ticket.request_id] = ticket
+        # The user just served moves to the back of the rotation.
+        self._served_at[ticket.user_id] = next(self._ticks)
+        if len(self._served_at) > MAX_REMEMBERED_USERS:
+            oldest = sorted(self._served_at, key=self._served_at.__getitem__)[: MAX_REMEMBERED_USERS // 2]
+            for user in oldest:
+                del self._served_at[user]

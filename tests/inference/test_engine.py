@@ -249,10 +249,10 @@ async def test_positions_are_reported_and_users_take_turns():
     finally:
         await engine.stop()
     assert order.index("bob") < order.index("alice2")
-    # Bob arrives behind Alice's running request: her second goes first, then him, then her third.
-    assert order == ["alice0", "alice1", "bob", "alice2"]
-    assert seen["bob"] == [2, 1, 0]
-    assert seen["alice2"][-2:] == [1, 0]
+    # Bob arrives while Alice is being served: he goes ahead of her other two.
+    assert order == ["alice0", "bob", "alice1", "alice2"]
+    assert seen["bob"] == [1, 0]
+    assert seen["alice2"][-4:] == [3, 2, 1, 0]  # pushed back one place by Bob, then forward
 
 
 async def test_stop_fails_open_requests_clearly():

@@ -1,0 +1,115 @@
+"""The scheduler alone: bounded, fair across users, batched within limits, exact around LongRoPE."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from inference.scheduler import QueueFull, RopeRegime, Scheduler, Ticket, TooLarge, rope_regime
+
+_ids = itertools.count(1)
+
+
+def ticket(user: int | None, prompt: int = 100, new: int = 50, regime: RopeRegime = RopeRegime.SHORT) -> Ticket:
+    return Ticket(next(_ids), user, prompt, new, regime)
+
+
+def test_rope_regimes():
+    assert rope_regime(3000, 512, 4096) is RopeRegime.SHORT
+    assert rope_regime(3000, 1096, 4096) is RopeRegime.SHORT  # ends exactly at the switch
+    assert rope_regime(3000, 1097, 4096) is RopeRegime.CROSSING
+    assert rope_regime(4097, 10, 4096) is RopeRegime.LONG
+
+
+def test_queue_is_bounded():
+    scheduler = Scheduler(max_batch_size=1, max_waiting=2)
+    scheduler.add(ticket(1))
+    scheduler.add(ticket(2))
+    with pytest.raises(QueueFull):
+        scheduler.add(ticket(3))
+    scheduler.admit()  # one starts, making room
+    scheduler.add(ticket(3))
+
+
+def test_a_request_larger_than_the_budget_is_refused_up_front():
+    with pytest.raises(TooLarge):
+        Scheduler(token_budget=1000).add(ticket(1, prompt=900, new=200))
+
+
+def test_round_robin_across_users():
+    scheduler = Scheduler(max_batch_size=1, max_waiting=10)
+    alice = [ticket(1) for _ in range(3)]
+    bob = [ticket(2) for _ in range(2)]
+    carol = ticket(3)
+    for t in [*alice, *bob, carol]:
+        scheduler.add(t)
+    assert [t.request_id for t in scheduler.waiting_order()] == [
+        alice[0].request_id, bob[0].request_id, carol.request_id,
+        alice[1].request_id, bob[1].request_id, alice[2].request_id,
+    ]
+    served = []
+    while scheduler.has_work():
+        [started] = scheduler.admit()
+        served.append(started.user_id)
+        scheduler.finish(started.request_id)
+    assert served == [1, 2, 3, 1, 2, 1]
+
+
+def test_the_user_just_served_goes_to_the_back():
+    scheduler = Scheduler(max_batch_size=1, max_waiting=10)
+    first, second = ticket(1), ticket(1)
+    scheduler.add(first)
+    scheduler.add(second)
+    [started] = scheduler.admit()
+    late = ticket(2)
+    scheduler.add(late)  # arrives after alice was served once: goes ahead of her second
+    assert started is first
+    assert scheduler.positions() == {late.request_id: 1, second.request_id: 2}
+
+
+def test_batches_fill_up_to_size_and_budget():
+    scheduler = Scheduler(max_batch_size=3, max_waiting=10, token_budget=1000)
+    tickets = [ticket(u, prompt=200, new=100) for u in range(5)]
+    for t in tickets:
+        scheduler.add(t)
+    assert len(scheduler.admit()) == 3  # size limit (3 x 300 = 900 tokens fits the budget)
+    assert scheduler.admit() == []  # full
+    scheduler.finish(tickets[0].request_id)
+    assert [t.request_id for t in scheduler.admit()] == [tickets[3].request_id]
+
+
+def test_budget_limits_the_batch():
+    scheduler = Scheduler(max_batch_size=8, max_waiting=10, token_budget=1000)
+    for u in range(4):
+        scheduler.add(ticket(u, prompt=300, new=100))
+    assert len(scheduler.admit()) == 2  # 2 x 400 = 800; a third would make 1200
+
+
+def test_regimes_never_mix_and_crossing_runs_alone():
+    scheduler = Scheduler(max_batch_size=8, max_waiting=10)
+    short1, long1 = ticket(1), ticket(2, regime=RopeRegime.LONG)
+    crossing, short2 = ticket(3, regime=RopeRegime.CROSSING), ticket(4)
+    for t in (short1, long1, crossing, short2):
+        scheduler.add(t)
+    assert scheduler.admit() == [short1]  # the long one may not join; fairness keeps short2 behind it
+    scheduler.finish(short1.request_id)
+    assert scheduler.admit() == [long1]
+    scheduler.finish(long1.request_id)
+    assert scheduler.admit() == [crossing]
+    assert scheduler.admit() == []  # nothing joins a crossing sequence
+    scheduler.finish(crossing.request_id)
+    assert scheduler.admit() == [short2]
+
+
+def test_abort_removes_waiting_and_running_requests():
+    scheduler = Scheduler(max_batch_size=1, max_waiting=10)
+    running, waiting = ticket(1), ticket(2)
+    scheduler.add(running)
+    scheduler.add(waiting)
+    scheduler.admit()
+    assert scheduler.abort(waiting.request_id)
+    assert scheduler.positions() == {}
+    assert scheduler.abort(running.request_id)
+    assert not scheduler.has_work()
+    assert not scheduler.abort(12345)

@@ -29,7 +29,8 @@ INVALID_TOKEN_TEXT = (
 )
 MISSING_INTENT_TEXT = (
     "Discord refused the Message Content intent. Enable it in the Developer Portal "
-    "(Bot > Privileged Gateway Intents), or set COMMAND_PREFIX= (blank) to use mentions and slash commands only."
+    "(Bot > Privileged Gateway Intents), or set COMMAND_PREFIX= (blank) to use mentions "
+    "and slash commands only."
 )
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 import discord
@@ -17,10 +18,12 @@ from bot.images import Fetcher, HttpFetcher, ImageLimits
 from bot.limits import AccessPolicy, JobLimiter
 from bot.settings import Settings
 from inference import Engine
+from inference.remote import display_url
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.describe", "cogs.ocr", "cogs.compare")
+SHUTDOWN_GRACE_S = 5.0  # how long shutdown waits for stopped jobs to tell their users
 DESCRIPTION = "Describes, reads and compares images with Phi-3-vision."
 
 
@@ -32,6 +35,8 @@ class VisionTree(app_commands.CommandTree):
 
 
 class VisionBot(commands.Bot):
+    """The bot on one gateway connection. :class:`ShardedVisionBot` is the same bot over several shards."""
+
     settings: Settings
     engine: Engine
     manage_engine: bool
@@ -48,6 +53,7 @@ class VisionBot(commands.Bot):
         *,
         fetcher: Fetcher | None = None,
         manage_engine: bool = True,
+        **options: Any,
     ) -> None:
         super().__init__(
             command_prefix=_prefix(settings.command_prefix),
@@ -56,6 +62,7 @@ class VisionBot(commands.Bot):
             tree_cls=VisionTree,
             allowed_mentions=discord.AllowedMentions.none(),
             owner_ids=set(settings.owner_ids) or None,
+            **options,
         )
         self.settings = settings
         self.engine = engine
@@ -77,8 +84,10 @@ class VisionBot(commands.Bot):
         self.session = aiohttp.ClientSession()
         if self.fetcher is None:
             self.fetcher = HttpFetcher(self.session, timeout_s=self.settings.download_timeout_s)
+        if self.settings.sharded:
+            log.info("Sharded: %s", _shard_text(self.settings.shard_count, self.settings.shard_ids))
         if self.manage_engine:
-            log.info("Starting the inference engine (%s)…", self.settings.model_id)
+            log.info("Starting the inference engine (%s)…", _engine_text(self.settings))
             await self.engine.start()
             self._engine_started = True
         for extension in EXTENSIONS:
@@ -87,15 +96,27 @@ class VisionBot(commands.Bot):
             await sync_app_commands(self, self.settings.dev_guild_id)
 
     async def close(self) -> None:
+        """Stop the engine first, so people whose answers were cut short are told so, then disconnect."""
         try:
-            await super().close()
-        finally:
             if self._engine_started:
                 self._engine_started = False
-                await self.engine.stop()
+                await self.engine.stop()  # open requests end with "the bot is shutting down"
+                await self._let_jobs_reply()
+            await super().close()
+        finally:
             if self.session is not None:
                 await self.session.close()
                 self.session = None
+
+    async def _let_jobs_reply(self) -> None:
+        """Give jobs that were just stopped a moment to send their replies before the connection closes."""
+        if self.limiter.total_active == 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_GRACE_S
+        while self.limiter.total_active and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # the error handler replies right after the job ends
 
     async def get_context(self, origin, /, *, cls=VisionContext):  # type: ignore[override]
         return await super().get_context(origin, cls=cls)
@@ -107,6 +128,18 @@ class VisionBot(commands.Bot):
         log.info(
             "Logged in as %s (%s) in %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds)
         )
+
+
+class ShardedVisionBot(VisionBot, commands.AutoShardedBot):
+    """The same bot over several gateway shards (Discord requires sharding from 2,500 servers).
+
+    Everything is inherited from :class:`VisionBot`; ``commands.AutoShardedBot``
+    only replaces the connection handling underneath it.
+    """
+
+    async def on_ready(self) -> None:
+        await super().on_ready()
+        log.info("Shards ready: %s", _shard_text(self.shard_count, self.shard_ids))
 
 
 async def sync_app_commands(bot: commands.Bot, guild_id: int | None) -> int:
@@ -140,6 +173,26 @@ def _prefix(prefix: str) -> Callable[[commands.Bot, discord.Message], list[str]]
     return commands.when_mentioned_or(prefix) if prefix else commands.when_mentioned
 
 
+def _shard_text(count: int | str | None, ids: Any) -> str:
+    total = "as many shards as Discord recommends" if count in (None, "auto") else f"{count} shards in total"
+    mine = f"this process runs shards {', '.join(map(str, ids))}" if ids else "this process runs all of them"
+    return f"{total}; {mine}"
+
+
+def _engine_text(settings: Settings) -> str:
+    if settings.backend == "remote" and settings.remote_url:
+        return f"{settings.remote_model} on the model server {display_url(settings.remote_url)}"
+    return settings.model_id
+
+
+def _shard_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``commands.AutoShardedBot`` (none for an unsharded bot)."""
+    if not settings.sharded:
+        return {}
+    count = settings.shard_count if isinstance(settings.shard_count, int) else None  # None: ask Discord
+    return {"shard_count": count, "shard_ids": list(settings.shard_ids) or None}
+
+
 def _intents(prefix: str) -> discord.Intents:
     intents = discord.Intents.default()
     # Reading "!describe" needs message content; mentions are delivered without it.
@@ -157,13 +210,23 @@ def create_bot(
     """Build the fully wired bot without connecting.
 
     ``settings`` defaults to :meth:`Settings.from_env`; ``engine`` defaults to a
-    ``LocalEngine`` built from the settings. With ``manage_engine`` the bot
-    starts the engine in ``setup_hook`` and stops it in ``close``; pass ``False``
-    when the caller starts and stops the engine itself.
+    ``RemoteEngine`` when ``BACKEND=remote``, else a ``LocalEngine``, built from
+    the settings. With ``manage_engine`` the bot starts the engine in
+    ``setup_hook`` and stops it in ``close``; pass ``False`` when the caller
+    starts and stops the engine itself. With ``SHARD_COUNT`` set the bot is a
+    :class:`ShardedVisionBot`.
     """
     settings = settings if settings is not None else Settings.from_env()
     if engine is None:
-        from inference import LocalEngine
+        if settings.backend == "remote":
+            from inference.remote import RemoteEngine  # aiohttp only, no torch
 
-        engine = LocalEngine(settings.engine_config())
-    return VisionBot(settings, engine, fetcher=fetcher, manage_engine=manage_engine)
+            engine = RemoteEngine(settings.remote_config())
+        else:
+            from inference import LocalEngine  # imports torch and transformers
+
+            engine = LocalEngine(settings.engine_config())
+    bot_class = ShardedVisionBot if settings.sharded else VisionBot
+    return bot_class(
+        settings, engine, fetcher=fetcher, manage_engine=manage_engine, **_shard_options(settings)
+    )

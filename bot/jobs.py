@@ -17,12 +17,12 @@ from bot.images import ImageSource, check_source, load_images
 from bot.limits import Requester
 from bot.replies import AnswerTarget, InteractionTarget, MessageTarget, PlaceInLine, stream_answer
 from inference import Request, Task
+from inference.prompts import MAX_QUESTION_CHARS
 
 if TYPE_CHECKING:
     from bot.app import VisionBot
     from bot.context import VisionContext
 
-MAX_QUESTION_CHARS = 1000
 NO_IMAGE_IN_COMMAND_TEXT = "Attach an image to your message, or reply to a message that has one."
 NO_IMAGE_IN_MESSAGE_TEXT = "That message has no image I can look at."
 MIN_IMAGES_TO_COMPARE = 2

@@ -112,6 +112,10 @@ class JobLimiter:
     def active_jobs(self, user_id: int) -> int:
         return self._active[user_id]
 
+    @property
+    def total_active(self) -> int:
+        return sum(self._active.values())
+
     def admit(self, user_id: int) -> None:
         """Count a new job for this user, or raise :class:`TooManyJobs` / :class:`OnCooldown`."""
         if self._active[user_id] >= self._max_jobs:

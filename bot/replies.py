@@ -150,7 +150,11 @@ class PlaceInLine:
     """
 
     def __init__(
-        self, target: AnswerTarget, *, interval_s: float = EDIT_INTERVAL_S, clock: Callable[[], float] = _monotonic
+        self,
+        target: AnswerTarget,
+        *,
+        interval_s: float = EDIT_INTERVAL_S,
+        clock: Callable[[], float] = _monotonic,
     ) -> None:
         self.target = target
         self.interval_s = interval_s

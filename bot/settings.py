@@ -6,11 +6,13 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from dotenv import find_dotenv, load_dotenv
+from yarl import URL
 
 from inference import EngineConfig
+from inference.remote import RemoteConfig
 
 DEFAULT_MODEL_ID = "microsoft/Phi-3-vision-128k-instruct"
 # Where Discord serves uploads. Anything else is never downloaded.
@@ -20,10 +22,15 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "eager")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+BACKENDS = ("local", "remote")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 MAX_IMAGES_LIMIT = 16
 BYTES_PER_MB = 1024 * 1024
+REMOTE_URL_MISSING = (
+    "BACKEND=remote needs REMOTE_URL, the model server's OpenAI-compatible address "
+    "(for example http://127.0.0.1:8000/v1; see docs/deployment.md)."
+)
 
 T = TypeVar("T")
 
@@ -63,6 +70,16 @@ class Settings:
     """Everything the bot can be told from the outside, parsed and checked."""
 
     discord_token: Secret = field(default_factory=lambda: Secret(""))
+    # Sharding: None is one connection; "auto" lets Discord pick the count; shard_ids splits them up
+    shard_count: int | Literal["auto"] | None = None
+    shard_ids: tuple[int, ...] = ()
+    # Where the model runs: "local" (this process) or "remote" (an OpenAI-compatible server such as vLLM)
+    backend: str = "local"
+    remote_url: str | None = None
+    remote_api_key: Secret = field(default_factory=lambda: Secret(""))
+    remote_model: str = DEFAULT_MODEL_ID
+    remote_retries: int = 3
+    remote_max_concurrent: int = 16
     # Model and engine
     model_id: str = DEFAULT_MODEL_ID
     device: str = "auto"
@@ -102,6 +119,10 @@ class Settings:
     def max_attachment_bytes(self) -> int:
         return int(self.max_attachment_mb * BYTES_PER_MB)
 
+    @property
+    def sharded(self) -> bool:
+        return self.shard_count is not None
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read settings from ``environ``, or from ``os.environ`` after loading ``.env`` (if any).
@@ -113,8 +134,18 @@ class Settings:
             environ = os.environ
         env = _Reader(environ)
         defaults = cls()
-        return cls(
+        settings = cls(
             discord_token=Secret(env.text("DISCORD_TOKEN", "")),
+            shard_count=env.parse("SHARD_COUNT", defaults.shard_count, _shard_count),
+            shard_ids=env.parse("SHARD_IDS", defaults.shard_ids, _shard_ids),
+            backend=env.choice("BACKEND", defaults.backend, BACKENDS),
+            remote_url=env.parse("REMOTE_URL", defaults.remote_url, _http_url),
+            remote_api_key=Secret(env.text("REMOTE_API_KEY", "")),
+            remote_model=env.text("REMOTE_MODEL", defaults.remote_model),
+            remote_retries=env.integer("REMOTE_RETRIES", defaults.remote_retries, minimum=0, maximum=10),
+            remote_max_concurrent=env.integer(
+                "REMOTE_MAX_CONCURRENT", defaults.remote_max_concurrent, minimum=1, maximum=4096
+            ),
             model_id=env.text("MODEL_ID", defaults.model_id) or defaults.model_id,
             device=env.parse("DEVICE", defaults.device, _device),
             dtype=env.choice("DTYPE", defaults.dtype, DTYPES),
@@ -150,6 +181,8 @@ class Settings:
             download_timeout_s=env.number("DOWNLOAD_TIMEOUT_S", defaults.download_timeout_s, minimum=0.1),
             log_level=env.choice("LOG_LEVEL", defaults.log_level, LOG_LEVELS, upper=True),
         )
+        _check_together(settings, env)
+        return settings
 
     def engine_config(self) -> EngineConfig:
         """The inference engine's configuration, taken from these settings."""
@@ -168,6 +201,68 @@ class Settings:
             token_budget=self.token_budget,
             batch_window_ms=self.batch_window_ms,
         )
+
+    def remote_config(self) -> RemoteConfig:
+        """The remote engine's configuration (BACKEND=remote), taken from these settings."""
+        if not self.remote_url:
+            raise SettingsError(REMOTE_URL_MISSING)
+        return RemoteConfig(
+            base_url=self.remote_url,
+            api_key=self.remote_api_key.reveal() or None,
+            model=self.remote_model,
+            max_new_tokens=self.max_new_tokens,
+            max_images=self.max_images,
+            request_timeout_s=self.request_timeout_s,
+            retries=self.remote_retries,
+            max_concurrent=self.remote_max_concurrent,
+        )
+
+
+def _check_together(settings: Settings, env: _Reader) -> None:
+    """Settings that are only valid in combination."""
+    if settings.backend == "remote" and not settings.remote_url:
+        raise SettingsError(REMOTE_URL_MISSING)
+    if settings.shard_ids:
+        count = settings.shard_count
+        if not isinstance(count, int):
+            raise SettingsError("SHARD_IDS needs SHARD_COUNT set to the total number of shards (a number).")
+        if settings.shard_ids[-1] >= count:
+            raise SettingsError(
+                f"SHARD_IDS={env.text('SHARD_IDS', '')!r} is not valid: "
+                f"with SHARD_COUNT={count} the shard IDs run from 0 to {count - 1}"
+            )
+
+
+def _shard_count(raw: str) -> int | Literal["auto"]:
+    if raw.lower() == "auto":
+        return "auto"
+    try:
+        count = int(raw)
+    except ValueError:
+        raise ValueError("use auto or a whole number of shards") from None
+    return _bounded(count, 1, None)
+
+
+def _shard_ids(raw: str) -> tuple[int, ...]:
+    ids = set()
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit():
+            raise ValueError(f"{part!r} is not a shard ID (numbers from 0, separated by commas)")
+        ids.add(int(part))
+    return tuple(sorted(ids))
+
+
+def _http_url(raw: str) -> str:
+    try:
+        url = URL(raw.rstrip("/"))
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("use an http:// or https:// address such as http://127.0.0.1:8000/v1")
+    return str(url)
 
 
 def _device(raw: str) -> str:

@@ -8,23 +8,18 @@ from discord.ext import commands
 
 from bot.app import VisionBot
 from bot.context import VisionContext
-from bot.gather import source_from_attachment, sources_from_messages
-from bot.jobs import MAX_QUESTION_CHARS, answer_command, answer_interaction
+from bot.gather import source_from_attachment
+from bot.jobs import answer_command, answer_interaction
+from bot.task_cog import TaskCog
 from inference import Task
+from inference.prompts import MAX_QUESTION_CHARS
 
 MENU_NAME = "Compare images"
 
 
-class Compare(commands.Cog):
-    def __init__(self, bot: VisionBot) -> None:
-        self.bot = bot
-        self.menu = app_commands.ContextMenu(name=MENU_NAME, callback=self.compare_message)
-
-    async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.menu)
-
-    async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+class Compare(TaskCog):
+    task = Task.COMPARE
+    menu_name = MENU_NAME
 
     @app_commands.command(name="compare", description="Compare two to four images.")
     @app_commands.describe(
@@ -51,10 +46,6 @@ class Compare(commands.Cog):
     async def compare_prefix(self, ctx: VisionContext, *, question: str | None = None) -> None:
         """Compare the images attached to your message (and to the message you reply to)."""
         await answer_command(ctx, Task.COMPARE, question=question)
-
-    async def compare_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        sources = sources_from_messages([message], self.bot.settings.cdn_hosts)
-        await answer_interaction(interaction, Task.COMPARE, sources)
 
 
 async def setup(bot: VisionBot) -> None:

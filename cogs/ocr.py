@@ -8,23 +8,17 @@ from discord.ext import commands
 
 from bot.app import VisionBot
 from bot.context import VisionContext
-from bot.gather import source_from_attachment, sources_from_messages
+from bot.gather import source_from_attachment
 from bot.jobs import answer_command, answer_interaction
+from bot.task_cog import TaskCog
 from inference import Task
 
 MENU_NAME = "Extract text"
 
 
-class Ocr(commands.Cog):
-    def __init__(self, bot: VisionBot) -> None:
-        self.bot = bot
-        self.menu = app_commands.ContextMenu(name=MENU_NAME, callback=self.ocr_message)
-
-    async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.menu)
-
-    async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+class Ocr(TaskCog):
+    task = Task.OCR
+    menu_name = MENU_NAME
 
     @app_commands.command(name="ocr", description="Read the text in an image.")
     @app_commands.describe(image="The image to read")
@@ -35,10 +29,6 @@ class Ocr(commands.Cog):
     async def ocr_prefix(self, ctx: VisionContext) -> None:
         """Read the text in the image attached to your message (or to the message you reply to)."""
         await answer_command(ctx, Task.OCR)
-
-    async def ocr_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
-        sources = sources_from_messages([message], self.bot.settings.cdn_hosts)
-        await answer_interaction(interaction, Task.OCR, sources)
 
 
 async def setup(bot: VisionBot) -> None:

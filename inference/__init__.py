@@ -30,6 +30,8 @@ __all__ = [
     "LocalEngine",
     "ModelNotFound",
     "OutOfMemory",
+    "RemoteConfig",
+    "RemoteEngine",
     "Request",
     "RequestTimedOut",
     "Result",
@@ -38,9 +40,13 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The engine pulls in torch and transformers; import it only when asked for.
+    # LocalEngine pulls in torch and transformers; import the engines only when asked for.
     if name == "LocalEngine":
         from inference.engine import LocalEngine
 
         return LocalEngine
+    if name in ("RemoteEngine", "RemoteConfig"):
+        import inference.remote
+
+        return getattr(inference.remote, name)
     raise AttributeError(name)

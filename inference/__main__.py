@@ -26,11 +26,15 @@ DEFAULT_MODEL = EngineConfig.model_id
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__.split("\n\n")[0])
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local folder (default: %(default)s)")
+    common.add_argument(
+        "--model", default=DEFAULT_MODEL, help="hub id or local folder (default: %(default)s)"
+    )
     common.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     common.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     common.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"])
-    common.add_argument("--num-crops", type=int, default=None, help="tiles per image (default: the checkpoint's)")
+    common.add_argument(
+        "--num-crops", type=int, default=None, help="tiles per image (default: the checkpoint's)"
+    )
     common.add_argument("--max-new-tokens", type=int, default=512)
     common.add_argument("-v", "--verbose", action="store_true", help="show loading progress")
     tasks = parser.add_subparsers(dest="task", required=True)
@@ -74,8 +78,13 @@ async def answer(args: argparse.Namespace) -> int:
     if task is Task.COMPARE and len(images) < 2:
         raise CliError("compare needs at least two images")
     config = EngineConfig(
-        model_id=args.model, device=args.device, dtype=args.dtype, quantization=args.quantization,
-        num_crops=args.num_crops, max_new_tokens=args.max_new_tokens, max_images=max(len(images), 1),
+        model_id=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        quantization=args.quantization,
+        num_crops=args.num_crops,
+        max_new_tokens=args.max_new_tokens,
+        max_images=max(len(images), 1),
         request_timeout_s=3600.0,
     )
     engine = LocalEngine(config)

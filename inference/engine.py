@@ -67,7 +67,9 @@ class LocalEngine:
         self._runner = None
         self._model_thread: ThreadPoolExecutor | None = None
         self._prep_threads: ThreadPoolExecutor | None = None
-        self.scheduler = Scheduler(self.config.max_batch_size, self.config.max_queued, self.config.token_budget)
+        self.scheduler = Scheduler(
+            self.config.max_batch_size, self.config.max_queued, self.config.token_budget
+        )
         self._channels: dict[int, _Channel] = {}
         self._aborted: list[int] = []
         self._ids = itertools.count(1)
@@ -124,12 +126,16 @@ class LocalEngine:
         pieces = [piece async for piece in self._stream(request, channel)]
         return Result("".join(pieces).strip(), channel.new_tokens, time.perf_counter() - started)
 
-    def stream(self, request: Request, on_position: Callable[[int], None] | None = None) -> AsyncIterator[str]:
+    def stream(
+        self, request: Request, on_position: Callable[[int], None] | None = None
+    ) -> AsyncIterator[str]:
         return self._stream(request, _Channel(on_position=on_position))
 
     async def _stream(self, request: Request, channel: _Channel) -> AsyncIterator[str]:
         if not self.ready:
-            raise EngineUnavailable("The model is not loaded yet (or is shutting down). Try again in a moment.")
+            raise EngineUnavailable(
+                "The model is not loaded yet (or is shutting down). Try again in a moment."
+            )
         self._runner.validate(request)
         if self.scheduler.num_waiting >= self.config.max_queued:
             raise EngineBusy("I'm busy with other requests right now. Please try again shortly.")
@@ -149,7 +155,8 @@ class LocalEngine:
                     item = await asyncio.wait_for(channel.pieces.get(), timeout=max(remaining, 0))
                 except TimeoutError:
                     raise RequestTimedOut(
-                        f"The answer took longer than {self.config.request_timeout_s:.0f} seconds and was stopped."
+                        f"The answer took longer than {self.config.request_timeout_s:.0f} seconds "
+                        "and was stopped."
                     ) from None
                 if item is _DONE:
                     finished = True

@@ -45,7 +45,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     except RuntimeError as exc:
         raise InvalidRequest(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidRequest("DEVICE is set to cuda but PyTorch sees no CUDA GPU (is the CUDA build installed?).")
+        raise InvalidRequest(
+            "DEVICE is set to cuda but PyTorch sees no CUDA GPU (is the CUDA build installed?)."
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise InvalidRequest("DEVICE is set to mps but Apple's Metal backend is not available.")
     return device
@@ -59,8 +61,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         if device.type == "mps":
             return torch.float16
         return torch.float32
-    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-             "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+    table = {
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "float32": torch.float32,
+        "fp32": torch.float32,
+    }
     if name not in table:
         raise InvalidRequest(f"Unknown dtype {name!r}: use auto, bfloat16, float16 or float32.")
     return table[name]
@@ -72,7 +80,9 @@ def resolve_attention(name: str, device: torch.device) -> str:
     if name == "auto":
         return "flash_attention_2" if device.type == "cuda" and has_flash else "sdpa"
     if name == "flash_attention_2" and not (has_flash and device.type == "cuda"):
-        raise InvalidRequest("flash_attention_2 needs a CUDA GPU and the flash-attn package (pip install '.[gpu]').")
+        raise InvalidRequest(
+            "flash_attention_2 needs a CUDA GPU and the flash-attn package (pip install '.[gpu]')."
+        )
     if name not in {"flash_attention_2", "sdpa", "eager"}:
         raise InvalidRequest(f"Unknown attention {name!r}: use auto, flash_attention_2, sdpa or eager.")
     return name
@@ -86,7 +96,9 @@ def resolve_checkpoint(model_id: str) -> Path:
     local = Path(model_id).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
-            raise ModelNotFound(f"{local} is a folder but has no config.json: is it a Phi-3-vision checkpoint?")
+            raise ModelNotFound(
+                f"{local} is a folder but has no config.json: is it a Phi-3-vision checkpoint?"
+            )
         return local
     if model_id.startswith((".", "/", "~")) or model_id.count("/") != 1:
         raise ModelNotFound(f"Model folder {model_id!r} does not exist.")
@@ -98,10 +110,13 @@ def resolve_checkpoint(model_id: str) -> Path:
     except LocalEntryNotFoundError as exc:
         raise ModelNotFound(
             f"{model_id} is not in the local Hugging Face cache and cannot be downloaded "
-            "(offline, or HF_HUB_OFFLINE=1). Connect once to download it, or point MODEL_ID / --model at a local folder."
+            "(offline, or HF_HUB_OFFLINE=1). Connect once to download it, "
+            "or point MODEL_ID / --model at a local folder."
         ) from exc
     except RepositoryNotFoundError as exc:
-        raise ModelNotFound(f"No model called {model_id!r} on the Hugging Face hub (check the spelling).") from exc
+        raise ModelNotFound(
+            f"No model called {model_id!r} on the Hugging Face hub (check the spelling)."
+        ) from exc
     except (HfHubHTTPError, OSError) as exc:
         raise ModelNotFound(f"Could not download {model_id}: {exc}") from exc
 
@@ -121,22 +136,32 @@ def quantization_config(mode: str, dtype: torch.dtype, device: torch.device):
     # The vision tower and projector stay in full precision: small, and sensitive to rounding.
     keep = ["vision_embed_tokens", "lm_head"]
     if mode == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=keep)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=keep,
+        )
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
 
 
 def load(config: EngineConfig) -> LoadedModel:
     """Load the model and processor described by ``config`` (blocking; run it off the event loop)."""
-    import inference.phi3v as phi3v
+    from inference import phi3v
 
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     attn = resolve_attention(config.attn_implementation, device)
     quant = quantization_config(config.quantization, dtype, device)
     source = resolve_checkpoint(config.model_id)
-    log.info("Loading %s on %s (%s, attention %s%s)", source, device, str(dtype).removeprefix("torch."),
-             attn, f", {config.quantization}" if quant else "")
+    log.info(
+        "Loading %s on %s (%s, attention %s%s)",
+        source,
+        device,
+        str(dtype).removeprefix("torch."),
+        attn,
+        f", {config.quantization}" if quant else "",
+    )
     kwargs = {"dtype": dtype, "attn_implementation": attn}
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": device.index or 0})

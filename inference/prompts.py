@@ -51,7 +51,9 @@ def clean_question(question: str | None) -> str | None:
     if not question:
         return None
     if len(question) > MAX_QUESTION_CHARS:
-        raise InvalidRequest(f"The question is too long ({len(question)} characters; the limit is {MAX_QUESTION_CHARS}).")
+        raise InvalidRequest(
+            f"The question is too long ({len(question)} characters; the limit is {MAX_QUESTION_CHARS})."
+        )
     return question
 
 
@@ -65,20 +67,39 @@ def chat(user_message: str) -> str:
     return f"<|user|>\n{user_message}<|end|>\n<|assistant|>\n"
 
 
-def build_prompt(task: Task, num_images: int, question: str | None = None) -> str:
-    """The full prompt for ``task`` over ``num_images`` images, with an optional user question."""
+def check_image_count(count: int, max_images: int) -> None:
+    """The limits every engine puts on how many images one request carries."""
+    if count < 1:
+        raise InvalidRequest("Attach at least one image.")
+    if count > max_images:
+        raise InvalidRequest(f"Too many images: {count} (at most {max_images} per request).")
+
+
+def instruction(task: Task, num_images: int, question: str | None = None) -> str:
+    """The text of the user's turn for ``task``: no chat wrapper and no image tags.
+
+    For servers that place the images themselves (an OpenAI-compatible chat API
+    such as vLLM's inserts Phi-3's ``<|image_N|>`` tags for each ``image_url``
+    part). The question is neutralised exactly as in :func:`build_prompt`.
+    """
     if num_images < 1:
         raise InvalidRequest("Attach at least one image.")
     question = clean_question(question)
     if task is Task.DESCRIBE:
-        return chat(image_tags(num_images) + (question or DESCRIBE))
+        return question or DESCRIBE
     if task is Task.OCR:
-        return chat(image_tags(num_images) + OCR)
+        return OCR
     if task is Task.COMPARE:
         if num_images < MIN_COMPARE_IMAGES:
             raise InvalidRequest(f"Compare needs at least {MIN_COMPARE_IMAGES} images; got {num_images}.")
-        instruction = COMPARE.format(count=num_images)
+        text = COMPARE.format(count=num_images)
         if question:
-            instruction += f" Then answer this question: {question}"
-        return chat(image_tags(num_images, labelled=True) + instruction)
+            text += f" Then answer this question: {question}"
+        return text
     raise InvalidRequest(f"Unknown task {task!r}")
+
+
+def build_prompt(task: Task, num_images: int, question: str | None = None) -> str:
+    """The full prompt for ``task`` over ``num_images`` images, with an optional user question."""
+    text = instruction(task, num_images, question)
+    return chat(image_tags(num_images, labelled=task is Task.COMPARE) + text)

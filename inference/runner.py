@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from inference.errors import InvalidRequest, OutOfMemory
+from inference.errors import OutOfMemory
 from inference.loading import LoadedModel
-from inference.prompts import build_prompt
+from inference.prompts import build_prompt, check_image_count
 from inference.types import EngineConfig, Request
 
 log = logging.getLogger(__name__)
@@ -120,12 +120,7 @@ class ModelRunner:
         return int(self.loaded.model.config.original_max_position_embeddings)
 
     def validate(self, request: Request) -> None:
-        if not request.images:
-            raise InvalidRequest("Attach at least one image.")
-        if len(request.images) > self.config.max_images:
-            raise InvalidRequest(
-                f"Too many images: {len(request.images)} (at most {self.config.max_images} per request)."
-            )
+        check_image_count(len(request.images), self.config.max_images)
 
     def max_new_tokens(self, request: Request) -> int:
         asked = request.max_new_tokens or self.config.max_new_tokens
@@ -161,7 +156,9 @@ class ModelRunner:
                 events += self._prefill(admit)
             except torch.OutOfMemoryError:
                 self._free_memory()
-                error = OutOfMemory("The GPU ran out of memory for this request. Try fewer or smaller images.")
+                error = OutOfMemory(
+                    "The GPU ran out of memory for this request. Try fewer or smaller images."
+                )
                 return events + [Event(rid, error=error, finished=True) for rid, _ in admit]
         if not self.batch.rows:
             return events
@@ -212,10 +209,12 @@ class ModelRunner:
         length = max(batch.attention_mask.shape[1], mask.shape[1])
         merged = []
         for (old_k, old_v), (new_k, new_v) in zip(_cache_tensors(batch.cache), _cache_tensors(cache)):
-            merged.append((
-                torch.cat([_left_pad(old_k, length, 2), _left_pad(new_k, length, 2)]),
-                torch.cat([_left_pad(old_v, length, 2), _left_pad(new_v, length, 2)]),
-            ))
+            merged.append(
+                (
+                    torch.cat([_left_pad(old_k, length, 2), _left_pad(new_k, length, 2)]),
+                    torch.cat([_left_pad(old_v, length, 2), _left_pad(new_v, length, 2)]),
+                )
+            )
         self.batch = _Batch(
             batch.rows + rows,
             DynamicCache(ddp_cache_data=merged),
@@ -233,9 +232,13 @@ class ModelRunner:
         mask = self.batch.attention_mask.index_select(0, index)
         # Columns that are padding for every remaining row can go (frees cache memory).
         first = int(mask.any(0).nonzero()[0])
-        kept = [(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
-                for k, v in _cache_tensors(self.batch.cache)]
-        self.batch = _Batch([self.batch.rows[i] for i in keep], DynamicCache(ddp_cache_data=kept), mask[:, first:])
+        kept = [
+            (k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
+            for k, v in _cache_tensors(self.batch.cache)
+        ]
+        self.batch = _Batch(
+            [self.batch.rows[i] for i in keep], DynamicCache(ddp_cache_data=kept), mask[:, first:]
+        )
 
     def _decode(self) -> list[Event]:
         batch, device = self.batch, self.loaded.device

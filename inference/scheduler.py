@@ -88,7 +88,9 @@ class Scheduler:
 
     def add(self, ticket: Ticket) -> None:
         if ticket.reserved_tokens > self.token_budget:
-            raise TooLarge(f"needs {ticket.reserved_tokens} tokens of cache; the budget is {self.token_budget}")
+            raise TooLarge(
+                f"needs {ticket.reserved_tokens} tokens of cache; the budget is {self.token_budget}"
+            )
         if self.num_waiting >= self.max_waiting:
             raise QueueFull(f"{self.num_waiting} requests are already waiting")
         self._queues.setdefault(ticket.user_id, deque()).append(ticket)
@@ -110,9 +112,14 @@ class Scheduler:
         self._running.pop(request_id, None)
 
     def waiting_order(self) -> list[Ticket]:
-        """Waiting tickets in the order they will be admitted: each user's first, then each user's second..."""
+        """Waiting tickets in admission order: each user's first, then each user's second, and so on.
+
+        Users are taken least recently served first (never served: in order of arrival).
+        """
         order, depth = [], 0
-        queues = sorted(self._queues.values(), key=lambda q: (self._served_at.get(q[0].user_id, 0), q[0].request_id))
+        queues = sorted(
+            self._queues.values(), key=lambda q: (self._served_at.get(q[0].user_id, 0), q[0].request_id)
+        )
         while True:
             layer = [q[depth] for q in queues if len(q) > depth]
             if not layer:

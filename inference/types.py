@@ -69,7 +69,9 @@ class Engine(Protocol):
     async def stop(self) -> None:
         """Cancel or finish in-flight work and release the model."""
 
-    def stream(self, request: Request, on_position: Callable[[int], None] | None = None) -> AsyncIterator[str]:
+    def stream(
+        self, request: Request, on_position: Callable[[int], None] | None = None
+    ) -> AsyncIterator[str]:
         """Yield the answer as text pieces as they are generated.
 
         ``on_position(n)`` is called whenever the request's place in line changes

@@ -102,4 +102,4 @@ class Phi3VConfig(Phi3Config):
         return int(self.img_processor.get("layer_idx", -2))
 
 
-__all__ = ["Phi3VConfig", "IMAGE_TOKEN_ID", "CLIP_VIT_L14_336"]
+__all__ = ["CLIP_VIT_L14_336", "IMAGE_TOKEN_ID", "Phi3VConfig"]

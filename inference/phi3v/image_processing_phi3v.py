@@ -146,4 +146,4 @@ class Phi3VImageProcessor(BaseImageProcessor):
         return BatchFeature(data=data, tensor_type=None)
 
 
-__all__ = ["Phi3VImageProcessor", "hd_transform", "hd_canvas_size", "num_image_tokens"]
+__all__ = ["Phi3VImageProcessor", "hd_canvas_size", "hd_transform", "num_image_tokens"]

@@ -72,7 +72,9 @@ class Phi3VImageEmbedding(nn.Module):
         max_tiles = pixel_values.shape[1]
         for rows, cols in sizes:
             if rows * cols + 1 > max_tiles:
-                raise ValueError(f"image_sizes ask for {rows * cols + 1} tiles but pixel_values hold {max_tiles}")
+                raise ValueError(
+                    f"image_sizes ask for {rows * cols + 1} tiles but pixel_values hold {max_tiles}"
+                )
         dtype = self.img_projection[0].weight.dtype
         # Encode only the real tiles of every image (the padding tiles would be wasted work).
         tiles = torch.cat([pixel_values[i, : r * c + 1] for i, (r, c) in enumerate(sizes)]).to(dtype)
@@ -224,4 +226,4 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         return inputs
 
 
-__all__ = ["Phi3VForCausalLM", "Phi3VModel", "Phi3VPreTrainedModel", "Phi3VImageEmbedding"]
+__all__ = ["Phi3VForCausalLM", "Phi3VImageEmbedding", "Phi3VModel", "Phi3VPreTrainedModel"]

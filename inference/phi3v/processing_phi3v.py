@@ -37,7 +37,9 @@ class Phi3VProcessor(ProcessorMixin):
         image_processor = Phi3VImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
         for key, value in image_kwargs.items():
             setattr(image_processor, key, int(value))
-        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, trust_remote_code=False, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            pretrained_model_name_or_path, trust_remote_code=False, **kwargs
+        )
         return cls(image_processor, tokenizer)
 
     def _tokenize_one(self, text: str, num_tokens_per_image: list[int], first_image: int) -> list[int]:
@@ -71,10 +73,14 @@ class Phi3VProcessor(ProcessorMixin):
         if text is None:
             raise ValueError("text is required")
         texts = [text] if isinstance(text, str) else list(text)
-        images = [] if images is None else ([images] if not isinstance(images, list | tuple) else list(images))
+        images = (
+            [] if images is None else ([images] if not isinstance(images, list | tuple) else list(images))
+        )
         tag_counts = [len(IMAGE_TAG.findall(t)) for t in texts]
         if sum(tag_counts) != len(images):
-            raise ValueError(f"The prompt has {sum(tag_counts)} image tag(s) but {len(images)} image(s) were given")
+            raise ValueError(
+                f"The prompt has {sum(tag_counts)} image tag(s) but {len(images)} image(s) were given"
+            )
 
         data: dict = {}
         num_tokens: list[int] = []
@@ -112,4 +118,4 @@ class Phi3VProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", "image_sizes"]
 
 
-__all__ = ["Phi3VProcessor", "IMAGE_TAG"]
+__all__ = ["IMAGE_TAG", "Phi3VProcessor"]

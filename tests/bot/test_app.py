@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 import simcord
+from aiohttp.test_utils import TestServer
 from discord.ext import commands
 
 import inference
-from bot.app import EXTENSIONS, create_bot
+from bot.app import EXTENSIONS, ShardedVisionBot, VisionBot, create_bot
 from bot.settings import Settings
 from inference import ModelNotFound
-from tests.conftest import acknowledge_errors, bot_messages, image_bytes
-from tests.fakes import FakeEngine
+from inference.remote import RemoteEngine
+from tests.conftest import acknowledge_errors, bot_messages, image_bytes, make_settings
+from tests.fakes import FakeEngine, SimcordCdnFetcher
+from tests.inference.test_remote import ANSWER, FakeVllm
 
+ROOT = Path(__file__).resolve().parents[2]
 APP_COMMANDS = ("describe", "ocr", "compare")
 MENUS = ("Describe image", "Extract text", "Compare images")
 
@@ -50,6 +58,92 @@ def test_create_bot_without_arguments_reads_the_environment(monkeypatch, tmp_pat
     assert RecordingLocalEngine.configs[-1].max_images == 3
 
 
+def test_remote_backend_builds_a_remote_engine_from_the_settings(monkeypatch):
+    def no_local_engine(config):
+        raise AssertionError("BACKEND=remote must not build a LocalEngine")
+
+    monkeypatch.setattr(inference, "LocalEngine", no_local_engine, raising=False)
+    settings = Settings(backend="remote", remote_url="http://10.0.0.5:8000/v1", remote_max_concurrent=4)
+
+    bot = create_bot(settings)
+
+    assert isinstance(bot.engine, RemoteEngine)
+    assert bot.engine.config == settings.remote_config()
+    assert not bot.engine.ready  # nothing is contacted before setup_hook
+
+
+async def test_a_remote_backend_answers_through_the_model_server():
+    model_server = FakeVllm()
+    server = TestServer(model_server.app(), host="127.0.0.1", shutdown_timeout=0.1)
+    await server.start_server()
+    try:
+        settings = make_settings(backend="remote", remote_url=str(server.make_url("/v1")))
+        bot = create_bot(settings, fetcher=SimcordCdnFetcher(lambda: bot.http))
+        async with simcord.run(bot) as env:
+            channel = env.create_guild().create_text_channel("general")
+            member = env.guild.add_member(env.create_user("alice"))
+            result = await member.slash(channel, "describe", image=("a.png", image_bytes()))
+        await bot.close()
+    finally:
+        await server.close()
+
+    assert result.response.content == "".join(ANSWER).strip()
+    [body] = model_server.bodies
+    assert body["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert not bot.engine.ready  # stopped with the bot
+
+
+def test_a_remote_bot_never_imports_torch():
+    code = (
+        "import sys; from bot.app import create_bot; from bot.settings import Settings; "
+        "create_bot(Settings(backend='remote', remote_url='http://127.0.0.1:8000/v1')); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("count", "ids", "expected_count", "expected_ids"),
+    [(4, (0, 1), 4, [0, 1]), (2, (), 2, None), ("auto", (), None, None)],
+)
+def test_sharding_builds_an_auto_sharded_bot(fake_engine, count, ids, expected_count, expected_ids):
+    bot = create_bot(Settings(shard_count=count, shard_ids=ids), fake_engine)
+
+    assert isinstance(bot, ShardedVisionBot)
+    assert isinstance(bot, commands.AutoShardedBot) and isinstance(bot, VisionBot)
+    assert bot.shard_count == expected_count
+    assert bot.shard_ids == expected_ids
+
+
+def test_without_sharding_the_bot_is_a_plain_bot(fake_engine):
+    bot = create_bot(Settings(), fake_engine)
+
+    assert type(bot) is VisionBot
+    assert not isinstance(bot, commands.AutoShardedBot)
+    assert bot.shard_count is None
+
+
+@pytest.mark.parametrize(
+    ("count", "logged"),
+    [
+        (2, "2 shards in total; this process runs all of them"),
+        ("auto", "as many shards as Discord recommends"),
+    ],
+)
+async def test_a_sharded_bot_answers_and_logs_its_shards(make_bot, fake_engine, caplog, count, logged):
+    caplog.set_level(logging.INFO, logger="bot.app")
+    bot = make_bot(shard_count=count)
+    async with simcord.run(bot, shard_count=2) as env:  # for "auto", Discord "recommends" 2
+        channel = env.create_guild().create_text_channel("general")
+        member = env.guild.add_member(env.create_user("alice"))
+        result = await member.slash(channel, "describe", image=("a.png", image_bytes()))
+    await bot.close()
+
+    assert result.response.content == fake_engine.default_answer
+    assert f"Sharded: {logged}" in caplog.text
+    assert "Shards ready" in caplog.text
+
+
 @pytest.mark.parametrize(("prefix", "message_content"), [("!", True), ("", False)])
 def test_message_content_intent_only_for_a_text_prefix(prefix, message_content, fake_engine):
     bot = create_bot(Settings(command_prefix=prefix), fake_engine)
@@ -74,6 +168,23 @@ async def test_close_stops_the_engine_and_the_session(make_bot, fake_engine):
 
     assert fake_engine.stopped
     assert session.closed
+
+
+async def test_close_stops_the_engine_before_disconnecting(make_bot, fake_engine):
+    """Requests cut short by shutdown must still be able to tell their users, so the engine stops first."""
+    bot = make_bot()
+    seen_while_stopping = []
+    original_stop = fake_engine.stop
+
+    async def stop() -> None:
+        seen_while_stopping.append(bot.is_closed())
+        await original_stop()
+
+    fake_engine.stop = stop
+    async with simcord.run(bot):
+        pass
+    await bot.close()
+    assert seen_while_stopping == [False]
 
 
 async def test_an_engine_managed_by_the_caller_is_left_alone(make_bot, fake_engine):

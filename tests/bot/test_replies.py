@@ -149,7 +149,9 @@ async def test_place_in_line_is_shown_while_waiting_and_never_after_the_answer()
             yield ""
         yield "The answer."
 
-    await stream_answer(target, queued_then_answered(), code_block=False, clock=lambda: now[0], place_in_line=place)
+    await stream_answer(
+        target, queued_then_answered(), code_block=False, clock=lambda: now[0], place_in_line=place
+    )
     # #3 came too soon after #4 and is skipped; repeats and 0 are ignored; the answer is last.
     assert target.events == [
         ("show", QUEUE_TEXT.format(position=4)),

@@ -6,6 +6,7 @@ import pytest
 
 from bot.settings import DEFAULT_MODEL_ID, DISCORD_CDN_HOSTS, Secret, Settings, SettingsError
 from inference import EngineConfig
+from inference.remote import RemoteConfig
 
 TOKEN = "MTIzNDU2Nzg5.secret-token-value"
 
@@ -23,6 +24,13 @@ def test_defaults_with_an_empty_environment():
     assert settings.ocr_public is False
     assert settings.cdn_hosts == DISCORD_CDN_HOSTS
     assert not settings.discord_token
+    assert settings.backend == "local"
+    assert settings.remote_url is None
+    assert settings.remote_model == DEFAULT_MODEL_ID
+    assert (settings.remote_retries, settings.remote_max_concurrent) == (3, 16)
+    assert not settings.remote_api_key
+    assert settings.shard_count is None and settings.shard_ids == ()
+    assert not settings.sharded
 
 
 def test_every_setting_is_read():
@@ -106,6 +114,14 @@ def test_blank_values_mean_default():
         ("OCR_PUBLIC", "maybe", "true or false"),
         ("LOG_LEVEL", "LOUD", "DEBUG"),
         ("MAX_IMAGE_PIXELS", "500000000", "at most"),
+        ("BACKEND", "cloud", "local, remote"),
+        ("REMOTE_URL", "localhost:8000/v1", "http://"),
+        ("REMOTE_URL", "ftp://models/v1", "http://"),
+        ("REMOTE_RETRIES", "-1", "at least 0"),
+        ("REMOTE_MAX_CONCURRENT", "0", "at least 1"),
+        ("SHARD_COUNT", "many", "auto or a whole number"),
+        ("SHARD_COUNT", "0", "at least 1"),
+        ("SHARD_IDS", "1,two", "'two' is not a shard ID"),
     ],
 )
 def test_bad_values_name_the_setting_and_say_what_is_expected(name, value, hint):
@@ -176,3 +192,90 @@ def test_env_example_documents_every_setting_with_the_defaults():
     for index, line in enumerate(lines):
         if "=" in line and not line.startswith("#"):
             assert lines[index - 1].startswith("# "), f"{line} has no comment above it"
+
+
+def test_remote_backend_settings_are_read():
+    settings = Settings.from_env(
+        {
+            "BACKEND": "Remote",
+            "REMOTE_URL": "http://vllm.internal:8000/v1/",
+            "REMOTE_API_KEY": TOKEN,
+            "REMOTE_MODEL": "phi3v",
+            "REMOTE_RETRIES": "5",
+            "REMOTE_MAX_CONCURRENT": "64",
+        }
+    )
+    assert settings.backend == "remote"
+    assert settings.remote_url == "http://vllm.internal:8000/v1"
+    assert settings.remote_api_key.reveal() == TOKEN
+    assert settings.remote_model == "phi3v"
+    assert settings.remote_retries == 5
+    assert settings.remote_max_concurrent == 64
+    assert TOKEN not in repr(settings) and TOKEN not in str(settings)
+
+
+def test_remote_config_carries_the_remote_settings():
+    settings = Settings.from_env(
+        {
+            "BACKEND": "remote",
+            "REMOTE_URL": "https://models.example/v1",
+            "REMOTE_API_KEY": TOKEN,
+            "REMOTE_RETRIES": "0",
+            "MAX_NEW_TOKENS": "300",
+            "MAX_IMAGES": "2",
+            "REQUEST_TIMEOUT_S": "30",
+        }
+    )
+    config = settings.remote_config()
+    assert config == RemoteConfig(
+        base_url="https://models.example/v1",
+        api_key=TOKEN,
+        model=DEFAULT_MODEL_ID,
+        max_new_tokens=300,
+        max_images=2,
+        request_timeout_s=30.0,
+        retries=0,
+        max_concurrent=16,
+    )
+    assert TOKEN not in repr(config)
+    assert Settings(remote_url="http://127.0.0.1:8000/v1").remote_config().api_key is None
+
+
+def test_remote_backend_needs_an_address():
+    with pytest.raises(SettingsError, match="BACKEND=remote needs REMOTE_URL"):
+        Settings.from_env({"BACKEND": "remote"})
+    with pytest.raises(SettingsError, match="REMOTE_URL"):
+        Settings(backend="remote").remote_config()
+
+
+@pytest.mark.parametrize(
+    ("environ", "count", "ids"),
+    [
+        ({"SHARD_COUNT": "AUTO"}, "auto", ()),
+        ({"SHARD_COUNT": "8"}, 8, ()),
+        ({"SHARD_COUNT": "8", "SHARD_IDS": "7, 4,5,6,"}, 8, (4, 5, 6, 7)),
+        ({"SHARD_COUNT": "2", "SHARD_IDS": "0"}, 2, (0,)),
+    ],
+)
+def test_sharding_settings(environ, count, ids):
+    settings = Settings.from_env(environ)
+    assert settings.sharded
+    assert settings.shard_count == count
+    assert settings.shard_ids == ids
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"SHARD_IDS": "0,1"}, "SHARD_IDS needs SHARD_COUNT"),
+        ({"SHARD_COUNT": "auto", "SHARD_IDS": "0"}, "SHARD_IDS needs SHARD_COUNT"),
+        (
+            {"SHARD_COUNT": "4", "SHARD_IDS": "2,4"},
+            "SHARD_IDS='2,4' is not valid: with SHARD_COUNT=4 the shard IDs run from 0 to 3",
+        ),
+    ],
+)
+def test_shard_ids_must_fit_the_shard_count(environ, message):
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(environ)
+    assert str(caught.value).startswith(message)

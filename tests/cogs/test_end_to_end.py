@@ -1,4 +1,6 @@
-"""The whole path with the real model: simcord Discord -> cogs -> image intake -> LocalEngine -> tiny Phi-3-vision.
+"""The whole path with the real model.
+
+simcord's Discord -> cogs -> image intake -> LocalEngine -> the tiny Phi-3-vision checkpoint.
 
 The tiny checkpoint has random weights, so its text is gibberish; these tests check
 the shape of what users see, not the words.

@@ -33,7 +33,9 @@ def tiny_model():
     from inference import phi3v
 
     torch.manual_seed(0)
-    model = phi3v.Phi3VForCausalLM.from_pretrained(TINY_CHECKPOINT, dtype=torch.float32, attn_implementation="eager")
+    model = phi3v.Phi3VForCausalLM.from_pretrained(
+        TINY_CHECKPOINT, dtype=torch.float32, attn_implementation="eager"
+    )
     return model.eval()
 
 

@@ -50,8 +50,20 @@ def test_missing_model_folder(capsys):
 def test_hub_model_offline_and_not_cached(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-m", "inference", "describe", IMAGE, "--model", "microsoft/Phi-3-vision-128k-instruct"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "inference",
+            "describe",
+            IMAGE,
+            "--model",
+            "microsoft/Phi-3-vision-128k-instruct",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
     )
     assert done.returncode == 2
     assert "not in the local Hugging Face cache" in done.stderr

@@ -107,6 +107,7 @@ async def scripted(**overrides) -> LocalEngine:
 
 # -- the real model ------------------------------------------------------------------------------
 
+
 async def test_stream_and_generate_give_the_same_greedy_answer(engine):
     request = Request(Task.DESCRIBE, (IMAGE,), question="What is it?")
     pieces = [piece async for piece in engine.stream(request)]
@@ -120,9 +121,15 @@ async def test_batched_answers_equal_answers_run_alone():
     await engine.start()
     try:
         requests = [
-            Request(Task.DESCRIBE, (fixture_image("landscape_1000x600.png"),), question="What is this?", user_id=1),
+            Request(
+                Task.DESCRIBE, (fixture_image("landscape_1000x600.png"),), question="What is this?", user_id=1
+            ),
             Request(Task.OCR, (fixture_image("square_336.png"),), user_id=2),
-            Request(Task.COMPARE, (fixture_image("gray_640x480.png"), fixture_image("palette_300x200.png")), user_id=3),
+            Request(
+                Task.COMPARE,
+                (fixture_image("gray_640x480.png"), fixture_image("palette_300x200.png")),
+                user_id=3,
+            ),
             Request(Task.DESCRIBE, (fixture_image("portrait_400x1500.png"),), user_id=1),
         ]
         alone = [await engine.generate(r) for r in requests]
@@ -187,6 +194,7 @@ async def test_a_model_that_cannot_load_fails_start_clearly():
 
 # -- scripted runner: queueing, fairness, failures -------------------------------------------------
 
+
 async def test_one_failure_does_not_break_the_next_request():
     engine = await scripted()
     try:
@@ -234,8 +242,10 @@ async def test_positions_are_reported_and_users_take_turns():
     order: list[str] = []
 
     async def ask(name: str, user: int):
-        async for _ in engine.stream(Request(Task.DESCRIBE, (IMAGE,), user_id=user, max_new_tokens=1),
-                                     on_position=lambda p: seen.setdefault(name, []).append(p)):
+        async for _ in engine.stream(
+            Request(Task.DESCRIBE, (IMAGE,), user_id=user, max_new_tokens=1),
+            on_position=lambda p: seen.setdefault(name, []).append(p),
+        ):
             order.append(name)
 
     try:

@@ -1,4 +1,4 @@
-"""Prompts: the right chat shape, checked on the genuine Phi-3 tokenizer, and no way for user text to inject tokens."""
+"""Prompts: the chat shape, checked on the genuine Phi-3 tokenizer; user text can never inject tokens."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def control_ids(ids: list[int]) -> list[int]:
     return [i for i in ids if i >= 32000 and i != phi3v.IMAGE_TOKEN_ID]
 
 
-@pytest.mark.parametrize("task, count", [(Task.DESCRIBE, 1), (Task.OCR, 1), (Task.COMPARE, 2), (Task.COMPARE, 4)])
+@pytest.mark.parametrize(
+    "task, count", [(Task.DESCRIBE, 1), (Task.OCR, 1), (Task.COMPARE, 2), (Task.COMPARE, 4)]
+)
 @pytest.mark.parametrize("question", [None, "What colour is the car?", *INJECTIONS])
 def test_prompt_tokens_on_the_real_tokenizer(processor, task, count, question):
     images = [Image.new("RGB", (60 + 10 * i, 40), (i * 40, 0, 0)) for i in range(count)]

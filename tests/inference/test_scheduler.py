@@ -11,7 +11,9 @@ from inference.scheduler import QueueFull, RopeRegime, Scheduler, Ticket, TooLar
 _ids = itertools.count(1)
 
 
-def ticket(user: int | None, prompt: int = 100, new: int = 50, regime: RopeRegime = RopeRegime.SHORT) -> Ticket:
+def ticket(
+    user: int | None, prompt: int = 100, new: int = 50, regime: RopeRegime = RopeRegime.SHORT
+) -> Ticket:
     return Ticket(next(_ids), user, prompt, new, regime)
 
 
@@ -45,8 +47,12 @@ def test_round_robin_across_users():
     for t in [*alice, *bob, carol]:
         scheduler.add(t)
     assert [t.request_id for t in scheduler.waiting_order()] == [
-        alice[0].request_id, bob[0].request_id, carol.request_id,
-        alice[1].request_id, bob[1].request_id, alice[2].request_id,
+        alice[0].request_id,
+        bob[0].request_id,
+        carol.request_id,
+        alice[1].request_id,
+        bob[1].request_id,
+        alice[2].request_id,
     ]
     served = []
     while scheduler.has_work():

@@ -24,11 +24,20 @@ def tiny_config(**overrides) -> phi3v.Phi3VConfig:
         num_attention_heads=4,
         max_position_embeddings=4096,
         original_max_position_embeddings=64,
-        rope_scaling={"type": "su", "short_factor": [1.0 + 0.1 * i for i in range(HEAD_DIM // 2)],
-                      "long_factor": [1.0 + 4.0 * i for i in range(HEAD_DIM // 2)]},
+        rope_scaling={
+            "type": "su",
+            "short_factor": [1.0 + 0.1 * i for i in range(HEAD_DIM // 2)],
+            "long_factor": [1.0 + 4.0 * i for i in range(HEAD_DIM // 2)],
+        },
         sliding_window=4096,
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-                       "num_attention_heads": 2, "image_size": 336, "patch_size": 14},
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "image_size": 336,
+            "patch_size": 14,
+        },
         img_processor={"image_dim_out": 32, "num_img_tokens": 144},
         attn_implementation="eager",
     )
@@ -65,9 +74,11 @@ def slow_image_features(embedding, pixel_values, image_sizes) -> torch.Tensor:
         side = int(hidden.shape[1] ** 0.5)
         patches = hidden.reshape(hidden.shape[0], side, side, -1)
 
-        def merged(tile: int, i: int, j: int) -> torch.Tensor:
+        def merged(tile: int, i: int, j: int, patches=patches) -> torch.Tensor:
             p = patches[tile]
-            return torch.cat([p[2 * i, 2 * j], p[2 * i, 2 * j + 1], p[2 * i + 1, 2 * j], p[2 * i + 1, 2 * j + 1]])
+            return torch.cat(
+                [p[2 * i, 2 * j], p[2 * i, 2 * j + 1], p[2 * i + 1, 2 * j], p[2 * i + 1, 2 * j + 1]]
+            )
 
         rows, cols, half = height // CROP_SIZE, width // CROP_SIZE, side // 2
         tokens = []
@@ -94,7 +105,9 @@ def test_image_layout_matches_token_by_token_description(num_crops):
     batch = processor(images)
     with torch.no_grad():
         fast = model.model.vision_embed_tokens(batch["pixel_values"], batch["image_sizes"])
-        slow = slow_image_features(model.model.vision_embed_tokens, batch["pixel_values"], batch["image_sizes"])
+        slow = slow_image_features(
+            model.model.vision_embed_tokens, batch["pixel_values"], batch["image_sizes"]
+        )
     assert fast.shape == (sum(batch["num_img_tokens"]), 64)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
     for h, w in batch["image_sizes"].tolist():
@@ -133,7 +146,9 @@ def test_three_images_fill_their_spans_in_order():
     with torch.no_grad():
         embeds = model.model.embed_with_images(ids[None], inputs["pixel_values"], inputs["image_sizes"])
         for k, (s, e) in enumerate(zip(starts, ends)):
-            alone = model.model.vision_embed_tokens(inputs["pixel_values"][k : k + 1], inputs["image_sizes"][k : k + 1])
+            alone = model.model.vision_embed_tokens(
+                inputs["pixel_values"][k : k + 1], inputs["image_sizes"][k : k + 1]
+            )
             torch.testing.assert_close(embeds[0, s:e], alone, atol=1e-5, rtol=1e-5)
         logits = model(**{k: v for k, v in inputs.items() if k != "num_img_tokens"}).logits
     assert torch.isfinite(logits).all()
@@ -142,7 +157,9 @@ def test_three_images_fill_their_spans_in_order():
 def test_prompt_and_images_that_do_not_belong_together_fail_clearly():
     model = random_model(tiny_config())
     processor = phi3v.Phi3VProcessor.from_pretrained(TINY_CHECKPOINT)
-    inputs = processor(text="<|user|>\n<|image_1|>\nHi<|end|>\n<|assistant|>\n", images=[gradient_image(50, 50, 9)])
+    inputs = processor(
+        text="<|user|>\n<|image_1|>\nHi<|end|>\n<|assistant|>\n", images=[gradient_image(50, 50, 9)]
+    )
     short_ids = inputs["input_ids"][:, 10:]
     with pytest.raises(ValueError, match="image-token positions"):
         model(input_ids=short_ids, pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
@@ -158,13 +175,18 @@ def test_processor_rejects_mismatched_tags():
 
 # LongRoPE: the tiny config switches from short to long factors past 64 positions.
 
+
 def _with_factors(config: phi3v.Phi3VConfig, factors: str) -> phi3v.Phi3VConfig:
     scaling = dict(config.rope_parameters)
     scaling["short_factor"] = scaling["long_factor"] = scaling[factors]
-    return tiny_config(rope_scaling={"type": "su", **{k: scaling[k] for k in ("short_factor", "long_factor")}})
+    return tiny_config(
+        rope_scaling={"type": "su", **{k: scaling[k] for k in ("short_factor", "long_factor")}}
+    )
 
 
-@pytest.mark.parametrize("length, factors", [(40, "short_factor"), (64, "short_factor"), (65, "long_factor"), (90, "long_factor")])
+@pytest.mark.parametrize(
+    "length, factors", [(40, "short_factor"), (64, "short_factor"), (65, "long_factor"), (90, "long_factor")]
+)
 def test_prompt_pass_uses_the_factors_for_its_length(length, factors):
     config = tiny_config()
     model = random_model(config, seed=2)
@@ -188,12 +210,22 @@ def test_generation_across_the_switch_keeps_the_cache():
     prompt = torch.randint(3, 500, (1, 60), generator=torch.Generator().manual_seed(3))
     steps = 10
     with torch.no_grad():
-        generated = model.generate(input_ids=prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                                   eos_token_id=[32000], pad_token_id=32000)[:, prompt.shape[1]:]
+        generated = model.generate(
+            input_ids=prompt,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            eos_token_id=[32000],
+            pad_token_id=32000,
+        )[:, prompt.shape[1] :]
         cache, ids, manual = DynamicCache(config=model.config), prompt, []
         logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
         for step in range(steps):
-            nxt = logits[:, -1].masked_fill(torch.arange(logits.shape[-1]) == 32000, -float("inf")).argmax(-1, keepdim=True)
+            nxt = (
+                logits[:, -1]
+                .masked_fill(torch.arange(logits.shape[-1]) == 32000, -float("inf"))
+                .argmax(-1, keepdim=True)
+            )
             manual.append(int(nxt))
             position = torch.tensor([[prompt.shape[1] + step]])
             logits = model(input_ids=nxt, past_key_values=cache, position_ids=position, use_cache=True).logits
@@ -203,6 +235,7 @@ def test_generation_across_the_switch_keeps_the_cache():
 
 # The real published size, on the meta device (no memory, no weights).
 
+
 def test_every_official_tensor_loads_into_a_parameter_of_the_real_size():
     index = json.loads((OFFICIAL / "model.safetensors.index.json").read_text())
     config = phi3v.Phi3VConfig.from_pretrained(OFFICIAL)
@@ -210,7 +243,9 @@ def test_every_official_tensor_loads_into_a_parameter_of_the_real_size():
         model = phi3v.Phi3VForCausalLM(config)
     params = dict(model.named_parameters())
     # transformers drops the "vision_model." level of a nested CLIPVisionModel when loading.
-    renamed = {name.replace(".img_processor.vision_model.", ".img_processor."): name for name in index["weight_map"]}
+    renamed = {
+        name.replace(".img_processor.vision_model.", ".img_processor."): name for name in index["weight_map"]
+    }
     assert len(renamed) == 592
     assert set(renamed) == set(params)
     assert sum(p.numel() for p in params.values()) * 2 == index["metadata"]["total_size"]  # bf16
@@ -237,7 +272,9 @@ def test_official_config_reads_its_traps():
     assert config.rope_parameters["rope_type"] == "longrope"
     assert config.rope_parameters["original_max_position_embeddings"] == 4096
     assert config.vision_config.hidden_size == 1024 and config.vision_config.num_hidden_layers == 24
-    assert config._attn_implementation != "flash_attention_2" or phi3v.configuration_phi3v.flash_attn_available()
+    assert (
+        config._attn_implementation != "flash_attention_2" or phi3v.configuration_phi3v.flash_attn_available()
+    )
     assert num_image_tokens(1344, 1344) == 2509
 
 

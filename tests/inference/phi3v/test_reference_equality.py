@@ -78,7 +78,9 @@ def test_processor_matches_reference(name, tiny_processor):
         digest = hashlib.sha256(np.ascontiguousarray(pixels, dtype="<f4").tobytes()).hexdigest()
         assert digest == case["pixel_values_sha256"]
         np.testing.assert_allclose(pixels[..., ::16, ::16], ref["pixel_values_sub16"], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(pixels[..., 168:182, 168:182], ref["pixel_values_patch"], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            pixels[..., 168:182, 168:182], ref["pixel_values_patch"], atol=1e-5, rtol=0
+        )
 
 
 @pytest.mark.parametrize("name", CASES)

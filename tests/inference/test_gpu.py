@@ -1,0 +1,62 @@
+"""The same checks on a CUDA GPU (skipped on machines without one, such as CI)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from inference import EngineConfig, LocalEngine, Request, Task
+from tests.inference.conftest import TINY, TINY_CHECKPOINT, case_images, tiny_manifest
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_golden_logits_on_the_gpu():
+    import inference.phi3v as phi3v
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = phi3v.Phi3VForCausalLM.from_pretrained(
+        TINY_CHECKPOINT, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    model = model.to("cuda").eval()
+    processor = phi3v.Phi3VProcessor.from_pretrained(TINY_CHECKPOINT)
+    manifest = tiny_manifest()
+    for case in manifest["cases"]:
+        if case["batch_size"] != 1:
+            continue
+        inputs = processor(text=case["prompts"][0], images=case_images(case, manifest) or None)
+        inputs = {k: (v.to("cuda") if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        with torch.no_grad():
+            logits = model(**inputs).logits[:, -1].float().cpu()
+        expected = torch.from_numpy(load_file(TINY / case["file"])["logits_last"])
+        torch.testing.assert_close(logits, expected, atol=2e-3, rtol=1e-3, msg=case["name"])
+
+
+async def test_engine_batches_on_the_gpu_like_alone():
+    engine = LocalEngine(
+        EngineConfig(
+            model_id=str(TINY_CHECKPOINT),
+            device="cuda",
+            dtype="float32",
+            max_new_tokens=12,
+            batch_window_ms=50,
+        )
+    )
+    await engine.start()
+    try:
+        images = [case_images(c, tiny_manifest()) for c in tiny_manifest()["cases"] if len(c["images"]) == 1][
+            :4
+        ]
+        requests = [Request(Task.DESCRIBE, tuple(i), user_id=n) for n, i in enumerate(images)]
+        alone = [await engine.generate(r) for r in requests]
+        together = await asyncio.gather(*(engine.generate(r) for r in requests))
+        assert [r.text for r in together] == [r.text for r in alone]
+    finally:
+        await engine.stop()

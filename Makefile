@@ -5,7 +5,7 @@ VENV ?= .venv
 EXTRAS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench-tiny clean
+.PHONY: run test bench-tiny bench-serving clean
 
 $(VENV)/.installed-run: pyproject.toml scripts/setup-venv.sh
 	bash scripts/setup-venv.sh $(VENV) $(EXTRAS)
@@ -25,6 +25,10 @@ test: $(VENV)/.installed-dev
 
 bench-tiny: $(VENV)/.installed-dev
 	$(PY) bench/engine.py --tiny
+
+bench-serving: $(VENV)/.installed-dev
+	$(PY) bench/loop_lag.py
+	$(PY) bench/throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -23,9 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find the repo's packages
 
 import numpy as np
 import torch
@@ -43,6 +41,7 @@ from inference import phi3v
 from inference.errors import InvalidRequest
 from inference.loading import resolve_attention, resolve_device, resolve_dtype
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 OFFICIAL_DIR = REPO_ROOT / "tests" / "fixtures" / "phi3v-official"
 TINY_DIR = REPO_ROOT / "tests" / "fixtures" / "phi3v-tiny" / "checkpoint"
 

@@ -53,25 +53,39 @@ class Event:
 
 
 class IncrementalDecoder:
-    """Token ids in, newly completed text out (holds back a half-decoded multi-byte character)."""
+    """Token ids in, newly completed text out (holds back a half-decoded multi-byte character).
+
+    Only the current line is re-decoded at each token (a finished line never changes),
+    so the cost stays flat however long the answer grows.
+    """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
-        self.sent = 0
-
-    @property
-    def text(self) -> str:
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        self.line_start = 0  # index in ids where the current line's tokens begin
+        self.sent = 0  # characters of the current line already handed out
 
     def push(self, token_id: int | None, final: bool = False) -> str:
         if token_id is not None:
             self.ids.append(token_id)
-        text = self.text
+        text = self._line_text()
         if (not final and text.endswith("\ufffd")) or len(text) <= self.sent:
             return ""
-        piece, self.sent = text[self.sent :], len(text)
+        piece = text[self.sent :]
+        if text.endswith("\n"):
+            self.line_start, self.sent = len(self.ids), 0
+        else:
+            self.sent = len(text)
         return piece
+
+    def _line_text(self) -> str:
+        if self.line_start == 0:
+            return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        # Decode from the newline before the line: a tokenizer drops the leading space of a
+        # sequence's first token, which would eat the line's indentation.
+        anchor = self.line_start - 1
+        prefix = self.tokenizer.decode(self.ids[anchor : self.line_start], skip_special_tokens=True)
+        return self.tokenizer.decode(self.ids[anchor:], skip_special_tokens=True)[len(prefix) :]
 
 
 @dataclass
@@ -147,13 +161,14 @@ class ModelRunner:
 
     @torch.inference_mode()
     def step(self, admit: list[tuple[int, Prepared]], abort: list[int]) -> list[Event]:
-        """Admit, drop, and decode one token for every running request."""
+        """Drop aborted rows; then prefill the admitted requests, or decode one token for every row."""
         events: list[Event] = []
         if abort:
             self._drop(set(abort))
         if admit:
+            # Prefill only: the new requests' first tokens go out now, not after a decode step.
             try:
-                events += self._prefill(admit)
+                return events + self._prefill(admit)
             except torch.OutOfMemoryError:
                 self._free_memory()
                 error = OutOfMemory(

@@ -43,11 +43,20 @@ class FakeEngine:
         self.places_in_line: list[int] = []  # reported to on_position before answering, then 0
         self._gate: asyncio.Event | None = None
         self._gate_env: Any = None
+        self._hold_after = 0
 
-    def hold(self, env: Any) -> None:
-        """Make requests wait (as a declared simcord external wait) until :meth:`release`."""
+    def hold(self, env: Any, *, after_pieces: int = 0) -> None:
+        """Make requests wait (as a declared simcord external wait) until :meth:`release`.
+
+        With ``after_pieces`` the answer streams that many pieces first, then waits.
+        """
         self._gate = asyncio.Event()
         self._gate_env = env
+        self._hold_after = after_pieces
+
+    async def _wait_if_held(self) -> None:
+        if self._gate is not None and not self._gate.is_set():
+            await self._gate_env.external_wait(self._gate.wait(), reason="the test is holding the engine")
 
     def release(self) -> None:
         assert self._gate is not None
@@ -76,13 +85,15 @@ class FakeEngine:
             for position in [*self.places_in_line, 0] if on_position is not None else []:
                 on_position(position)
                 await asyncio.sleep(0)
-            if self._gate is not None and not self._gate.is_set():
-                await self._gate_env.external_wait(self._gate.wait(), reason="the test is holding the engine")
+            if self._hold_after == 0:
+                await self._wait_if_held()
             if isinstance(answer, BaseException):
                 await asyncio.sleep(0)
                 raise answer
             text = answer.text if isinstance(answer, Interrupted) else answer
-            for index in range(0, len(text), self.piece_size):
+            for count, index in enumerate(range(0, len(text), self.piece_size)):
+                if count and count == self._hold_after:
+                    await self._wait_if_held()
                 await asyncio.sleep(0)
                 yield text[index : index + self.piece_size]
             if isinstance(answer, Interrupted):

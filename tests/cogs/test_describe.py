@@ -42,6 +42,24 @@ async def test_a_waiting_request_is_told_its_place_in_line(world, fake_engine):
     assert result.response.content == fake_engine.default_answer
 
 
+async def test_the_answer_streams_into_the_message_before_it_is_complete(world, fake_engine):
+    fake_engine.piece_size = 10
+    fake_engine.hold(world.env, after_pieces=2)
+    result = await world.member.slash(world.channel, "describe", image=("cat.png", image_bytes()))
+    await world.env.advance_time(1.5)  # more than the one-second edit interval
+    fake_engine.release()
+    await world.env.settle()
+
+    edits = [
+        entry.json.get("content")
+        for entry in world.env.http_requests
+        if entry.method == "PATCH" and isinstance(entry.json, dict)
+    ]
+    answer = fake_engine.default_answer
+    assert edits == [answer[:30].strip(), answer]  # one live preview, then the whole answer
+    assert result.response.content == answer
+
+
 async def test_slash_describe_passes_the_question(world, fake_engine):
     await world.member.slash(
         world.channel, "describe", image=("cat.png", image_bytes()), question="  What colour is it?  "

@@ -15,6 +15,7 @@ from discord.ext import commands
 from bot.context import VisionContext
 from bot.errors import send_error_to_context, send_error_to_interaction
 from bot.images import Fetcher, HttpFetcher, ImageLimits
+from bot.jobs import JobsByMessage
 from bot.limits import AccessPolicy, JobLimiter
 from bot.settings import Settings
 from inference import Engine
@@ -45,6 +46,7 @@ class VisionBot(commands.Bot):
     image_limits: ImageLimits
     access: AccessPolicy
     limiter: JobLimiter
+    jobs_by_message: JobsByMessage
 
     def __init__(
         self,
@@ -78,6 +80,7 @@ class VisionBot(commands.Bot):
         )
         self.access = AccessPolicy.from_settings(settings)
         self.limiter = JobLimiter.from_settings(settings)
+        self.jobs_by_message = JobsByMessage()
         self.add_command(sync_command)
 
     async def setup_hook(self) -> None:
@@ -117,6 +120,10 @@ class VisionBot(commands.Bot):
         while self.limiter.total_active and loop.time() < deadline:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)  # the error handler replies right after the job ends
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        if self.jobs_by_message.cancel(payload.message_id):
+            log.info("Stopped a request whose message was deleted")
 
     async def get_context(self, origin, /, *, cls=VisionContext):  # type: ignore[override]
         return await super().get_context(origin, cls=cls)

@@ -91,7 +91,8 @@ def check_source(source: ImageSource, limits: ImageLimits) -> None:
     if source.size is not None and source.size > limits.max_bytes:
         raise ImageRejected(
             source.filename,
-            f"it is {format_megabytes(source.size)}, larger than the {format_megabytes(limits.max_bytes)} limit",
+            f"it is {format_megabytes(source.size)}, "
+            f"larger than the {format_megabytes(limits.max_bytes)} limit",
         )
 
 

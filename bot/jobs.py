@@ -6,7 +6,10 @@ Cogs call :func:`answer_interaction` (slash commands, context menus) or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import discord
@@ -25,6 +28,42 @@ if TYPE_CHECKING:
 
 NO_IMAGE_IN_COMMAND_TEXT = "Attach an image to your message, or reply to a message that has one."
 NO_IMAGE_IN_MESSAGE_TEXT = "That message has no image I can look at."
+STOPPED_BY_DELETE_TEXT = "Stopped: the message that asked was deleted."
+
+log = logging.getLogger(__name__)
+
+
+class JobsByMessage:
+    """Prefix-command jobs by the id of the message that asked, so deleting that message stops the job."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[int, asyncio.Task] = {}
+        self._deleted: set[int] = set()
+
+    @contextmanager
+    def track(self, message_id: int) -> Iterator[None]:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks[message_id] = task
+        try:
+            yield
+        finally:
+            self._tasks.pop(message_id, None)
+            self._deleted.discard(message_id)
+
+    def cancel(self, message_id: int) -> bool:
+        """Stop the job asked for by this message, if one is running (the engine aborts at its next step)."""
+        task = self._tasks.get(message_id)
+        if task is None:
+            return False
+        self._deleted.add(message_id)
+        task.cancel()
+        return True
+
+    def was_deleted(self, message_id: int) -> bool:
+        return message_id in self._deleted
+
+
 MIN_IMAGES_TO_COMPARE = 2
 
 
@@ -119,12 +158,28 @@ async def answer_command(ctx: VisionContext, task: Task, *, question: str | None
     requester = Requester.of(ctx.author, ctx.channel, ctx.guild)
     bot.access.check(requester, task)
     sources = await sources_for_command_message(ctx.message, bot.settings.cdn_hosts)
-    await run_job(
-        bot,
-        requester=requester,
-        task=task,
-        sources=sources,
-        question=question,
-        target=MessageTarget(ctx),
-        no_image_text=NO_IMAGE_IN_COMMAND_TEXT,
-    )
+    with bot.jobs_by_message.track(ctx.message.id):
+        try:
+            await run_job(
+                bot,
+                requester=requester,
+                task=task,
+                sources=sources,
+                question=question,
+                target=MessageTarget(ctx),
+                no_image_text=NO_IMAGE_IN_COMMAND_TEXT,
+            )
+        except asyncio.CancelledError:
+            if not bot.jobs_by_message.was_deleted(ctx.message.id):
+                raise  # shutting down, not ours to swallow
+            asyncio.current_task().uncancel()
+            await _say_stopped(ctx)
+
+
+async def _say_stopped(ctx: VisionContext) -> None:
+    if ctx.progress_message is None:
+        return
+    try:
+        await ctx.progress_message.edit(content=STOPPED_BY_DELETE_TEXT)
+    except discord.HTTPException:
+        log.info("Could not mark a stopped answer in %s", ctx.channel)

@@ -6,7 +6,7 @@ import discord
 import pytest
 
 from bot.errors import UNEXPECTED_ERROR_TEXT, ImageRejected, NoImage
-from bot.jobs import NO_IMAGE_IN_COMMAND_TEXT, NO_IMAGE_IN_MESSAGE_TEXT
+from bot.jobs import NO_IMAGE_IN_COMMAND_TEXT, NO_IMAGE_IN_MESSAGE_TEXT, STOPPED_BY_DELETE_TEXT
 from bot.replies import ANSWER_FILENAME, MESSAGE_LIMIT, QUEUE_TEXT, WORKING_TEXT
 from inference import OutOfMemory, RequestTimedOut, Task
 from tests.conftest import acknowledge_errors, bot_messages, deferrals, image_bytes, png_header_only
@@ -268,3 +268,21 @@ async def test_describe_image_menu_on_a_message_without_images(world, fake_engin
     assert result.ephemeral
     assert result.response.content == NO_IMAGE_IN_MESSAGE_TEXT
     assert acknowledge_errors(world.env) == [NoImage]
+
+
+async def test_deleting_the_command_message_stops_the_answer(world, fake_engine):
+    fake_engine.hold(world.env, after_pieces=1)
+    message = await world.member.send(world.channel, "!describe", attachments=[("a.png", image_bytes())])
+    [reply] = bot_messages(world.channel)
+    assert fake_engine.closed_streams == 0  # answering, held mid-stream
+
+    await world.member.delete(message)
+    await world.env.settle()
+
+    assert fake_engine.closed_streams == 1  # the stream was closed: the engine aborts the request
+    [reply] = bot_messages(world.channel)
+    assert reply.content == STOPPED_BY_DELETE_TEXT
+    assert world.env.bot.limiter.active_jobs(world.member.id) == 0
+    fake_engine.release()
+    await world.member.send(world.channel, "!describe", attachments=[("a.png", image_bytes())])
+    assert bot_messages(world.channel)[-1].content == fake_engine.default_answer

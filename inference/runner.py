@@ -16,9 +16,9 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from inference.errors import OutOfMemory
+from inference.kv_cache import GrowingCache
 from inference.loading import LoadedModel
 from inference.prompts import build_prompt, check_image_count
 from inference.types import EngineConfig, Request
@@ -101,7 +101,7 @@ class _Row:
 @dataclass
 class _Batch:
     rows: list[_Row] = field(default_factory=list)
-    cache: DynamicCache | None = None
+    cache: GrowingCache | None = None
     attention_mask: torch.Tensor | None = None  # [B, L]: 0 where a row is left-padded
 
 
@@ -114,7 +114,7 @@ def _left_pad(tensor: torch.Tensor, length: int, dim: int, value: int = 0) -> to
     return torch.cat([tensor.new_full(shape, value), tensor], dim=dim)
 
 
-def _cache_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _cache_tensors(cache: GrowingCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
@@ -198,7 +198,7 @@ class ModelRunner:
             [_left_pad(torch.ones(p.prompt_tokens, dtype=torch.long), longest, 0) for _, p in admit]
         )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        cache = GrowingCache()
         logits = model(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -216,7 +216,7 @@ class ModelRunner:
         self._merge(rows, cache, mask.to(device))
         return self._accept(rows, logits.argmax(-1).tolist())
 
-    def _merge(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+    def _merge(self, rows: list[_Row], cache: GrowingCache, mask: torch.Tensor) -> None:
         batch = self.batch
         if not batch.rows:
             self.batch = _Batch(rows, cache, mask)
@@ -232,7 +232,7 @@ class ModelRunner:
             )
         self.batch = _Batch(
             batch.rows + rows,
-            DynamicCache(ddp_cache_data=merged),
+            GrowingCache(merged),
             torch.cat([_left_pad(batch.attention_mask, length, 1), _left_pad(mask, length, 1)]),
         )
 
@@ -252,7 +252,7 @@ class ModelRunner:
             for k, v in _cache_tensors(self.batch.cache)
         ]
         self.batch = _Batch(
-            [self.batch.rows[i] for i in keep], DynamicCache(ddp_cache_data=kept), mask[:, first:]
+            [self.batch.rows[i] for i in keep], GrowingCache(kept), mask[:, first:]
         )
 
     def _decode(self) -> list[Event]:

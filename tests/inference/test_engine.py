@@ -116,6 +116,20 @@ async def test_stream_and_generate_give_the_same_greedy_answer(engine):
     assert result.new_tokens == 8
 
 
+async def test_the_serving_path_answers_what_plain_generate_answers(engine):
+    """Our batched runner and KV cache against transformers' own generate loop on the same prompt."""
+    from inference.prompts import build_prompt
+
+    image = fixture_image("landscape_1000x600.png")
+    request = Request(Task.DESCRIBE, (image,), question="What is this?")
+    served = await engine.generate(request)
+    loaded = engine._runner.loaded
+    inputs = loaded.processor(text=build_prompt(Task.DESCRIBE, 1, "What is this?"), images=[image])
+    new_ids = loaded.model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=[32000, 32007])
+    expected = loaded.processor.decode(new_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert served.text == expected.strip()
+
+
 async def test_batched_answers_equal_answers_run_alone():
     engine = LocalEngine(tiny_config(max_new_tokens=10, batch_window_ms=50))
     await engine.start()

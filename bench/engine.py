@@ -382,15 +382,19 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def run_benchmark(name: str, args, run_fn) -> None:
+    """Shared entry point: logs to stderr, one JSON line to stdout, bad options said plainly."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     transformers.logging.set_verbosity_error()
-    args = parse_args(argv)
     try:
-        result = run(args)
-    except InvalidRequest as exc:  # a bad --device or --dtype, said plainly
-        sys.exit(f"bench/engine.py: {exc}")
+        result = run_fn(args)
+    except InvalidRequest as exc:  # a bad --device or --dtype
+        sys.exit(f"bench/{name}: {exc}")
     print(json.dumps(result), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_benchmark("engine.py", parse_args(argv), run)
 
 
 if __name__ == "__main__":

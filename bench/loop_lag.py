@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import dataclasses
 import io
-import json
 import logging
 import sys
 import time
@@ -38,15 +37,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find the repo's packages
 
-import transformers
 
-from bench.engine import OFFICIAL_DIR, TINY_DIR, build_model, device_name, load_processor, synthetic_image
+from bench.engine import (
+    OFFICIAL_DIR,
+    TINY_DIR,
+    build_model,
+    device_name,
+    load_processor,
+    run_benchmark,
+    synthetic_image,
+)
 from bench.serving import FixedLengthRunner, OnLoopEngine, percentiles_ms, versions
 from bot.images import ImageLimits, ImageSource, decode_image, load_images
 from bot.replies import stream_answer
 from bot.settings import Settings
 from inference.engine import LocalEngine
-from inference.errors import InvalidRequest
 from inference.loading import LoadedModel, load, resolve_attention, resolve_device, resolve_dtype
 from inference.types import EngineConfig, Request, Task
 
@@ -356,16 +361,10 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    transformers.logging.set_verbosity_error()
     args = parse_args(argv)
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000)
-    try:
-        result = asyncio.run(run(args))
-    except InvalidRequest as exc:  # a bad --device or --dtype, said plainly
-        sys.exit(f"bench/loop_lag.py: {exc}")
-    print(json.dumps(result), flush=True)
+    run_benchmark("loop_lag.py", args, lambda parsed: asyncio.run(run(parsed)))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 import time
@@ -34,7 +33,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: find the repo's packages
 
 import torch
-import transformers
 from PIL import Image
 from transformers import BatchFeature
 from transformers.generation.streamers import BaseStreamer
@@ -46,12 +44,13 @@ from bench.engine import (
     build_model,
     device_name,
     load_processor,
+    run_benchmark,
     synchronize,
     synthetic_image,
 )
 from bench.serving import FixedLengthRunner, percentiles_ms, versions
 from inference.engine import LocalEngine
-from inference.errors import InferenceError, InvalidRequest
+from inference.errors import InferenceError
 from inference.loading import LoadedModel, resolve_attention, resolve_device, resolve_dtype
 from inference.prompts import build_prompt
 from inference.types import EngineConfig, Request, Task
@@ -352,14 +351,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    transformers.logging.set_verbosity_error()
-    args = parse_args(argv)
-    try:
-        result = run(args)
-    except InvalidRequest as exc:  # a bad --device or --dtype, said plainly
-        sys.exit(f"bench/throughput.py: {exc}")
-    print(json.dumps(result), flush=True)
+    run_benchmark("throughput.py", parse_args(argv), run)
 
 
 if __name__ == "__main__":

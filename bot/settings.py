@@ -243,16 +243,21 @@ def _shard_count(raw: str) -> int | Literal["auto"]:
     return _bounded(count, 1, None)
 
 
-def _shard_ids(raw: str) -> tuple[int, ...]:
-    ids = set()
+def _number_list(raw: str, what: str) -> set[int]:
+    """Parse "1, 2,3" into {1, 2, 3}; anything else names the bad part."""
+    numbers = set()
     for part in raw.split(","):
         part = part.strip()
         if not part:
             continue
         if not part.isdigit():
-            raise ValueError(f"{part!r} is not a shard ID (numbers from 0, separated by commas)")
-        ids.add(int(part))
-    return tuple(sorted(ids))
+            raise ValueError(f"{part!r} is not {what}")
+        numbers.add(int(part))
+    return numbers
+
+
+def _shard_ids(raw: str) -> tuple[int, ...]:
+    return tuple(sorted(_number_list(raw, "a shard ID (numbers from 0, separated by commas)")))
 
 
 def _http_url(raw: str) -> str:
@@ -329,15 +334,7 @@ class _Reader:
 
     def id_set(self, name: str) -> frozenset[int]:
         def to_ids(raw: str) -> frozenset[int]:
-            ids = set()
-            for part in raw.split(","):
-                part = part.strip()
-                if not part:
-                    continue
-                if not part.isdigit():
-                    raise ValueError(f"{part!r} is not a Discord ID (IDs are numbers, separated by commas)")
-                ids.add(int(part))
-            return frozenset(ids)
+            return frozenset(_number_list(raw, "a Discord ID (IDs are numbers, separated by commas)"))
 
         return self.parse(name, frozenset(), to_ids)
 

@@ -1,0 +1,42 @@
+"""The benchmarks still run (tiny model, smallest settings) and print one JSON line each.
+
+Their figures are not judged here: speed is measured by running them, not by unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = {
+    "engine.py": (["--tiny", "--repeats", "1", "--decode-tokens", "4"], {"prefill_ms", "decode_tok_s"}),
+    "loop_lag.py": (
+        ["--requests", "4", "--concurrency", "2", "--max-new-tokens", "2", "--skip-on-loop"],
+        {"engine", "idle"},
+    ),
+    "throughput.py": (["--tiny", "--levels", "1,2", "--max-new-tokens", "2"], {"levels", "speedup_by_level"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", RUNS)
+def test_benchmark_prints_one_json_line(script):
+    args, keys = RUNS[script]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert keys <= result.keys()

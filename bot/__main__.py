@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Mapping
 
+import aiohttp
 import discord
 
 from bot.app import VisionBot, create_bot
@@ -27,6 +28,7 @@ INVALID_TOKEN_TEXT = (
     "Discord rejected DISCORD_TOKEN. Put a valid bot token in .env "
     "(Discord Developer Portal > your application > Bot > Reset Token)."
 )
+NO_CONNECTION_TEXT = "Could not reach Discord: check this machine's internet connection and try again."
 MISSING_INTENT_TEXT = (
     "Discord refused the Message Content intent. Enable it in the Developer Portal "
     "(Bot > Privileged Gateway Intents), or set COMMAND_PREFIX= (blank) to use mentions "
@@ -80,6 +82,9 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         return EXIT_CONFIG
     except InferenceError as error:
         print(f"Could not start the model: {error}", file=sys.stderr)
+        return EXIT_STARTUP
+    except (aiohttp.ClientConnectionError, discord.GatewayNotFound, OSError) as error:
+        print(f"{NO_CONNECTION_TEXT} ({error.__class__.__name__}: {error})", file=sys.stderr)
         return EXIT_STARTUP
     return EXIT_OK
 

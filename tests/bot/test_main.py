@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import discord
 
 import bot.__main__ as entry
@@ -26,8 +27,7 @@ def test_bad_setting_prints_what_is_wrong(capsys):
     assert "\n" not in err
 
 
-def test_a_rejected_token_prints_one_clear_line(capsys, monkeypatch):
-    engine = FakeEngine()
+def bot_whose_login_fails(monkeypatch, engine: FakeEngine, error: BaseException) -> list:
     built = []
 
     def fake_create_bot(settings):
@@ -36,7 +36,7 @@ def test_a_rejected_token_prints_one_clear_line(capsys, monkeypatch):
         bot = create_bot(make_settings(discord_token=settings.discord_token), engine)
 
         async def refuse(token: str) -> None:
-            raise discord.LoginFailure("Improper token has been passed.")
+            raise error
 
         bot.http.static_login = refuse
         built.append(bot)
@@ -44,6 +44,27 @@ def test_a_rejected_token_prints_one_clear_line(capsys, monkeypatch):
 
     monkeypatch.setattr(entry, "create_bot", fake_create_bot)
     monkeypatch.setattr(entry, "configure_logging", lambda level: None)
+    return built
+
+
+def test_no_connection_to_discord_prints_one_clear_line(capsys, monkeypatch):
+    engine = FakeEngine()
+    built = bot_whose_login_fails(
+        monkeypatch, engine, aiohttp.ClientConnectionError("Name or service not known")
+    )
+
+    assert entry.main({"DISCORD_TOKEN": "token"}) == entry.EXIT_STARTUP
+
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(entry.NO_CONNECTION_TEXT) and "\n" not in err
+    assert built[0].is_closed()
+
+
+def test_a_rejected_token_prints_one_clear_line(capsys, monkeypatch):
+    engine = FakeEngine()
+    built = bot_whose_login_fails(
+        monkeypatch, engine, discord.LoginFailure("Improper token has been passed.")
+    )
 
     assert entry.main({"DISCORD_TOKEN": "not-a-real-token"}) == entry.EXIT_CONFIG
 

@@ -7,20 +7,20 @@ PY := $(VENV)/bin/python
 
 .PHONY: run test bench-tiny bench-serving clean
 
-$(VENV)/.installed-run: pyproject.toml scripts/setup-venv.sh
+$(VENV)/.installed-run$(EXTRAS): pyproject.toml scripts/setup-venv.sh
 	bash scripts/setup-venv.sh $(VENV) $(EXTRAS)
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml scripts/setup-venv.sh
+$(VENV)/.installed-dev$(EXTRAS): pyproject.toml scripts/setup-venv.sh
 	bash scripts/setup-venv.sh $(VENV) dev$(if $(EXTRAS),$(comma)$(EXTRAS))
-	touch $@ $(VENV)/.installed-run
+	touch $@ $(VENV)/.installed-run$(EXTRAS)
 
 comma := ,
 
-run: $(VENV)/.installed-run
+run: $(VENV)/.installed-run$(EXTRAS)
 	$(PY) -m bot
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev$(EXTRAS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench-tiny: $(VENV)/.installed-dev

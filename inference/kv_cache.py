@@ -10,6 +10,8 @@ chunks, so a step writes one token per row and a full copy happens once per
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -70,3 +72,23 @@ class GrowingCache(Cache):
             super().__init__(layer_class_to_replicate=GrowingLayer)
         else:
             super().__init__(layers=[GrowingLayer.from_tensors(k, v) for k, v in tensors])
+
+
+LayerBuilder = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def rebuild(cache: GrowingCache, build: LayerBuilder) -> GrowingCache:
+    """A new cache made layer by layer with ``build(index, keys, values)``.
+
+    Each old layer is freed as soon as its replacement exists, so the peak is one cache plus
+    one layer, not two caches. The old cache is unusable afterwards, also if ``build`` fails.
+    """
+    layers = []
+    for index, layer in enumerate(cache.layers):
+        keys, values = build(index, layer.keys, layer.values)
+        layer.reset()
+        layers.append(GrowingLayer.from_tensors(keys, values))
+        del keys, values
+    new = GrowingCache()
+    new.layers = layers
+    return new

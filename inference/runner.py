@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from inference.errors import OutOfMemory
-from inference.kv_cache import GrowingCache
+from inference.kv_cache import GrowingCache, rebuild
 from inference.loading import LoadedModel
 from inference.prompts import build_prompt, check_image_count
 from inference.types import EngineConfig, Request
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Phi-3 ends an answer with <|end|>; <|endoftext|> also stops it.
 STOP_TOKENS = ("<|end|>", "<|endoftext|>")
+OOM_NEW_TEXT = "The GPU ran out of memory for this request. Try fewer or smaller images."
+OOM_RUNNING_TEXT = "The GPU ran out of memory while answering. Please try again."
 
 
 @dataclass
@@ -161,30 +163,27 @@ class ModelRunner:
 
     @torch.inference_mode()
     def step(self, admit: list[tuple[int, Prepared]], abort: list[int]) -> list[Event]:
-        """Drop aborted rows; then prefill the admitted requests, or decode one token for every row."""
-        events: list[Event] = []
-        if abort:
-            self._drop(set(abort))
-        if admit:
-            # Prefill only: the new requests' first tokens go out now, not after a decode step.
-            try:
-                return events + self._prefill(admit)
-            except torch.OutOfMemoryError:
-                self._free_memory()
-                error = OutOfMemory(
-                    "The GPU ran out of memory for this request. Try fewer or smaller images."
-                )
-                return events + [Event(rid, error=error, finished=True) for rid, _ in admit]
-        if not self.batch.rows:
-            return events
+        """Drop aborted rows; then prefill the admitted requests, or decode one token for every row.
+
+        Out of GPU memory: if only the newcomers' prefill failed, only they get the error;
+        if the running batch was touched (its cache half-rebuilt or half-extended), every
+        request in it ends with the error too, and the runner starts clean.
+        """
+        alive = [rid for rid in self.running_ids if rid not in set(abort)]
+        admitted = [rid for rid, _ in admit]
         try:
-            events += self._decode()
+            if abort:
+                self._drop(set(abort))
+            if admit:  # prefill only: the newcomers' first tokens go out now, not after a decode step
+                return self._prefill(admit)
+            return self._decode() if self.batch.rows else []
         except torch.OutOfMemoryError:
             self._free_memory()
-            error = OutOfMemory("The GPU ran out of memory while answering. Please try again.")
-            events += [Event(row.request_id, error=error, finished=True) for row in self.batch.rows]
+            if admit and self.running_ids == alive:
+                return [Event(rid, error=OutOfMemory(OOM_NEW_TEXT), finished=True) for rid in admitted]
             self.reset()
-        return events
+            victims = alive + admitted
+            return [Event(rid, error=OutOfMemory(OOM_RUNNING_TEXT), finished=True) for rid in victims]
 
     def _free_memory(self) -> None:
         if torch.cuda.is_available():
@@ -222,17 +221,19 @@ class ModelRunner:
             self.batch = _Batch(rows, cache, mask)
             return
         length = max(batch.attention_mask.shape[1], mask.shape[1])
-        merged = []
-        for (old_k, old_v), (new_k, new_v) in zip(_cache_tensors(batch.cache), _cache_tensors(cache)):
-            merged.append(
-                (
-                    torch.cat([_left_pad(old_k, length, 2), _left_pad(new_k, length, 2)]),
-                    torch.cat([_left_pad(old_v, length, 2), _left_pad(new_v, length, 2)]),
-                )
+        newcomers = _cache_tensors(cache)
+
+        def merge_layer(index: int, keys: torch.Tensor, values: torch.Tensor):
+            new_keys, new_values = newcomers[index]
+            return (
+                torch.cat([_left_pad(keys, length, 2), _left_pad(new_keys, length, 2)]),
+                torch.cat([_left_pad(values, length, 2), _left_pad(new_values, length, 2)]),
             )
+
+        self.batch = _Batch()  # while the cache is rebuilt the old batch is not usable
         self.batch = _Batch(
             batch.rows + rows,
-            GrowingCache(merged),
+            rebuild(batch.cache, merge_layer),
             torch.cat([_left_pad(batch.attention_mask, length, 1), _left_pad(mask, length, 1)]),
         )
 
@@ -247,13 +248,12 @@ class ModelRunner:
         mask = self.batch.attention_mask.index_select(0, index)
         # Columns that are padding for every remaining row can go (frees cache memory).
         first = int(mask.any(0).nonzero()[0])
-        kept = [
-            (k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
-            for k, v in _cache_tensors(self.batch.cache)
-        ]
-        self.batch = _Batch(
-            [self.batch.rows[i] for i in keep], GrowingCache(kept), mask[:, first:]
-        )
+        def keep_rows(_: int, keys: torch.Tensor, values: torch.Tensor):
+            return keys.index_select(0, index)[:, :, first:], values.index_select(0, index)[:, :, first:]
+
+        rows, cache = [self.batch.rows[i] for i in keep], self.batch.cache
+        self.batch = _Batch()
+        self.batch = _Batch(rows, rebuild(cache, keep_rows), mask[:, first:])
 
     def _decode(self) -> list[Event]:
         batch, device = self.batch, self.loaded.device

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from inference.kv_cache import GROWTH_TOKENS, GrowingCache
+from inference.kv_cache import GROWTH_TOKENS, GrowingCache, rebuild
 from tests.inference.phi3v.test_modeling_phi3v import random_model, tiny_config
 
 
@@ -43,3 +43,17 @@ def test_a_cache_rebuilt_from_tensors_continues_where_it_left_off():
     new_keys, new_values = cache.update(torch.ones(1, 2, 1, 4), torch.zeros(1, 2, 1, 4), 0)
     assert torch.equal(new_keys[..., :5, :], keys) and torch.equal(new_keys[..., 5, :], torch.ones(1, 2, 4))
     assert torch.equal(new_values[..., :5, :], values) and cache.get_seq_length() == 6
+
+
+def test_rebuild_frees_each_old_layer_as_it_goes():
+    old = GrowingCache([(torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4)) for _ in range(3)])
+    seen_lengths = []
+
+    def keep_first_row(index, keys, values):
+        seen_lengths.append([layer.get_seq_length() for layer in old.layers])
+        return keys[:1], values[:1]
+
+    new = rebuild(old, keep_first_row)
+    # when layer i is rebuilt, the layers before it are already freed
+    assert seen_lengths == [[5, 5, 5], [0, 5, 5], [0, 0, 5]]
+    assert [layer.keys.shape for layer in new.layers] == [torch.Size([1, 2, 5, 4])] * 3

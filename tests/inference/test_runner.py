@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image
 
 from inference.loading import load
@@ -45,3 +46,58 @@ def test_a_step_either_prefills_newcomers_or_decodes_everyone():
     while runner.running_ids:
         events = runner.step([], [])
     assert events[-1].finished and events[-1].new_tokens == 5
+
+
+class OutOfMemoryAt:
+    """Makes one call fail the way CUDA does when the GPU is full."""
+
+    def __init__(self, target, name: str):
+        self.target, self.name, self.original = target, name, getattr(target, name)
+
+    def __enter__(self):
+        def fail(*args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+        setattr(self.target, self.name, fail)
+
+    def __exit__(self, *exc):
+        setattr(self.target, self.name, self.original)
+
+
+@pytest.fixture
+def runner_with_one_row():
+    config = EngineConfig(model_id=str(TINY_CHECKPOINT), device="cpu", max_new_tokens=50)
+    runner = ModelRunner(load(config), config)
+    image = Image.new("RGB", (90, 60), (10, 200, 10))
+    runner.step([(1, runner.prepare(Request(Task.DESCRIBE, (image,))))], [])
+    return runner, runner.prepare(Request(Task.OCR, (image,)))
+
+
+def test_oom_in_a_newcomers_prefill_fails_only_the_newcomer(runner_with_one_row):
+    runner, newcomer = runner_with_one_row
+    with OutOfMemoryAt(runner.loaded.model, "forward"):
+        events = runner.step([(2, newcomer)], [])
+    assert [(e.request_id, type(e.error).__name__) for e in events] == [(2, "OutOfMemory")]
+    assert runner.running_ids == [1]
+    assert [e.request_id for e in runner.step([], [])] == [1]  # the running answer goes on
+
+
+def test_oom_while_merging_fails_everyone_and_starts_clean(runner_with_one_row):
+    runner, newcomer = runner_with_one_row
+    import inference.runner as runner_module
+
+    with OutOfMemoryAt(runner_module, "rebuild"):
+        events = runner.step([(2, newcomer)], [])
+    assert sorted((e.request_id, e.finished, type(e.error).__name__) for e in events) == [
+        (1, True, "OutOfMemory"),
+        (2, True, "OutOfMemory"),
+    ]
+    assert runner.running_ids == []
+
+
+def test_oom_while_decoding_fails_the_batch(runner_with_one_row):
+    runner, _ = runner_with_one_row
+    with OutOfMemoryAt(runner.loaded.model, "forward"):
+        events = runner.step([], [])
+    assert [(e.request_id, type(e.error).__name__) for e in events] == [(1, "OutOfMemory")]
+    assert runner.running_ids == []

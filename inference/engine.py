@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,10 @@ from inference.scheduler import QueueFull, Scheduler, Ticket, TooLarge, rope_reg
 from inference.types import EngineConfig, Request, Result
 
 log = logging.getLogger(__name__)
+
+# Threads that turn images into tensors beside the model thread: one per four CPU cores (1 to 4), so that
+# on a small machine they do not crowd out the model thread and the event loop.
+PREP_THREADS = max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def _default_runner_factory(config: EngineConfig):
@@ -91,7 +96,7 @@ class LocalEngine:
             return
         self._closing = False
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phi3v-model")
-        self._prep_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="phi3v-prepare")
+        self._prep_threads = ThreadPoolExecutor(max_workers=PREP_THREADS, thread_name_prefix="phi3v-prepare")
         loop = asyncio.get_running_loop()
         try:
             self._runner = await loop.run_in_executor(self._model_thread, self._runner_factory, self.config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ class EngineConfig:
     max_batch_size: int = 8  # sequences decoded together
     token_budget: int = 24_576  # KV-cache tokens (prompt + answer) reserved across the running batch
     batch_window_ms: float = 15.0  # how long an idle engine waits to gather a burst into one batch
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class Engine(Protocol):

@@ -39,7 +39,7 @@ from bench.reference_way import (
 )
 from inference import phi3v
 from inference.errors import InvalidRequest
-from inference.loading import resolve_attention, resolve_device, resolve_dtype
+from inference.loading import configure_attention_kernels, resolve_attention, resolve_device, resolve_dtype
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OFFICIAL_DIR = REPO_ROOT / "tests" / "fixtures" / "phi3v-official"
@@ -116,6 +116,7 @@ def build_model(
         with torch.device(device):
             model = phi3v.Phi3VForCausalLM._from_config(config, dtype=dtype, attn_implementation=attention)
         ensure_finite(model)
+    configure_attention_kernels(device)  # as inference.loading.load does
     return model.eval()
 
 

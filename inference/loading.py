@@ -88,6 +88,18 @@ def resolve_attention(name: str, device: torch.device) -> str:
     return name
 
 
+def configure_attention_kernels(device: torch.device) -> None:
+    """Keep PyTorch's sdpa off its cuDNN backend on CUDA (flash and memory-efficient kernels remain).
+
+    cuDNN's attention builds an execution plan per input shape, and while decoding the key length
+    grows by one every step, so every step of every layer planned anew: measured on an H100 (torch
+    2.11), about 1.5 ms of CPU per layer per token, some 45 ms a token for the 32 layers while the
+    GPU idled (``bench/step_profile.py``). The setting is process-wide; the model thread is its user.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def resolve_checkpoint(model_id: str) -> Path:
     """A local folder as it is, or a hub id downloaded (with a progress bar) into the HF cache.
 
@@ -173,6 +185,7 @@ def load(config: EngineConfig) -> LoadedModel:
     if quant is None:
         model.to(device)
     model.eval()
+    configure_attention_kernels(device)
     if device.type == "cuda":
         gib = torch.cuda.memory_allocated(device) / 2**30
         log.info("Model loaded: %.1f GiB of GPU memory in use", gib)

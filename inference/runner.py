@@ -248,6 +248,7 @@ class ModelRunner:
         mask = self.batch.attention_mask.index_select(0, index)
         # Columns that are padding for every remaining row can go (frees cache memory).
         first = int(mask.any(0).nonzero()[0])
+
         def keep_rows(_: int, keys: torch.Tensor, values: torch.Tensor):
             return keys.index_select(0, index)[:, :, first:], values.index_select(0, index)[:, :, first:]
 

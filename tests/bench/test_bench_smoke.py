@@ -20,6 +20,10 @@ RUNS = {
         {"engine", "idle"},
     ),
     "throughput.py": (["--tiny", "--levels", "1,2", "--max-new-tokens", "2"], {"levels", "speedup_by_level"}),
+    "step_profile.py": (
+        ["--tiny", "--batch-sizes", "1,2", "--steps", "2"],
+        {"runner", "plain_forward_batch1_step_ms"},
+    ),
 }
 
 

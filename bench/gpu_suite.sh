@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the GPU benchmarks (and the CUDA-only tests) one after another, each under its own time limit, and keeps
+# every output. Usage, from the repository root, on a machine with a CUDA GPU and the project's packages:
+#
+#   bash bench/gpu_suite.sh [OUTDIR] [STEP...]
+#
+# Steps (default: all, in this order): env tests engine throughput16 throughput4 looplag looplagcpu.
+# Each step writes OUTDIR/<step>.json (the benchmark's JSON line) and OUTDIR/<step>.log (its progress).
+# A step that fails or runs out of time is reported and the next one still runs.
+set -u
+
+out=${1:-bench-results}
+shift || true
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(env tests engine throughput16 throughput4 looplag looplagcpu)
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}.
+
+run_step() {  # name, time limit in seconds, command...
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s): $*" >&2
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$out/$name.json" 2> >(tee "$out/$name.log" | tail -n 3 >&2)
+    local rc=$?
+    echo "=== $name: exit $rc after $((SECONDS - start)) s" >&2
+    [ -s "$out/$name.json" ] && tail -c 600 "$out/$name.json" >&2 && echo >&2
+}
+
+for step in "${steps[@]}"; do
+    case $step in
+        env) run_step env 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; \
+            $py -c 'import torch, transformers, sys; print(torch.__version__, transformers.__version__, sys.version)'" ;;
+        tests) run_step tests 240 "$py" -m pytest -q -p no:cacheprovider tests/inference/test_gpu.py ;;
+        engine) run_step engine 300 "$py" bench/engine.py ;;
+        throughput16) run_step throughput16 540 "$py" bench/throughput.py --real-size --num-crops 16 ;;
+        throughput4) run_step throughput4 420 "$py" bench/throughput.py --real-size --num-crops 4 ;;
+        looplag) run_step looplag 300 "$py" bench/loop_lag.py --real-size ;;
+        looplagcpu) run_step looplagcpu 120 "$py" bench/loop_lag.py --device cpu ;;
+        *) echo "unknown step: $step" >&2 ;;
+    esac
+done

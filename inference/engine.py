@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -77,6 +78,9 @@ class LocalEngine:
         )
         self._channels: dict[int, _Channel] = {}
         self._aborted: list[int] = []
+        # Set by the event loop when the model thread should hand back control at its next step:
+        # a request arrived or was aborted. Until then the thread decodes step after step by itself.
+        self._needs_driver = threading.Event()
         self._ids = itertools.count(1)
         self._driver: asyncio.Task | None = None
         self._closing = False
@@ -193,6 +197,7 @@ class LocalEngine:
                 "This request is too large for the server's memory settings. Try fewer or smaller images."
             ) from None
         self._announce_positions()
+        self._needs_driver.set()
         if self._driver is None or self._driver.done():
             self._driver = asyncio.get_running_loop().create_task(self._drive(), name="phi3v-engine")
 
@@ -200,6 +205,7 @@ class LocalEngine:
         was_running = any(t.request_id == request_id for t in self.scheduler.running)
         if self.scheduler.abort(request_id) and was_running:
             self._aborted.append(request_id)
+            self._needs_driver.set()
         self._announce_positions()
 
     def _announce_positions(self) -> None:
@@ -229,8 +235,9 @@ class LocalEngine:
                 channel.prepared = None
             aborted, self._aborted = self._aborted, []
             self._announce_positions()
+            self._needs_driver.clear()
             try:
-                events = await loop.run_in_executor(self._model_thread, self._runner.step, admit, aborted)
+                events = await loop.run_in_executor(self._model_thread, self._steps, admit, aborted, loop)
             except Exception as exc:  # a bug in a step must not leave readers hanging
                 log.exception("Model step failed")
                 self._runner.reset()
@@ -238,15 +245,37 @@ class LocalEngine:
                     self.scheduler.finish(ticket.request_id)
                     self._deliver(ticket.request_id, InferenceError(f"The model failed: {exc}"))
                 continue
-            for event in events:
-                channel = self._channels.get(event.request_id)
-                if channel is not None:
-                    channel.new_tokens = event.new_tokens
-                if event.text:
-                    self._deliver(event.request_id, event.text)
-                if event.finished:
-                    self.scheduler.finish(event.request_id)
-                    self._deliver(event.request_id, event.error or _DONE)
+            self._route(events)
+
+    def _steps(self, admit: list, aborted: list[int], loop: asyncio.AbstractEventLoop) -> list:
+        """On the model thread: one step, then more decoding steps for as long as nothing needs the driver.
+
+        The driver is needed when a request arrives or is aborted (``_needs_driver``) or one finishes
+        (its place goes to the next in line). Until then the pieces of each step go to the loop as they
+        come, and the model thread does not wait for the loop between steps: on a machine where a step
+        is bound by the CPU launching kernels, that wait cost a single user ~20% of its speed.
+        """
+        events = self._runner.step(admit, aborted)
+        while (
+            self._runner.running_ids
+            and not self._needs_driver.is_set()
+            and not any(event.finished for event in events)
+        ):
+            loop.call_soon_threadsafe(self._route, events)
+            events = self._runner.step([], [])
+        return events
+
+    def _route(self, events: list) -> None:
+        """Hand each request its new text; a finished one leaves the scheduler."""
+        for event in events:
+            channel = self._channels.get(event.request_id)
+            if channel is not None:
+                channel.new_tokens = event.new_tokens
+            if event.text:
+                self._deliver(event.request_id, event.text)
+            if event.finished:
+                self.scheduler.finish(event.request_id)
+                self._deliver(event.request_id, event.error or _DONE)
 
     def _deliver(self, request_id: int, item) -> None:
         channel = self._channels.get(request_id)

@@ -105,6 +105,16 @@ class _Batch:
     rows: list[_Row] = field(default_factory=list)
     cache: GrowingCache | None = None
     attention_mask: torch.Tensor | None = None  # [B, L]: 0 where a row is left-padded
+    padded: bool = False  # some row has padding, so the model needs the mask
+
+    @classmethod
+    def of(cls, rows: list[_Row], cache: GrowingCache, attention_mask: torch.Tensor) -> _Batch:
+        # Checked once per change of the batch, not per step (it waits for the device).
+        return cls(rows, cache, attention_mask, padded=not bool(attention_mask.all()))
+
+    def model_mask(self) -> torch.Tensor | None:
+        """The mask to give the model: none when no row is padded (sdpa then needs no mask at all)."""
+        return self.attention_mask if self.padded else None
 
 
 def _left_pad(tensor: torch.Tensor, length: int, dim: int, value: int = 0) -> torch.Tensor:
@@ -200,7 +210,7 @@ class ModelRunner:
         cache = GrowingCache()
         logits = model(
             input_ids=ids.to(device),
-            attention_mask=mask.to(device),
+            attention_mask=mask.to(device) if not mask.all() else None,
             position_ids=positions.to(device),
             pixel_values=torch.cat([p.pixel_values for _, p in admit]).to(device, self.loaded.dtype),
             image_sizes=torch.cat([p.image_sizes for _, p in admit]).to(device),
@@ -218,7 +228,7 @@ class ModelRunner:
     def _merge(self, rows: list[_Row], cache: GrowingCache, mask: torch.Tensor) -> None:
         batch = self.batch
         if not batch.rows:
-            self.batch = _Batch(rows, cache, mask)
+            self.batch = _Batch.of(rows, cache, mask)
             return
         length = max(batch.attention_mask.shape[1], mask.shape[1])
         newcomers = _cache_tensors(cache)
@@ -231,7 +241,7 @@ class ModelRunner:
             )
 
         self.batch = _Batch()  # while the cache is rebuilt the old batch is not usable
-        self.batch = _Batch(
+        self.batch = _Batch.of(
             batch.rows + rows,
             rebuild(batch.cache, merge_layer),
             torch.cat([_left_pad(batch.attention_mask, length, 1), _left_pad(mask, length, 1)]),
@@ -254,7 +264,7 @@ class ModelRunner:
 
         rows, cache = [self.batch.rows[i] for i in keep], self.batch.cache
         self.batch = _Batch()
-        self.batch = _Batch(rows, rebuild(cache, keep_rows), mask[:, first:])
+        self.batch = _Batch.of(rows, rebuild(cache, keep_rows), mask[:, first:])
 
     def _decode(self) -> list[Event]:
         batch, device = self.batch, self.loaded.device
@@ -265,7 +275,7 @@ class ModelRunner:
         )
         logits = self.loaded.model(
             input_ids=ids,
-            attention_mask=batch.attention_mask,
+            attention_mask=batch.model_mask(),
             position_ids=positions,
             past_key_values=batch.cache,
             use_cache=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from PIL import Image
@@ -49,6 +50,7 @@ class ScriptedRunner:
         self.hold.set()
         self.fail_next: Exception | None = None
         self.steps = 0
+        self.step_seconds = 0.0
         self.dropped: list[int] = []
 
     def validate(self, request):
@@ -61,8 +63,13 @@ class ScriptedRunner:
     def reset(self):
         self.rows.clear()
 
+    @property
+    def running_ids(self):
+        return list(self.rows)
+
     def step(self, admit, abort):
         self.hold.wait(10)
+        time.sleep(self.step_seconds)
         self.steps += 1
         events = []
         for rid in abort:
@@ -223,10 +230,28 @@ async def test_one_failure_does_not_break_the_next_request():
 
 async def test_timeout_aborts_the_work():
     engine = await scripted(request_timeout_s=0.3)
+    engine._runner.step_seconds = 0.002  # 10,000 steps take 20 s
     try:
         with pytest.raises(RequestTimedOut, match="longer than"):
             await engine.generate(Request(Task.DESCRIBE, (IMAGE,), max_new_tokens=10_000))
         await until(lambda: engine._runner.dropped == [1])
+    finally:
+        await engine.stop()
+
+
+async def test_the_model_thread_decodes_on_alone_yet_streams_and_takes_newcomers():
+    engine = await scripted()
+    engine._runner.step_seconds = 0.005  # the long answer takes 15 s
+    try:
+        long = engine.stream(Request(Task.DESCRIBE, (IMAGE,), max_new_tokens=3_000, user_id=1))
+        first = [await anext(long) for _ in range(3)]  # pieces arrive while it runs
+        assert first == ["tok2999 ", "tok2998 ", "tok2997 "]
+        short = await asyncio.wait_for(engine.generate(Request(Task.DESCRIBE, (IMAGE,), user_id=2)), 5)
+        assert short.text == "tok2 tok1 tok0"  # joined the running batch and finished first
+        assert engine._runner.rows  # the long answer is still going
+        await long.aclose()  # its reader goes away: the work stops at the next step
+        await until(lambda: engine._runner.dropped == [1])
+        assert engine._runner.steps < 2_000
     finally:
         await engine.stop()
 

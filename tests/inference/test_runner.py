@@ -38,11 +38,15 @@ def test_a_step_either_prefills_newcomers_or_decodes_everyone():
 
     events = runner.step([(1, first)], [])
     assert [e.request_id for e in events] == [1]  # the first token, straight after prefill
+    assert runner.batch.model_mask() is None  # one row: nothing padded, the model needs no mask
     assert [e.request_id for e in runner.step([], [])] == [1]
     assert [e.request_id for e in runner.step([(2, second)], [])] == [2]  # row 1 waits this step
+    assert first.prompt_tokens != second.prompt_tokens
+    assert runner.batch.model_mask() is runner.batch.attention_mask  # rows of different lengths: padded
     assert sorted(e.request_id for e in runner.step([], [])) == [1, 2]
     runner.step([], [1])  # abort row 1
     assert runner.running_ids == [2]
+    assert runner.batch.model_mask() is None  # its padding columns went with row 1
     while runner.running_ids:
         events = runner.step([], [])
     assert events[-1].finished and events[-1].new_tokens == 5

@@ -191,7 +191,13 @@ class SilentTarget:
     async def show(self, content: str) -> None:
         pass
 
-    async def add(self, content: str) -> None:
+    async def add(self, content: str) -> SilentTarget:
+        return self  # the posted message: editing or deleting it does nothing either
+
+    async def edit(self, *, content: str) -> None:
+        pass
+
+    async def delete(self) -> None:
         pass
 
     async def add_file(self, content: str, file: object) -> None:

@@ -32,6 +32,14 @@ ANSWER_FILENAME = "answer.txt"
 QUEUE_TEXT = "You're #{position} in line; I'll start on it as soon as I can. \N{HOURGLASS WITH FLOWING SAND}"
 
 
+class Posted(Protocol):
+    """A message the bot posted after the main one (``discord.Message`` and ``WebhookMessage`` are)."""
+
+    async def edit(self, *, content: str) -> object: ...
+
+    async def delete(self) -> None: ...
+
+
 class AnswerTarget(Protocol):
     async def start(self) -> None:
         """Acknowledge the request (defer, or post a 'working…' message)."""
@@ -39,8 +47,8 @@ class AnswerTarget(Protocol):
     async def show(self, content: str) -> None:
         """Replace the main answer message's text."""
 
-    async def add(self, content: str) -> None:
-        """Post one more message after the main one."""
+    async def add(self, content: str) -> Posted:
+        """Post one more message after the main one; it can be edited or deleted later."""
 
     async def add_file(self, content: str, file: discord.File) -> None:
         """Post a message with a file attached."""
@@ -59,8 +67,8 @@ class InteractionTarget:
     async def show(self, content: str) -> None:
         await self.interaction.edit_original_response(content=content)
 
-    async def add(self, content: str) -> None:
-        await self.interaction.followup.send(content, ephemeral=self.ephemeral)
+    async def add(self, content: str) -> Posted:
+        return await self.interaction.followup.send(content, ephemeral=self.ephemeral, wait=True)
 
     async def add_file(self, content: str, file: discord.File) -> None:
         await self.interaction.followup.send(content, file=file, ephemeral=self.ephemeral)
@@ -82,8 +90,8 @@ class MessageTarget:
         else:
             self.ctx.progress_message = await message.edit(content=content)
 
-    async def add(self, content: str) -> None:
-        await self.ctx.send(content)
+    async def add(self, content: str) -> Posted:
+        return await self.ctx.send(content)
 
     async def add_file(self, content: str, file: discord.File) -> None:
         await self.ctx.send(content, file=file)
@@ -183,20 +191,62 @@ class PlaceInLine:
             await asyncio.gather(self._edit, return_exceptions=True)
 
 
-async def deliver_answer(target: AnswerTarget, text: str, *, code_block: bool, shown: str = "") -> None:
+class AnswerView:
+    """The messages that show one answer: the main one, then continuations.
+
+    Each message is edited only when its text changes: as an answer grows, the message whose
+    part grew is edited and a new one is posted when another part begins.
+    """
+
+    def __init__(self, target: AnswerTarget) -> None:
+        self.target = target
+        self.shown: list[str] = [""]  # what each message says; [0] is the main one
+        self.added: list[Posted] = []
+
+    async def show(self, parts: list[str]) -> None:
+        for index, part in enumerate(parts):
+            if index < len(self.shown):
+                if part != self.shown[index]:
+                    await self._edit(index, part)
+            else:
+                self.added.append(await self.target.add(part))
+                self.shown.append(part)
+        await self._remove_from(max(len(parts), 1))
+
+    async def show_file(self, text: str) -> None:
+        """The whole answer as a text file, under the main message; continuations go."""
+        await self._remove_from(1)
+        await self._edit(0, f"The answer is long ({len(text):,} characters), so it is attached as a file.")
+        await self.target.add_file(
+            "", discord.File(io.BytesIO(text.encode("utf-8")), filename=ANSWER_FILENAME)
+        )
+
+    async def _edit(self, index: int, part: str) -> None:
+        if index == 0:
+            await self.target.show(part)
+        else:
+            await self.added[index - 1].edit(content=part)
+        self.shown[index] = part
+
+    async def _remove_from(self, count: int) -> None:
+        while len(self.shown) > count:
+            self.shown.pop()
+            await self.added.pop().delete()
+
+
+async def deliver_answer(
+    target: AnswerTarget, text: str, *, code_block: bool, view: AnswerView | None = None
+) -> None:
     """Show the finished answer: up to four messages, or a text file past that.
 
-    ``shown`` is what the main message already says; an identical edit is skipped.
+    ``view`` holds the messages a live preview already shows; only those that differ are edited.
     """
+    view = view or AnswerView(target)
     parts = format_answer(text, code_block=code_block)
     if len(parts) <= MAX_MESSAGE_PARTS:
-        if parts[0] != shown:
-            await target.show(parts[0])
-        for part in parts[1:]:
-            await target.add(part)
-        return
-    await target.show(f"The answer is long ({len(text):,} characters), so it is attached as a file.")
-    await target.add_file("", discord.File(io.BytesIO(text.encode("utf-8")), filename=ANSWER_FILENAME))
+        await view.show(parts)
+    else:
+        await view.show_file(text)
 
 
 async def stream_answer(
@@ -208,27 +258,25 @@ async def stream_answer(
     clock: Callable[[], float] = _monotonic,
     place_in_line: PlaceInLine | None = None,
 ) -> str:
-    """Show text as it arrives (at most one edit per ``interval_s``), then the final answer.
+    """Show text as it arrives (each message edited at most once per ``interval_s``), then the final answer.
 
-    Returns the whole answer. The piece iterator is always closed, so a failed
-    edit also stops the generation behind it.
+    A long answer continues in new messages as it grows (up to four; past that the final answer
+    becomes a text file). Returns the whole answer. The piece iterator is always closed, so a
+    failed edit also stops the generation behind it.
     """
     text = ""
-    shown = ""
+    view = AnswerView(target)
     last_edit = clock()
     async with aclosing(pieces) if hasattr(pieces, "aclose") else nullcontext(pieces) as stream:
         async for piece in stream:
             text += piece
             now = clock()
             if now - last_edit >= interval_s and text.strip():
-                preview = format_answer(text, code_block=code_block)[0]
-                if preview != shown:
-                    if place_in_line is not None:
-                        await place_in_line.settle()
-                    await target.show(preview)
-                    shown = preview
+                if place_in_line is not None:
+                    await place_in_line.settle()
+                await view.show(format_answer(text, code_block=code_block)[:MAX_MESSAGE_PARTS])
                 last_edit = now
     if place_in_line is not None:
         await place_in_line.settle()
-    await deliver_answer(target, text, code_block=code_block, shown=shown)
+    await deliver_answer(target, text, code_block=code_block, view=view)
     return text

@@ -60,10 +60,22 @@ def test_empty_answers_say_so(code_block, expected):
     assert format_answer("  \n ", code_block=code_block) == [expected]
 
 
+class RecordingPosted:
+    def __init__(self, events: list, number: int) -> None:
+        self.events, self.number = events, number
+
+    async def edit(self, *, content: str) -> None:
+        self.events.append((f"edit {self.number}", content))
+
+    async def delete(self) -> None:
+        self.events.append((f"delete {self.number}", ""))
+
+
 class RecordingTarget:
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
         self.files: list[bytes] = []
+        self.added = 0
 
     async def start(self) -> None:
         self.events.append(("start", ""))
@@ -71,8 +83,10 @@ class RecordingTarget:
     async def show(self, content: str) -> None:
         self.events.append(("show", content))
 
-    async def add(self, content: str) -> None:
+    async def add(self, content: str) -> RecordingPosted:
         self.events.append(("add", content))
+        self.added += 1
+        return RecordingPosted(self.events, self.added)
 
     async def add_file(self, content, file) -> None:
         self.events.append(("file", file.filename))
@@ -115,6 +129,58 @@ async def test_very_long_answers_become_a_text_file():
     await deliver_answer(target, text, code_block=False)
     assert target.events[0][0] == "show" and "attached as a file" in target.events[0][1]
     assert target.events[1] == ("file", ANSWER_FILENAME)
+    assert target.files == [text.encode()]
+
+
+def messages_after(events: list[tuple[str, str]]) -> list[str]:
+    """What the channel shows once these events have happened: the main message, then the added ones."""
+    messages = [""]
+    for kind, content in events:
+        if kind == "show":
+            messages[0] = content
+        elif kind == "add":
+            messages.append(content)
+        elif kind.startswith("edit"):
+            messages[int(kind.split()[1])] = content
+    return messages
+
+
+def timed_lines(now: list[float], lines: list[str], seconds_per_line: float):
+    async def stream():
+        for step, line in enumerate(lines):
+            now[0] = step * seconds_per_line
+            yield line + "\n"
+
+    return stream()
+
+
+async def test_a_long_answer_continues_in_new_messages_while_it_streams():
+    now = [0.0]
+    target = RecordingTarget()
+    lines = [f"{n:02d} " + "w" * 96 for n in range(45)]  # 100 characters a line: 19 lines per message
+    text = await stream_answer(target, timed_lines(now, lines, 0.25), code_block=False, clock=lambda: now[0])
+    assert text == "".join(line + "\n" for line in lines)
+    kinds = [kind for kind, _ in target.events]
+    # the second and third messages were posted while the answer was still streaming, then edited
+    assert kinds.index("add") < len(kinds) - 2
+    assert kinds.count("add") == 2 and "edit 1" in kinds
+    assert "delete 1" not in kinds and "delete 2" not in kinds
+    assert messages_after(target.events) == format_answer(text, code_block=False)
+    # each message edited at most once per interval: one tick every 4 lines, one edit per tick at most
+    assert (
+        kinds.count("show") + kinds.count("edit 1") + kinds.count("edit 2") + kinds.count("add") <= 45 / 4 + 3
+    )
+
+
+async def test_a_preview_past_four_messages_ends_as_a_file_and_its_continuations_go():
+    now = [0.0]
+    target = RecordingTarget()
+    lines = ["v" * 99 for _ in range(120)]  # ~12,000 characters: more than four messages
+    text = await stream_answer(target, timed_lines(now, lines, 0.5), code_block=False, clock=lambda: now[0])
+    kinds = [kind for kind, _ in target.events]
+    assert kinds.count("add") == 3  # the live preview stops at four messages
+    assert {"delete 1", "delete 2", "delete 3"} <= set(kinds)
+    assert kinds[-2:] == ["show", "file"] and "attached as a file" in target.events[-2][1]
     assert target.files == [text.encode()]
 
 

@@ -149,6 +149,36 @@ async def test_a_long_answer_is_split_into_several_messages(world, fake_engine):
     assert "\n".join(parts) == answer
 
 
+async def test_a_long_answer_continues_in_a_new_message_while_it_streams(world, fake_engine):
+    answer = "\n".join(f"Detail {i}: " + "x" * 80 for i in range(40))  # ~3,700 characters: two messages
+    fake_engine.answer_next(answer)
+    fake_engine.piece_size = 1_000
+    fake_engine.hold(world.env, after_pieces=2)
+    result = await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
+    await world.env.advance_time(1.5)
+    fake_engine.release()
+    fake_engine.hold(world.env, after_pieces=3)  # 3,000 characters streamed, then wait again
+    await world.env.settle()
+
+    def followup_calls(method: str) -> list[str]:
+        return [
+            entry.json.get("content") if isinstance(entry.json, dict) else None
+            for entry in world.env.http_requests
+            if entry.method == method and "/webhooks/" in entry.path and "@original" not in entry.path
+        ]
+
+    [posted] = followup_calls("POST")  # the second message exists before the answer is complete
+    assert posted and posted in answer[:3_000]
+    await world.env.advance_time(1.5)
+    fake_engine.release()
+    await world.env.settle()
+
+    [edited] = followup_calls("PATCH")  # then grows with the rest of the answer
+    parts = [result.response.content] + [followup.content for followup in result.followups]
+    assert parts == [parts[0], edited] and "\n".join(parts) == answer
+    assert followup_calls("DELETE") == []
+
+
 async def test_a_very_long_answer_is_sent_as_a_text_file(world, fake_engine):
     answer = "\n".join("y" * 99 for _ in range(100))  # 10,000 characters
     fake_engine.answer_next(answer)

@@ -5,7 +5,7 @@ VENV ?= .venv
 EXTRAS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench-tiny bench-serving clean
+.PHONY: run test bench-tiny bench-serving bench-gpu clean
 
 $(VENV)/.installed-run$(EXTRAS): pyproject.toml scripts/setup-venv.sh
 	bash scripts/setup-venv.sh $(VENV) $(EXTRAS)
@@ -29,6 +29,10 @@ bench-tiny: $(VENV)/.installed-dev
 bench-serving: $(VENV)/.installed-dev
 	$(PY) bench/loop_lag.py
 	$(PY) bench/throughput.py
+
+# Every GPU benchmark (real size), each under a time limit; outputs in bench-results/ (see bench/RESULTS.md)
+bench-gpu: $(VENV)/.installed-dev$(EXTRAS)
+	PYTHON=$(PY) bash bench/gpu_suite.sh bench-results
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -55,39 +55,35 @@ class Event:
 
 
 class IncrementalDecoder:
-    """Token ids in, newly completed text out (holds back a half-decoded multi-byte character).
+    """Token ids in, newly completed text out, decoding only the last few tokens at each push.
 
-    Only the current line is re-decoded at each token (a finished line never changes),
-    so the cost stays flat however long the answer grows.
+    Each push decodes a short window: the tokens already shown by the last piece (kept as
+    context, because a tokenizer drops the leading space of a sequence's first token) plus the
+    tokens not shown yet; the text past the context's own is new. So the cost per token stays
+    flat however long the answer or its current line grows. A half-decoded multi-byte character
+    (a trailing U+FFFD) is held back until its last byte arrives.
     """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
-        self.line_start = 0  # index in ids where the current line's tokens begin
-        self.sent = 0  # characters of the current line already handed out
+        self.context_start = 0  # the window decoded at each push starts here
+        self.unread_start = 0  # tokens from here on have not been shown yet
 
     def push(self, token_id: int | None, final: bool = False) -> str:
         if token_id is not None:
             self.ids.append(token_id)
-        text = self._line_text()
-        if (not final and text.endswith("\ufffd")) or len(text) <= self.sent:
+        context = self._decode(self.context_start, self.unread_start)
+        text = self._decode(self.context_start, len(self.ids))
+        if (not final and text.endswith("\ufffd")) or len(text) <= len(context):
             return ""
-        piece = text[self.sent :]
-        if text.endswith("\n"):
-            self.line_start, self.sent = len(self.ids), 0
-        else:
-            self.sent = len(text)
-        return piece
+        self.context_start, self.unread_start = self.unread_start, len(self.ids)
+        return text[len(context) :]
 
-    def _line_text(self) -> str:
-        if self.line_start == 0:
-            return self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        # Decode from the newline before the line: a tokenizer drops the leading space of a
-        # sequence's first token, which would eat the line's indentation.
-        anchor = self.line_start - 1
-        prefix = self.tokenizer.decode(self.ids[anchor : self.line_start], skip_special_tokens=True)
-        return self.tokenizer.decode(self.ids[anchor:], skip_special_tokens=True)[len(prefix) :]
+    def _decode(self, start: int, end: int) -> str:
+        if start == end:
+            return ""
+        return self.tokenizer.decode(self.ids[start:end], skip_special_tokens=True)
 
 
 @dataclass

@@ -29,6 +29,18 @@ def test_streamed_pieces_add_up_to_the_full_decode(text):
     assert "\ufffd" not in "".join(pieces)
 
 
+def test_streamed_pieces_of_random_tokens_add_up_to_the_full_decode():
+    # Any ids, byte-fallback pieces of multi-byte characters and long lines included.
+    tokenizer = Phi3VProcessor.from_pretrained(OFFICIAL).tokenizer
+    special = set(tokenizer.all_special_ids) | set(range(32000, len(tokenizer)))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        ids = [i for i in torch.randint(0, 32000, (300,), generator=generator).tolist() if i not in special]
+        decoder = IncrementalDecoder(tokenizer)
+        pieces = [decoder.push(token) for token in ids] + [decoder.push(None, final=True)]
+        assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True)
+
+
 def test_a_step_either_prefills_newcomers_or_decodes_everyone():
     config = EngineConfig(model_id=str(TINY_CHECKPOINT), device="cpu", max_new_tokens=5)
     runner = ModelRunner(load(config), config)

@@ -29,6 +29,7 @@ from bench.engine import run_benchmark, synchronize
 from bench.serving import versions
 from bench.throughput import build_setup, model_inputs
 from inference.runner import Prepared
+from inference.types import Request, Task
 
 log = logging.getLogger("bench.step_profile")
 
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def time_runner_steps(setup, batch: int, steps: int, profile: bool) -> dict:
     runner = setup.runner
-    prepared = runner.prepare(_request(setup))
+    prepared = runner.prepare(Request(Task.DESCRIBE, (setup.image,), user_id=0))
     admit = [
         (i, Prepared(prepared.input_ids, prepared.pixel_values, prepared.image_sizes, steps + 8))
         for i in range(batch)
@@ -108,12 +109,6 @@ def time_plain_forward(setup, steps: int) -> float:
             synchronize(device)
             times.append((time.perf_counter() - start) * 1000)
     return round(statistics.median(times), 2)
-
-
-def _request(setup):
-    from inference.types import Request, Task
-
-    return Request(Task.DESCRIBE, (setup.image,), user_id=0)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -389,16 +389,21 @@ async def test_a_stream_that_stalls_times_out(vllm, make_engine):
     await asyncio.wait_for(vllm.disconnected.wait(), 1)
 
 
-async def test_an_error_event_mid_stream_ends_the_answer_without_a_retry(vllm, make_engine):
+@pytest.mark.parametrize(
+    "failure, shown",
+    [(("error_event", 2, "CUDA error: device-side assert", 500), 2), (("drop", 3), 3)],
+    ids=["error event", "connection lost"],
+)
+async def test_a_failure_mid_answer_ends_it_without_a_retry(vllm, make_engine, failure, shown):
     engine = await make_engine(retries=3)
-    vllm.script.append(("error_event", 2, "CUDA error: device-side assert", 500))
+    vllm.script.append(failure)
     pieces: list[str] = []
 
     with pytest.raises(EngineUnavailable) as caught:
         async for piece in engine.stream(describe()):
             pieces.append(piece)
 
-    assert pieces == ANSWER[:2]
+    assert pieces == ANSWER[:shown]
     assert str(caught.value) == remote.CUT_OFF
     assert len(vllm.bodies) == 1
 
@@ -412,20 +417,6 @@ async def test_an_error_event_before_any_text_is_explained(vllm, make_engine):
         await collect(engine, describe())
 
     assert str(caught.value) == remote.TOO_LONG
-
-
-async def test_a_connection_lost_mid_answer_is_not_retried(vllm, make_engine):
-    engine = await make_engine(retries=3)
-    vllm.script.append(("drop", 3))
-    pieces: list[str] = []
-
-    with pytest.raises(EngineUnavailable) as caught:
-        async for piece in engine.stream(describe()):
-            pieces.append(piece)
-
-    assert pieces == ANSWER[:3]
-    assert str(caught.value) == remote.CUT_OFF
-    assert len(vllm.bodies) == 1
 
 
 # -- stopping early ----------------------------------------------------------------------------

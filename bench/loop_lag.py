@@ -10,7 +10,7 @@ A ticker coroutine sleeps ``--tick-ms`` again and again and records how late eac
 1. ``idle``: the ticker alone, the floor the event loop and the OS give on this machine;
 2. ``engine``: N users at once, each sending requests one after another through the bot's path:
    the upload's bytes decoded by ``bot.images.load_images`` (in a worker thread, as the bot does),
-   then ``LocalEngine.stream`` consumed by ``bot.replies.stream_answer`` (edits go to a target
+   then ``LocalEngine.stream`` consumed by ``bot.reply.Reply.stream`` (edits go to a target
    that does nothing). The engine prepares inputs on its own threads and runs the model on its
    model thread;
 3. ``on_loop`` (contrast, the naive way): the same users and engine code, but the image is decoded,
@@ -49,7 +49,7 @@ from bench.engine import (
 )
 from bench.serving import FixedLengthRunner, OnLoopEngine, percentiles_ms, versions
 from bot.images import ImageLimits, ImageSource, decode_image, load_images
-from bot.replies import stream_answer
+from bot.reply import EditBudget, Reply
 from bot.settings import Settings
 from inference.engine import LocalEngine
 from inference.loading import LoadedModel, load, resolve_attention, resolve_device, resolve_dtype
@@ -182,16 +182,18 @@ class MemoryFetcher:
         return self.data
 
 
-class SilentTarget:
-    """Where ``stream_answer`` shows the answer: nowhere (the Discord calls are not what is measured)."""
+class SilentSurface:
+    """Where the reply shows the answer: nowhere (the Discord calls are not what is measured)."""
 
-    async def start(self) -> None:
+    budget_keys = ()
+
+    async def acknowledge(self) -> None:
         pass
 
-    async def show(self, content: str) -> None:
+    async def show(self, content: str, *, private: bool) -> None:
         pass
 
-    async def add(self, content: str) -> SilentTarget:
+    async def add(self, content: str) -> SilentSurface:
         return self  # the posted message: editing or deleting it does nothing either
 
     async def edit(self, *, content: str) -> None:
@@ -236,7 +238,9 @@ class Users:
         """One request as the bot handles it: decode the upload, ask the engine, stream the answer."""
         images = await self._images()
         request = Request(Task.DESCRIBE, images, user_id=user_id)
-        return await stream_answer(SilentTarget(), self.engine.stream(request), code_block=False)
+        # A budget per user, like one channel each: previews as often as one reply allows.
+        reply = Reply(SilentSurface(), [EditBudget(per_s=1.0, burst=5)])
+        return await reply.stream(self.engine.stream(request, on_position=reply.place_in_line))
 
     async def _images(self) -> tuple:
         if self.decode_on_loop:

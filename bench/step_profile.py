@@ -98,12 +98,12 @@ def time_plain_forward(setup, steps: int) -> float:
     inputs = model_inputs(setup.loaded.processor, setup.prompt, setup.image, device)
     cache = DynamicCache()
     with torch.inference_mode():
-        logits = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        logits = model(**inputs, cache=cache, use_cache=True, logits_to_keep=1).logits
         token = logits[:, -1].argmax(-1, keepdim=True)
         times = []
         for _ in range(steps):
             start = time.perf_counter()
-            logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits
+            logits = model(input_ids=token, cache=cache, use_cache=True).logits
             token = logits[:, -1].argmax(-1, keepdim=True)
             token.tolist()
             synchronize(device)

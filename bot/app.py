@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any, Literal
@@ -17,14 +16,17 @@ from bot.errors import send_error_to_context, send_error_to_interaction
 from bot.images import Fetcher, HttpFetcher, ImageLimits
 from bot.jobs import JobsByMessage
 from bot.limits import AccessPolicy, JobLimiter
+from bot.reply import Replies
 from bot.settings import Settings
 from inference import Engine
+from inference.errors import SHUTTING_DOWN_TEXT
 from inference.remote import display_url
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.describe", "cogs.ocr", "cogs.compare")
 SHUTDOWN_GRACE_S = 5.0  # how long shutdown waits for stopped jobs to tell their users
+MODEL_UNAVAILABLE_STATUS = "Model unavailable; the owner has been told"
 DESCRIPTION = "Describes, reads and compares images with Phi-3-vision."
 
 
@@ -47,6 +49,7 @@ class VisionBot(commands.Bot):
     access: AccessPolicy
     limiter: JobLimiter
     jobs_by_message: JobsByMessage
+    replies: Replies
 
     def __init__(
         self,
@@ -81,7 +84,10 @@ class VisionBot(commands.Bot):
         self.access = AccessPolicy.from_settings(settings)
         self.limiter = JobLimiter.from_settings(settings)
         self.jobs_by_message = JobsByMessage()
+        self.replies = Replies()
         self.add_command(sync_command)
+        if hasattr(engine, "on_dead"):
+            engine.on_dead = self._engine_died
 
     async def setup_hook(self) -> None:
         self.session = aiohttp.ClientSession()
@@ -104,22 +110,21 @@ class VisionBot(commands.Bot):
             if self._engine_started:
                 self._engine_started = False
                 await self.engine.stop()  # open requests end with "the bot is shutting down"
-                await self._let_jobs_reply()
+            # Every open answer ends as "stopped" before the connection goes: their jobs write it,
+            # or, for those that do not within the grace time, the shutdown does.
+            await self.replies.close_all(SHUTTING_DOWN_TEXT, timeout_s=SHUTDOWN_GRACE_S)
             await super().close()
         finally:
             if self.session is not None:
                 await self.session.close()
                 self.session = None
 
-    async def _let_jobs_reply(self) -> None:
-        """Give jobs that were just stopped a moment to send their replies before the connection closes."""
-        if self.limiter.total_active == 0:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SHUTDOWN_GRACE_S
-        while self.limiter.total_active and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)  # the error handler replies right after the job ends
+    def _engine_died(self, reason: str) -> None:
+        """The engine gave up on the model: show it in the bot's status (the log already says why)."""
+        if self.is_closed() or not self.is_ready():
+            return  # on_ready shows it once connected
+        status = discord.CustomActivity(name=MODEL_UNAVAILABLE_STATUS)
+        self.loop.create_task(self.change_presence(status=discord.Status.dnd, activity=status))
 
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         if self.jobs_by_message.cancel(payload.message_id):
@@ -135,6 +140,9 @@ class VisionBot(commands.Bot):
         log.info(
             "Logged in as %s (%s) in %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds)
         )
+        reason = getattr(self.engine, "dead_reason", None)
+        if reason is not None:
+            self._engine_died(reason)
 
 
 class ShardedVisionBot(VisionBot, commands.AutoShardedBot):

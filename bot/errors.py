@@ -2,7 +2,8 @@
 
 Prefix commands (``on_command_error``), slash commands and context menus
 (``CommandTree.on_error``) all end up in :func:`explain`, then in
-:func:`send_error_to_context` or :func:`send_error_to_interaction`.
+:func:`send_error_to_context` or :func:`send_error_to_interaction`, which write the
+explanation as the final state of the job's :class:`bot.reply.Reply`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from inference import InferenceError
+from bot.reply import Outcome
+from inference import EngineBusy, InferenceError, InvalidRequest
+from inference.errors import EngineStopping
 
 if TYPE_CHECKING:
+    from bot.app import VisionBot
     from bot.context import VisionContext
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,16 @@ class ImageRejected(UserFacingError):
         super().__init__(f"I can't use **{discord.utils.escape_markdown(filename)}**: {reason}.")
 
 
+class AnswerWindowClosed(UserFacingError):
+    """Discord would no longer let the bot show a private answer to this command."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Discord only lets me answer a command privately for 15 minutes, and this one would run "
+            "past that. Please run it again."
+        )
+
+
 class Denied(UserFacingError):
     """The person may not do this here (permissions, limits)."""
 
@@ -77,6 +91,7 @@ class Explanation:
     """What to tell the person about a failure, and how loudly to log it."""
 
     text: str
+    outcome: Outcome = Outcome.REFUSAL
     private: bool = True
     unexpected: bool = False
 
@@ -98,8 +113,12 @@ def explain(error: BaseException) -> Explanation | None:
             return None
         case UserFacingError():
             return Explanation(str(error), private=error.private)
+        case EngineBusy() | InvalidRequest():
+            return Explanation(str(error), private=False)
+        case EngineStopping():
+            return Explanation(str(error), Outcome.STOPPED, private=False)
         case InferenceError():
-            return Explanation(str(error) or UNEXPECTED_ERROR_TEXT, private=False)
+            return Explanation(str(error) or UNEXPECTED_ERROR_TEXT, Outcome.FAILURE, private=False)
         case commands.NotOwner():
             return Explanation("Only the bot's owner can use this command.")
         case commands.CommandOnCooldown() | app_commands.CommandOnCooldown():
@@ -111,9 +130,9 @@ def explain(error: BaseException) -> Explanation | None:
         case commands.UserInputError() | app_commands.TransformerError():
             return Explanation(str(error))
         case discord.Forbidden():
-            return Explanation(FORBIDDEN_TEXT, unexpected=True)
+            return Explanation(FORBIDDEN_TEXT, Outcome.FAILURE, unexpected=True)
         case _:
-            return Explanation(UNEXPECTED_ERROR_TEXT, unexpected=True)
+            return Explanation(UNEXPECTED_ERROR_TEXT, Outcome.FAILURE, unexpected=True)
 
 
 def _log(error: BaseException, explanation: Explanation, where: str) -> None:
@@ -127,31 +146,22 @@ def _log(error: BaseException, explanation: Explanation, where: str) -> None:
 
 
 async def send_error_to_context(ctx: VisionContext, error: BaseException) -> None:
-    """Reply to a prefix command with what went wrong (editing the 'working' message if any)."""
+    """End a prefix command's reply with what went wrong (the 'working' message becomes the explanation)."""
     explanation = explain(error)
     if explanation is None:
         return
     _log(error, explanation, f"!{ctx.command.qualified_name if ctx.command else '?'}")
-    try:
-        if ctx.progress_message is not None:
-            await ctx.progress_message.edit(content=explanation.text, attachments=[])
-        else:
-            await ctx.reply(explanation.text, mention_author=False)
-    except discord.HTTPException:
-        log.warning("Could not tell the user about an error in %s", ctx.channel, exc_info=True)
+    reply = ctx.bot.replies.for_context(ctx)
+    await reply.finish(explanation.outcome, explanation.text, private=explanation.private)
 
 
 async def send_error_to_interaction(interaction: discord.Interaction, error: BaseException) -> None:
-    """Answer an interaction with what went wrong, whatever state the interaction is in."""
+    """End an interaction's reply with what went wrong, whatever state the interaction is in."""
     explanation = explain(error)
     if explanation is None:
         return
     command = interaction.command
     _log(error, explanation, f"/{command.qualified_name}" if command else "an interaction")
-    try:
-        if interaction.response.is_done():
-            await interaction.edit_original_response(content=explanation.text, attachments=[])
-        else:
-            await interaction.response.send_message(explanation.text, ephemeral=explanation.private)
-    except discord.HTTPException:
-        log.warning("Could not tell the user about an error in an interaction", exc_info=True)
+    bot: VisionBot = interaction.client  # type: ignore[assignment]
+    reply = bot.replies.for_interaction(interaction)
+    await reply.finish(explanation.outcome, explanation.text, private=explanation.private)

@@ -24,6 +24,7 @@ import aiohttp
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bot.errors import SUPPORTED_FORMATS_TEXT, ImageRejected
+from inference.images import flatten_to_rgb
 
 # Pillow format names we accept, decided by the file's content, never by its name.
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
@@ -32,7 +33,6 @@ DRAFT_TARGET_SIDE = 2688
 # Paths on the Discord CDN that hold uploaded files (not proxied external links).
 CDN_UPLOAD_PATH_PREFIXES = ("/attachments/", "/ephemeral-attachments/")
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
-WHITE = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -130,17 +130,7 @@ def decode_image(data: bytes, filename: str, *, max_pixels: int) -> Image.Image:
             raise ImageRejected(filename, "it has far too many pixels to open safely") from None
         except (OSError, ValueError, SyntaxError, EOFError):
             raise ImageRejected(filename, "the file is damaged or incomplete") from None
-        return _flatten_to_rgb(upright)
-
-
-def _flatten_to_rgb(image: Image.Image) -> Image.Image:
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-    if not has_alpha:
-        return image.convert("RGB")
-    rgba = image.convert("RGBA")
-    background = Image.new("RGB", rgba.size, WHITE)
-    background.paste(rgba, mask=rgba.getchannel("A"))
-    return background
+        return flatten_to_rgb(upright)
 
 
 class HttpFetcher:
@@ -176,9 +166,14 @@ class HttpFetcher:
             raise DownloadError("it could not be downloaded") from None
 
 
-async def load_image(source: ImageSource, limits: ImageLimits, fetcher: Fetcher) -> Image.Image:
-    """Check, download and decode one image (decoding runs in a worker thread)."""
-    check_source(source, limits)
+def check_sources(sources: Iterable[ImageSource], limits: ImageLimits) -> None:
+    """:func:`check_source` for each, before anything is downloaded."""
+    for source in sources:
+        check_source(source, limits)
+
+
+async def fetch_image(source: ImageSource, limits: ImageLimits, fetcher: Fetcher) -> Image.Image:
+    """Download and decode one image that :func:`check_source` accepted (decoding runs in a thread)."""
     try:
         async with asyncio.timeout(limits.download_timeout_s):
             data = await fetcher.fetch(source.url, max_bytes=limits.max_bytes)
@@ -193,11 +188,17 @@ async def load_image(source: ImageSource, limits: ImageLimits, fetcher: Fetcher)
     return await asyncio.to_thread(decode_image, data, source.filename, max_pixels=limits.max_pixels)
 
 
+async def fetch_images(
+    sources: Iterable[ImageSource], limits: ImageLimits, fetcher: Fetcher
+) -> tuple[Image.Image, ...]:
+    """Download and decode checked images one after the other, stopping at the first bad one."""
+    return tuple([await fetch_image(source, limits, fetcher) for source in sources])
+
+
 async def load_images(
     sources: Iterable[ImageSource], limits: ImageLimits, fetcher: Fetcher
 ) -> tuple[Image.Image, ...]:
-    """Load several images, one after the other, stopping at the first bad one."""
+    """Check every image's metadata first, then download and decode them."""
     sources = tuple(sources)
-    for source in sources:  # cheap metadata checks first, before any download
-        check_source(source, limits)
-    return tuple([await load_image(source, limits, fetcher) for source in sources])
+    check_sources(sources, limits)
+    return await fetch_images(sources, limits, fetcher)

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.errors import NoImage, NotEnoughImages, TooManyImages, UserFacingError
+from bot.errors import AnswerWindowClosed, NoImage, NotEnoughImages, TooManyImages
 from bot.gather import sources_for_command_message
-from bot.images import ImageSource, check_source, load_images
+from bot.images import ImageSource, check_sources, fetch_images
 from bot.limits import Requester
-from bot.replies import AnswerTarget, InteractionTarget, MessageTarget, PlaceInLine, stream_answer
+from bot.reply import InteractionSurface, Outcome, Reply, ReplyGone
 from inference import Request, Task
-from inference.prompts import MAX_QUESTION_CHARS
+from inference.prompts import MIN_COMPARE_IMAGES, clean_question
 
 if TYPE_CHECKING:
     from bot.app import VisionBot
@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 NO_IMAGE_IN_COMMAND_TEXT = "Attach an image to your message, or reply to a message that has one."
 NO_IMAGE_IN_MESSAGE_TEXT = "That message has no image I can look at."
 STOPPED_BY_DELETE_TEXT = "Stopped: the message that asked was deleted."
+STOPPED_OUTPUT_GONE_TEXT = "Stopped: the answer could not be shown any more."
+# A private answer cannot outlive the interaction token, so it gets at most the time left (less a
+# margin); a job with less than this left is refused rather than started.
+MIN_ANSWER_TIME_S = 20.0
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +68,6 @@ class JobsByMessage:
         return message_id in self._deleted
 
 
-MIN_IMAGES_TO_COMPARE = 2
-
-
-def clean_question(question: str | None) -> str | None:
-    """Trim the question; empty means none. Too long is refused rather than cut."""
-    if question is None:
-        return None
-    question = question.strip()
-    if not question:
-        return None
-    if len(question) > MAX_QUESTION_CHARS:
-        raise UserFacingError(
-            f"Your question is too long; please keep it under {MAX_QUESTION_CHARS} characters."
-        )
-    return question
-
-
 def choose_images(
     sources: Sequence[ImageSource], task: Task, *, max_images: int, no_image_text: str
 ) -> tuple[ImageSource, ...]:
@@ -89,7 +76,7 @@ def choose_images(
         raise NoImage(no_image_text)
     if task is not Task.COMPARE:
         return (sources[0],)
-    if len(sources) < MIN_IMAGES_TO_COMPARE:
+    if len(sources) < MIN_COMPARE_IMAGES:
         raise NotEnoughImages("Comparing needs at least two images; I found only one.")
     if len(sources) > max_images:
         raise TooManyImages(f"You gave me {len(sources)} images; I can compare up to {max_images} at once.")
@@ -103,25 +90,48 @@ async def run_job(
     task: Task,
     sources: Sequence[ImageSource],
     question: str | None,
-    target: AnswerTarget,
+    reply: Reply,
     no_image_text: str,
-) -> str:
-    """Check limits, acknowledge, load the images, ask the engine and stream the answer."""
+) -> None:
+    """Check limits, acknowledge, load the images, ask the engine and stream the answer into ``reply``.
+
+    Failures propagate to the error handler, which writes them into the same reply. A reply that can
+    no longer be shown (its message deleted, a permission removed) ends the job quietly.
+    """
     question = clean_question(question)
     chosen = choose_images(sources, task, max_images=bot.settings.max_images, no_image_text=no_image_text)
-    for source in chosen:
-        check_source(source, bot.image_limits)
+    check_sources(chosen, bot.image_limits)
+    answer_time_limit(reply, bot.settings.request_timeout_s)  # too late? refused before acknowledging
     with bot.limiter.job(requester.user_id):
-        await target.start()
-        images = await load_images(chosen, bot.image_limits, bot.fetcher)
-        request = Request(task=task, images=images, question=question, user_id=requester.user_id)
-        place_in_line = PlaceInLine(target)
-        return await stream_answer(
-            target,
-            bot.engine.stream(request, on_position=place_in_line),
-            code_block=task is Task.OCR,
-            place_in_line=place_in_line,
-        )
+        try:
+            await reply.acknowledge()
+            images = await fetch_images(chosen, bot.image_limits, bot.fetcher)
+            request = Request(
+                task=task,
+                images=images,
+                question=question,
+                user_id=requester.user_id,
+                timeout_s=answer_time_limit(reply, bot.settings.request_timeout_s),
+            )
+            await reply.stream(bot.engine.stream(request, on_position=reply.place_in_line))
+        except ReplyGone as gone:
+            log.info("Stopped a job whose answer can no longer be shown: %s", gone)
+            await reply.finish(Outcome.STOPPED, STOPPED_OUTPUT_GONE_TEXT)
+
+
+def answer_time_limit(reply: Reply, request_timeout_s: float) -> float | None:
+    """How long the engine may take so that the answer can still be shown, or None for no extra bound.
+
+    Only a private interaction answer is bound: a public one moves to a channel message when the
+    interaction token runs out. Raises :class:`AnswerWindowClosed` when too little time is left.
+    """
+    surface = reply.surface
+    if not isinstance(surface, InteractionSurface) or not surface.ephemeral:
+        return None
+    left = surface.seconds_left()
+    if left < MIN_ANSWER_TIME_S:
+        raise AnswerWindowClosed()
+    return min(left, request_timeout_s)
 
 
 def is_private(bot: VisionBot, task: Task) -> bool:
@@ -139,6 +149,9 @@ async def answer_interaction(
 ) -> None:
     """Answer a slash command or a message context menu."""
     bot: VisionBot = interaction.client  # type: ignore[assignment]
+    reply = bot.replies.for_interaction(
+        interaction, ephemeral=is_private(bot, task), code_block=task is Task.OCR
+    )
     requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
     bot.access.check(requester, task)
     await run_job(
@@ -147,7 +160,7 @@ async def answer_interaction(
         task=task,
         sources=sources,
         question=question,
-        target=InteractionTarget(interaction, ephemeral=is_private(bot, task)),
+        reply=reply,
         no_image_text=no_image_text,
     )
 
@@ -155,6 +168,7 @@ async def answer_interaction(
 async def answer_command(ctx: VisionContext, task: Task, *, question: str | None = None) -> None:
     """Answer a prefix command about the images on the message or the one it replies to."""
     bot = ctx.bot
+    reply = bot.replies.for_context(ctx, code_block=task is Task.OCR)
     requester = Requester.of(ctx.author, ctx.channel, ctx.guild)
     bot.access.check(requester, task)
     sources = await sources_for_command_message(ctx.message, bot.settings.cdn_hosts)
@@ -166,20 +180,11 @@ async def answer_command(ctx: VisionContext, task: Task, *, question: str | None
                 task=task,
                 sources=sources,
                 question=question,
-                target=MessageTarget(ctx),
+                reply=reply,
                 no_image_text=NO_IMAGE_IN_COMMAND_TEXT,
             )
         except asyncio.CancelledError:
             if not bot.jobs_by_message.was_deleted(ctx.message.id):
-                raise  # shutting down, not ours to swallow
+                raise  # shutting down: the bot ends open replies itself
             asyncio.current_task().uncancel()
-            await _say_stopped(ctx)
-
-
-async def _say_stopped(ctx: VisionContext) -> None:
-    if ctx.progress_message is None:
-        return
-    try:
-        await ctx.progress_message.edit(content=STOPPED_BY_DELETE_TEXT)
-    except discord.HTTPException:
-        log.info("Could not mark a stopped answer in %s", ctx.channel)
+            await reply.finish(Outcome.STOPPED, STOPPED_BY_DELETE_TEXT)

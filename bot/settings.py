@@ -13,8 +13,8 @@ from yarl import URL
 
 from inference import EngineConfig
 from inference.remote import RemoteConfig
+from inference.types import DEFAULT_MODEL_ID
 
-DEFAULT_MODEL_ID = "microsoft/Phi-3-vision-128k-instruct"
 # Where Discord serves uploads. Anything else is never downloaded.
 DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 

@@ -3,7 +3,7 @@
 Public API::
 
     from inference import LocalEngine, EngineConfig, Request, Task
-    engine = LocalEngine(EngineConfig(model_id="microsoft/Phi-3-vision-128k-instruct"))
+    engine = LocalEngine(EngineConfig())  # the published Phi-3-vision by default
     await engine.start()
     async for piece in engine.stream(Request(Task.DESCRIBE, (image,), question="What is this?")):
         ...

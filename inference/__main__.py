@@ -18,6 +18,8 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inference.errors import InferenceError
+from inference.images import flatten_to_rgb
+from inference.prompts import MIN_COMPARE_IMAGES
 from inference.types import EngineConfig, Request, Task
 
 DEFAULT_MODEL = EngineConfig.model_id
@@ -59,13 +61,7 @@ def open_image(path_text: str) -> Image.Image:
         raise CliError(f"{path}: no such file")
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("RGBA", "LA", "P"):
-                rgba = image.convert("RGBA")
-                flat = Image.new("RGB", rgba.size, (255, 255, 255))
-                flat.paste(rgba, mask=rgba.getchannel("A"))
-                return flat
-            return image.convert("RGB")
+            return flatten_to_rgb(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, OSError) as exc:
         raise CliError(f"{path}: not an image this tool can read ({exc.__class__.__name__})") from exc
 
@@ -75,7 +71,7 @@ async def answer(args: argparse.Namespace) -> int:
 
     task = Task(args.task)
     images = tuple(open_image(p) for p in args.images)
-    if task is Task.COMPARE and len(images) < 2:
+    if task is Task.COMPARE and len(images) < MIN_COMPARE_IMAGES:
         raise CliError("compare needs at least two images")
     config = EngineConfig(
         model_id=args.model,

@@ -23,7 +23,21 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from inference.errors import EngineBusy, EngineUnavailable, InferenceError, InvalidRequest, RequestTimedOut
+from inference.errors import (
+    BUSY_TEXT,
+    MODEL_FAILED_TEXT,
+    MODEL_UNAVAILABLE_TEXT,
+    NOT_READY_TEXT,
+    SHUTTING_DOWN_TEXT,
+    EngineBusy,
+    EngineStopping,
+    EngineUnavailable,
+    InferenceError,
+    InvalidRequest,
+    ModelFailed,
+    RequestTimedOut,
+    timed_out_text,
+)
 from inference.scheduler import QueueFull, Scheduler, Ticket, TooLarge, rope_regime
 from inference.types import EngineConfig, Request, Result
 
@@ -32,6 +46,10 @@ log = logging.getLogger(__name__)
 # Threads that turn images into tensors beside the model thread: one per four CPU cores (1 to 4), so that
 # on a small machine they do not crowd out the model thread and the event loop.
 PREP_THREADS = max(1, min(4, (os.cpu_count() or 1) // 4))
+# Model steps that may fail in a row before the engine gives up on the model (a broken GPU would
+# otherwise fail every request forever); one success resets the count.
+MAX_STEP_FAILURES = 3
+TOO_LARGE_TEXT = "This request is too large for the server's memory settings. Try fewer or smaller images."
 
 
 def _default_runner_factory(config: EngineConfig):
@@ -64,6 +82,27 @@ class _Channel:
 _DONE = object()
 
 
+@dataclass(frozen=True)
+class _StepFailure:
+    summary: str  # for the log only
+    fatal: bool  # the device cannot be used any more
+
+
+class _FailedEvent:
+    """A finished-with-error event, shaped like the runner's (the engine imports no torch)."""
+
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
+        self.text = ""
+        self.finished = True
+        self.error = ModelFailed(MODEL_FAILED_TEXT)
+        self.new_tokens = 0
+
+
+def _failed_event(request_id: int) -> _FailedEvent:
+    return _FailedEvent(request_id)
+
+
 class LocalEngine:
     """Runs Phi-3-vision in this process. See ``inference.types.Engine`` for the contract."""
 
@@ -84,11 +123,15 @@ class LocalEngine:
         self._ids = itertools.count(1)
         self._driver: asyncio.Task | None = None
         self._closing = False
+        self._step_failures = 0
+        self.dead_reason: str | None = None
+        # Called once (on the event loop) when the engine gives up on the model.
+        self.on_dead: Callable[[str], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self._runner is not None and not self._closing
+        return self._runner is not None and not self._closing and self.dead_reason is None
 
     @property
     def in_flight(self) -> int:
@@ -113,10 +156,10 @@ class LocalEngine:
 
     async def stop(self) -> None:
         """Fail every open request with a clear message, finish the current step, free the threads."""
-        self._closing = True
+        self._closing = True  # from here on no place in line is announced
         for request_id, channel in list(self._channels.items()):
             self._abort(request_id)
-            channel.pieces.put_nowait(EngineUnavailable("The bot is shutting down; please ask again later."))
+            channel.pieces.put_nowait(EngineStopping(SHUTTING_DOWN_TEXT))
         if self._driver is not None:
             await asyncio.gather(self._driver, return_exceptions=True)
         await self._shutdown_threads()
@@ -141,32 +184,26 @@ class LocalEngine:
         return self._stream(request, _Channel(on_position=on_position))
 
     async def _stream(self, request: Request, channel: _Channel) -> AsyncIterator[str]:
-        if not self.ready:
-            raise EngineUnavailable(
-                "The model is not loaded yet (or is shutting down). Try again in a moment."
-            )
+        self._check_ready()
         self._runner.validate(request)
         if self.scheduler.num_waiting >= self.config.max_queued:
-            raise EngineBusy("I'm busy with other requests right now. Please try again shortly.")
+            raise EngineBusy(BUSY_TEXT)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.request_timeout_s
+        time_limit = request.time_limit(self.config.request_timeout_s)
+        deadline = loop.time() + time_limit
         request_id = next(self._ids)
         self._channels[request_id] = channel
         finished = False
         try:
             channel.prepared = await loop.run_in_executor(self._prep_threads, self._runner.prepare, request)
-            if self._closing:
-                raise EngineUnavailable("The bot is shutting down; please ask again later.")
+            self._check_ready()
             self._enqueue(request_id, request, channel)
             while True:
                 remaining = deadline - loop.time()
                 try:
                     item = await asyncio.wait_for(channel.pieces.get(), timeout=max(remaining, 0))
                 except TimeoutError:
-                    raise RequestTimedOut(
-                        f"The answer took longer than {self.config.request_timeout_s:.0f} seconds "
-                        "and was stopped."
-                    ) from None
+                    raise RequestTimedOut(timed_out_text(time_limit)) from None
                 if item is _DONE:
                     finished = True
                     return
@@ -178,6 +215,14 @@ class LocalEngine:
             self._channels.pop(request_id, None)
             if not finished:
                 self._abort(request_id)
+
+    def _check_ready(self) -> None:
+        if self.dead_reason is not None:
+            raise EngineUnavailable(MODEL_UNAVAILABLE_TEXT)
+        if self._closing:
+            raise EngineStopping(SHUTTING_DOWN_TEXT)
+        if self._runner is None:
+            raise EngineUnavailable(NOT_READY_TEXT)
 
     def _enqueue(self, request_id: int, request: Request, channel: _Channel) -> None:
         prepared = channel.prepared
@@ -191,11 +236,9 @@ class LocalEngine:
         try:
             self.scheduler.add(ticket)
         except QueueFull:
-            raise EngineBusy("I'm busy with other requests right now. Please try again shortly.") from None
+            raise EngineBusy(BUSY_TEXT) from None
         except TooLarge:
-            raise InvalidRequest(
-                "This request is too large for the server's memory settings. Try fewer or smaller images."
-            ) from None
+            raise InvalidRequest(TOO_LARGE_TEXT) from None
         self._announce_positions()
         self._needs_driver.set()
         if self._driver is None or self._driver.done():
@@ -209,6 +252,8 @@ class LocalEngine:
         self._announce_positions()
 
     def _announce_positions(self) -> None:
+        if self._closing:
+            return  # the stop message is the last thing a waiting person sees
         for request_id, position in self.scheduler.positions().items():
             channel = self._channels.get(request_id)
             if channel is not None:
@@ -236,18 +281,57 @@ class LocalEngine:
             aborted, self._aborted = self._aborted, []
             self._announce_positions()
             self._needs_driver.clear()
-            try:
-                events = await loop.run_in_executor(self._model_thread, self._steps, admit, aborted, loop)
-            except Exception as exc:  # a bug in a step must not leave readers hanging
-                log.exception("Model step failed")
-                self._runner.reset()
-                for ticket in self.scheduler.running:
-                    self.scheduler.finish(ticket.request_id)
-                    self._deliver(ticket.request_id, InferenceError(f"The model failed: {exc}"))
-                continue
+            events, failure = await loop.run_in_executor(
+                self._model_thread, self._steps, admit, aborted, loop
+            )
             self._route(events)
+            if failure is None:
+                self._step_failures = 0
+            else:
+                self._step_failed(failure)
 
-    def _steps(self, admit: list, aborted: list[int], loop: asyncio.AbstractEventLoop) -> list:
+    def _step_failed(self, failure: _StepFailure) -> None:
+        """After a failed step (its requests already failed): count it, and give up on a broken model."""
+        self._step_failures += 1
+        if failure.fatal:
+            self._die(f"the device reported an unrecoverable error ({failure.summary})")
+        elif self._step_failures >= MAX_STEP_FAILURES:
+            self._die(f"{self._step_failures} model steps failed in a row (last: {failure.summary})")
+
+    def _die(self, reason: str) -> None:
+        """Stop taking requests for good; fail the waiting ones; tell the owner once."""
+        if self.dead_reason is not None:
+            return
+        self.dead_reason = reason
+        log.error("The model is unavailable and the engine stops taking requests: %s", reason)
+        for ticket in self.scheduler.waiting_order():  # those still being prepared fail when they queue
+            self.scheduler.abort(ticket.request_id)
+            self._deliver(ticket.request_id, EngineUnavailable(MODEL_UNAVAILABLE_TEXT))
+        if self.on_dead is not None:
+            try:
+                self.on_dead(reason)
+            except Exception:
+                log.exception("on_dead callback failed")
+
+    def _steps(
+        self, admit: list, aborted: list[int], loop: asyncio.AbstractEventLoop
+    ) -> tuple[list, _StepFailure | None]:
+        """On the model thread: :meth:`_decode_steps`, or, when a step raises, the end of its batch.
+
+        The model thread owns the runner, so it also resets it: every request in the failed step
+        ends with a plain message, and the traceback goes to the log.
+        """
+        try:
+            return self._decode_steps(admit, aborted, loop), None
+        except Exception as exc:
+            log.exception("A model step failed")
+            victims = list(dict.fromkeys([*self._runner.running_ids, *(rid for rid, _ in admit)]))
+            self._runner.reset()
+            fatal = bool(getattr(self._runner, "is_fatal", lambda _: False)(exc))
+            events = [_failed_event(rid) for rid in victims]
+            return events, _StepFailure(f"{type(exc).__name__}: {exc}"[:300], fatal)
+
+    def _decode_steps(self, admit: list, aborted: list[int], loop: asyncio.AbstractEventLoop) -> list:
         """On the model thread: one step, then more decoding steps for as long as nothing needs the driver.
 
         The driver is needed when a request arrives or is aborted (``_needs_driver``) or one finishes

@@ -6,6 +6,17 @@ Every error carries a message written for the person who asked: the bot shows
 
 from __future__ import annotations
 
+# What people see, shared by the local and the remote engine where the situation is the same.
+NOT_READY_TEXT = "The model is not loaded yet. Try again in a moment."
+SHUTTING_DOWN_TEXT = "The bot is shutting down; please ask again later."
+BUSY_TEXT = "I'm busy with other requests right now. Please try again shortly."
+MODEL_FAILED_TEXT = "The model failed while answering. Please try again."
+MODEL_UNAVAILABLE_TEXT = "The model is unavailable right now; the bot's owner has been told."
+
+
+def timed_out_text(seconds: float) -> str:
+    return f"The answer took longer than {seconds:.0f} seconds and was stopped."
+
 
 class InferenceError(Exception):
     """Base class: something went wrong while answering a request."""
@@ -17,6 +28,14 @@ class InvalidRequest(InferenceError):
 
 class EngineUnavailable(InferenceError):
     """The engine is not running: not started yet, failed to load, or shutting down."""
+
+
+class EngineStopping(EngineUnavailable):
+    """The engine is shutting down; open requests end with this."""
+
+
+class ModelFailed(InferenceError):
+    """A model step failed; the requests in it end with a plain message (details go to the log)."""
 
 
 class EngineBusy(InferenceError):

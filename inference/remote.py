@@ -32,22 +32,27 @@ import aiohttp
 from yarl import URL
 
 from inference.errors import (
+    BUSY_TEXT,
+    NOT_READY_TEXT,
+    SHUTTING_DOWN_TEXT,
     EngineBusy,
+    EngineStopping,
     EngineUnavailable,
     InferenceError,
     InvalidRequest,
     ModelNotFound,
     RequestTimedOut,
+    timed_out_text,
 )
 from inference.prompts import check_image_count, instruction
-from inference.types import Request, Result
+from inference.types import DEFAULT_MODEL_ID, Request, Result
 
 if TYPE_CHECKING:
     from PIL import Image
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "microsoft/Phi-3-vision-128k-instruct"
+DEFAULT_MODEL = DEFAULT_MODEL_ID
 IMAGE_FORMATS = ("auto", "png", "jpeg")
 # With image_format "auto", pictures larger than this go as JPEG (quality 95) rather than PNG.
 LARGE_IMAGE_PIXELS = 1_000_000
@@ -56,11 +61,8 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_EVENT_BYTES = 1 << 20  # one Server-Sent Event line; a longer one means the server is not speaking SSE
 ERROR_BODY_CHARS = 2000
 
-# What people see (shared wording with the local engine where the situation is the same).
-NOT_READY = "The model is not loaded yet (or is shutting down). Try again in a moment."
-SHUTTING_DOWN = "The bot is shutting down; please ask again later."
+# What people see (the wording shared with the local engine is in inference.errors).
 UNREACHABLE = "The model server is not reachable right now. Please try again in a few minutes."
-BUSY = "I'm busy with other requests right now. Please try again shortly."
 CUT_OFF = "The connection to the model server was lost in the middle of the answer. Please try again."
 SERVER_FAILED = "The model server failed while answering. Please try again."
 UNREADABLE = "The model server sent an answer I could not read. Please try again later."
@@ -158,6 +160,7 @@ class _Progress:
 
     on_position: Callable[[int], None] | None = None
     pieces: int = 0
+    time_limit_s: float | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
 
@@ -298,24 +301,26 @@ class RemoteEngine:
 
     async def _stream(self, request: Request, progress: _Progress) -> AsyncIterator[str]:
         if not self.ready:
-            raise EngineUnavailable(NOT_READY)
+            raise EngineUnavailable(NOT_READY_TEXT)
         check_image_count(len(request.images), self.config.max_images)
         text = instruction(request.task, len(request.images), request.question)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.request_timeout_s
+        time_limit = request.time_limit(self.config.request_timeout_s)
+        progress.time_limit_s = time_limit
+        deadline = loop.time() + time_limit
         try:
             async with asyncio.timeout_at(deadline):
                 urls = await asyncio.to_thread(encode_images, request.images, self.config.image_format)
                 await self._slots.acquire()
         except TimeoutError:
-            raise self._timed_out() from None
+            raise self._timed_out(time_limit) from None
         try:
             body = json.dumps(self._payload(urls, text, self.max_new_tokens(request))).encode()
             del urls
             attempt = 0
             while True:
                 if self._closing:
-                    raise EngineUnavailable(SHUTTING_DOWN)
+                    raise EngineStopping(SHUTTING_DOWN_TEXT)
                 try:
                     async with contextlib.aclosing(self._attempt(body, deadline, progress)) as pieces:
                         async for piece in pieces:
@@ -326,7 +331,7 @@ class RemoteEngine:
                         log.warning("Model server failed mid-answer: %s", failure.detail)
                         raise EngineUnavailable(CUT_OFF) from None
                     if self._closing:
-                        raise EngineUnavailable(SHUTTING_DOWN) from None
+                        raise EngineStopping(SHUTTING_DOWN_TEXT) from None
                     delay = self._backoff(attempt, failure.retry_after)
                     if attempt >= self.config.retries or loop.time() + delay >= deadline:
                         log.warning("Model server request failed, giving up: %s", failure.detail)
@@ -359,7 +364,7 @@ class RemoteEngine:
 
     async def _attempt(self, body: bytes, deadline: float, progress: _Progress) -> AsyncIterator[str]:
         """One POST and its event stream. Raises ``_Retryable`` for failures worth another try."""
-        response = await self._open(body, deadline)
+        response = await self._open(body, deadline, progress.time_limit_s)
         self._responses.add(response)
         complete = False
         try:
@@ -378,10 +383,10 @@ class RemoteEngine:
             raise _Retryable(EngineUnavailable(UNREACHABLE), "the answer stream ended early")
         except aiohttp.ClientError as exc:  # before TimeoutError: aiohttp's own timeouts are both
             if self._closing:
-                raise EngineUnavailable(SHUTTING_DOWN) from None
+                raise EngineStopping(SHUTTING_DOWN_TEXT) from None
             raise _Retryable(EngineUnavailable(UNREACHABLE), _describe(exc)) from None
         except TimeoutError:
-            raise self._timed_out() from None
+            raise self._timed_out(progress.time_limit_s) from None
         finally:
             self._responses.discard(response)
             if complete:
@@ -389,10 +394,10 @@ class RemoteEngine:
             else:
                 response.close()  # the server sees the connection go and stops generating
 
-    async def _open(self, body: bytes, deadline: float) -> aiohttp.ClientResponse:
+    async def _open(self, body: bytes, deadline: float, time_limit_s: float | None) -> aiohttp.ClientResponse:
         session = self._session
         if session is None or self._closing:
-            raise EngineUnavailable(SHUTTING_DOWN)
+            raise EngineStopping(SHUTTING_DOWN_TEXT)
         try:
             async with asyncio.timeout_at(deadline):
                 response = await session.post(
@@ -408,13 +413,13 @@ class RemoteEngine:
                     response.release()
         except aiohttp.ClientError as exc:  # also connect timeouts, which are TimeoutErrors too
             if self._closing:
-                raise EngineUnavailable(SHUTTING_DOWN) from None
+                raise EngineStopping(SHUTTING_DOWN_TEXT) from None
             raise _Retryable(EngineUnavailable(UNREACHABLE), _describe(exc)) from None
         except TimeoutError:
-            raise self._timed_out() from None
+            raise self._timed_out(time_limit_s) from None
         except RuntimeError:  # the session was closed under us
             if self._closing:
-                raise EngineUnavailable(SHUTTING_DOWN) from None
+                raise EngineStopping(SHUTTING_DOWN_TEXT) from None
             raise
         status, message = response.status, _error_message(detail)
         error = self._http_error(status, message)
@@ -426,7 +431,7 @@ class RemoteEngine:
 
     def _http_error(self, status: int, message: str) -> InferenceError:
         if status == 429:
-            return EngineBusy(BUSY)
+            return EngineBusy(BUSY_TEXT)
         if status in (400, 413, 422):
             return _bad_request(status, message)
         if status in (401, 403):
@@ -481,10 +486,8 @@ class RemoteEngine:
             delay = max(delay, min(retry_after, self.config.max_backoff_s))
         return delay
 
-    def _timed_out(self) -> RequestTimedOut:
-        return RequestTimedOut(
-            f"The answer took longer than {self.config.request_timeout_s:.0f} seconds and was stopped."
-        )
+    def _timed_out(self, time_limit_s: float | None = None) -> RequestTimedOut:
+        return RequestTimedOut(timed_out_text(time_limit_s or self.config.request_timeout_s))
 
 
 async def _server_sent_events(

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 STOP_TOKENS = ("<|end|>", "<|endoftext|>")
 OOM_NEW_TEXT = "The GPU ran out of memory for this request. Try fewer or smaller images."
 OOM_RUNNING_TEXT = "The GPU ran out of memory while answering. Please try again."
+# Messages of errors after which CUDA refuses all further work in this process.
+FATAL_DEVICE_ERRORS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS")
 
 
 @dataclass
@@ -167,6 +169,15 @@ class ModelRunner:
     def reset(self) -> None:
         self.batch = _Batch()
 
+    @staticmethod
+    def is_fatal(error: BaseException) -> bool:
+        """True for an error after which the device cannot be trusted (a CUDA error poisons the context)."""
+        accelerator_error = getattr(torch, "AcceleratorError", None)
+        if accelerator_error is not None and isinstance(error, accelerator_error):
+            return True
+        text = str(error)
+        return isinstance(error, RuntimeError) and any(mark in text for mark in FATAL_DEVICE_ERRORS)
+
     @torch.inference_mode()
     def step(self, admit: list[tuple[int, Prepared]], abort: list[int]) -> list[Event]:
         """Drop aborted rows; then prefill the admitted requests, or decode one token for every row.
@@ -210,7 +221,7 @@ class ModelRunner:
             position_ids=positions.to(device),
             pixel_values=torch.cat([p.pixel_values for _, p in admit]).to(device, self.loaded.dtype),
             image_sizes=torch.cat([p.image_sizes for _, p in admit]).to(device),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
@@ -273,7 +284,7 @@ class ModelRunner:
             input_ids=ids,
             attention_mask=batch.model_mask(),
             position_ids=positions,
-            past_key_values=batch.cache,
+            cache=batch.cache,
             use_cache=True,
         ).logits[:, -1]
         for row in batch.rows:

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
+DEFAULT_MODEL_ID = "microsoft/Phi-3-vision-128k-instruct"
+
+
 class Task(enum.StrEnum):
     DESCRIBE = "describe"
     OCR = "ocr"
@@ -24,6 +27,8 @@ class Request:
     ``images`` are decoded RGB PIL images (the caller has already applied EXIF
     orientation and flattened transparency). ``user_id`` lets the scheduler be
     fair between people; ``max_new_tokens`` of ``None`` means the engine default.
+    ``timeout_s`` shortens the engine's own time limit for this request (waiting and
+    answering), e.g. so that an answer still arrives while the asker can be shown it.
     """
 
     task: Task
@@ -31,6 +36,13 @@ class Request:
     question: str | None = None
     max_new_tokens: int | None = None
     user_id: int | None = None
+    timeout_s: float | None = None
+
+    def time_limit(self, engine_limit_s: float) -> float:
+        """Seconds this request may take: the engine's limit, or less if the request asks for less."""
+        if self.timeout_s is None:
+            return engine_limit_s
+        return max(0.0, min(engine_limit_s, self.timeout_s))
 
 
 @dataclass(frozen=True)
@@ -44,7 +56,7 @@ class Result:
 class EngineConfig:
     """How to load and run the model. Defaults run the real published model."""
 
-    model_id: str = "microsoft/Phi-3-vision-128k-instruct"
+    model_id: str = DEFAULT_MODEL_ID
     device: str = "auto"  # auto | cuda | cuda:N | mps | cpu
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     quantization: str = "none"  # none | 4bit | 8bit (bitsandbytes, CUDA only)

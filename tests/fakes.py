@@ -1,8 +1,9 @@
-"""Test doubles for the inference engine and the CDN download. Never imported by product code."""
+"""Test doubles for the inference engine, the model runner and the CDN download. Never imported by product code."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference import Request, Result
+from inference.errors import SHUTTING_DOWN_TEXT, EngineStopping
 
 DEFAULT_ANSWER = "A small red square on a white background."
 
@@ -29,6 +31,7 @@ class FakeEngine:
     or an exception to raise); when it is empty, ``default_answer`` is used.
     ``piece_size`` controls how the answer is cut into streamed pieces.
     An :class:`Interrupted` answer streams some text, then raises.
+    Like the real engines, :meth:`stop` ends every open stream with ``EngineStopping``.
     """
 
     def __init__(self, default_answer: str = DEFAULT_ANSWER, *, piece_size: int = 8) -> None:
@@ -40,10 +43,13 @@ class FakeEngine:
         self.started = False
         self.stopped = False
         self.closed_streams = 0
-        self.places_in_line: list[int] = []  # reported to on_position before answering, then 0
+        self.places_in_line: list[int] = []  # reported to on_position (then a hold, if any), then 0
         self._gate: asyncio.Event | None = None
         self._gate_env: Any = None
         self._hold_after = 0
+        self._stopping: asyncio.Event | None = None
+        self.on_dead: Callable[[str], None] | None = None
+        self.dead_reason: str | None = None
 
     def hold(self, env: Any, *, after_pieces: int = 0) -> None:
         """Make requests wait (as a declared simcord external wait) until :meth:`release`.
@@ -54,9 +60,19 @@ class FakeEngine:
         self._gate_env = env
         self._hold_after = after_pieces
 
+    def _stop_event(self) -> asyncio.Event:
+        if self._stopping is None:
+            self._stopping = asyncio.Event()
+        return self._stopping
+
     async def _wait_if_held(self) -> None:
         if self._gate is not None and not self._gate.is_set():
             await self._gate_env.external_wait(self._gate.wait(), reason="the test is holding the engine")
+        self._raise_if_stopped()
+
+    def _raise_if_stopped(self) -> None:
+        if self._stopping is not None and self._stopping.is_set():
+            raise EngineStopping(SHUTTING_DOWN_TEXT)
 
     def release(self) -> None:
         assert self._gate is not None
@@ -69,9 +85,14 @@ class FakeEngine:
         if self.start_error is not None:
             raise self.start_error
         self.started = True
+        self._stopping = None
 
     async def stop(self) -> None:
         self.stopped = True
+        self._stop_event().set()
+        if self._gate is not None:
+            self._gate.set()  # held streams wake up and end
+        await asyncio.sleep(0)  # let open streams see it, as the real engine's stop does
 
     def _next_answer(self) -> str | BaseException | Interrupted:
         return self.answers.popleft() if self.answers else self.default_answer
@@ -79,14 +100,17 @@ class FakeEngine:
     async def stream(
         self, request: Request, on_position: Callable[[int], None] | None = None
     ) -> AsyncIterator[str]:
+        self._raise_if_stopped()
         self.requests.append(request)
         answer = self._next_answer()
         try:
-            for position in [*self.places_in_line, 0] if on_position is not None else []:
+            for position in self.places_in_line if on_position is not None else []:
                 on_position(position)
                 await asyncio.sleep(0)
             if self._hold_after == 0:
-                await self._wait_if_held()
+                await self._wait_if_held()  # still in line while held
+            if on_position is not None:
+                on_position(0)
             if isinstance(answer, BaseException):
                 await asyncio.sleep(0)
                 raise answer
@@ -95,6 +119,7 @@ class FakeEngine:
                 if count and count == self._hold_after:
                     await self._wait_if_held()
                 await asyncio.sleep(0)
+                self._raise_if_stopped()
                 yield text[index : index + self.piece_size]
             if isinstance(answer, Interrupted):
                 raise answer.error
@@ -106,6 +131,78 @@ class FakeEngine:
         pieces = [piece async for piece in self.stream(request)]
         text = "".join(pieces)
         return Result(text=text, new_tokens=len(pieces), seconds=time.perf_counter() - started)
+
+
+class ScriptedRunner:
+    """Stands in for the model: each request yields "tok0 tok1 ..." one token per step.
+
+    ``hold`` pauses every step until released; ``fail_next`` makes the next admitted request fail.
+    """
+
+    rope_switch = 4096
+
+    def __init__(self, config):
+        self.config = config
+        self.step_errors: list[Exception] = []  # raised by the next steps, one each
+        self.reset_threads: list[str] = []
+        self.rows: dict[int, int] = {}
+        self.hold = threading.Event()
+        self.hold.set()
+        self.fail_next: Exception | None = None
+        self.steps = 0
+        self.step_seconds = 0.0
+        self.dropped: list[int] = []
+
+    def validate(self, request):
+        from inference.runner import ModelRunner
+
+        ModelRunner.validate(self, request)
+
+    def prepare(self, request):
+        self.validate(request)
+        return type("Prepared", (), {"prompt_tokens": 10, "max_new_tokens": request.max_new_tokens or 3})()
+
+    def reset(self):
+        self.reset_threads.append(threading.current_thread().name)
+        self.rows.clear()
+
+    def is_fatal(self, error):
+        from inference.runner import ModelRunner
+
+        return ModelRunner.is_fatal(error)
+
+    @property
+    def running_ids(self):
+        return list(self.rows)
+
+    def step(self, admit, abort):
+        from inference.runner import Event
+
+        self.hold.wait(10)
+        time.sleep(self.step_seconds)
+        self.steps += 1
+        for rid, _ in admit:
+            self.rows.setdefault(rid, 0)  # in the batch from now on, as in the real runner
+        if self.step_errors:
+            raise self.step_errors.pop(0)
+        events = []
+        for rid in abort:
+            self.rows.pop(rid, None)
+            self.dropped.append(rid)
+        for rid, prepared in admit:
+            if self.fail_next is not None:
+                error, self.fail_next = self.fail_next, None
+                events.append(Event(rid, error=error, finished=True))
+                del self.rows[rid]
+                continue
+            self.rows[rid] = prepared.max_new_tokens
+        for rid in list(self.rows):
+            left = self.rows[rid] - 1
+            events.append(Event(rid, f"tok{left} ", finished=left == 0, new_tokens=1))
+            self.rows[rid] = left
+            if left == 0:
+                del self.rows[rid]
+        return events
 
 
 class SimcordCdnFetcher:

@@ -42,7 +42,9 @@ def hd_canvas_size(width: int, height: int, num_crops: int) -> tuple[int, int]:
         scale += 1
     scale -= 1
     new_w = int(scale * CROP_SIZE)
-    new_h = int(new_w / ratio)
+    # The reference computes 0 here for a strip thinner than 1:new_w and then fails; one pixel
+    # keeps such an image usable (it is padded to a 336 px high row of tiles like any other).
+    new_h = max(1, int(new_w / ratio))
     return (new_h, new_w) if transposed else (new_w, new_h)
 
 

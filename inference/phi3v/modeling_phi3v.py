@@ -12,6 +12,8 @@ except what transformers already does for its nested ``CLIPVisionModel``
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 from transformers import CLIPVisionModel, GenerationMixin
@@ -20,6 +22,11 @@ from transformers.models.phi3.modeling_phi3 import Phi3Model, Phi3PreTrainedMode
 
 from inference.phi3v.configuration_phi3v import Phi3VConfig
 from inference.phi3v.image_processing_phi3v import CROP_SIZE
+
+# transformers 5.24 renamed the decoder's ``past_key_values`` argument (and output field) to ``cache``;
+# earlier 5.x releases know only the old name. Our forward takes either and passes the one this
+# release knows, so neither warns.
+CACHE_ARG = "cache" if "cache" in inspect.signature(Phi3Model.forward).parameters else "past_key_values"
 
 # CLIP tiles encoded per forward call: bounds activation memory when many images share a batch.
 VISION_TILES_PER_CALL = 64
@@ -149,21 +156,22 @@ class Phi3VModel(Phi3Model):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values=None,  # the name before transformers 5.24
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("Pass input_ids or inputs_embeds")
             inputs_embeds = self.embed_with_images(input_ids, pixel_values, image_sizes)
+        kwargs[CACHE_ARG] = cache if cache is not None else past_key_values
         return super().forward(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -190,12 +198,13 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values=None,  # the name before transformers 5.24
         num_img_tokens: list[int] | None = None,  # processor bookkeeping; the spans are in input_ids
         **kwargs,
     ) -> CausalLMOutputWithPast:
@@ -203,7 +212,7 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             pixel_values=pixel_values,
             image_sizes=image_sizes,
@@ -215,7 +224,8 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
             hidden = hidden[:, -logits_to_keep:]
         elif isinstance(logits_to_keep, torch.Tensor):
             hidden = hidden[:, logits_to_keep]
-        return CausalLMOutputWithPast(logits=self.lm_head(hidden), past_key_values=outputs.past_key_values)
+        cache_out = {CACHE_ARG: getattr(outputs, CACHE_ARG)}
+        return CausalLMOutputWithPast(logits=self.lm_head(hidden), **cache_out)
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         # Unlike transformers' Phi3ForCausalLM we never drop the cache at the LongRoPE switch:

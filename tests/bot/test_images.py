@@ -21,8 +21,8 @@ from bot.images import (
     ImageSource,
     check_source,
     decode_image,
+    fetch_image,
     is_discord_upload,
-    load_image,
     load_images,
 )
 from tests.conftest import image_bytes, png_header_only
@@ -185,7 +185,7 @@ def test_small_jpeg_keeps_its_size():
     )
 
 
-# ---------------------------------------------------------------- load_image
+# ---------------------------------------------------------------- fetch_image
 
 
 class DictFetcher:
@@ -205,7 +205,7 @@ class DictFetcher:
 
 async def test_load_image_downloads_and_decodes():
     fetcher = DictFetcher({CDN_URL: image_bytes()})
-    image = await load_image(ImageSource("cat.png", CDN_URL), LIMITS, fetcher)
+    image = await fetch_image(ImageSource("cat.png", CDN_URL), LIMITS, fetcher)
     assert image.size == (32, 24)
 
 
@@ -215,13 +215,13 @@ async def test_load_image_names_the_file_when_the_download_fails():
             raise DownloadError("Discord answered HTTP 404 when I tried to download it")
 
     with pytest.raises(ImageRejected, match=r"cat\.png.*HTTP 404"):
-        await load_image(ImageSource("cat.png", CDN_URL), LIMITS, Failing())
+        await fetch_image(ImageSource("cat.png", CDN_URL), LIMITS, Failing())
 
 
 async def test_load_image_times_out():
     limits = ImageLimits(LIMITS.max_bytes, MAX_PIXELS, LIMITS.allowed_hosts, download_timeout_s=0.01)
     with pytest.raises(ImageRejected, match="took too long"):
-        await load_image(ImageSource("slow.png", CDN_URL), limits, DictFetcher({CDN_URL: b""}, delay_s=1))
+        await fetch_image(ImageSource("slow.png", CDN_URL), limits, DictFetcher({CDN_URL: b""}, delay_s=1))
 
 
 async def test_load_image_enforces_size_even_if_the_fetcher_does_not():
@@ -230,7 +230,7 @@ async def test_load_image_enforces_size_even_if_the_fetcher_does_not():
             return b"x" * (max_bytes + 1)
 
     with pytest.raises(ImageRejected, match="larger than"):
-        await load_image(ImageSource("cat.png", CDN_URL), LIMITS, Careless())
+        await fetch_image(ImageSource("cat.png", CDN_URL), LIMITS, Careless())
 
 
 async def test_load_images_checks_every_source_before_downloading_any():

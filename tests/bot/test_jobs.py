@@ -6,11 +6,13 @@ import re
 
 import pytest
 
-from bot.errors import Denied, OnCooldown, TooManyJobs, UserFacingError
+from bot.errors import Denied, OnCooldown, TooManyJobs, explain
 from bot.images import ImageSource
-from bot.jobs import MAX_QUESTION_CHARS, choose_images, clean_question
+from bot.jobs import choose_images, clean_question
 from bot.limits import DM_DENIED_TEXT, GUILD_DENIED_TEXT
-from inference import Task
+from bot.reply import Outcome
+from inference import InvalidRequest, Task
+from inference.prompts import MAX_QUESTION_CHARS
 from tests.conftest import acknowledge_errors, bot_messages, image_bytes, reconfigure
 
 PNG = ("a.png", image_bytes())
@@ -23,8 +25,9 @@ def test_questions_are_trimmed_and_blank_means_none():
     assert clean_question("  why?  ") == "why?"
     assert clean_question("   ") is None
     assert clean_question(None) is None
-    with pytest.raises(UserFacingError, match="too long"):
+    with pytest.raises(InvalidRequest, match="too long") as refused:
         clean_question("x" * (MAX_QUESTION_CHARS + 1))
+    assert explain(refused.value).outcome is Outcome.REFUSAL
 
 
 def test_describe_and_ocr_look_at_the_first_image_only():

@@ -6,8 +6,9 @@ import discord
 import pytest
 
 from bot.errors import UNEXPECTED_ERROR_TEXT, ImageRejected, NoImage
+from bot.formatting import MESSAGE_LIMIT
 from bot.jobs import NO_IMAGE_IN_COMMAND_TEXT, NO_IMAGE_IN_MESSAGE_TEXT, STOPPED_BY_DELETE_TEXT
-from bot.replies import ANSWER_FILENAME, MESSAGE_LIMIT, QUEUE_TEXT, WORKING_TEXT
+from bot.reply import ANSWER_FILENAME, QUEUE_TEXT, WORKING_TEXT
 from inference import OutOfMemory, RequestTimedOut, Task
 from tests.conftest import acknowledge_errors, bot_messages, deferrals, image_bytes, png_header_only
 from tests.fakes import Interrupted
@@ -31,7 +32,11 @@ async def test_slash_describe_answers_with_the_engine_text(world, fake_engine):
 
 async def test_a_waiting_request_is_told_its_place_in_line(world, fake_engine):
     fake_engine.places_in_line = [3]
+    fake_engine.hold(world.env)
     result = await world.member.slash(world.channel, "describe", image=("cat.png", image_bytes()))
+    assert result.response.content == QUEUE_TEXT.format(position=3)
+    fake_engine.release()
+    await world.env.settle()
 
     edits = [
         entry.json.get("content")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.replies import WORKING_TEXT
+from bot.reply import WORKING_TEXT
 from inference import EngineConfig, LocalEngine
 from tests.conftest import bot_messages, image_bytes
 from tests.inference.conftest import TINY_CHECKPOINT

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 
 import pytest
 from PIL import Image
@@ -20,7 +18,9 @@ from inference import (
     RequestTimedOut,
     Task,
 )
-from inference.runner import Event, ModelRunner
+from inference.engine import MAX_STEP_FAILURES
+from inference.errors import MODEL_FAILED_TEXT, MODEL_UNAVAILABLE_TEXT, EngineStopping, ModelFailed
+from tests.fakes import ScriptedRunner
 from tests.inference.conftest import TINY, TINY_CHECKPOINT
 
 IMAGE = Image.new("RGB", (120, 80), (200, 30, 30))
@@ -33,61 +33,6 @@ def tiny_config(**overrides) -> EngineConfig:
 
 def fixture_image(name: str) -> Image.Image:
     return Image.open(TINY / "images" / name).convert("RGB")
-
-
-class ScriptedRunner:
-    """Stands in for the model: each request yields "tok0 tok1 ..." one token per step.
-
-    ``hold`` pauses every step until released; ``fail_next`` makes the next admitted request fail.
-    """
-
-    rope_switch = 4096
-
-    def __init__(self, config):
-        self.config = config
-        self.rows: dict[int, int] = {}
-        self.hold = threading.Event()
-        self.hold.set()
-        self.fail_next: Exception | None = None
-        self.steps = 0
-        self.step_seconds = 0.0
-        self.dropped: list[int] = []
-
-    def validate(self, request):
-        ModelRunner.validate(self, request)
-
-    def prepare(self, request):
-        self.validate(request)
-        return type("Prepared", (), {"prompt_tokens": 10, "max_new_tokens": request.max_new_tokens or 3})()
-
-    def reset(self):
-        self.rows.clear()
-
-    @property
-    def running_ids(self):
-        return list(self.rows)
-
-    def step(self, admit, abort):
-        self.hold.wait(10)
-        time.sleep(self.step_seconds)
-        self.steps += 1
-        events = []
-        for rid in abort:
-            self.rows.pop(rid, None)
-            self.dropped.append(rid)
-        for rid, prepared in admit:
-            if self.fail_next is not None:
-                error, self.fail_next = self.fail_next, None
-                events.append(Event(rid, error=error, finished=True))
-                continue
-            self.rows[rid] = prepared.max_new_tokens
-        for rid in list(self.rows):
-            left = self.rows[rid] - 1
-            events.append(Event(rid, f"tok{left} ", finished=left == 0, new_tokens=1))
-            self.rows[rid] = left
-            if left == 0:
-                del self.rows[rid]
-        return events
 
 
 @pytest.fixture
@@ -315,3 +260,100 @@ async def test_stop_fails_open_requests_clearly():
         await task
     with pytest.raises(EngineUnavailable):
         await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
+
+
+# -- failures inside a model step ---------------------------------------------------------------
+
+
+async def test_a_failed_step_fails_its_requests_plainly_and_the_next_one_works(caplog):
+    engine = await scripted()
+    try:
+        engine._runner.step_errors.append(RuntimeError("index 7 out of range in self (internal detail)"))
+        with pytest.raises(ModelFailed) as failed:
+            await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
+        assert str(failed.value) == MODEL_FAILED_TEXT  # no exception text for the person
+        assert "internal detail" in caplog.text and "Traceback" in caplog.text  # all of it for the owner
+        # the model thread, which owns the runner, reset it
+        assert [name.startswith("phi3v-model") for name in engine._runner.reset_threads] == [True]
+        assert engine.ready
+        assert (await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))).text == "tok2 tok1 tok0"
+    finally:
+        await engine.stop()
+
+
+async def test_repeated_step_failures_make_the_engine_dead_and_say_so_once(caplog):
+    engine = await scripted()
+    deaths: list[str] = []
+    engine.on_dead = deaths.append
+    try:
+        for _ in range(MAX_STEP_FAILURES):
+            engine._runner.step_errors.append(RuntimeError("the GPU fell off the bus"))
+            with pytest.raises(ModelFailed):
+                await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
+        assert not engine.ready
+        assert len(deaths) == 1 and "in a row" in deaths[0]
+        with pytest.raises(EngineUnavailable) as refused:
+            await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
+        assert str(refused.value) == MODEL_UNAVAILABLE_TEXT
+        errors = [r for r in caplog.records if r.levelname == "ERROR" and "unavailable" in r.getMessage()]
+        assert len(errors) == 1
+    finally:
+        await engine.stop()
+
+
+async def test_one_success_resets_the_count_of_failed_steps():
+    engine = await scripted()
+    try:
+        for _ in range(2 * MAX_STEP_FAILURES):
+            engine._runner.step_errors.append(RuntimeError("flaky"))
+            with pytest.raises(ModelFailed):
+                await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
+            await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
+        assert engine.ready
+    finally:
+        await engine.stop()
+
+
+async def test_a_cuda_error_makes_the_engine_dead_at_once_and_fails_those_waiting():
+    engine = await scripted(max_batch_size=1)
+    runner = engine._runner
+    deaths: list[str] = []
+    engine.on_dead = deaths.append
+    try:
+        runner.hold.clear()
+        running = asyncio.ensure_future(engine.generate(Request(Task.DESCRIBE, (IMAGE,), user_id=1)))
+        await until(lambda: len(engine.scheduler.running) == 1)
+        waiting = asyncio.ensure_future(engine.generate(Request(Task.DESCRIBE, (IMAGE,), user_id=2)))
+        await until(lambda: engine.scheduler.num_waiting == 1)
+        runner.step_errors.append(RuntimeError("CUDA error: an illegal memory access was encountered"))
+        runner.hold.set()
+        with pytest.raises(ModelFailed):
+            await running
+        with pytest.raises(EngineUnavailable, match="unavailable"):
+            await waiting
+        assert len(deaths) == 1 and "unrecoverable" in deaths[0]
+    finally:
+        await engine.stop()
+
+
+async def test_stopping_announces_no_new_places_in_line():
+    engine = await scripted(max_batch_size=1)
+    runner = engine._runner
+    seen: list[tuple[int, int]] = []
+    runner.hold.clear()
+    tasks = [asyncio.ensure_future(_collect(engine, user, seen)) for user in range(1, 5)]
+    await until(lambda: engine.scheduler.num_waiting == 3)
+    before = list(seen)
+    stopping = asyncio.ensure_future(engine.stop())
+    await asyncio.sleep(0.05)
+    runner.hold.set()
+    await stopping
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(result, EngineStopping) for result in results)
+    assert seen == before  # the old engine re-announced #1, #2 as it aborted the queue
+
+
+async def _collect(engine: LocalEngine, user: int, seen: list[tuple[int, int]]) -> None:
+    request = Request(Task.DESCRIBE, (IMAGE,), user_id=user, max_new_tokens=50)
+    async for _ in engine.stream(request, on_position=lambda p: seen.append((user, p))):
+        pass

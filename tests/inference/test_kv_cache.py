@@ -10,14 +10,12 @@ from tests.inference.phi3v.test_modeling_phi3v import random_model, tiny_config
 
 
 def greedy_logits(model, prompt: torch.Tensor, cache, steps: int) -> list[torch.Tensor]:
-    logits = model(input_ids=prompt, past_key_values=cache, use_cache=True).logits[:, -1]
+    logits = model(input_ids=prompt, cache=cache, use_cache=True).logits[:, -1]
     seen = [logits]
     for step in range(steps):
         token = logits.argmax(-1, keepdim=True)
         position = torch.full((prompt.shape[0], 1), prompt.shape[1] + step)
-        logits = model(input_ids=token, past_key_values=cache, position_ids=position, use_cache=True).logits[
-            :, -1
-        ]
+        logits = model(input_ids=token, cache=cache, position_ids=position, use_cache=True).logits[:, -1]
         seen.append(logits)
     return seen
 

@@ -31,6 +31,7 @@ from inference import (
     Task,
     remote,
 )
+from inference.errors import BUSY_TEXT, SHUTTING_DOWN_TEXT
 from inference.prompts import instruction, neutralise
 from inference.remote import RemoteConfig, RemoteEngine, _server_sent_events
 
@@ -330,7 +331,7 @@ async def test_too_many_requests_means_busy(vllm, make_engine):
     with pytest.raises(EngineBusy) as caught:
         await collect(engine, describe())
 
-    assert str(caught.value) == remote.BUSY
+    assert str(caught.value) == BUSY_TEXT
     assert len(vllm.bodies) == 2
 
 
@@ -462,7 +463,7 @@ async def test_stop_fails_open_requests_with_a_clear_message(vllm, make_engine):
         async with asyncio.timeout(1):
             async for _ in stream:
                 pass
-    assert str(caught.value) == remote.SHUTTING_DOWN
+    assert str(caught.value) == SHUTTING_DOWN_TEXT
 
 
 async def test_requests_beyond_max_concurrent_wait_their_turn(vllm, make_engine):

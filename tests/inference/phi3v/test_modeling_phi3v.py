@@ -219,7 +219,7 @@ def test_generation_across_the_switch_keeps_the_cache():
             pad_token_id=32000,
         )[:, prompt.shape[1] :]
         cache, ids, manual = DynamicCache(config=model.config), prompt, []
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+        logits = model(input_ids=ids, cache=cache, use_cache=True).logits
         for step in range(steps):
             nxt = (
                 logits[:, -1]
@@ -228,7 +228,7 @@ def test_generation_across_the_switch_keeps_the_cache():
             )
             manual.append(int(nxt))
             position = torch.tensor([[prompt.shape[1] + step]])
-            logits = model(input_ids=nxt, past_key_values=cache, position_ids=position, use_cache=True).logits
+            logits = model(input_ids=nxt, cache=cache, position_ids=position, use_cache=True).logits
     assert generated[0].tolist() == manual
     assert prompt.shape[1] + steps > model.config.original_max_position_embeddings
 

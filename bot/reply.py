@@ -1,0 +1,622 @@
+"""Everything a person sees for one job, owned by one :class:`Reply`.
+
+A reply acknowledges the request, shows its place in line, streams the answer across up to four
+messages (or a text file past that), and ends in exactly one final state: the answer, a refusal,
+a failure, or "stopped". Every Discord call of a job goes through its reply, one at a time and in
+order; the final state is written last and never overwritten, and a failed or stopped answer
+takes its continuation messages with it.
+
+Where the messages go is a surface: :class:`MessageSurface` (a prefix command: a reply the bot
+posts, then edits) or :class:`InteractionSurface` (a slash command or menu: the deferred
+response plus follow-ups; a public one moves to an ordinary channel message before Discord's
+15-minute interaction token runs out).
+
+Edits share an :class:`EditBudget` per channel (and per interaction): a live preview is skipped,
+never queued, when the budget is spent; acknowledgements and final states always go out. A 429
+or 5xx is retried for those after the delay Discord gives; a message that was deleted or a
+permission that was removed ends the job's output quietly (:class:`ReplyGone`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import enum
+import io
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import aclosing, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import discord
+
+from bot.formatting import format_answer
+
+if TYPE_CHECKING:
+    from bot.context import VisionContext
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_PARTS = 4
+EDIT_INTERVAL_S = 1.0  # one reply previews at most this often
+WORKING_TEXT = "Looking at it… \N{LEFT-POINTING MAGNIFYING GLASS}"
+QUEUE_TEXT = "You're #{position} in line; I'll start on it as soon as I can. \N{HOURGLASS WITH FLOWING SAND}"
+FILE_TEXT = "The answer is long ({length:,} characters), so it is attached as a file."
+HANDED_OVER_TEXT = "This took a while, so the answer continues in a new message below. \N{DOWNWARDS ARROW}"
+ANSWER_FILENAME = "answer.txt"
+
+# Discord lets an interaction's response be edited for 15 minutes; a public answer moves to an
+# ordinary channel message this long before that, so the move itself is still allowed.
+INTERACTION_TOKEN_S = 15 * 60
+HANDOVER_MARGIN_S = 60.0
+
+# Discord's per-channel limit on message sends and edits is about five per five seconds.
+CHANNEL_EDITS_PER_S = 1.0
+CHANNEL_EDIT_BURST = 5
+INTERACTION_EDITS_PER_S = 1.0
+INTERACTION_EDIT_BURST = 5
+
+FINAL_ATTEMPTS = 4  # a final state, an acknowledgement: tried this often on 429 and 5xx
+MAX_RETRY_DELAY_S = 30.0
+
+
+class Outcome(enum.StrEnum):
+    ANSWER = "answer"
+    REFUSAL = "refusal"
+    FAILURE = "failure"
+    STOPPED = "stopped"
+
+
+class ReplyGone(Exception):
+    """The reply can no longer be shown (its message was deleted, a permission was removed)."""
+
+
+def _monotonic() -> float:
+    return time.monotonic()  # looked up at call time, so a simulated clock is honoured
+
+
+# ---------------------------------------------------------------- the edit budget
+
+
+@dataclass
+class EditBudget:
+    """A token bucket: ``burst`` calls at once, refilled at ``per_s``; finals may run it into debt."""
+
+    per_s: float
+    burst: int
+    clock: Callable[[], float] = _monotonic
+    tokens: float = field(init=False)
+    updated: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.burst)
+        self.updated = self.clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.updated) * self.per_s)
+        self.updated = now
+
+    def available(self) -> float:
+        self._refill()
+        return self.tokens
+
+    def spend(self, calls: int = 1) -> None:
+        self._refill()
+        self.tokens -= calls
+
+
+class EditBudgets:
+    """One budget per channel and per interaction, shared by every reply there."""
+
+    def __init__(self, clock: Callable[[], float] = _monotonic) -> None:
+        self.clock = clock
+        self._budgets: dict[Hashable, EditBudget] = {}
+
+    def get(self, key: Hashable) -> EditBudget:
+        budget = self._budgets.get(key)
+        if budget is None:
+            if len(self._budgets) > 10_000:  # forget full (idle) budgets now and then
+                self._budgets = {k: b for k, b in self._budgets.items() if b.available() < b.burst}
+            kind = key[0] if isinstance(key, tuple) else "channel"
+            per_s, burst = (
+                (INTERACTION_EDITS_PER_S, INTERACTION_EDIT_BURST)
+                if kind == "interaction"
+                else (CHANNEL_EDITS_PER_S, CHANNEL_EDIT_BURST)
+            )
+            budget = self._budgets[key] = EditBudget(per_s, burst, self.clock)
+        return budget
+
+
+# ---------------------------------------------------------------- surfaces
+
+
+class Posted(Protocol):
+    """A continuation message (``discord.Message`` and ``WebhookMessage`` are)."""
+
+    async def edit(self, *, content: str) -> object: ...
+
+    async def delete(self) -> None: ...
+
+
+class Surface(Protocol):
+    budget_keys: tuple[Hashable, ...]
+
+    async def acknowledge(self) -> None:
+        """Tell Discord and the person that the bot is on it."""
+
+    async def show(self, content: str, *, private: bool) -> None:
+        """Set the main message's text (``private`` only matters when nothing was shown yet)."""
+
+    async def add(self, content: str) -> Posted:
+        """Post a continuation message."""
+
+    async def add_file(self, content: str, file: discord.File) -> None:
+        """Post a message with a file attached."""
+
+
+class MessageSurface:
+    """A prefix command's answer: a reply to the command message, then edits of it."""
+
+    def __init__(self, ctx: VisionContext) -> None:
+        self.ctx = ctx
+        self.main: discord.Message | None = None
+        self.budget_keys = (("channel", ctx.channel.id),)
+
+    def _reference(self) -> discord.MessageReference:
+        # If the command message is gone by now, post without the reply arrow instead of failing.
+        return self.ctx.message.to_reference(fail_if_not_exists=False)
+
+    async def acknowledge(self) -> None:
+        self.main = await self.ctx.send(WORKING_TEXT, reference=self._reference(), mention_author=False)
+
+    async def show(self, content: str, *, private: bool) -> None:
+        if self.main is None:
+            self.main = await self.ctx.send(content, reference=self._reference(), mention_author=False)
+        else:
+            self.main = await self.main.edit(content=content)
+
+    async def add(self, content: str) -> Posted:
+        return await self.ctx.send(content)
+
+    async def add_file(self, content: str, file: discord.File) -> None:
+        await self.ctx.send(content, file=file)
+
+
+class InteractionSurface:
+    """A slash command's or menu's answer: the deferred response, then follow-ups.
+
+    A public answer still running when the interaction token is about to expire moves to an
+    ordinary channel message (:meth:`hand_over`); a private one cannot, so jobs bound its time.
+    """
+
+    def __init__(self, interaction: discord.Interaction, *, ephemeral: bool) -> None:
+        self.interaction = interaction
+        self.ephemeral = ephemeral
+        self.channel_message: discord.Message | None = None
+        self.handed_over = False
+        keys: list[Hashable] = [("interaction", interaction.id)]
+        if not ephemeral:
+            keys.append(("channel", interaction.channel_id))
+        self.budget_keys = tuple(keys)
+
+    @property
+    def expires_at(self) -> datetime.datetime:
+        return self.interaction.created_at + datetime.timedelta(seconds=INTERACTION_TOKEN_S)
+
+    def seconds_left(self) -> float:
+        """Seconds until the response can no longer be edited, less the hand-over margin."""
+        left = (self.expires_at - discord.utils.utcnow()).total_seconds()
+        return left - HANDOVER_MARGIN_S
+
+    def can_hand_over(self) -> bool:
+        return not self.ephemeral and not self.handed_over and self.interaction.response.is_done()
+
+    async def hand_over(self) -> None:
+        """Say the answer continues below; from now on the answer is an ordinary channel message."""
+        await self.interaction.edit_original_response(content=HANDED_OVER_TEXT)
+        self.handed_over = True
+
+    async def acknowledge(self) -> None:
+        await self.interaction.response.defer(thinking=True, ephemeral=self.ephemeral)
+
+    async def show(self, content: str, *, private: bool) -> None:
+        if not self.interaction.response.is_done():
+            await self.interaction.response.send_message(content, ephemeral=private or self.ephemeral)
+        elif not self.handed_over:
+            await self.interaction.edit_original_response(content=content)
+        elif self.channel_message is None:
+            self.channel_message = await self._channel().send(content)
+        else:
+            self.channel_message = await self.channel_message.edit(content=content)
+
+    async def add(self, content: str) -> Posted:
+        if self.handed_over:
+            return await self._channel().send(content)
+        return await self.interaction.followup.send(content, ephemeral=self.ephemeral, wait=True)
+
+    async def add_file(self, content: str, file: discord.File) -> None:
+        if self.handed_over:
+            await self._channel().send(content, file=file)
+        else:
+            await self.interaction.followup.send(content, file=file, ephemeral=self.ephemeral)
+
+    def _channel(self) -> discord.abc.Messageable:
+        channel = self.interaction.channel
+        if channel is None:  # pragma: no cover - Discord always sends the channel for commands
+            raise ReplyGone("the interaction has no channel")
+        return channel  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- calling Discord
+
+
+def _is_permanent(error: discord.HTTPException) -> bool:
+    # Deleted message or webhook, expired token, permission removed, bad request: trying again
+    # cannot help.
+    return error.status is not None and 400 <= error.status < 500 and error.status != 429
+
+
+def _retry_delay(error: BaseException, attempt: int) -> float:
+    """The wait Discord asked for (``retry_after`` or ``Retry-After``), else a short back-off."""
+    delay = getattr(error, "retry_after", None)
+    if delay is None:
+        headers = getattr(getattr(error, "response", None), "headers", None) or {}
+        with contextlib.suppress(TypeError, ValueError):
+            delay = float(headers.get("Retry-After"))
+    if delay is None:
+        delay = 0.5 * 2**attempt
+    return min(max(float(delay), 0.0), MAX_RETRY_DELAY_S)
+
+
+async def call_discord(call: Callable[[], Awaitable[object]], *, attempts: int) -> bool:
+    """Make one Discord call; True if it went through, False if it was given up as transient.
+
+    429 and 5xx are retried (up to ``attempts`` tries in all) after the delay Discord gives.
+    A permanent failure raises :class:`ReplyGone`.
+    """
+    for attempt in range(attempts):
+        try:
+            await call()
+            return True
+        except discord.RateLimited as error:
+            failure: BaseException = error
+        except discord.HTTPException as error:
+            if _is_permanent(error):
+                raise ReplyGone(f"{error.status} {error.text or ''}".strip()) from error
+            failure = error
+        if attempt + 1 < attempts:
+            await asyncio.sleep(_retry_delay(failure, attempt))
+    log.info("Gave up a Discord call after %d tries: %s", attempts, failure)
+    return False
+
+
+# ---------------------------------------------------------------- the reply
+
+
+class Reply:
+    """One job's messages, from the acknowledgement to exactly one final state."""
+
+    def __init__(
+        self,
+        surface: Surface,
+        budgets: list[EditBudget],
+        *,
+        code_block: bool = False,
+        interval_s: float = EDIT_INTERVAL_S,
+        clock: Callable[[], float] = _monotonic,
+        on_closed: Callable[[Reply], None] | None = None,
+    ) -> None:
+        self.surface = surface
+        self.budgets = budgets
+        self.code_block = code_block
+        self.interval_s = interval_s
+        self.clock = clock
+        self.on_closed = on_closed
+        self.outcome: Outcome | None = None
+        self.delivered = False  # the final state reached Discord
+        self.closed = asyncio.Event()
+        self.previews_skipped = 0
+        self._closing = False
+        self._gone = False
+        self._answering = False
+        self._lock = asyncio.Lock()
+        self._shown: list[str] = [""]  # what each message says; [0] is the main one
+        self._added: list[Posted] = []
+        self._last_preview: float | None = None
+        self._position_shown: int | None = None
+        self._position_wanted: int | None = None
+        self._position_task: asyncio.Task | None = None
+        self._handover: asyncio.TimerHandle | None = None
+
+    @property
+    def open(self) -> bool:
+        return not self._closing
+
+    # -- before the answer ---------------------------------------------------------------------
+    async def acknowledge(self) -> None:
+        async with self._lock:
+            if self._closing:
+                return
+            self._spend(1)
+            if not await self._call(self.surface.acknowledge, final=True):
+                raise ReplyGone("Discord did not take the acknowledgement")
+        if isinstance(self.surface, InteractionSurface) and self.surface.can_hand_over():
+            loop = asyncio.get_running_loop()
+            delay = max(self.surface.seconds_left(), 0.0)
+            self._handover = loop.call_later(delay, self._hand_over_soon)
+
+    def place_in_line(self, position: int) -> None:
+        """The engine's callback: ``position`` >= 1 while waiting, 0 once the answer starts."""
+        if position < 1:
+            self._answering = True
+            return
+        if self._closing or self._gone or self._answering:
+            return
+        self._position_wanted = position
+        if self._position_task is None or self._position_task.done():
+            self._position_task = asyncio.get_running_loop().create_task(self._show_place_in_line())
+
+    async def _show_place_in_line(self) -> None:
+        while not self._answering and self._position_wanted != self._position_shown:
+            position = self._position_wanted
+            try:
+                shown = await self._preview([QUEUE_TEXT.format(position=position)])
+            except ReplyGone:
+                return
+            if not shown:
+                return  # too soon or over budget: the next change (or the answer) shows it
+            self._position_shown = position
+
+    # -- the answer ----------------------------------------------------------------------------
+    async def stream(self, pieces: AsyncIterator[str]) -> str:
+        """Show text as it arrives (previews as the budgets allow), then the final answer.
+
+        The piece iterator is always closed, so a reply that can no longer be shown also stops
+        the generation behind it. Returns the whole answer.
+        """
+        text = ""
+        async with aclosing(pieces) if hasattr(pieces, "aclose") else nullcontext(pieces) as stream:
+            async for piece in stream:
+                if not piece:
+                    continue
+                text += piece
+                if not self._answering or self._last_preview is None:
+                    # The first preview waits one interval: a quick answer goes out in one edit.
+                    self._answering = True
+                    self._last_preview = self.clock()
+                if text.strip() and self._preview_due():
+                    await self._preview(format_answer(text, code_block=self.code_block)[:MAX_MESSAGE_PARTS])
+        await self.answer(text)
+        return text
+
+    async def answer(self, text: str) -> None:
+        """The final state: the whole answer, in up to four messages or as a text file."""
+        parts = format_answer(text, code_block=self.code_block)
+        if len(parts) <= MAX_MESSAGE_PARTS:
+            await self._finish(Outcome.ANSWER, parts)
+        else:
+            await self._finish(Outcome.ANSWER, [FILE_TEXT.format(length=len(text))], file_text=text)
+
+    async def finish(self, outcome: Outcome, text: str, *, private: bool = True) -> None:
+        """A final state other than the answer; its continuation messages are removed.
+
+        ``private``: when nothing was shown yet, only the person sees it (where Discord allows).
+        """
+        await self._finish(outcome, [text], private=private)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _preview_due(self) -> bool:
+        return self._last_preview is None or self.clock() - self._last_preview >= self.interval_s
+
+    def _spend(self, calls: int) -> None:
+        for budget in self.budgets:
+            budget.spend(calls)
+
+    async def _preview(self, parts: list[str]) -> bool:
+        """Show an intermediate state if this reply's interval and the budgets allow; else skip it."""
+        if self._closing or self._gone or not self._preview_due():
+            return False
+        async with self._lock:
+            if self._closing or self._gone:
+                return False
+            calls = self._calls_needed(parts)
+            if calls == 0:
+                return True
+            if any(budget.available() < calls for budget in self.budgets):
+                self.previews_skipped += 1
+                return False
+            self._spend(calls)
+            self._last_preview = self.clock()
+            return await self._show_parts(parts, final=False)
+
+    def _calls_needed(self, parts: list[str]) -> int:
+        shown = self._shown
+        changed = sum(1 for index, part in enumerate(parts) if index >= len(shown) or part != shown[index])
+        return changed + max(len(self._shown) - max(len(parts), 1), 0)
+
+    async def _finish(
+        self, outcome: Outcome, parts: list[str], *, file_text: str | None = None, private: bool = True
+    ) -> None:
+        if self._closing:
+            return  # the final state is written once
+        self._closing = True
+        if self._handover is not None:
+            self._handover.cancel()
+        if self._position_task is not None:
+            await asyncio.gather(self._position_task, return_exceptions=True)
+        try:
+            async with self._lock:
+                self.outcome = outcome
+                if self._gone:
+                    return
+                if isinstance(self.surface, InteractionSurface) and self._handover_due():
+                    await self._hand_over()
+                if file_text is not None:
+                    await self._remove_from(1, final=True)
+                    await self._show_parts(parts, final=True)
+                    self._spend(1)
+                    file = discord.File(io.BytesIO(file_text.encode("utf-8")), filename=ANSWER_FILENAME)
+                    await self._call(lambda: self.surface.add_file("", file), final=True)
+                else:
+                    self.delivered = await self._show_parts(parts, final=True, private=private)
+                    return
+                self.delivered = True
+        except ReplyGone as gone:
+            log.info("A reply could not be finished (%s); its output ends here", gone)
+        finally:
+            self.closed.set()
+            if self.on_closed is not None:
+                self.on_closed(self)
+
+    async def _show_parts(self, parts: list[str], *, final: bool, private: bool = True) -> bool:
+        """Make the messages say ``parts``: edit those that differ, post new ones, remove extra ones.
+
+        True if every part is showing; a preview call that failed for now leaves its message as it was.
+        """
+        shown_all = True
+        for index, part in enumerate(parts):
+            if index < len(self._shown) and part == self._shown[index]:
+                continue
+            if final:
+                self._spend(1)
+            if index < len(self._shown):
+                shown_all &= await self._set_part(index, part, final=final, private=private)
+            elif not await self._add_part(part, final=final):
+                shown_all = False
+                break
+        await self._remove_from(max(len(parts), 1), final=final)
+        return shown_all
+
+    async def _set_part(self, index: int, part: str, *, final: bool, private: bool) -> bool:
+        if index == 0:
+            done = await self._call(lambda: self.surface.show(part, private=private), final=final)
+        else:
+            done = await self._call(lambda: self._added[index - 1].edit(content=part), final=final)
+        if done:
+            self._shown[index] = part
+        return done
+
+    async def _add_part(self, part: str, *, final: bool) -> bool:
+        posted: list[Posted] = []
+
+        async def add() -> None:
+            posted.append(await self.surface.add(part))
+
+        if not await self._call(add, final=final):
+            return False
+        self._added.append(posted[0])
+        self._shown.append(part)
+        return True
+
+    async def _remove_from(self, count: int, *, final: bool) -> None:
+        while len(self._shown) > count:
+            message = self._added.pop()
+            self._shown.pop()
+            if final:
+                self._spend(1)
+            with contextlib.suppress(ReplyGone):  # already deleted by someone: nothing to remove
+                await self._call(message.delete, final=final, deleting=True)
+
+    async def _call(
+        self, call: Callable[[], Awaitable[object]], *, final: bool, deleting: bool = False
+    ) -> bool:
+        try:
+            return await call_discord(call, attempts=FINAL_ATTEMPTS if final else 1)
+        except ReplyGone:
+            if not deleting:
+                self._gone = True
+            raise
+
+    # -- the interaction token's end -------------------------------------------------------------
+    def _handover_due(self) -> bool:
+        surface = self.surface
+        if not isinstance(surface, InteractionSurface):
+            return False
+        return surface.can_hand_over() and surface.seconds_left() <= 0
+
+    def _hand_over_soon(self) -> None:
+        if not self._closing:
+            asyncio.get_running_loop().create_task(self._hand_over_now())
+
+    async def _hand_over_now(self) -> None:
+        async with self._lock:
+            if self._closing or self._gone or not self._handover_due():
+                return
+            shown = list(self._shown)
+            try:
+                await self._hand_over()
+                if any(shown):
+                    await self._show_parts(shown, final=True)
+            except ReplyGone:
+                log.info("A reply could not move to a channel message")
+
+    async def _hand_over(self) -> None:
+        """Before the token expires: continuations go, the response points below, a new message takes over."""
+        assert isinstance(self.surface, InteractionSurface)
+        await self._remove_from(1, final=True)
+        self._spend(1)
+        await self._call(self.surface.hand_over, final=True)
+        self._shown = [""]
+        log.info("An answer outlived its interaction token and continues as a channel message")
+
+
+# ---------------------------------------------------------------- all replies of the bot
+
+
+REPLY_KEY = "vision_reply"
+
+
+class Replies:
+    """Makes each job's :class:`Reply` (one per interaction or command), with shared edit budgets.
+
+    Keeps the open ones, so shutdown can wait for their final states.
+    """
+
+    def __init__(self, clock: Callable[[], float] = _monotonic) -> None:
+        self.clock = clock
+        self.budgets = EditBudgets(clock)
+        self.open: set[Reply] = set()
+
+    def _make(self, surface: Surface, *, code_block: bool) -> Reply:
+        reply = Reply(
+            surface,
+            [self.budgets.get(key) for key in surface.budget_keys],
+            code_block=code_block,
+            clock=self.clock,
+            on_closed=self.open.discard,
+        )
+        self.open.add(reply)
+        return reply
+
+    def for_interaction(
+        self, interaction: discord.Interaction, *, ephemeral: bool = False, code_block: bool = False
+    ) -> Reply:
+        reply = interaction.extras.get(REPLY_KEY)
+        if reply is None:
+            reply = interaction.extras[REPLY_KEY] = self._make(
+                InteractionSurface(interaction, ephemeral=ephemeral), code_block=code_block
+            )
+        return reply
+
+    def for_context(self, ctx: VisionContext, *, code_block: bool = False) -> Reply:
+        if ctx.reply_state is None:
+            ctx.reply_state = self._make(MessageSurface(ctx), code_block=code_block)
+        return ctx.reply_state
+
+    async def close_all(self, text: str, *, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) for open replies to end; end those still open as stopped."""
+        waiting = [asyncio.ensure_future(reply.closed.wait()) for reply in self.open]
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=timeout_s)
+            for future in pending:
+                future.cancel()
+        left = list(self.open)
+        if left:
+            log.info("Ending %d open answers as stopped", len(left))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.gather(*(reply.finish(Outcome.STOPPED, text) for reply in left))

@@ -1,4 +1,4 @@
-"""Test doubles for the inference engine, the model runner and the CDN download. Never imported by product code."""
+"""Test doubles: the inference engine, the model runner, the CDN download. Never imported by product code."""
 
 from __future__ import annotations
 

@@ -205,6 +205,9 @@ class SilentSurface:
     async def add_file(self, content: str, file: object) -> None:
         pass
 
+    async def delete_main(self) -> None:
+        pass
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Workload

@@ -157,6 +157,9 @@ class Surface(Protocol):
     async def add_file(self, content: str, file: discord.File) -> None:
         """Post a message with a file attached."""
 
+    async def delete_main(self) -> None:
+        """Remove the main message (a reply that cannot be finished leaves no half answer)."""
+
 
 class MessageSurface:
     """A prefix command's answer: a reply to the command message, then edits of it."""
@@ -184,6 +187,10 @@ class MessageSurface:
 
     async def add_file(self, content: str, file: discord.File) -> None:
         await self.ctx.send(content, file=file)
+
+    async def delete_main(self) -> None:
+        if self.main is not None:
+            await self.main.delete()
 
 
 class InteractionSurface:
@@ -243,6 +250,12 @@ class InteractionSurface:
             await self._channel().send(content, file=file)
         else:
             await self.interaction.followup.send(content, file=file, ephemeral=self.ephemeral)
+
+    async def delete_main(self) -> None:
+        if self.channel_message is not None:
+            await self.channel_message.delete()
+        elif self.interaction.response.is_done() and not self.handed_over:
+            await self.interaction.delete_original_response()
 
     def _channel(self) -> discord.abc.Messageable:
         channel = self.interaction.channel
@@ -323,6 +336,7 @@ class Reply:
         self._closing = False
         self._gone = False
         self._answering = False
+        self._acknowledged = False
         self._lock = asyncio.Lock()
         self._shown: list[str] = [""]  # what each message says; [0] is the main one
         self._added: list[Posted] = []
@@ -344,6 +358,7 @@ class Reply:
             self._spend(1)
             if not await self._call(self.surface.acknowledge, final=True):
                 raise ReplyGone("Discord did not take the acknowledgement")
+            self._acknowledged = True
         if isinstance(self.surface, InteractionSurface) and self.surface.can_hand_over():
             loop = asyncio.get_running_loop()
             delay = max(self.surface.seconds_left(), 0.0)
@@ -452,6 +467,7 @@ class Reply:
             async with self._lock:
                 self.outcome = outcome
                 if self._gone:
+                    await self._remove_what_is_left()
                     return
                 if isinstance(self.surface, InteractionSurface) and self._handover_due():
                     await self._hand_over()
@@ -471,6 +487,19 @@ class Reply:
             self.closed.set()
             if self.on_closed is not None:
                 self.on_closed(self)
+
+    async def _remove_what_is_left(self) -> None:
+        """Best effort, for a reply that cannot be edited any more: delete the messages it shows.
+
+        Deleting its own messages needs no permission, so a half answer goes even when the bot may no
+        longer edit; a message someone already deleted is simply not there.
+        """
+        if not (self._acknowledged or any(self._shown)):
+            return
+        with contextlib.suppress(ReplyGone):
+            await self._remove_from(1, final=True)
+        with contextlib.suppress(ReplyGone):
+            await self._call(self.surface.delete_main, final=True, deleting=True)
 
     async def _show_parts(self, parts: list[str], *, final: bool, private: bool = True) -> bool:
         """Make the messages say ``parts``: edit those that differ, post new ones, remove extra ones.

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from inference import Request, Result
-from inference.errors import SHUTTING_DOWN_TEXT, EngineStopping
+from inference import EngineBusy, Request, Result
+from inference.errors import BUSY_TEXT, SHUTTING_DOWN_TEXT, EngineStopping
 
 DEFAULT_ANSWER = "A small red square on a white background."
 
@@ -103,12 +103,8 @@ class FakeEngine:
         self._raise_if_stopped()
         self.requests.append(request)
         answer = self._next_answer()
+        await self._enter(on_position)
         try:
-            for position in self.places_in_line if on_position is not None else []:
-                on_position(position)
-                await asyncio.sleep(0)
-            if self._hold_after == 0:
-                await self._wait_if_held()  # still in line while held
             if on_position is not None:
                 on_position(0)
             if isinstance(answer, BaseException):
@@ -118,19 +114,110 @@ class FakeEngine:
             for count, index in enumerate(range(0, len(text), self.piece_size)):
                 if count and count == self._hold_after:
                     await self._wait_if_held()
-                await asyncio.sleep(0)
+                await self._between_pieces()
                 self._raise_if_stopped()
                 yield text[index : index + self.piece_size]
             if isinstance(answer, Interrupted):
                 raise answer.error
         finally:
             self.closed_streams += 1
+            self._leave()
+
+    async def _enter(self, on_position: Callable[[int], None] | None) -> None:
+        """Before answering: the scripted places in line, then the hold (if any)."""
+        for position in self.places_in_line if on_position is not None else []:
+            on_position(position)
+            await asyncio.sleep(0)
+        if self._hold_after == 0:
+            await self._wait_if_held()  # still in line while held
+
+    async def _between_pieces(self) -> None:
+        await asyncio.sleep(0)
+
+    def _leave(self) -> None:
+        pass
 
     async def generate(self, request: Request) -> Result:
         started = time.perf_counter()
         pieces = [piece async for piece in self.stream(request)]
         text = "".join(pieces)
         return Result(text=text, new_tokens=len(pieces), seconds=time.perf_counter() - started)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    woken: asyncio.Event
+    on_position: Callable[[int], None] | None
+    position: int = 0
+
+
+class SlottedFakeEngine(FakeEngine):
+    """A :class:`FakeEngine` that answers ``slots`` requests at once, like the real engine's batch.
+
+    The others wait in line and are told their places as the line moves; past ``max_waiting``
+    a request is refused as busy. Each piece takes ``piece_delay_s`` of simcord's virtual time,
+    so answers stream while the test advances the clock.
+    """
+
+    def __init__(self, env: Any, *, slots: int = 8, max_waiting: int = 64, piece_delay_s: float = 0.25, **kw):
+        super().__init__(**kw)
+        self.env = env
+        self.slots = slots
+        self.max_waiting = max_waiting
+        self.piece_delay_s = piece_delay_s
+        self.running = 0
+        self.line: list[_Waiter] = []
+        self.busy_refusals = 0
+
+    async def _enter(self, on_position: Callable[[int], None] | None) -> None:
+        if self.running < self.slots:
+            self.running += 1
+            return
+        if len(self.line) >= self.max_waiting:
+            self.busy_refusals += 1
+            raise EngineBusy(BUSY_TEXT)
+        waiter = _Waiter(asyncio.Event(), on_position)
+        self.line.append(waiter)
+        self._announce()
+        try:
+            await self.env.external_wait(waiter.woken.wait(), reason="waiting in the fake engine's line")
+        except BaseException:
+            if waiter in self.line:
+                self.line.remove(waiter)
+                self._announce()
+            else:
+                self._leave()  # woken and given a slot at the moment it was cancelled
+            raise
+        self._raise_if_stopped()  # the slot it was given is freed by _leave
+
+    async def _between_pieces(self) -> None:
+        await asyncio.sleep(self.piece_delay_s)
+
+    def _leave(self) -> None:
+        if self.line and not self._is_stopping():
+            waiter = self.line.pop(0)  # the slot passes to the first in line
+            waiter.woken.set()
+            self._announce()
+        else:
+            self.running -= 1
+
+    def _is_stopping(self) -> bool:
+        return self._stopping is not None and self._stopping.is_set()
+
+    def _announce(self) -> None:
+        if self._is_stopping():
+            return
+        for index, waiter in enumerate(self.line, start=1):
+            if waiter.position != index:
+                waiter.position = index
+                if waiter.on_position is not None:
+                    waiter.on_position(index)
+
+    async def stop(self) -> None:
+        self._stop_event().set()
+        for waiter in self.line:
+            waiter.woken.set()
+        await super().stop()
 
 
 class ScriptedRunner:

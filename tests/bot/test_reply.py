@@ -81,6 +81,9 @@ class RecordingSurface:
         await self.record("file", file.filename)
         self.files.append(file.fp.read())
 
+    async def delete_main(self) -> None:
+        await self.record("delete 0", "")
+
 
 class Clock:
     def __init__(self) -> None:
@@ -332,6 +335,7 @@ async def test_a_deleted_message_or_a_removed_permission_ends_the_output_quietly
     await reply.finish(Outcome.STOPPED, "Stopped.")
     assert reply.outcome is Outcome.STOPPED and not reply.delivered
     assert ("show", "Stopped.") not in surface.events  # nothing more is sent to a gone message
+    assert surface.events[-1] == ("delete 0", "")  # the half answer is removed where it still shows
 
 
 async def test_a_continuation_someone_deleted_does_not_stop_the_final_state():

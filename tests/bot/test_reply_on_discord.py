@@ -98,13 +98,16 @@ async def test_a_permission_removed_mid_answer_ends_that_answer_only(world, fake
     assert fake_engine.closed_streams == 1
     assert world.env.errors == []
     assert world.env.bot.limiter.total_active == 0
+    assert bot_messages(world.channel) == []  # the half answer it could no longer edit was deleted
     other = world.guild.create_text_channel("other")
     await world.member.send(other, "!describe", attachments=[PNG])
     assert bot_messages(other)[-1].content == fake_engine.default_answer
 
 
 async def test_a_rate_limited_final_edit_is_retried(world, fake_engine):
-    world.env.inject_error("PATCH", "/channels/*/messages/*", status=429, message="You are being rate limited.")
+    world.env.inject_error(
+        "PATCH", "/channels/*/messages/*", status=429, message="You are being rate limited."
+    )
     await world.member.send(world.channel, "!describe", attachments=[PNG])
     await world.env.advance_time(2)  # the back-off before the second try
     await world.env.settle()

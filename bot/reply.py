@@ -23,7 +23,9 @@ import asyncio
 import contextlib
 import datetime
 import enum
+import heapq
 import io
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -83,7 +85,11 @@ def _monotonic() -> float:
 
 @dataclass
 class EditBudget:
-    """A token bucket: ``burst`` calls at once, refilled at ``per_s``; finals may run it into debt."""
+    """A token bucket: ``burst`` calls at once, refilled at ``per_s``; finals may run it into debt.
+
+    Previews need a token each and are skipped without one; acknowledgements and final states
+    always go out and may take it below zero, so previews pause until the budget recovers.
+    """
 
     per_s: float
     burst: int
@@ -105,8 +111,9 @@ class EditBudget:
         return self.tokens
 
     def spend(self, calls: int = 1) -> None:
+        """Count calls made. The debt stops at one burst: Discord itself makes calls past that wait."""
         self._refill()
-        self.tokens -= calls
+        self.tokens = max(self.tokens - calls, -float(self.burst))
 
 
 class EditBudgets:
@@ -331,6 +338,7 @@ class Reply:
         self.on_closed = on_closed
         self.outcome: Outcome | None = None
         self.delivered = False  # the final state reached Discord
+        self.final_parts: list[str] = []  # the texts of the final state's messages
         self.closed = asyncio.Event()
         self.previews_skipped = 0
         self._closing = False
@@ -344,25 +352,35 @@ class Reply:
         self._position_shown: int | None = None
         self._position_wanted: int | None = None
         self._position_task: asyncio.Task | None = None
-        self._handover: asyncio.TimerHandle | None = None
+        # Told (reply, loop time) when a public interaction answer must move to a channel message.
+        self.on_handover_due: Callable[[Reply, float], None] | None = None
 
     @property
     def open(self) -> bool:
         return not self._closing
+
+    @property
+    def answering(self) -> bool:
+        """The answer has started (its text is streaming, or the engine said it is being answered)."""
+        return self._answering
 
     # -- before the answer ---------------------------------------------------------------------
     async def acknowledge(self) -> None:
         async with self._lock:
             if self._closing:
                 return
-            self._spend(1)
+            if not isinstance(self.surface, InteractionSurface):  # a deferral is no channel message
+                self._spend(1)
             if not await self._call(self.surface.acknowledge, final=True):
                 raise ReplyGone("Discord did not take the acknowledgement")
             self._acknowledged = True
-        if isinstance(self.surface, InteractionSurface) and self.surface.can_hand_over():
-            loop = asyncio.get_running_loop()
-            delay = max(self.surface.seconds_left(), 0.0)
-            self._handover = loop.call_later(delay, self._hand_over_soon)
+        surface = self.surface
+        if (
+            self.on_handover_due is not None
+            and isinstance(surface, InteractionSurface)
+            and surface.can_hand_over()
+        ):
+            self.on_handover_due(self, asyncio.get_running_loop().time() + surface.seconds_left())
 
     def place_in_line(self, position: int) -> None:
         """The engine's callback: ``position`` >= 1 while waiting, 0 once the answer starts."""
@@ -459,13 +477,12 @@ class Reply:
         if self._closing:
             return  # the final state is written once
         self._closing = True
-        if self._handover is not None:
-            self._handover.cancel()
         if self._position_task is not None:
             await asyncio.gather(self._position_task, return_exceptions=True)
         try:
             async with self._lock:
                 self.outcome = outcome
+                self.final_parts = list(parts)
                 if self._gone:
                     await self._remove_what_is_left()
                     return
@@ -567,11 +584,8 @@ class Reply:
             return False
         return surface.can_hand_over() and surface.seconds_left() <= 0
 
-    def _hand_over_soon(self) -> None:
-        if not self._closing:
-            asyncio.get_running_loop().create_task(self._hand_over_now())
-
-    async def _hand_over_now(self) -> None:
+    async def hand_over_if_due(self) -> None:
+        """Move a public interaction answer to a channel message if its token is about to expire."""
         async with self._lock:
             if self._closing or self._gone or not self._handover_due():
                 return
@@ -609,6 +623,10 @@ class Replies:
         self.clock = clock
         self.budgets = EditBudgets(clock)
         self.open: set[Reply] = set()
+        # One timer for all hand-overs (the soonest), rather than one per reply.
+        self._handovers: list[tuple[float, int, Reply]] = []
+        self._handover_timer: asyncio.TimerHandle | None = None
+        self._handover_ids = itertools.count()
 
     def _make(self, surface: Surface, *, code_block: bool) -> Reply:
         reply = Reply(
@@ -618,8 +636,32 @@ class Replies:
             clock=self.clock,
             on_closed=self.open.discard,
         )
+        reply.on_handover_due = self._watch_handover
         self.open.add(reply)
         return reply
+
+    def _watch_handover(self, reply: Reply, when: float) -> None:
+        heapq.heappush(self._handovers, (when, next(self._handover_ids), reply))
+        self._arm_handover_timer()
+
+    def _arm_handover_timer(self) -> None:
+        while self._handovers and not self._handovers[0][2].open:
+            heapq.heappop(self._handovers)  # finished long ago
+        if self._handover_timer is not None:
+            self._handover_timer.cancel()
+            self._handover_timer = None
+        if self._handovers:
+            loop = asyncio.get_running_loop()
+            self._handover_timer = loop.call_at(self._handovers[0][0], self._handovers_due)
+
+    def _handovers_due(self) -> None:
+        self._handover_timer = None
+        loop = asyncio.get_running_loop()
+        while self._handovers and self._handovers[0][0] <= loop.time():
+            _, _, reply = heapq.heappop(self._handovers)
+            if reply.open:
+                loop.create_task(reply.hand_over_if_due())
+        self._arm_handover_timer()
 
     def for_interaction(
         self, interaction: discord.Interaction, *, ephemeral: bool = False, code_block: bool = False

@@ -103,7 +103,8 @@ class FakeEngine:
         self._raise_if_stopped()
         self.requests.append(request)
         answer = self._next_answer()
-        await self._enter(on_position)
+        token = object()  # this stream, for the hooks below
+        await self._enter(on_position, token)
         try:
             if on_position is not None:
                 on_position(0)
@@ -114,16 +115,16 @@ class FakeEngine:
             for count, index in enumerate(range(0, len(text), self.piece_size)):
                 if count and count == self._hold_after:
                     await self._wait_if_held()
-                await self._between_pieces()
+                await self._between_pieces(token)
                 self._raise_if_stopped()
                 yield text[index : index + self.piece_size]
             if isinstance(answer, Interrupted):
                 raise answer.error
         finally:
             self.closed_streams += 1
-            self._leave()
+            self._leave(token)
 
-    async def _enter(self, on_position: Callable[[int], None] | None) -> None:
+    async def _enter(self, on_position: Callable[[int], None] | None, token: object) -> None:
         """Before answering: the scripted places in line, then the hold (if any)."""
         for position in self.places_in_line if on_position is not None else []:
             on_position(position)
@@ -131,10 +132,10 @@ class FakeEngine:
         if self._hold_after == 0:
             await self._wait_if_held()  # still in line while held
 
-    async def _between_pieces(self) -> None:
+    async def _between_pieces(self, token: object) -> None:
         await asyncio.sleep(0)
 
-    def _leave(self) -> None:
+    def _leave(self, token: object) -> None:
         pass
 
     async def generate(self, request: Request) -> Result:
@@ -168,10 +169,24 @@ class SlottedFakeEngine(FakeEngine):
         self.running = 0
         self.line: list[_Waiter] = []
         self.busy_refusals = 0
+        self._answering: set[object] = set()
+        self._doomed: set[object] = set()
+        self._doom: BaseException | None = None
 
-    async def _enter(self, on_position: Callable[[int], None] | None) -> None:
+    def fail_running(self, error: BaseException) -> int:
+        """Every answer running now fails with ``error`` at its next piece (e.g. out of memory)."""
+        self._doomed, self._doom = set(self._answering), error
+        return len(self._doomed)
+
+    async def _enter(self, on_position: Callable[[int], None] | None, token: object) -> None:
         if self.running < self.slots:
             self.running += 1
+            self._answering.add(token)
+            try:
+                await self._wait_if_held()  # (:meth:`hold`) the answer waits for the test
+            except BaseException:
+                self._leave(token)
+                raise
             return
         if len(self.line) >= self.max_waiting:
             self.busy_refusals += 1
@@ -186,14 +201,19 @@ class SlottedFakeEngine(FakeEngine):
                 self.line.remove(waiter)
                 self._announce()
             else:
-                self._leave()  # woken and given a slot at the moment it was cancelled
+                self._leave(token)  # woken and given a slot at the moment it was cancelled
             raise
+        self._answering.add(token)
         self._raise_if_stopped()  # the slot it was given is freed by _leave
 
-    async def _between_pieces(self) -> None:
+    async def _between_pieces(self, token: object) -> None:
         await asyncio.sleep(self.piece_delay_s)
+        if token in self._doomed and self._doom is not None:
+            self._doomed.discard(token)
+            raise self._doom
 
-    def _leave(self) -> None:
+    def _leave(self, token: object) -> None:
+        self._answering.discard(token)
         if self.line and not self._is_stopping():
             waiter = self.line.pop(0)  # the slot passes to the first in line
             waiter.woken.set()

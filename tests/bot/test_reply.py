@@ -277,8 +277,11 @@ async def test_an_edit_budget_refills_at_its_rate():
     clock.now = 1.0
     assert budget.available() == 2
     budget.spend(5)  # a final state may go into debt
+    assert budget.available() == -3
+    budget.spend(50)
+    assert budget.available() == -3  # but no deeper than one burst
     clock.now = 10.0
-    assert budget.available() == 3  # never above the burst
+    assert budget.available() == 3  # and never above the burst
 
 
 # ---------------------------------------------------------------- Discord's failures

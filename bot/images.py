@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -105,7 +106,9 @@ def decode_image(data: bytes, filename: str, *, max_pixels: int) -> Image.Image:
     flattened onto white. Animated images give their first frame.
     """
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        with warnings.catch_warnings():  # our own pixel limit, below, decides; no warning in the log
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError:
         raise ImageRejected(filename, "it has far too many pixels to open safely") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):

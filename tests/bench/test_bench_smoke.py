@@ -20,6 +20,20 @@ RUNS = {
         {"engine", "idle"},
     ),
     "throughput.py": (["--tiny", "--levels", "1,2", "--max-new-tokens", "2"], {"levels", "speedup_by_level"}),
+    "load.py": (
+        ["--people", "6", "--requests", "12", "--channels", "2"],
+        {
+            "requests",
+            "answered",
+            "refused",
+            "failed",
+            "stopped",
+            "lost",
+            "stale",
+            "discord_calls_per_channel",
+            "wall_s",
+        },
+    ),
     "step_profile.py": (
         ["--tiny", "--batch-sizes", "1,2", "--steps", "2"],
         {"runner", "plain_forward_batch1_step_ms"},

@@ -5,7 +5,7 @@ VENV ?= .venv
 EXTRAS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench-tiny bench-serving bench-gpu clean
+.PHONY: run test test-transformers-lowest bench-tiny bench-serving bench-load bench-gpu clean
 
 $(VENV)/.installed-run$(EXTRAS): pyproject.toml scripts/setup-venv.sh
 	bash scripts/setup-venv.sh $(VENV) $(EXTRAS)
@@ -23,6 +23,11 @@ run: $(VENV)/.installed-run$(EXTRAS)
 test: $(VENV)/.installed-dev$(EXTRAS)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The tests that touch transformers, again with the lowest release pyproject.toml allows (CI runs both)
+TRANSFORMERS_LOWEST := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+test-transformers-lowest: $(VENV)/.installed-dev$(EXTRAS)
+	bash scripts/test-transformers.sh $(TRANSFORMERS_LOWEST) $(VENV)
+
 bench-tiny: $(VENV)/.installed-dev
 	$(PY) bench/engine.py --tiny
 
@@ -30,9 +35,13 @@ bench-serving: $(VENV)/.installed-dev
 	$(PY) bench/loop_lag.py
 	$(PY) bench/throughput.py
 
+# Many people with faults injected, through simcord (no model): what each person ends up seeing
+bench-load: $(VENV)/.installed-dev
+	$(PY) bench/load.py
+
 # Every GPU benchmark (real size), each under a time limit; outputs in bench-results/ (see bench/RESULTS.md)
 bench-gpu: $(VENV)/.installed-dev$(EXTRAS)
 	PYTHON=$(PY) bash bench/gpu_suite.sh bench-results
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-transformers-* .pytest_cache

@@ -45,9 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--people", type=int, default=100, help="members sending requests")
     parser.add_argument("--requests", type=int, default=500, help="requests in the burst")
     parser.add_argument("--channels", type=int, default=5, help="channels they are spread over")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed: answer lengths, who deletes what"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="seed: answer lengths, who deletes what")
     parser.add_argument("--max-waiting", type=int, default=200, help="the fake engine's line (then: busy)")
     args = parser.parse_args(argv)
     if min(args.people, args.requests, args.channels) < 1:

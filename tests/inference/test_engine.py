@@ -13,13 +13,20 @@ from inference import (
     EngineUnavailable,
     InvalidRequest,
     LocalEngine,
+    ModelNotFound,
     OutOfMemory,
     Request,
     RequestTimedOut,
     Task,
 )
-from inference.engine import MAX_STEP_FAILURES
-from inference.errors import MODEL_FAILED_TEXT, MODEL_UNAVAILABLE_TEXT, EngineStopping, ModelFailed
+from inference.engine import MAX_STEP_FAILURES, TOO_LARGE_TEXT
+from inference.errors import (
+    BUSY_TEXT,
+    MODEL_FAILED_TEXT,
+    MODEL_UNAVAILABLE_TEXT,
+    EngineStopping,
+    ModelFailed,
+)
 from tests.fakes import ScriptedRunner
 from tests.inference.conftest import TINY, TINY_CHECKPOINT
 
@@ -153,7 +160,7 @@ async def test_unstarted_engine_says_so():
 
 async def test_a_model_that_cannot_load_fails_start_clearly():
     engine = LocalEngine(EngineConfig(model_id="./no/such/folder"))
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(ModelNotFound, match="does not exist"):
         await engine.start()
     assert not engine.ready
 
@@ -357,3 +364,74 @@ async def _collect(engine: LocalEngine, user: int, seen: list[tuple[int, int]]) 
     request = Request(Task.DESCRIBE, (IMAGE,), user_id=user, max_new_tokens=50)
     async for _ in engine.stream(request, on_position=lambda p: seen.append((user, p))):
         pass
+
+
+# -- the scheduler's refusals, as people see them ------------------------------------------------
+
+
+async def test_a_prompt_larger_than_the_token_budget_is_refused_as_too_large():
+    engine = await scripted(token_budget=5)  # the scripted prompt is 10 tokens
+    try:
+        with pytest.raises(InvalidRequest) as refused:
+            await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
+        assert str(refused.value) == TOO_LARGE_TEXT
+        assert engine.in_flight == 0
+    finally:
+        await engine.stop()
+
+
+async def test_a_queue_that_fills_while_requests_are_prepared_answers_busy():
+    # Both pass the early "queue full?" check, then the second finds the queue full when it is added.
+    engine = await scripted(max_queued=1, max_batch_size=1)
+    runner = engine._runner
+    runner.hold.clear()
+    try:
+        running = asyncio.ensure_future(engine.generate(Request(Task.DESCRIBE, (IMAGE,), user_id=1)))
+        await until(lambda: len(engine.scheduler.running) == 1)
+        racing = [
+            asyncio.ensure_future(engine.generate(Request(Task.DESCRIBE, (IMAGE,), user_id=user)))
+            for user in (2, 3)
+        ]
+        await until(lambda: sum(task.done() for task in racing) == 1)
+        [refused] = [task for task in racing if task.done()]
+        with pytest.raises(EngineBusy) as busy:
+            refused.result()
+        assert str(busy.value) == BUSY_TEXT
+        runner.hold.set()
+        await running
+        [waiting] = [task for task in racing if task is not refused]
+        assert (await waiting).text == "tok2 tok1 tok0"
+    finally:
+        runner.hold.set()
+        await engine.stop()
+
+
+async def test_a_reader_that_leaves_while_waiting_is_dropped_and_the_line_moves_up():
+    engine = await scripted(max_batch_size=1)
+    runner = engine._runner
+    runner.hold.clear()
+    seen: dict[int, list[int]] = {2: [], 3: []}
+    try:
+        first = asyncio.ensure_future(engine.generate(Request(Task.DESCRIBE, (IMAGE,), user_id=1)))
+        await until(lambda: len(engine.scheduler.running) == 1)
+        streams = {
+            user: engine.stream(Request(Task.DESCRIBE, (IMAGE,), user_id=user), on_position=seen[user].append)
+            for user in (2, 3)
+        }
+        readers = {user: asyncio.ensure_future(anext(stream)) for user, stream in streams.items()}
+        await until(lambda: engine.scheduler.num_waiting == 2)
+        assert seen == {2: [1], 3: [2]}
+        readers[2].cancel()  # person 2 gives up while in line
+        await asyncio.gather(readers[2], return_exceptions=True)
+        await streams[2].aclose()
+        await until(lambda: engine.scheduler.num_waiting == 1)
+        assert seen[3] == [2, 1]  # moved up at once
+        runner.hold.set()
+        await first
+        assert await readers[3] == "tok2 "
+        await streams[3].aclose()
+        assert engine.in_flight == 0
+        assert runner.dropped == []  # person 2 never reached the model
+    finally:
+        runner.hold.set()
+        await engine.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from inference.kv_cache import GROWTH_TOKENS, GrowingCache, rebuild
+from inference.kv_cache import GROWTH_TOKENS, GrowingCache, GrowingLayer, rebuild
 from tests.inference.phi3v.test_modeling_phi3v import random_model, tiny_config
 
 
@@ -22,14 +22,29 @@ def greedy_logits(model, prompt: torch.Tensor, cache, steps: int) -> list[torch.
 
 def test_growing_cache_matches_dynamic_cache_through_a_growth():
     model = random_model(tiny_config(original_max_position_embeddings=4096), seed=5)
-    prompt = torch.randint(3, 500, (2, GROWTH_TOKENS - 3), generator=torch.Generator().manual_seed(5))
-    steps = 8  # crosses the first buffer's capacity
+    prompt = torch.randint(3, 500, (2, 20), generator=torch.Generator().manual_seed(5))
+    # The prefill reserves room for 20 + GROWTH_TOKENS tokens; decoding past that must copy the cache
+    # into a larger buffer, twice here, and still give DynamicCache's logits exactly.
+    steps = 2 * GROWTH_TOKENS + 10
     with torch.no_grad():
         expected = greedy_logits(model, prompt, DynamicCache(), steps)
         cache = GrowingCache()
-        got = greedy_logits(model, prompt, cache, steps)
+        capacities = []
+        original_reserve = GrowingLayer._reserve
+
+        def reserve(layer, needed, keys, values):
+            if layer is cache.layers[0]:
+                capacities.append(needed + GROWTH_TOKENS)
+            original_reserve(layer, needed, keys, values)
+
+        GrowingLayer._reserve = reserve
+        try:
+            got = greedy_logits(model, prompt, cache, steps)
+        finally:
+            GrowingLayer._reserve = original_reserve
     for want, have in zip(expected, got):
         torch.testing.assert_close(have, want, atol=0, rtol=0)
+    assert capacities == [20 + GROWTH_TOKENS, 21 + 2 * GROWTH_TOKENS, 22 + 3 * GROWTH_TOKENS]
     assert cache.get_seq_length() == prompt.shape[1] + steps
     assert cache.layers[0].keys.shape[-2] == prompt.shape[1] + steps
 

@@ -9,7 +9,8 @@ reference does, on the same weights:
 2. every image's ``num_crops + 1`` tile slots go through CLIP, the all-zero padding slots included,
    in one call;
 3. the whole CLIP tower runs (every layer plus ``post_layernorm``) with ``output_hidden_states``,
-   and only ``hidden_states[-2]`` is kept, where our model stops after the layers it needs.
+   and only ``hidden_states[-2]`` is kept, where our model builds only the layers it needs (so the
+   emulation runs its last CLIP layer once more, for the cost of the reference's unused last layer).
 
 The features of the real tiles then go through our own layout and projector code, so the output
 equals our model's (up to the rounding of eager vs sdpa attention); ``engine.py`` checks that.
@@ -52,10 +53,17 @@ def _merge_2x2(patches: torch.Tensor, grid: int) -> torch.Tensor:
     )
 
 
-def _encode_like_reference(embedding: Phi3VImageEmbedding, tiles: torch.Tensor, layer: int) -> torch.Tensor:
-    """All tiles, full CLIP tower with every hidden state kept, then the chosen layer without CLS."""
-    hidden_states = embedding.img_processor(pixel_values=tiles, output_hidden_states=True).hidden_states
-    return _merge_2x2(hidden_states[layer][:, 1:], embedding.patch_grid)
+def _encode_like_reference(
+    embedding: Phi3VImageEmbedding, tiles: torch.Tensor, unused_layers: int
+) -> torch.Tensor:
+    """All tiles, the full CLIP tower with every hidden state kept, then the chosen layer without CLS."""
+    outputs = embedding.img_processor(pixel_values=tiles, output_hidden_states=True)
+    tower = embedding.img_processor
+    hidden = outputs.last_hidden_state
+    for _ in range(unused_layers):  # the reference computes these and throws them away
+        hidden = tower.encoder.layers[-1](hidden, None)
+    tower.post_layernorm(hidden[:, 0])
+    return _merge_2x2(outputs.hidden_states[embedding.layers_to_run][:, 1:], embedding.patch_grid)
 
 
 def _real_tile_counts(image_sizes: torch.Tensor) -> list[int]:
@@ -63,11 +71,11 @@ def _real_tile_counts(image_sizes: torch.Tensor) -> list[int]:
 
 
 def _reference_forward(
-    embedding: Phi3VImageEmbedding, layer: int, pixel_values: torch.Tensor, image_sizes: torch.Tensor
+    embedding: Phi3VImageEmbedding, unused_layers: int, pixel_values: torch.Tensor, image_sizes: torch.Tensor
 ) -> torch.Tensor:
     dtype = embedding.img_projection[0].weight.dtype
     slots = pixel_values.shape[1]
-    features = _encode_like_reference(embedding, pixel_values.flatten(0, 1).to(dtype), layer)
+    features = _encode_like_reference(embedding, pixel_values.flatten(0, 1).to(dtype), unused_layers)
     real = torch.cat(
         [features[i * slots : i * slots + count] for i, count in enumerate(_real_tile_counts(image_sizes))]
     )
@@ -83,10 +91,10 @@ def reference_way(model: Phi3VForCausalLM) -> Iterator[None]:
     """Within this block ``model`` runs the reference's way; on exit it is restored."""
     embedding = model.model.vision_embed_tokens
     previous_attention = model.config._attn_implementation
-    layer = model.config.vision_feature_layer
+    unused_layers = len(embedding.unused_vision_weights)  # CLIP layers the reference runs, we do not
     model.set_attn_implementation(REFERENCE_ATTENTION)
     embedding.forward = lambda pixel_values, image_sizes: _reference_forward(
-        embedding, layer, pixel_values, image_sizes
+        embedding, unused_layers, pixel_values, image_sizes
     )
     try:
         yield

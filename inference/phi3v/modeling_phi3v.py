@@ -12,6 +12,7 @@ except what transformers already does for its nested ``CLIPVisionModel``
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -38,26 +39,31 @@ class Phi3VImageEmbedding(nn.Module):
     def __init__(self, config: Phi3VConfig):
         super().__init__()
         vision = config.vision_config
-        self.img_processor = CLIPVisionModel(vision)
+        num_layers = vision.num_hidden_layers
+        layer = config.vision_feature_layer
+        # hidden_states[k] is the output of the first k encoder layers (k = 0: the embeddings).
+        self.layers_to_run = layer if layer >= 0 else num_layers + 1 + layer
+        # CLIP is built with only the layers whose output is used, so its public forward returns exactly
+        # that layer's output as ``last_hidden_state`` (CLIP's final layer norm only touches the pooled
+        # output). The checkpoint's later layers are not loaded (see ``unused_vision_weights``).
+        tower_config = copy.deepcopy(vision)
+        tower_config.num_hidden_layers = self.layers_to_run
+        self.img_processor = CLIPVisionModel(tower_config)
+        self.unused_vision_weights = [
+            rf"vision_embed_tokens\.img_processor\.(vision_model\.)?encoder\.layers\.{index}\."
+            for index in range(self.layers_to_run, num_layers)
+        ]
         width = vision.hidden_size * 4  # four patches merged into one vector
         self.glb_GN = nn.Parameter(torch.zeros(1, 1, width))
         self.sub_GN = nn.Parameter(torch.zeros(1, 1, 1, width))
         self.img_projection = nn.Sequential(
             nn.Linear(width, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, config.hidden_size)
         )
-        num_layers = vision.num_hidden_layers
-        layer = config.vision_feature_layer
-        # hidden_states[k] is the output of the first k encoder layers (k = 0: the embeddings).
-        self.layers_to_run = layer if layer >= 0 else num_layers + 1 + layer
         self.patch_grid = vision.image_size // vision.patch_size
 
     def encode_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
         """[T, 3, 336, 336] -> [T, grid/2, grid/2, 4C]: CLIP patch features, CLS dropped, merged 2x2."""
-        tower = self.img_processor
-        hidden = tower.pre_layrnorm(tower.embeddings(tiles))
-        for layer in tower.encoder.layers[: self.layers_to_run]:
-            hidden = layer(hidden, None)
-        patches = hidden[:, 1:]
+        patches = self.img_processor(pixel_values=tiles).last_hidden_state[:, 1:]
         count, _, channels = patches.shape
         g = self.patch_grid
         merged = (
@@ -188,6 +194,8 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         self.model = Phi3VModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # The checkpoint's CLIP layers past the one whose output is used are skipped when loading.
+        self._keys_to_ignore_on_load_unexpected = list(self.model.vision_embed_tokens.unused_vision_weights)
         self.post_init()
 
     def get_input_embeddings(self):

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+from types import SimpleNamespace
 
 import discord
 import pytest
 
+from bot.errors import AnswerWindowClosed
 from bot.formatting import format_answer
+from bot.jobs import MIN_ANSWER_TIME_S, answer_time_limit
 from bot.reply import (
     ANSWER_FILENAME,
+    HANDOVER_MARGIN_S,
+    INTERACTION_TOKEN_S,
     QUEUE_TEXT,
     EditBudget,
+    InteractionSurface,
     Outcome,
+    Replies,
     Reply,
     ReplyGone,
     call_discord,
@@ -356,3 +364,52 @@ async def test_acknowledging_that_discord_refuses_is_a_gone_reply():
     reply, _, _ = make_reply(surface)
     with pytest.raises(ReplyGone):
         await reply.acknowledge()
+
+
+# ---------------------------------------------------------------- the interaction window and shutdown
+
+
+class FakeInteraction:
+    """Just what InteractionSurface reads of a discord.Interaction."""
+
+    def __init__(self, age_s: float) -> None:
+        self.id = 1
+        self.channel_id = 2
+        self.created_at = discord.utils.utcnow() - datetime.timedelta(seconds=age_s)
+        self.response = SimpleNamespace(is_done=lambda: True)
+        self.extras: dict = {}
+
+
+@pytest.mark.parametrize(
+    ("age_s", "private", "expected"),
+    [
+        (0, True, 180.0),  # fresh: the engine's own limit
+        (INTERACTION_TOKEN_S - HANDOVER_MARGIN_S - 100, True, pytest.approx(100, abs=2)),  # what is left
+        (0, False, None),  # public: no bound, it moves to a channel message instead
+    ],
+)
+def test_a_private_answer_is_given_the_time_discord_leaves(age_s, private, expected):
+    reply, _, _ = make_reply(InteractionSurface(FakeInteraction(age_s), ephemeral=private))
+    assert answer_time_limit(reply, 180.0) == expected
+
+
+def test_a_private_answer_that_could_not_arrive_in_time_is_refused_before_it_starts():
+    old = FakeInteraction(INTERACTION_TOKEN_S - HANDOVER_MARGIN_S - MIN_ANSWER_TIME_S + 1)
+    reply, _, _ = make_reply(InteractionSurface(old, ephemeral=True))
+    with pytest.raises(AnswerWindowClosed, match="15 minutes"):
+        answer_time_limit(reply, 180.0)
+
+
+async def test_shutdown_ends_replies_whose_jobs_do_not_within_the_grace_time():
+    replies = Replies()
+    stuck = replies._make(RecordingSurface(), code_block=False)  # its job never finishes on its own
+    finished = replies._make(RecordingSurface(), code_block=False)
+    await finished.answer("Done.")
+    started = asyncio.get_running_loop().time()
+    await replies.close_all("The bot is shutting down.", timeout_s=0.05)
+    assert asyncio.get_running_loop().time() - started < 1.0  # bounded, no polling
+    assert stuck.outcome is Outcome.STOPPED and stuck.surface.events == [
+        ("show", "The bot is shutting down.")
+    ]
+    assert finished.outcome is Outcome.ANSWER
+    assert not replies.open

@@ -60,6 +60,9 @@ class VisionBot(commands.Bot):
         manage_engine: bool = True,
         **options: Any,
     ) -> None:
+        # This bot never joins voice: discord.py's warnings about missing voice libraries do not concern it.
+        discord.VoiceClient.warn_nacl = False
+        discord.VoiceClient.warn_dave = False
         super().__init__(
             command_prefix=_prefix(settings.command_prefix),
             description=DESCRIPTION,

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 UNEXPECTED_ERROR_TEXT = "Something went wrong, the error was logged."
 FORBIDDEN_TEXT = "I'm missing a Discord permission I need to answer here (send messages, attach files)."
-SUPPORTED_FORMATS_TEXT = "PNG, JPEG, WEBP, GIF or BMP"
 
 
 class UserFacingError(Exception):

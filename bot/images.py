@@ -13,24 +13,17 @@ Three separate steps, so each can be tested alone:
 from __future__ import annotations
 
 import asyncio
-import io
-import math
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from bot.errors import SUPPORTED_FORMATS_TEXT, ImageRejected
-from inference.images import flatten_to_rgb
+from bot.errors import ImageRejected
+from inference import images
 
-# Pillow format names we accept, decided by the file's content, never by its name.
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
-# Phi-3-vision never needs more than this on a side (num_crops=16 => 4x4 tiles of 336, with margin).
-DRAFT_TARGET_SIDE = 2688
 # Paths on the Discord CDN that hold uploaded files (not proxied external links).
 CDN_UPLOAD_PATH_PREFIXES = ("/attachments/", "/ephemeral-attachments/")
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
@@ -98,42 +91,15 @@ def check_source(source: ImageSource, limits: ImageLimits) -> None:
 
 
 def decode_image(data: bytes, filename: str, *, max_pixels: int) -> Image.Image:
-    """Turn file bytes into an upright RGB image, or raise :class:`ImageRejected`.
+    """Turn file bytes into an upright RGB image, or raise :class:`ImageRejected` naming the file.
 
-    The format is sniffed from the content (allow-list only), the pixel count is
-    checked from the header before anything is decoded, large JPEGs are decoded
-    at a reduced scale, EXIF orientation is applied and transparency is
-    flattened onto white. Animated images give their first frame.
+    The rules (formats, pixel limit, damaged files) are :func:`inference.images.decode_image`'s, the
+    same for the command line tool.
     """
     try:
-        with warnings.catch_warnings():  # our own pixel limit, below, decides; no warning in the log
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError:
-        raise ImageRejected(filename, "it has far too many pixels to open safely") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise ImageRejected(filename, f"it is not an image I can read ({SUPPORTED_FORMATS_TEXT})") from None
-    with image:
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise ImageRejected(filename, "it has no pixels")
-        if width * height > max_pixels:
-            raise ImageRejected(
-                filename,
-                f"it is {width}×{height} pixels; the limit is {max_pixels:,} pixels in total",
-            )
-        if image.format == "JPEG" and max(width, height) > DRAFT_TARGET_SIDE:
-            scale = DRAFT_TARGET_SIDE / max(width, height)
-            image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-        try:
-            image.seek(0)
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-        except Image.DecompressionBombError:
-            raise ImageRejected(filename, "it has far too many pixels to open safely") from None
-        except (OSError, ValueError, SyntaxError, EOFError):
-            raise ImageRejected(filename, "the file is damaged or incomplete") from None
-        return flatten_to_rgb(upright)
+        return images.decode_image(data, max_pixels=max_pixels)
+    except images.UnreadableImage as error:
+        raise ImageRejected(filename, error.reason) from None
 
 
 class HttpFetcher:

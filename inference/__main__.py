@@ -3,8 +3,11 @@
     python -m inference describe photo.jpg --question "What breed is this dog?"
     python -m inference ocr screenshot.png
     python -m inference compare a.png b.png [c.png ...]
+    python -m inference describe photo.jpg --model tests/fixtures/phi3v-tiny/checkpoint --device cpu
 
-The answer streams to stdout; problems are reported as one line on stderr.
+The last one uses the tiny test checkpoint: no download, an answer of random words in seconds, a quick
+check that the set-up works. The answer streams to stdout; every problem is one line on stderr and a
+non-zero exit. Images go through the bot's own intake rules (formats, pixel limit, damaged files).
 """
 
 from __future__ import annotations
@@ -15,31 +18,63 @@ import logging
 import sys
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from inference.errors import InferenceError
-from inference.images import flatten_to_rgb
+from inference.images import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
 from inference.prompts import MIN_COMPARE_IMAGES
 from inference.types import EngineConfig, Request, Task
 
 DEFAULT_MODEL = EngineConfig.model_id
 
 
+MAX_NUM_CROPS = 16
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line ("error: ...") and exit code 2, without the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def int_between(low: int, high: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({allowed})")
+        return value
+
+    return parse
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m inference", description=__doc__.split("\n\n")[0])
-    common = argparse.ArgumentParser(add_help=False)
+    parser = OneLineParser(prog="python -m inference", description=__doc__.split("\n\n")[0])
+    common = OneLineParser(add_help=False)
     common.add_argument(
-        "--model", default=DEFAULT_MODEL, help="hub id or local folder (default: %(default)s)"
+        "--model",
+        default=DEFAULT_MODEL,
+        help="hub id or local folder (default: %(default)s; tests/fixtures/phi3v-tiny/checkpoint "
+        "is a tiny random model for a quick check without a download)",
     )
     common.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     common.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     common.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"])
     common.add_argument(
-        "--num-crops", type=int, default=None, help="tiles per image (default: the checkpoint's)"
+        "--num-crops",
+        type=int_between(1, MAX_NUM_CROPS),
+        default=None,
+        help=f"tiles per image, 1-{MAX_NUM_CROPS} (default: the checkpoint's)",
     )
-    common.add_argument("--max-new-tokens", type=int, default=512)
+    common.add_argument(
+        "--max-new-tokens", type=int_between(1), default=512, help="longest answer, in tokens"
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="show loading progress")
-    tasks = parser.add_subparsers(dest="task", required=True)
+    tasks = parser.add_subparsers(dest="task", required=True, parser_class=OneLineParser)
     describe = tasks.add_parser("describe", parents=[common], help="describe an image")
     describe.add_argument("images", nargs=1, metavar="IMAGE")
     describe.add_argument("--question", "-q", default=None)
@@ -55,15 +90,21 @@ class CliError(Exception):
     pass
 
 
-def open_image(path_text: str) -> Image.Image:
+def open_image(path_text: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read an image file by the bot's intake rules, or raise :class:`CliError` with one line."""
     path = Path(path_text)
-    if not path.is_file():
-        raise CliError(f"{path}: no such file")
+    if path.is_dir():
+        raise CliError(f"{path}: is a folder, not an image file")
     try:
-        with Image.open(path) as image:
-            return flatten_to_rgb(ImageOps.exif_transpose(image))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CliError(f"{path}: not an image this tool can read ({exc.__class__.__name__})") from exc
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except OSError as error:
+        raise CliError(f"{path}: cannot be read ({error.strerror or error})") from None
+    try:
+        return decode_image(data, max_pixels=max_pixels)
+    except UnreadableImage as error:
+        raise CliError(f"{path}: {error.reason}") from None
 
 
 async def answer(args: argparse.Namespace) -> int:

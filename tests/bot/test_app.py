@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
+import discord
 import pytest
 import simcord
 from aiohttp.test_utils import TestServer
@@ -232,3 +233,10 @@ async def test_owner_sync_command_publishes_to_the_current_server(world, fake_en
     assert bot_messages(world.channel)[-1].content == "Synced 6 app commands to this server."
     assert set(world.member.available_commands(world.channel)) == set(APP_COMMANDS)
     assert acknowledge_errors(world.env) == [commands.NotOwner]
+
+
+def test_building_the_bot_says_nothing_about_voice(fake_engine, caplog):
+    discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = True  # as on a fresh import
+    with caplog.at_level("WARNING"):
+        create_bot(make_settings(), fake_engine)
+    assert "voice" not in caplog.text

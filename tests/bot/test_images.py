@@ -14,7 +14,6 @@ from PIL import Image
 
 from bot.errors import ImageRejected
 from bot.images import (
-    DRAFT_TARGET_SIDE,
     DownloadError,
     DownloadTooLarge,
     HttpFetcher,
@@ -26,6 +25,7 @@ from bot.images import (
     is_discord_upload,
     load_images,
 )
+from inference.images import DRAFT_TARGET_SIDE
 from tests.conftest import image_bytes, png_header_only
 
 MAX_PIXELS = 1_000_000

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from inference.__main__ import main
+from tests.conftest import image_bytes, png_header_only
 from tests.inference.conftest import TINY, TINY_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,3 +71,53 @@ def test_hub_model_offline_and_not_cached(tmp_path):
     assert done.returncode == 2
     assert "not in the local Hugging Face cache" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- every bad input is one line and a non-zero exit --------------------------------------------
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_a_decompression_bomb_is_refused_in_one_line(capsys, tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(9_000, 9_000))
+    assert main(["describe", str(bomb), *MODEL]) == 2
+    assert (
+        one_error_line(capsys)
+        == f"error: {bomb}: it is 9000×9000 pixels; the limit is 40,000,000 pixels in total"
+    )
+
+
+def test_a_folder_is_not_an_image_file(capsys, tmp_path):
+    assert main(["ocr", str(tmp_path), *MODEL]) == 2
+    assert one_error_line(capsys) == f"error: {tmp_path}: is a folder, not an image file"
+
+
+def test_a_truncated_image_is_damaged(capsys, tmp_path):
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(image_bytes((400, 300), color="white")[:200])
+    assert main(["describe", str(truncated), *MODEL]) == 2
+    assert "damaged or incomplete" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--num-crops", "0", "0 is out of range (from 1 to 16)"),
+        ("--num-crops", "99", "99 is out of range (from 1 to 16)"),
+        ("--num-crops", "four", "'four' is not a whole number"),
+        ("--max-new-tokens", "0", "0 is out of range (at least 1)"),
+    ],
+)
+def test_values_out_of_range_are_one_line(capsys, option, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["describe", IMAGE, *MODEL, option, value])
+    assert exit_.value.code == 2
+    line = one_error_line(capsys)
+    assert message in line and option in line

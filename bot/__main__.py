@@ -1,7 +1,13 @@
-"""``python -m bot``: read the settings, load the model, connect to Discord, run until stopped."""
+"""``python -m bot``: read the settings, load the model, connect to Discord, run until stopped.
+
+python -m bot                     run the bot (settings from the environment and ./.env)
+python -m bot --env-file FILE     read the settings from FILE instead of ./.env
+python -m bot --check             check settings, token, model and device without connecting
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -19,6 +25,7 @@ from inference import InferenceError
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
+EXIT_CHECK_FAILED = 1
 LOG_FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
 MISSING_TOKEN_TEXT = (
     "DISCORD_TOKEN is not set. Copy .env.example to .env and put your bot's token after DISCORD_TOKEN= "
@@ -58,13 +65,43 @@ async def run(bot: VisionBot, token: str) -> None:
         await bot.start(token)
 
 
-def main(environ: Mapping[str, str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot",
+        description="A Discord bot that describes, reads (OCR) and compares images with Phi-3-vision. "
+        "Every setting is in .env.example and the README.",
+    )
+    parser.add_argument("--env-file", metavar="FILE", help="read the settings from FILE instead of ./.env")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the settings, the token's shape, the model download and the device, without connecting "
+        "to Discord; exit 0 when the bot can start",
+    )
+    return parser.parse_args(argv)
+
+
+def check(settings: Settings) -> int:
+    from bot.doctor import run_checks
+
+    findings = run_checks(settings)
+    for finding in findings:
+        print(finding.line())
+    failed = [finding for finding in findings if finding.verdict == "fail"]
+    print("Ready to start." if not failed else f"Not ready: {len(failed)} problem(s) above.")
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+
+def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code. Prints one clear line for setup problems."""
+    args = parse_args([] if argv is None else argv)
     try:
-        settings = Settings.from_env(environ)
+        settings = Settings.from_env(environ, env_file=args.env_file)
     except SettingsError as error:
         print(f"Configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.check:
+        return check(settings)
     if not settings.discord_token:
         print(MISSING_TOKEN_TEXT, file=sys.stderr)
         return EXIT_CONFIG
@@ -90,4 +127,4 @@ def main(environ: Mapping[str, str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(argv=sys.argv[1:]))

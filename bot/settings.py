@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, TypeVar
 
 from dotenv import find_dotenv, load_dotenv
@@ -124,13 +125,17 @@ class Settings:
         return self.shard_count is not None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: str | None = None) -> Settings:
         """Read settings from ``environ``, or from ``os.environ`` after loading ``.env`` (if any).
 
-        Passing ``environ`` (as tests do) skips the ``.env`` file entirely.
+        ``env_file`` names the file to load instead of the ``.env`` of the current directory; values
+        already in the environment win over the file's. Passing ``environ`` (as tests do) skips the
+        file entirely.
         """
         if environ is None:
-            load_dotenv(find_dotenv(usecwd=True))  # the .env of the directory the bot runs from
+            if env_file is not None and not Path(env_file).is_file():
+                raise SettingsError(f"the settings file {env_file} does not exist")
+            load_dotenv(env_file or find_dotenv(usecwd=True))  # by default the .env of where the bot runs
             environ = os.environ
         env = _Reader(environ)
         defaults = cls()

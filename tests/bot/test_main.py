@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest.mock import patch
+
 import aiohttp
 import discord
+import pytest
 
 import bot.__main__ as entry
+from bot import doctor
+from bot.settings import Settings
 from tests.conftest import make_settings
 from tests.fakes import FakeEngine
 
@@ -73,3 +82,113 @@ def test_a_rejected_token_prints_one_clear_line(capsys, monkeypatch):
     assert "not-a-real-token" not in err
     assert built[0].is_closed()
     assert not engine.started
+
+
+# ---------------------------------------------------------------- the command line
+
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_MODEL = str(ROOT / "tests" / "fixtures" / "phi3v-tiny" / "checkpoint")
+# Shaped like a bot token (base64 of an id, a timestamp, an HMAC); not a real one.
+FAKE_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GabcDE.abcdefghijklmnopqrstuvwxyz0123456789AB"
+
+
+def test_help_explains_and_starts_nothing(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        entry.main({}, ["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--check" in out and "--env-file" in out
+
+
+def test_check_passes_for_a_good_set_up_and_never_prints_the_token(capsys):
+    code = entry.main({"DISCORD_TOKEN": FAKE_TOKEN, "MODEL_ID": TINY_MODEL, "DEVICE": "cpu"}, ["--check"])
+    out = capsys.readouterr().out
+    assert "[ok  ] token: has the shape of a bot token for application 123456789012345678" in out
+    assert f"[ok  ] model: local folder {TINY_MODEL}" in out
+    assert "CPU only" in out
+    assert FAKE_TOKEN not in out and FAKE_TOKEN.split(".")[2] not in out
+    assert code == entry.EXIT_OK
+    assert out.strip().splitlines()[-1] == "Ready to start."
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, "[FAIL] token: DISCORD_TOKEN is not set"),
+        ({"DISCORD_TOKEN": "hunter2"}, "[FAIL] token: DISCORD_TOKEN does not look like a bot token"),
+        (
+            {"DISCORD_TOKEN": FAKE_TOKEN, "MODEL_ID": "./no/such/folder"},
+            "[FAIL] model: MODEL_ID './no/such/folder'",
+        ),
+        (
+            {"DISCORD_TOKEN": FAKE_TOKEN, "MODEL_ID": TINY_MODEL, "DEVICE": "cuda"},
+            "[FAIL] device: DEVICE is set to cuda",
+        ),
+    ],
+)
+def test_check_fails_each_problem_with_its_reason(capsys, environ, expected):
+    assert entry.main(environ, ["--check"]) == entry.EXIT_CHECK_FAILED
+    out = capsys.readouterr().out
+    assert expected in out and "hunter2" not in out
+    assert out.strip().splitlines()[-1].startswith("Not ready")
+
+
+def test_check_says_how_big_the_first_download_is(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("bot.doctor.hub_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr("bot.doctor._cached_bytes", lambda model_id: 0)
+    entry.main({"DISCORD_TOKEN": FAKE_TOKEN, "DEVICE": "cpu"}, ["--check"])
+    out = capsys.readouterr().out
+    assert "[warn] model: microsoft/Phi-3-vision-128k-instruct is not downloaded yet" in out
+    assert "~8.3 GB" in out and str(tmp_path) in out
+
+
+@pytest.mark.parametrize(
+    ("free_gb", "verdict", "advice"),
+    [
+        (60, "ok", ""),
+        (20, "warn", "lower TOKEN_BUDGET to 25600 to be safe"),  # the weights fit, a full batch would not
+        (8, "fail", "use QUANTIZATION=8bit or 4bit"),  # not even the weights
+    ],
+)
+def test_the_gpu_memory_is_weighed_against_the_chosen_mode(free_gb, verdict, advice):
+    settings = Settings(device="cuda", quantization="none", token_budget=98_304)  # ~8.3 + ~38.7 GB
+    with (
+        patch("torch.cuda.is_available", return_value=True),
+        patch("torch.cuda.get_device_name", return_value="Some GPU"),
+    ):
+        finding = doctor.check_device(settings, cuda_free=lambda: (free_gb * doctor.GB, 80 * doctor.GB))
+    assert finding.verdict == verdict and advice in finding.detail
+
+
+def test_env_file_is_read_and_a_missing_one_is_one_line(capsys, tmp_path, monkeypatch):
+    for name in ("DISCORD_TOKEN", "MODEL_ID", "DEVICE"):
+        monkeypatch.delenv(name, raising=False)
+    assert entry.main(None, ["--env-file", str(tmp_path / "missing.env"), "--check"]) == entry.EXIT_CONFIG
+    assert (
+        capsys.readouterr().err.strip()
+        == f"Configuration error: the settings file {tmp_path / 'missing.env'} does not exist"
+    )
+    settings_file = tmp_path / "bot.env"
+    settings_file.write_text(f"DISCORD_TOKEN={FAKE_TOKEN}\nMODEL_ID={TINY_MODEL}\nDEVICE=cpu\n")
+    entry.main(None, ["--env-file", str(settings_file), "--check"])
+    assert "[ok  ] token" in capsys.readouterr().out
+
+
+def test_the_module_reads_its_command_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # no .env here
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "DISCORD_TOKEN": "",
+            "MODEL_ID": TINY_MODEL,
+            "DEVICE": "cpu",
+        },
+        timeout=120,
+    )
+    assert done.returncode == entry.EXIT_CHECK_FAILED
+    assert "[FAIL] token: DISCORD_TOKEN is not set" in done.stdout and "Traceback" not in done.stderr

@@ -16,15 +16,16 @@ from bot.errors import send_error_to_context, send_error_to_interaction
 from bot.images import Fetcher, HttpFetcher, ImageLimits
 from bot.jobs import JobsByMessage
 from bot.limits import AccessPolicy, JobLimiter
+from bot.metrics import Metrics
 from bot.reply import Replies
 from bot.settings import Settings
-from inference import Engine
+from inference import Engine, EngineStats
 from inference.errors import SHUTTING_DOWN_TEXT
 from inference.remote import display_url
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.describe", "cogs.ocr", "cogs.compare")
+EXTENSIONS = ("cogs.describe", "cogs.ocr", "cogs.compare", "cogs.status")
 SHUTDOWN_GRACE_S = 5.0  # how long shutdown waits for stopped jobs to tell their users
 MODEL_UNAVAILABLE_STATUS = "Model unavailable; the owner has been told"
 DESCRIPTION = "Describes, reads and compares images with Phi-3-vision."
@@ -50,6 +51,7 @@ class VisionBot(commands.Bot):
     limiter: JobLimiter
     jobs_by_message: JobsByMessage
     replies: Replies
+    metrics: Metrics
 
     def __init__(
         self,
@@ -88,6 +90,8 @@ class VisionBot(commands.Bot):
         self.limiter = JobLimiter.from_settings(settings)
         self.jobs_by_message = JobsByMessage()
         self.replies = Replies()
+        self.metrics = Metrics(self.engine_stats)
+        self.replies.on_closed = self.metrics.reply_closed
         self.add_command(sync_command)
         if hasattr(engine, "on_dead"):
             engine.on_dead = self._engine_died
@@ -98,8 +102,10 @@ class VisionBot(commands.Bot):
             self.fetcher = HttpFetcher(self.session, timeout_s=self.settings.download_timeout_s)
         if self.settings.sharded:
             log.info("Sharded: %s", _shard_text(self.settings.shard_count, self.settings.shard_ids))
+        if self.settings.metrics_port is not None:
+            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
         if self.manage_engine:
-            log.info("Starting the inference engine (%s)…", _engine_text(self.settings))
+            log.info("Starting the inference engine (%s)…", engine_text(self.settings))
             await self.engine.start()
             self._engine_started = True
         for extension in EXTENSIONS:
@@ -118,9 +124,15 @@ class VisionBot(commands.Bot):
             await self.replies.close_all(SHUTTING_DOWN_TEXT, timeout_s=SHUTDOWN_GRACE_S)
             await super().close()
         finally:
+            self.metrics.stop()
             if self.session is not None:
                 await self.session.close()
                 self.session = None
+
+    def engine_stats(self) -> EngineStats | None:
+        """The engine's figures, if it keeps any (the local engine does)."""
+        stats = getattr(self.engine, "stats", None)
+        return stats() if stats is not None else None
 
     def _engine_died(self, reason: str) -> None:
         """The engine gave up on the model: show it in the bot's status (the log already says why)."""
@@ -197,7 +209,7 @@ def _shard_text(count: int | str | None, ids: Any) -> str:
     return f"{total}; {mine}"
 
 
-def _engine_text(settings: Settings) -> str:
+def engine_text(settings: Settings) -> str:
     if settings.backend == "remote" and settings.remote_url:
         return f"{settings.remote_model} on the model server {display_url(settings.remote_url)}"
     return settings.model_id

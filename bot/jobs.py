@@ -152,6 +152,7 @@ async def answer_interaction(
     reply = bot.replies.for_interaction(
         interaction, ephemeral=is_private(bot, task), code_block=task is Task.OCR
     )
+    reply.task = task.value
     requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
     bot.access.check(requester, task)
     await run_job(
@@ -169,6 +170,7 @@ async def answer_command(ctx: VisionContext, task: Task, *, question: str | None
     """Answer a prefix command about the images on the message or the one it replies to."""
     bot = ctx.bot
     reply = bot.replies.for_context(ctx, code_block=task is Task.OCR)
+    reply.task = task.value
     requester = Requester.of(ctx.author, ctx.channel, ctx.guild)
     bot.access.check(requester, task)
     sources = await sources_for_command_message(ctx.message, bot.settings.cdn_hosts)

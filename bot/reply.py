@@ -292,11 +292,13 @@ def _retry_delay(error: BaseException, attempt: int) -> float:
     return min(max(float(delay), 0.0), MAX_RETRY_DELAY_S)
 
 
-async def call_discord(call: Callable[[], Awaitable[object]], *, attempts: int) -> bool:
+async def call_discord(
+    call: Callable[[], Awaitable[object]], *, attempts: int, on_retry: Callable[[], None] | None = None
+) -> bool:
     """Make one Discord call; True if it went through, False if it was given up as transient.
 
-    429 and 5xx are retried (up to ``attempts`` tries in all) after the delay Discord gives.
-    A permanent failure raises :class:`ReplyGone`.
+    429 and 5xx are retried (up to ``attempts`` tries in all) after the delay Discord gives
+    (``on_retry`` is told of each retry). A permanent failure raises :class:`ReplyGone`.
     """
     for attempt in range(attempts):
         try:
@@ -309,6 +311,8 @@ async def call_discord(call: Callable[[], Awaitable[object]], *, attempts: int) 
                 raise ReplyGone(f"{error.status} {error.text or ''}".strip()) from error
             failure = error
         if attempt + 1 < attempts:
+            if on_retry is not None:
+                on_retry()
             await asyncio.sleep(_retry_delay(failure, attempt))
     log.info("Gave up a Discord call after %d tries: %s", attempts, failure)
     return False
@@ -339,6 +343,11 @@ class Reply:
         self.outcome: Outcome | None = None
         self.delivered = False  # the final state reached Discord
         self.final_parts: list[str] = []  # the texts of the final state's messages
+        self.task: str | None = None  # what was asked (describe, ocr, compare), for the owner's figures
+        self.started_at = clock()
+        self.first_text_at: float | None = None
+        self.finished_at: float | None = None
+        self.discord_retries = 0
         self.closed = asyncio.Event()
         self.previews_skipped = 0
         self._closing = False
@@ -417,6 +426,8 @@ class Reply:
                 if not piece:
                     continue
                 text += piece
+                if self.first_text_at is None:
+                    self.first_text_at = self.clock()
                 if not self._answering or self._last_preview is None:
                     # The first preview waits one interval: a quick answer goes out in one edit.
                     self._answering = True
@@ -501,6 +512,7 @@ class Reply:
         except ReplyGone as gone:
             log.info("A reply could not be finished (%s); its output ends here", gone)
         finally:
+            self.finished_at = self.clock()
             self.closed.set()
             if self.on_closed is not None:
                 self.on_closed(self)
@@ -567,11 +579,16 @@ class Reply:
             with contextlib.suppress(ReplyGone):  # already deleted by someone: nothing to remove
                 await self._call(message.delete, final=final, deleting=True)
 
+    def _count_retry(self) -> None:
+        self.discord_retries += 1
+
     async def _call(
         self, call: Callable[[], Awaitable[object]], *, final: bool, deleting: bool = False
     ) -> bool:
         try:
-            return await call_discord(call, attempts=FINAL_ATTEMPTS if final else 1)
+            return await call_discord(
+                call, attempts=FINAL_ATTEMPTS if final else 1, on_retry=self._count_retry
+            )
         except ReplyGone:
             if not deleting:
                 self._gone = True
@@ -623,6 +640,7 @@ class Replies:
         self.clock = clock
         self.budgets = EditBudgets(clock)
         self.open: set[Reply] = set()
+        self.on_closed: Callable[[Reply], None] | None = None  # told of every reply's end (metrics)
         # One timer for all hand-overs (the soonest), rather than one per reply.
         self._handovers: list[tuple[float, int, Reply]] = []
         self._handover_timer: asyncio.TimerHandle | None = None
@@ -634,11 +652,16 @@ class Replies:
             [self.budgets.get(key) for key in surface.budget_keys],
             code_block=code_block,
             clock=self.clock,
-            on_closed=self.open.discard,
+            on_closed=self._closed,
         )
         reply.on_handover_due = self._watch_handover
         self.open.add(reply)
         return reply
+
+    def _closed(self, reply: Reply) -> None:
+        self.open.discard(reply)
+        if self.on_closed is not None:
+            self.on_closed(reply)
 
     def _watch_handover(self, reply: Reply, when: float) -> None:
         heapq.heappush(self._handovers, (when, next(self._handover_ids), reply))

@@ -115,6 +115,9 @@ class Settings:
     # Hosts attachments may be downloaded from; not read from the environment on purpose.
     cdn_hosts: frozenset[str] = DISCORD_CDN_HOSTS
     log_level: str = "INFO"
+    # The owner's view: Prometheus metrics over HTTP (off when no port is set)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @property
     def max_attachment_bytes(self) -> int:
@@ -185,6 +188,8 @@ class Settings:
             ),
             download_timeout_s=env.number("DOWNLOAD_TIMEOUT_S", defaults.download_timeout_s, minimum=0.1),
             log_level=env.choice("LOG_LEVEL", defaults.log_level, LOG_LEVELS, upper=True),
+            metrics_port=env.optional_int("METRICS_PORT", minimum=0, maximum=65535),  # 0: any free port
+            metrics_host=env.text("METRICS_HOST", defaults.metrics_host) or defaults.metrics_host,
         )
         _check_together(settings, env)
         return settings

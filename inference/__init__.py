@@ -18,12 +18,13 @@ from inference.errors import (
     OutOfMemory,
     RequestTimedOut,
 )
-from inference.types import Engine, EngineConfig, Request, Result, Task
+from inference.types import Engine, EngineConfig, EngineStats, Request, Result, Task
 
 __all__ = [
     "Engine",
     "EngineBusy",
     "EngineConfig",
+    "EngineStats",
     "EngineUnavailable",
     "InferenceError",
     "InvalidRequest",

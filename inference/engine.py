@@ -35,11 +35,12 @@ from inference.errors import (
     InferenceError,
     InvalidRequest,
     ModelFailed,
+    OutOfMemory,
     RequestTimedOut,
     timed_out_text,
 )
 from inference.scheduler import QueueFull, Scheduler, Ticket, TooLarge, rope_regime
-from inference.types import EngineConfig, Request, Result
+from inference.types import EngineConfig, EngineStats, Request, Result
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class LocalEngine:
         self._driver: asyncio.Task | None = None
         self._closing = False
         self._step_failures = 0
+        self._totals = EngineStats()
         self.dead_reason: str | None = None
         # Called once (on the event loop) when the engine gives up on the model.
         self.on_dead: Callable[[str], None] | None = None
@@ -132,6 +134,33 @@ class LocalEngine:
     @property
     def ready(self) -> bool:
         return self._runner is not None and not self._closing and self.dead_reason is None
+
+    def stats(self) -> EngineStats:
+        """A snapshot: the line, the batch, and totals since start."""
+        totals = self._totals
+        return EngineStats(
+            waiting=self.scheduler.num_waiting,
+            running=len(self.scheduler.running),
+            tokens_generated=totals.tokens_generated,
+            answers_finished=totals.answers_finished,
+            out_of_memory=totals.out_of_memory,
+            step_failures=totals.step_failures,
+            dead=self.dead_reason is not None,
+            **self._hardware(),
+        )
+
+    def _hardware(self) -> dict:
+        loaded = getattr(self._runner, "loaded", None)
+        if loaded is None:
+            return {}
+        dtype = str(loaded.dtype).removeprefix("torch.")
+        text = f"{loaded.device}, {dtype}, {loaded.attn_implementation} attention"
+        memory = None
+        if loaded.device.type == "cuda":
+            import torch  # the runner has it loaded already
+
+            memory = int(torch.cuda.memory_allocated(loaded.device))
+        return {"hardware": text, "memory_bytes": memory}
 
     @property
     def in_flight(self) -> int:
@@ -293,6 +322,7 @@ class LocalEngine:
     def _step_failed(self, failure: _StepFailure) -> None:
         """After a failed step (its requests already failed): count it, and give up on a broken model."""
         self._step_failures += 1
+        self._totals.step_failures += 1
         if failure.fatal:
             self._die(f"the device reported an unrecoverable error ({failure.summary})")
         elif self._step_failures >= MAX_STEP_FAILURES:
@@ -351,15 +381,21 @@ class LocalEngine:
 
     def _route(self, events: list) -> None:
         """Hand each request its new text; a finished one leaves the scheduler."""
+        totals = self._totals
         for event in events:
             channel = self._channels.get(event.request_id)
             if channel is not None:
+                totals.tokens_generated += max(event.new_tokens - channel.new_tokens, 0)
                 channel.new_tokens = event.new_tokens
             if event.text:
                 self._deliver(event.request_id, event.text)
             if event.finished:
                 self.scheduler.finish(event.request_id)
                 self._deliver(event.request_id, event.error or _DONE)
+                if event.error is None:
+                    totals.answers_finished += 1
+                elif isinstance(event.error, OutOfMemory):
+                    totals.out_of_memory += 1
 
     def _deliver(self, request_id: int, item) -> None:
         channel = self._channels.get(request_id)

@@ -52,6 +52,21 @@ class Result:
     seconds: float
 
 
+@dataclass
+class EngineStats:
+    """Running totals and the current load of an engine, for the owner's view (plain numbers, no library)."""
+
+    waiting: int = 0  # requests in line now
+    running: int = 0  # requests being answered now (the batch)
+    tokens_generated: int = 0
+    answers_finished: int = 0
+    out_of_memory: int = 0  # requests that failed for lack of GPU memory
+    step_failures: int = 0  # model steps that raised
+    dead: bool = False  # the engine gave up on the model
+    hardware: str | None = None  # e.g. "cuda:0, bfloat16, sdpa attention"
+    memory_bytes: int | None = None  # accelerator memory in use, where it can be known
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How to load and run the model. Defaults run the real published model."""

@@ -251,6 +251,7 @@ class ScriptedRunner:
     def __init__(self, config):
         self.config = config
         self.step_errors: list[Exception] = []  # raised by the next steps, one each
+        self.generated: dict[int, int] = {}
         self.reset_threads: list[str] = []
         self.rows: dict[int, int] = {}
         self.hold = threading.Event()
@@ -305,7 +306,8 @@ class ScriptedRunner:
             self.rows[rid] = prepared.max_new_tokens
         for rid in list(self.rows):
             left = self.rows[rid] - 1
-            events.append(Event(rid, f"tok{left} ", finished=left == 0, new_tokens=1))
+            self.generated[rid] = self.generated.get(rid, 0) + 1  # cumulative, as the real runner reports
+            events.append(Event(rid, f"tok{left} ", finished=left == 0, new_tokens=self.generated[rid]))
             self.rows[rid] = left
             if left == 0:
                 del self.rows[rid]

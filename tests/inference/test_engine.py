@@ -435,3 +435,22 @@ async def test_a_reader_that_leaves_while_waiting_is_dropped_and_the_line_moves_
     finally:
         runner.hold.set()
         await engine.stop()
+
+
+async def test_the_engine_keeps_figures_for_the_owner():
+    engine = await scripted()
+    try:
+        await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
+        engine._runner.fail_next = OutOfMemory("The GPU ran out of memory")
+        with pytest.raises(OutOfMemory):
+            await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
+        stats = engine.stats()
+        assert (stats.tokens_generated, stats.answers_finished, stats.out_of_memory) == (3, 1, 1)
+        assert (stats.waiting, stats.running, stats.dead) == (0, 0, False)
+    finally:
+        await engine.stop()
+
+
+async def test_the_real_engine_reports_its_hardware(engine):
+    stats = engine.stats()
+    assert stats.hardware == "cpu, float32, sdpa attention" and stats.memory_bytes is None

@@ -50,24 +50,21 @@ class EngineCollector(Collector):
         stats = self.stats()
         if stats is None:  # an engine without figures (the remote backend counts on its server)
             return
-        yield GaugeMetricFamily(
-            f"{PREFIX}_queue_length", "Requests waiting for the model", value=stats.waiting
+        figures = (
+            (GaugeMetricFamily, "queue_length", "Requests waiting for the model", stats.waiting),
+            (GaugeMetricFamily, "batch_size", "Requests being answered together now", stats.running),
+            (GaugeMetricFamily, "engine_dead", "1 when the engine gave up on the model", int(stats.dead)),
+            (CounterMetricFamily, "tokens_generated", "Tokens generated", stats.tokens_generated),
+            (
+                CounterMetricFamily,
+                "out_of_memory",
+                "Requests failed for lack of GPU memory",
+                stats.out_of_memory,
+            ),
+            (CounterMetricFamily, "engine_step_failures", "Model steps that raised", stats.step_failures),
         )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_batch_size", "Requests being answered together now", value=stats.running
-        )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_engine_dead", "1 when the engine gave up on the model", value=stats.dead
-        )
-        yield CounterMetricFamily(
-            f"{PREFIX}_tokens_generated", "Tokens generated", value=stats.tokens_generated
-        )
-        yield CounterMetricFamily(
-            f"{PREFIX}_out_of_memory", "Requests failed for lack of GPU memory", value=stats.out_of_memory
-        )
-        yield CounterMetricFamily(
-            f"{PREFIX}_engine_step_failures", "Model steps that raised", value=stats.step_failures
-        )
+        for family, name, description, value in figures:
+            yield family(f"{PREFIX}_{name}", description, value=value)
 
 
 class Metrics:

@@ -6,8 +6,10 @@ are ``ModelNotFound`` / ``InvalidRequest`` with a message an owner can act on.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +159,21 @@ def quantization_config(mode: str, dtype: torch.dtype, device: torch.device):
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
 
 
+@contextlib.contextmanager
+def _loading_bar(show: bool) -> Iterator[None]:
+    """transformers' weight-loading progress bar only when asked for (DEBUG); the download's bars stay."""
+    from transformers.utils import logging as transformers_logging
+
+    was_on = transformers_logging.is_progress_bar_enabled()
+    if was_on and not show:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on and not show:
+            transformers_logging.enable_progress_bar()
+
+
 def load(config: EngineConfig) -> LoadedModel:
     """Load the model and processor described by ``config`` (blocking; run it off the event loop)."""
     from inference import phi3v
@@ -178,7 +195,8 @@ def load(config: EngineConfig) -> LoadedModel:
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
     try:
-        model = phi3v.Phi3VForCausalLM.from_pretrained(source, **kwargs)
+        with _loading_bar(log.isEnabledFor(logging.DEBUG)):
+            model = phi3v.Phi3VForCausalLM.from_pretrained(source, **kwargs)
         processor = phi3v.Phi3VProcessor.from_pretrained(source, num_crops=config.num_crops)
     except (OSError, ValueError) as exc:
         raise ModelNotFound(f"Could not load a Phi-3-vision checkpoint from {source}: {exc}") from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -87,3 +89,15 @@ def test_checkpoint_folders(tmp_path):
     with pytest.raises(ModelNotFound, match="does not exist"):
         resolve_checkpoint("not/a/hub/id")
     assert quantization_config("none", torch.float16, CPU) is None
+
+
+def test_the_weight_loading_bar_shows_only_when_debugging(capsys, caplog):
+    from transformers.utils import logging as transformers_logging
+
+    from inference.loading import load
+
+    config = EngineConfig(model_id=str(TINY_CHECKPOINT), device="cpu")
+    with caplog.at_level(logging.INFO, logger="inference.loading"):
+        load(config)
+    assert "Loading weights" not in capsys.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled()  # restored for everyone else

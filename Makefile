@@ -5,7 +5,10 @@ VENV ?= .venv
 EXTRAS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-transformers-lowest bench-tiny bench-serving bench-load bench-gpu clean
+.PHONY: help run test test-transformers-lowest bench-tiny bench-serving bench-load bench-gpu clean
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 28
 
 $(VENV)/.installed-run$(EXTRAS): pyproject.toml scripts/setup-venv.sh
 	bash scripts/setup-venv.sh $(VENV) $(EXTRAS)
@@ -17,31 +20,31 @@ $(VENV)/.installed-dev$(EXTRAS): pyproject.toml scripts/setup-venv.sh
 
 comma := ,
 
-run: $(VENV)/.installed-run$(EXTRAS)
+run: $(VENV)/.installed-run$(EXTRAS)  ## set up .venv and start the bot (reads .env)
 	$(PY) -m bot
 
-test: $(VENV)/.installed-dev$(EXTRAS)
+test: $(VENV)/.installed-dev$(EXTRAS)  ## set up .venv with the test tools and run every test on the CPU
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The tests that touch transformers, again with the lowest release pyproject.toml allows (CI runs both)
 TRANSFORMERS_LOWEST := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
-test-transformers-lowest: $(VENV)/.installed-dev$(EXTRAS)
+test-transformers-lowest: $(VENV)/.installed-dev$(EXTRAS)  ## the transformers tests on the lowest allowed release
 	bash scripts/test-transformers.sh $(TRANSFORMERS_LOWEST) $(VENV)
 
-bench-tiny: $(VENV)/.installed-dev
+bench-tiny: $(VENV)/.installed-dev  ## one request's speed on the tiny checkpoint (CPU)
 	$(PY) bench/engine.py --tiny
 
-bench-serving: $(VENV)/.installed-dev
+bench-serving: $(VENV)/.installed-dev  ## event-loop lag and throughput on the tiny checkpoint (CPU)
 	$(PY) bench/loop_lag.py
 	$(PY) bench/throughput.py
 
 # Many people with faults injected, through simcord (no model): what each person ends up seeing
-bench-load: $(VENV)/.installed-dev
+bench-load: $(VENV)/.installed-dev  ## 100 people, 500 requests, faults injected: what each one sees
 	$(PY) bench/load.py
 
 # Every GPU benchmark (real size), each under a time limit; outputs in bench-results/ (see bench/RESULTS.md)
-bench-gpu: $(VENV)/.installed-dev$(EXTRAS)
+bench-gpu: $(VENV)/.installed-dev$(EXTRAS)  ## every GPU benchmark, real size (needs a CUDA GPU)
 	PYTHON=$(PY) bash bench/gpu_suite.sh bench-results
 
-clean:
+clean:  ## remove the virtual environments
 	rm -rf $(VENV) .venv-transformers-* .pytest_cache

@@ -126,5 +126,10 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
     return EXIT_OK
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``phi3v-bot`` console script: ``python -m bot`` under a shorter name."""
     sys.exit(main(argv=sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    cli()

@@ -15,13 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.settings import Settings
+from inference.types import PUBLISHED_WEIGHT_BYTES
 
 GB = 10**9  # as the README counts
-# Bytes of the published checkpoints' weights (bf16), from their model.safetensors.index.json.
-KNOWN_DOWNLOADS = {
-    "microsoft/Phi-3-vision-128k-instruct": 8_293_242_880,
-    "microsoft/Phi-3.5-vision-instruct": 8_293_242_880,
-}
 # The weights' share of their bf16 size per mode (README, "GPU memory": 8.3, 4.7 and 3.2 GB).
 WEIGHTS_SHARE = {"none": 1.0, "8bit": 4.7 / 8.3, "4bit": 3.2 / 8.3}
 KV_BYTES_PER_TOKEN = 32 * 2 * 3072 * 2  # layers x (keys, values) x width x bf16
@@ -82,7 +78,7 @@ def check_model(settings: Settings) -> Finding:
     cached = _cached_bytes(model_id)
     if cached:
         return Finding("model", "ok", f"{model_id} is downloaded ({cached / GB:.1f} GB in {hub_cache_dir()})")
-    size = KNOWN_DOWNLOADS.get(model_id)
+    size = PUBLISHED_WEIGHT_BYTES.get(model_id)
     how_big = f"~{size / GB:.1f} GB" if size else "its size is unknown offline"
     return Finding(
         "model",
@@ -155,7 +151,7 @@ def model_bytes(settings: Settings) -> float:
     local = Path(settings.model_id).expanduser()
     if local.is_dir():
         return float(sum(path.stat().st_size for path in local.glob("*.safetensors")))
-    return float(KNOWN_DOWNLOADS.get(settings.model_id, 8.3 * GB))
+    return float(PUBLISHED_WEIGHT_BYTES.get(settings.model_id, 8.3 * GB))
 
 
 def _available_ram() -> int | None:

@@ -149,5 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``phi3v`` console script: ``python -m inference`` under a shorter name."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from inference.errors import InvalidRequest, ModelNotFound
-from inference.types import EngineConfig
+from inference.types import PUBLISHED_WEIGHT_BYTES, EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,19 @@ def configure_attention_kernels(device: torch.device) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
+def _say_download(model_id: str) -> None:
+    from huggingface_hub import constants
+
+    size = PUBLISHED_WEIGHT_BYTES.get(model_id)
+    how_big = f"~{size / 1e9:.1f} GB" if size else "size unknown"
+    log.info(
+        "Downloading %s (%s) into %s; this happens once (an interrupted download resumes at the next start)",
+        model_id,
+        how_big,
+        constants.HF_HUB_CACHE,
+    )
+
+
 def resolve_checkpoint(model_id: str) -> Path:
     """A local folder as it is, or a hub id downloaded (with a progress bar) into the HF cache.
 
@@ -120,6 +133,10 @@ def resolve_checkpoint(model_id: str) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
+        try:
+            return Path(snapshot_download(model_id, allow_patterns=CHECKPOINT_FILES, local_files_only=True))
+        except LocalEntryNotFoundError:
+            _say_download(model_id)
         return Path(snapshot_download(model_id, allow_patterns=CHECKPOINT_FILES))
     except LocalEntryNotFoundError as exc:
         raise ModelNotFound(

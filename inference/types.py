@@ -12,6 +12,11 @@ if TYPE_CHECKING:
 
 
 DEFAULT_MODEL_ID = "microsoft/Phi-3-vision-128k-instruct"
+# Bytes of the published checkpoints' weights (bf16), from their model.safetensors.index.json.
+PUBLISHED_WEIGHT_BYTES = {
+    "microsoft/Phi-3-vision-128k-instruct": 8_293_242_880,
+    "microsoft/Phi-3.5-vision-instruct": 8_293_242_880,
+}
 
 
 class Task(enum.StrEnum):

@@ -192,3 +192,10 @@ def test_the_module_reads_its_command_line(tmp_path):
     )
     assert done.returncode == entry.EXIT_CHECK_FAILED
     assert "[FAIL] token: DISCORD_TOKEN is not set" in done.stdout and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("script", "expected"), [("phi3v-bot", "--check"), ("phi3v", "describe")])
+def test_the_console_scripts_are_installed(script, expected):
+    path = Path(sys.executable).parent / script
+    done = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and expected in done.stdout

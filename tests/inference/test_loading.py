@@ -101,3 +101,36 @@ def test_the_weight_loading_bar_shows_only_when_debugging(capsys, caplog):
         load(config)
     assert "Loading weights" not in capsys.readouterr().err
     assert transformers_logging.is_progress_bar_enabled()  # restored for everyone else
+
+
+def test_a_first_download_is_announced_with_its_size_and_place(monkeypatch, tmp_path, caplog):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from inference.loading import resolve_checkpoint
+
+    calls = []
+
+    def snapshot_download(repo_id, *, allow_patterns, local_files_only=False):
+        calls.append(local_files_only)
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    with caplog.at_level(logging.INFO, logger="inference.loading"):
+        assert resolve_checkpoint("microsoft/Phi-3-vision-128k-instruct") == tmp_path
+    assert calls == [True, False]
+    assert "Downloading microsoft/Phi-3-vision-128k-instruct (~8.3 GB) into" in caplog.text
+    assert "this happens once" in caplog.text
+
+
+def test_a_cached_model_is_not_announced(monkeypatch, tmp_path, caplog):
+    import huggingface_hub
+
+    from inference.loading import resolve_checkpoint
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(tmp_path))
+    with caplog.at_level(logging.INFO, logger="inference.loading"):
+        assert resolve_checkpoint("microsoft/Phi-3-vision-128k-instruct") == tmp_path
+    assert "Downloading" not in caplog.text

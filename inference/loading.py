@@ -199,6 +199,11 @@ def load(config: EngineConfig) -> LoadedModel:
     dtype = resolve_dtype(config.dtype, device)
     attn = resolve_attention(config.attn_implementation, device)
     quant = quantization_config(config.quantization, dtype, device)
+    if device.type == "cpu":
+        log.warning(
+            "Running on the CPU: expect minutes per answer, and about twice the checkpoint's size in RAM "
+            "(~17 GB for the published model). Use a GPU to serve people."
+        )
     source = resolve_checkpoint(config.model_id)
     log.info(
         "Loading %s on %s (%s, attention %s%s)",
@@ -221,7 +226,17 @@ def load(config: EngineConfig) -> LoadedModel:
         model.to(device)
     model.eval()
     configure_attention_kernels(device)
+    memory = ""
     if device.type == "cuda":
-        gib = torch.cuda.memory_allocated(device) / 2**30
-        log.info("Model loaded: %.1f GiB of GPU memory in use", gib)
+        memory = f", {torch.cuda.memory_allocated(device) / 1e9:.1f} GB of GPU memory in use"
+    log.info(
+        "Model ready on %s (%s, %s attention%s); batches of up to %d answers within %d KV-cache tokens "
+        "(MAX_BATCH_SIZE, TOKEN_BUDGET)",
+        device,
+        str(dtype).removeprefix("torch."),
+        attn,
+        memory,
+        config.max_batch_size,
+        config.token_budget,
+    )
     return LoadedModel(model, processor, device, dtype, attn, source)

@@ -134,3 +134,17 @@ def test_a_cached_model_is_not_announced(monkeypatch, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="inference.loading"):
         assert resolve_checkpoint("microsoft/Phi-3-vision-128k-instruct") == tmp_path
     assert "Downloading" not in caplog.text
+
+
+def test_loading_ends_with_one_line_that_sums_it_up_and_warns_on_the_cpu(caplog):
+    from inference.loading import load
+
+    config = EngineConfig(model_id=str(TINY_CHECKPOINT), device="cpu", max_batch_size=8, token_budget=24_576)
+    with caplog.at_level(logging.INFO, logger="inference.loading"):
+        load(config)
+    ready = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Model ready")]
+    assert ready == [
+        "Model ready on cpu (float32, sdpa attention); batches of up to 8 answers within 24576 "
+        "KV-cache tokens (MAX_BATCH_SIZE, TOKEN_BUDGET)"
+    ]
+    assert any(r.levelname == "WARNING" and "minutes per answer" in r.getMessage() for r in caplog.records)

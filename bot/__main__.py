@@ -19,6 +19,7 @@ import aiohttp
 import discord
 
 from bot.app import VisionBot, create_bot
+from bot.log_context import RequestIdFilter
 from bot.settings import Settings, SettingsError
 from inference import InferenceError
 
@@ -26,7 +27,7 @@ EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 EXIT_CHECK_FAILED = 1
-LOG_FORMAT = "%(asctime)s %(levelname)-8s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)-8s %(name)s [%(request)s]: %(message)s"
 MISSING_TOKEN_TEXT = (
     "DISCORD_TOKEN is not set. Copy .env.example to .env and put your bot's token after DISCORD_TOKEN= "
     "(Discord Developer Portal > your application > Bot > Reset Token)."
@@ -45,6 +46,8 @@ MISSING_INTENT_TEXT = (
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())  # "[i123…]": the request a line belongs to
     # discord.py's gateway chatter is noisy at DEBUG; keep it at INFO unless asked for.
     logging.getLogger("discord").setLevel(max(logging.INFO, logging.getLevelName(level)))
 

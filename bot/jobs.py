@@ -18,6 +18,7 @@ from bot.errors import AnswerWindowClosed, NoImage, NotEnoughImages, TooManyImag
 from bot.gather import sources_for_command_message
 from bot.images import ImageSource, check_sources, fetch_images
 from bot.limits import Requester
+from bot.log_context import set_request_id
 from bot.reply import InteractionSurface, Outcome, Reply, ReplyGone
 from inference import Request, Task
 from inference.prompts import MIN_COMPARE_IMAGES, clean_question
@@ -149,6 +150,7 @@ async def answer_interaction(
 ) -> None:
     """Answer a slash command or a message context menu."""
     bot: VisionBot = interaction.client  # type: ignore[assignment]
+    set_request_id(f"i{interaction.id}")
     reply = bot.replies.for_interaction(
         interaction, ephemeral=is_private(bot, task), code_block=task is Task.OCR
     )
@@ -169,6 +171,7 @@ async def answer_interaction(
 async def answer_command(ctx: VisionContext, task: Task, *, question: str | None = None) -> None:
     """Answer a prefix command about the images on the message or the one it replies to."""
     bot = ctx.bot
+    set_request_id(f"m{ctx.message.id}")
     reply = bot.replies.for_context(ctx, code_block=task is Task.OCR)
     reply.task = task.value
     requester = Requester.of(ctx.author, ctx.channel, ctx.guild)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import bot.__main__ as entry
 from bot import doctor
 from bot.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import acknowledge_errors, image_bytes, make_settings
 from tests.fakes import FakeEngine
 
 
@@ -199,3 +200,26 @@ def test_the_console_scripts_are_installed(script, expected):
     path = Path(sys.executable).parent / script
     done = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and expected in done.stdout
+
+
+async def test_every_log_line_of_a_request_carries_its_id(world, fake_engine):
+    from bot.log_context import RequestIdFilter
+
+    fake_engine.answer_next(RuntimeError("a bug"))  # logged by the error handler, in another task
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    handler.addFilter(RequestIdFilter())
+    logging.getLogger("bot").addHandler(handler)
+    try:
+        message = await world.member.send(world.channel, "!describe", attachments=[("a.png", image_bytes())])
+    finally:
+        logging.getLogger("bot").removeHandler(handler)
+    acknowledge_errors(world.env)
+    [error] = [r for r in records if r.getMessage().startswith("Unexpected error")]
+    assert error.request == f"m{message.id}"
+    assert logging.Formatter(entry.LOG_FORMAT).format(error).count(f"[m{message.id}]") == 1

@@ -83,7 +83,8 @@ def resolve_attention(name: str, device: torch.device) -> str:
         return "flash_attention_2" if device.type == "cuda" and has_flash else "sdpa"
     if name == "flash_attention_2" and not (has_flash and device.type == "cuda"):
         raise InvalidRequest(
-            "flash_attention_2 needs a CUDA GPU and the flash-attn package (pip install '.[gpu]')."
+            "flash_attention_2 needs a CUDA GPU and the flash-attn package "
+            "(.venv/bin/pip install flash-attn --no-build-isolation, as the README says)."
         )
     if name not in {"flash_attention_2", "sdpa", "eager"}:
         raise InvalidRequest(f"Unknown attention {name!r}: use auto, flash_attention_2, sdpa or eager.")

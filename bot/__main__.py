@@ -22,6 +22,7 @@ from bot.app import VisionBot, create_bot
 from bot.log_context import RequestIdFilter
 from bot.settings import Settings, SettingsError
 from inference import InferenceError
+from inference.process import exit_process
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -113,7 +114,8 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
     try:
         asyncio.run(run(bot, settings.discord_token.reveal()))
     except KeyboardInterrupt:
-        return EXIT_OK
+        print("Stopped.", file=sys.stderr)
+        return EXIT_OK  # Ctrl-C is how the bot is meant to be stopped
     except discord.LoginFailure:
         print(INVALID_TOKEN_TEXT, file=sys.stderr)
         return EXIT_CONFIG
@@ -131,7 +133,7 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
 
 def cli() -> None:
     """The ``phi3v-bot`` console script: ``python -m bot`` under a shorter name."""
-    sys.exit(main(argv=sys.argv[1:]))
+    exit_process(main(argv=sys.argv[1:]))
 
 
 if __name__ == "__main__":

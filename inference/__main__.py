@@ -22,6 +22,7 @@ from PIL import Image
 
 from inference.errors import InferenceError
 from inference.images import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
+from inference.process import exit_process
 from inference.prompts import MIN_COMPARE_IMAGES
 from inference.types import EngineConfig, Request, Task
 
@@ -146,12 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("Stopped.", file=sys.stderr)
         return 130
 
 
 def cli() -> None:
     """The ``phi3v`` console script: ``python -m inference`` under a shorter name."""
-    sys.exit(main())
+    exit_process(main())
 
 
 if __name__ == "__main__":

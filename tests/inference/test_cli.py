@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,39 @@ def test_values_out_of_range_are_one_line(capsys, option, value, message):
     assert exit_.value.code == 2
     line = one_error_line(capsys)
     assert message in line and option in line
+
+
+CTRL_C_DRIVER = """
+import sys, time
+import inference.loading
+from inference.__main__ import cli
+
+def slow_load(config):  # stands in for a multi-GB download: busy in the model thread for a minute
+    print("loading", file=sys.stderr, flush=True)
+    time.sleep(60)
+
+inference.loading.load = slow_load
+sys.argv = ["phi3v", "describe", sys.argv[1], "--model", sys.argv[2]]
+cli()
+"""
+
+
+def test_ctrl_c_during_a_slow_load_ends_within_two_seconds_without_a_traceback():
+    process = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_DRIVER, IMAGE, str(TINY_CHECKPOINT)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr.readline().strip() == "loading"  # the load has started in its thread
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=10)
+        took = time.monotonic() - started
+        err = process.stderr.read()
+    finally:
+        process.kill()
+    assert code == 130 and took < 2.0, (code, took, err)
+    assert "Traceback" not in err and err.strip() == "Stopped."

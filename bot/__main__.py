@@ -82,13 +82,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="check the settings, the token's shape, the model download and the device, without connecting "
         "to Discord; exit 0 when the bot can start",
     )
+    parser.add_argument(
+        "--no-device",
+        action="store_true",
+        help="with --check: leave out the device (for a health check while the bot itself holds the GPU)",
+    )
     return parser.parse_args(argv)
 
 
-def check(settings: Settings) -> int:
+def check(settings: Settings, *, device: bool = True) -> int:
     from bot.doctor import run_checks
 
-    findings = run_checks(settings)
+    findings = run_checks(settings, device=device)
     for finding in findings:
         print(finding.line())
     failed = [finding for finding in findings if finding.verdict == "fail"]
@@ -105,7 +110,7 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
         print(f"Configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check:
-        return check(settings)
+        return check(settings, device=not args.no_device)
     if not settings.discord_token:
         print(MISSING_TOKEN_TEXT, file=sys.stderr)
         return EXIT_CONFIG

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from unittest.mock import patch
 
@@ -223,3 +225,25 @@ async def test_every_log_line_of_a_request_carries_its_id(world, fake_engine):
     [error] = [r for r in records if r.getMessage().startswith("Unexpected error")]
     assert error.request == f"m{message.id}"
     assert logging.Formatter(entry.LOG_FORMAT).format(error).count(f"[m{message.id}]") == 1
+
+
+def test_the_container_files_use_what_the_bot_offers():
+    import yaml
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    [health] = [line for line in dockerfile.splitlines() if line.startswith("HEALTHCHECK")]
+    command = json.loads(health.split("CMD", 1)[1])
+    assert command[0] in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    args = entry.parse_args(command[1:])
+    assert args.check and args.no_device
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    bot = compose["services"]["bot"]
+    assert bot["env_file"] == ".env" and bot["volumes"] == ["bot-data:/data"]
+    assert bot["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert ".env" in (ROOT / ".dockerignore").read_text().split()  # the token never goes into the image
+
+
+def test_check_can_leave_out_the_device(capsys):
+    environ = {"DISCORD_TOKEN": FAKE_TOKEN, "MODEL_ID": TINY_MODEL, "DEVICE": "cuda"}  # no GPU here
+    assert entry.main(environ, ["--check", "--no-device"]) == entry.EXIT_OK
+    assert "device" not in capsys.readouterr().out

@@ -1,0 +1,28 @@
+# The bot on an NVIDIA host: docker compose up -d (see compose.yaml and the README, "Docker").
+# The host needs the NVIDIA driver and the NVIDIA Container Toolkit; PyTorch's wheel brings the CUDA runtime.
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/data/huggingface \
+    METRICS_HOST=0.0.0.0
+
+WORKDIR /app
+# PyTorch first, in its own layer: the largest download, and the one that changes least.
+RUN pip install --no-cache-dir "torch>=2.6"
+COPY pyproject.toml README.md ./
+COPY bot ./bot
+COPY cogs ./cogs
+COPY inference ./inference
+RUN pip install --no-cache-dir .
+
+# The model cache (and, later, the bot's database) live in /data, a volume that outlives the container.
+RUN useradd --create-home --uid 1000 bot && mkdir -p /data && chown bot /data
+USER bot
+VOLUME /data
+EXPOSE 9108
+
+# Settings, token shape and model download; the device is left out because the running bot holds it.
+HEALTHCHECK --interval=5m --timeout=60s --start-period=30m CMD ["phi3v-bot", "--check", "--no-device"]
+ENTRYPOINT ["phi3v-bot"]

@@ -18,7 +18,7 @@ from inference.errors import (
     OutOfMemory,
     RequestTimedOut,
 )
-from inference.types import Engine, EngineConfig, EngineStats, Request, Result, Task
+from inference.types import Engine, EngineConfig, EngineStats, Request, Result, Task, Turn
 
 __all__ = [
     "Engine",
@@ -37,6 +37,7 @@ __all__ = [
     "RequestTimedOut",
     "Result",
     "Task",
+    "Turn",
 ]
 
 

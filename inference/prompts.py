@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 
 from inference.errors import InvalidRequest
-from inference.types import Task
+from inference.types import Task, Turn
 
 MAX_QUESTION_CHARS = 1000
 MIN_COMPARE_IMAGES = 2
+MAX_TURNS = 8  # questions in one conversation, the first included
 
 DESCRIBE = "Describe this image in detail."
 OCR = (
@@ -63,10 +65,6 @@ def image_tags(count: int, labelled: bool = False) -> str:
     return "".join(f"<|image_{i}|>\n" for i in range(1, count + 1))
 
 
-def chat(user_message: str) -> str:
-    return f"<|user|>\n{user_message}<|end|>\n<|assistant|>\n"
-
-
 def check_image_count(count: int, max_images: int) -> None:
     """The limits every engine puts on how many images one request carries."""
     if count < 1:
@@ -99,7 +97,46 @@ def instruction(task: Task, num_images: int, question: str | None = None) -> str
     raise InvalidRequest(f"Unknown task {task!r}")
 
 
-def build_prompt(task: Task, num_images: int, question: str | None = None) -> str:
-    """The full prompt for ``task`` over ``num_images`` images, with an optional user question."""
-    text = instruction(task, num_images, question)
-    return chat(image_tags(num_images, labelled=task is Task.COMPARE) + text)
+def conversation(
+    task: Task, num_images: int, question: str | None = None, history: Sequence[Turn] = ()
+) -> list[tuple[str, str]]:
+    """The turns as (role, text), oldest first, without image tags; every text neutralised.
+
+    Without ``history`` this is one user turn, :func:`instruction`. With it, the first turn is the
+    task's instruction (with that turn's question), then the model's answers and the follow-up
+    questions alternate, and the new ``question`` (required) comes last.
+    """
+    if not history:
+        return [("user", instruction(task, num_images, question))]
+    if len(history) + 1 > MAX_TURNS:
+        raise InvalidRequest(
+            f"This conversation has reached {MAX_TURNS} questions; start a new one with a fresh command."
+        )
+    first, *later = history
+    turns = [("user", instruction(task, num_images, first.question)), ("assistant", neutralise(first.answer))]
+    for turn in later:
+        turns += [("user", _follow_up(turn.question)), ("assistant", neutralise(turn.answer))]
+    return [*turns, ("user", _follow_up(question))]
+
+
+def _follow_up(question: str | None) -> str:
+    cleaned = clean_question(question)
+    if cleaned is None:
+        raise InvalidRequest("A follow-up needs a question.")
+    return cleaned
+
+
+def build_prompt(
+    task: Task, num_images: int, question: str | None = None, history: Sequence[Turn] = ()
+) -> str:
+    """The full prompt for ``task`` over ``num_images`` images: one question, or a conversation.
+
+    The image tags open the first user turn, so they keep their numbering however long it grows.
+    """
+    turns = conversation(task, num_images, question, history)
+    tags = image_tags(num_images, labelled=task is Task.COMPARE)
+    text = "".join(
+        f"<|{role}|>\n{tags if index == 0 else ''}{content}<|end|>\n"
+        for index, (role, content) in enumerate(turns)
+    )
+    return text + "<|assistant|>\n"

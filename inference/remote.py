@@ -44,7 +44,7 @@ from inference.errors import (
     RequestTimedOut,
     timed_out_text,
 )
-from inference.prompts import check_image_count, instruction
+from inference.prompts import check_image_count, conversation
 from inference.types import DEFAULT_MODEL_ID, Request, Result
 
 if TYPE_CHECKING:
@@ -303,7 +303,7 @@ class RemoteEngine:
         if not self.ready:
             raise EngineUnavailable(NOT_READY_TEXT)
         check_image_count(len(request.images), self.config.max_images)
-        text = instruction(request.task, len(request.images), request.question)
+        turns = conversation(request.task, len(request.images), request.question, request.history)
         loop = asyncio.get_running_loop()
         time_limit = request.time_limit(self.config.request_timeout_s)
         progress.time_limit_s = time_limit
@@ -315,7 +315,7 @@ class RemoteEngine:
         except TimeoutError:
             raise self._timed_out(time_limit) from None
         try:
-            body = json.dumps(self._payload(urls, text, self.max_new_tokens(request))).encode()
+            body = json.dumps(self._payload(urls, turns, self.max_new_tokens(request))).encode()
             del urls
             attempt = 0
             while True:
@@ -348,14 +348,20 @@ class RemoteEngine:
         finally:
             self._slots.release()
 
-    def _payload(self, image_urls: list[str], text: str, max_tokens: int) -> dict[str, Any]:
+    def _payload(
+        self, image_urls: list[str], turns: list[tuple[str, str]], max_tokens: int
+    ) -> dict[str, Any]:
+        """The chat request: the images open the first user message (the server numbers their tags)."""
+        first_role, first_text = turns[0]
         content: list[dict[str, Any]] = [
             {"type": "image_url", "image_url": {"url": url}} for url in image_urls
         ]
-        content.append({"type": "text", "text": text})
+        content.append({"type": "text", "text": first_text})
+        messages = [{"role": first_role, "content": content}]
+        messages += [{"role": role, "content": text} for role, text in turns[1:]]
         return {
             "model": self.config.model,
-            "messages": [{"role": "user", "content": content}],
+            "messages": messages,
             "max_tokens": max_tokens,
             "temperature": 0,
             "stream": True,

@@ -152,7 +152,7 @@ class ModelRunner:
 
     def prepare(self, request: Request) -> Prepared:
         self.validate(request)
-        prompt = build_prompt(request.task, len(request.images), request.question)
+        prompt = build_prompt(request.task, len(request.images), request.question, request.history)
         inputs = self.loaded.processor(text=prompt, images=list(request.images), return_tensors="pt")
         return Prepared(
             input_ids=inputs["input_ids"][0],

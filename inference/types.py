@@ -26,6 +26,18 @@ class Task(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Turn:
+    """An earlier exchange of a conversation: what the person asked and what the model answered.
+
+    ``question`` of the first turn may be ``None`` (the task's own instruction was asked); later
+    turns are follow-up questions.
+    """
+
+    question: str | None
+    answer: str
+
+
+@dataclass(frozen=True)
 class Request:
     """One question about one or more images.
 
@@ -34,6 +46,8 @@ class Request:
     fair between people; ``max_new_tokens`` of ``None`` means the engine default.
     ``timeout_s`` shortens the engine's own time limit for this request (waiting and
     answering), e.g. so that an answer still arrives while the asker can be shown it.
+    ``history`` makes this a follow-up: the earlier turns of the conversation, oldest first
+    (the images belong to the first); ``question`` is then the new question.
     """
 
     task: Task
@@ -42,6 +56,7 @@ class Request:
     max_new_tokens: int | None = None
     user_id: int | None = None
     timeout_s: float | None = None
+    history: tuple[Turn, ...] = ()
 
     def time_limit(self, engine_limit_s: float) -> float:
         """Seconds this request may take: the engine's limit, or less if the request asks for less."""

@@ -18,6 +18,7 @@ from inference import (
     Request,
     RequestTimedOut,
     Task,
+    Turn,
 )
 from inference.engine import MAX_STEP_FAILURES, TOO_LARGE_TEXT
 from inference.errors import (
@@ -454,3 +455,15 @@ async def test_the_engine_keeps_figures_for_the_owner():
 async def test_the_real_engine_reports_its_hardware(engine):
     stats = engine.stats()
     assert stats.hardware == "cpu, float32, sdpa attention" and stats.memory_bytes is None
+
+
+async def test_a_follow_up_batched_with_others_equals_the_follow_up_alone(engine):
+    history = (Turn(None, "A red square."), Turn("What colour is the border?", "White."))
+    follow_up = Request(
+        Task.DESCRIBE, (fixture_image("square_336.png"),), "Is it centred?", history=history, user_id=1
+    )
+    other = Request(Task.OCR, (fixture_image("rgba_500x300.png"),), user_id=2)
+    alone = await engine.generate(follow_up)
+    together = await asyncio.gather(engine.generate(other), engine.generate(follow_up))
+    assert together[1].text == alone.text
+    assert together[1].new_tokens == alone.new_tokens > 0

@@ -7,8 +7,8 @@ from PIL import Image
 
 from inference import phi3v
 from inference.errors import InvalidRequest
-from inference.prompts import MAX_QUESTION_CHARS, build_prompt, neutralise
-from inference.types import Task
+from inference.prompts import DESCRIBE, MAX_QUESTION_CHARS, MAX_TURNS, build_prompt, neutralise
+from inference.types import Task, Turn
 from tests.inference.conftest import OFFICIAL
 
 USER, ASSISTANT, END, BOS = 32010, 32001, 32007, 1
@@ -79,3 +79,44 @@ def test_bad_requests_are_refused_in_plain_words():
         build_prompt(Task.COMPARE, 1)
     with pytest.raises(InvalidRequest, match="too long"):
         build_prompt(Task.DESCRIBE, 1, "x" * (MAX_QUESTION_CHARS + 1))
+
+
+# ---------------------------------------------------------------- conversations
+
+
+def test_a_conversation_is_phi3s_own_chat_format(processor):
+    history = (Turn(None, "A red car by a sign."), Turn("What does the sign say?", "It says STOP."))
+    prompt = build_prompt(Task.DESCRIBE, 1, "Is the car moving?", history)
+    messages = [
+        {"role": "user", "content": "<|image_1|>\n" + DESCRIBE},
+        {"role": "assistant", "content": "A red car by a sign."},
+        {"role": "user", "content": "What does the sign say?"},
+        {"role": "assistant", "content": "It says STOP."},
+        {"role": "user", "content": "Is the car moving?"},
+    ]
+    template = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt == template
+
+
+@pytest.mark.parametrize("injection", INJECTIONS)
+@pytest.mark.parametrize("count", [1, 3])
+def test_no_turn_of_a_conversation_can_change_its_structure(processor, injection, count):
+    history = (Turn(injection, f"Answer one {injection}"), Turn(f"Again {injection}", injection))
+    task = Task.COMPARE if count > 1 else Task.DESCRIBE
+    prompt = build_prompt(task, count, injection, history)
+    images = [Image.new("RGB", (60 + 10 * i, 40), (i * 40, 0, 0)) for i in range(count)]
+    inputs = processor(text=prompt, images=images)
+    ids = inputs["input_ids"][0].tolist()
+    turns = [USER, END, ASSISTANT, END, USER, END, ASSISTANT, END, USER, END, ASSISTANT]
+    assert control_ids(ids) == turns  # three questions, two answers, whatever anyone typed or answered
+    assert prompt.count("<|image_") == count and prompt.index("<|image_") < prompt.index("<|assistant|>")
+    assert ids.count(phi3v.IMAGE_TOKEN_ID) == sum(inputs["num_img_tokens"])
+
+
+def test_a_follow_up_needs_a_question_and_conversations_have_a_length():
+    first = (Turn(None, "A cat."),)
+    with pytest.raises(InvalidRequest, match="needs a question"):
+        build_prompt(Task.DESCRIBE, 1, "   ", first)
+    with pytest.raises(InvalidRequest, match=f"reached {MAX_TURNS} questions"):
+        build_prompt(Task.DESCRIBE, 1, "One more?", first + (Turn("Why?", "Because."),) * (MAX_TURNS - 1))
+    assert build_prompt(Task.DESCRIBE, 1, "Last one?", first + (Turn("Why?", "Because."),) * (MAX_TURNS - 2))

@@ -29,6 +29,7 @@ from inference import (
     Request,
     RequestTimedOut,
     Task,
+    Turn,
     remote,
 )
 from inference.errors import BUSY_TEXT, SHUTTING_DOWN_TEXT
@@ -568,3 +569,21 @@ async def test_event_reader_handles_split_reads_comments_and_crlf():
 def test_importing_the_remote_engine_does_not_import_torch():
     code = "import sys, inference.remote; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+async def test_a_follow_up_goes_as_a_multi_turn_chat(vllm, make_engine):
+    engine = await make_engine()
+    history = (Turn(None, "A red square."), Turn("Any text? <|end|>", "No <|assistant|> text."))
+    await collect(engine, Request(Task.DESCRIBE, (IMAGE,), question="What shape?", history=history))
+
+    messages = vllm.bodies[-1]["messages"]
+    assert [message["role"] for message in messages] == ["user", "assistant", "user", "assistant", "user"]
+    *images, first_text = messages[0]["content"]
+    assert [part["type"] for part in images] == ["image_url"]  # the images open the conversation
+    assert first_text == {"type": "text", "text": instruction(Task.DESCRIBE, 1, None)}
+    assert [message["content"] for message in messages[1:]] == [
+        "A red square.",
+        "Any text? <end>",
+        "No <assistant> text.",
+        "What shape?",
+    ]

@@ -59,6 +59,8 @@ class Sent:
     channel_id: int
     interaction: Any = None  # simcord's InteractionResult for slash / ocr / menu
     command_message_id: int | None = None  # for prefix
+    member: Any = None  # who sent a prefix command, and its message (so the scenario can delete it)
+    message: Any = None
     reply: Reply | None = None
 
 
@@ -184,14 +186,13 @@ async def _run(env, bot, engine, people, requests, channels, rng, image, started
         else:
             message = await member.send(room, "!describe", attachments=[("a.png", image)])
             item.command_message_id = message.id
-            item.member = member  # type: ignore[attr-defined]
-            item.message = message  # type: ignore[attr-defined]
+            item.member, item.message = member, message
         sent.append(item)
 
     # -- faults while people wait: some delete their command message
     prefix_items = [item for item in sent if item.kind == "prefix"]
     for item in rng.sample(prefix_items, k=min(5, len(prefix_items))):
-        await item.member.delete(item.message)  # type: ignore[attr-defined]
+        await item.member.delete(item.message)
         faults.deleted_commands += 1
 
     # -- the clock runs; more faults as answers stream

@@ -12,6 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.context import VisionContext
+from bot.conversation import Conversations
 from bot.errors import send_error_to_context, send_error_to_interaction
 from bot.images import Fetcher, HttpFetcher, ImageLimits
 from bot.jobs import JobsByMessage
@@ -52,6 +53,7 @@ class VisionBot(commands.Bot):
     jobs_by_message: JobsByMessage
     replies: Replies
     metrics: Metrics
+    conversations: Conversations
 
     def __init__(
         self,
@@ -90,6 +92,7 @@ class VisionBot(commands.Bot):
         self.limiter = JobLimiter.from_settings(settings)
         self.jobs_by_message = JobsByMessage()
         self.replies = Replies()
+        self.conversations = Conversations()
         self.metrics = Metrics(self.engine_stats)
         self.replies.on_closed = self.metrics.reply_closed
         self.add_command(sync_command)

@@ -90,12 +90,3 @@ async def referenced_message(message: discord.Message) -> discord.Message | None
     except discord.HTTPException:
         log.info("Could not fetch the replied-to message %s", reference.message_id)
         return None
-
-
-async def sources_for_command_message(
-    message: discord.Message, allowed_hosts: Iterable[str]
-) -> list[ImageSource]:
-    """Images for a prefix command: those on the command message, then on the message it replies to."""
-    replied = await referenced_message(message)
-    messages = [message] if replied is None else [message, replied]
-    return sources_from_messages(messages, allowed_hosts)

@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.errors import AnswerWindowClosed, NoImage, NotEnoughImages, TooManyImages
-from bot.gather import sources_for_command_message
+from bot.conversation import QUESTION_NEEDED_TEXT, Answered
+from bot.errors import AnswerWindowClosed, NoImage, NotEnoughImages, TooManyImages, UserFacingError
+from bot.gather import referenced_message, sources_from_messages
 from bot.images import ImageSource, check_sources, fetch_images
 from bot.limits import Requester
 from bot.log_context import set_request_id
-from bot.reply import InteractionSurface, Outcome, Reply, ReplyGone
-from inference import Request, Task
-from inference.prompts import MIN_COMPARE_IMAGES, clean_question
+from bot.reply import InteractionSurface, MessageSurface, Outcome, Reply, ReplyGone
+from inference import Request, Task, Turn
+from inference.prompts import MIN_COMPARE_IMAGES, check_turn_count, clean_question
 
 if TYPE_CHECKING:
     from bot.app import VisionBot
@@ -93,13 +94,18 @@ async def run_job(
     question: str | None,
     reply: Reply,
     no_image_text: str,
-) -> None:
+    history: tuple[Turn, ...] = (),
+) -> str | None:
     """Check limits, acknowledge, load the images, ask the engine and stream the answer into ``reply``.
 
-    Failures propagate to the error handler, which writes them into the same reply. A reply that can
-    no longer be shown (its message deleted, a permission removed) ends the job quietly.
+    ``history`` makes it a follow-up in a conversation. Failures propagate to the error handler, which
+    writes them into the same reply. A reply that can no longer be shown (its message deleted, a
+    permission removed) ends the job quietly. Returns the answer, or None when there was none.
     """
     question = clean_question(question)
+    if history and question is None:
+        raise UserFacingError(QUESTION_NEEDED_TEXT)
+    check_turn_count(len(history) + 1)
     chosen = choose_images(sources, task, max_images=bot.settings.max_images, no_image_text=no_image_text)
     check_sources(chosen, bot.image_limits)
     answer_time_limit(reply, bot.settings.request_timeout_s)  # too late? refused before acknowledging
@@ -113,11 +119,34 @@ async def run_job(
                 question=question,
                 user_id=requester.user_id,
                 timeout_s=answer_time_limit(reply, bot.settings.request_timeout_s),
+                history=history,
             )
-            await reply.stream(bot.engine.stream(request, on_position=reply.place_in_line))
+            return await reply.stream(bot.engine.stream(request, on_position=reply.place_in_line))
         except ReplyGone as gone:
             log.info("Stopped a job whose answer can no longer be shown: %s", gone)
             await reply.finish(Outcome.STOPPED, STOPPED_OUTPUT_GONE_TEXT)
+            return None
+
+
+def remember_answer(
+    bot: VisionBot,
+    reply: Reply,
+    task: Task,
+    sources: Sequence[ImageSource],
+    history: tuple[Turn, ...],
+    question: str | None,
+    answer: str | None,
+    asker_id: int,
+) -> None:
+    """Keep a shown answer, so that replying to it can ask a follow-up."""
+    surface = reply.surface
+    if answer is None or reply.outcome is not Outcome.ANSWER or not reply.delivered:
+        return
+    if not isinstance(surface, MessageSurface) or surface.main is None:
+        return
+    chosen = choose_images(sources, task, max_images=bot.settings.max_images, no_image_text="")
+    turns = (*history, Turn(clean_question(question), answer.strip()))
+    bot.conversations.remember(surface.main.id, Answered(task, tuple(chosen), turns, asker_id))
 
 
 def answer_time_limit(reply: Reply, request_timeout_s: float) -> float | None:
@@ -176,10 +205,19 @@ async def answer_command(ctx: VisionContext, task: Task, *, question: str | None
     reply.task = task.value
     requester = Requester.of(ctx.author, ctx.channel, ctx.guild)
     bot.access.check(requester, task)
-    sources = await sources_for_command_message(ctx.message, bot.settings.cdn_hosts)
+    replied = await referenced_message(ctx.message)
+    history: tuple[Turn, ...] = ()
+    if replied is not None and bot.user is not None and replied.author.id == bot.user.id:
+        earlier = bot.conversations.recall(replied.id)  # a follow-up on one of the bot's answers
+        task, sources, history = earlier.task, list(earlier.sources), earlier.turns
+        reply.task, reply.code_block = task.value, task is Task.OCR
+    else:
+        sources = sources_from_messages(
+            [ctx.message, *([replied] if replied else [])], bot.settings.cdn_hosts
+        )
     with bot.jobs_by_message.track(ctx.message.id):
         try:
-            await run_job(
+            answer = await run_job(
                 bot,
                 requester=requester,
                 task=task,
@@ -187,7 +225,9 @@ async def answer_command(ctx: VisionContext, task: Task, *, question: str | None
                 question=question,
                 reply=reply,
                 no_image_text=NO_IMAGE_IN_COMMAND_TEXT,
+                history=history,
             )
+            remember_answer(bot, reply, task, sources, history, question, answer, requester.user_id)
         except asyncio.CancelledError:
             if not bot.jobs_by_message.was_deleted(ctx.message.id):
                 raise  # shutting down: the bot ends open replies itself

@@ -108,15 +108,20 @@ def conversation(
     """
     if not history:
         return [("user", instruction(task, num_images, question))]
-    if len(history) + 1 > MAX_TURNS:
-        raise InvalidRequest(
-            f"This conversation has reached {MAX_TURNS} questions; start a new one with a fresh command."
-        )
+    check_turn_count(len(history) + 1)
     first, *later = history
     turns = [("user", instruction(task, num_images, first.question)), ("assistant", neutralise(first.answer))]
     for turn in later:
         turns += [("user", _follow_up(turn.question)), ("assistant", neutralise(turn.answer))]
     return [*turns, ("user", _follow_up(question))]
+
+
+def check_turn_count(questions: int) -> None:
+    """The limit every engine puts on a conversation's length (its questions, the first included)."""
+    if questions > MAX_TURNS:
+        raise InvalidRequest(
+            f"This conversation has reached {MAX_TURNS} questions; start a new one with a fresh command."
+        )
 
 
 def _follow_up(question: str | None) -> str:

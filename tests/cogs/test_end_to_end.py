@@ -54,3 +54,17 @@ async def test_ocr_is_private_and_in_a_code_block_with_the_real_model(world):
     result = await world.member.slash(world.channel, "ocr", image=("shot.png", image_bytes((400, 120))))
     assert result.ephemeral
     assert result.response.content.startswith("```")
+
+
+async def test_a_follow_up_conversation_with_the_real_model(world):
+    await world.member.send(world.channel, "!describe", attachments=[("cat.png", image_bytes((300, 200)))])
+    [first] = bot_messages(world.channel)
+    await world.member.send(world.channel, "!describe what colour is it?", reply_to=first)
+    await world.member.send(
+        world.channel, "!describe and its size?", reply_to=bot_messages(world.channel)[-1]
+    )
+    answers = bot_messages(world.channel)
+    assert len(answers) == 3
+    assert all(answer.content.strip() and answer.content != WORKING_TEXT for answer in answers)
+    [remembered] = [world.env.bot.conversations.recall(answers[-1].id)]
+    assert [turn.question for turn in remembered.turns] == [None, "what colour is it?", "and its size?"]

@@ -1,0 +1,93 @@
+"""Follow-ups by replying to one of the bot's answers with a prefix command (or @bot command)."""
+
+from __future__ import annotations
+
+from bot.conversation import FORGOTTEN_TEXT, QUESTION_NEEDED_TEXT, Answered, Conversations
+from bot.errors import UserFacingError
+from inference import InvalidRequest, Task, Turn
+from inference.prompts import MAX_TURNS
+from tests.conftest import acknowledge_errors, bot_messages, image_bytes
+
+
+async def ask(world, text: str, *, reply_to=None, attachments=()):
+    await world.member.send(world.channel, text, reply_to=reply_to, attachments=list(attachments))
+    return bot_messages(world.channel)[-1]
+
+
+async def test_a_three_turn_conversation_by_replies(world, fake_engine):
+    fake_engine.answer_next("A red car by a sign.", "It says STOP.", "No, it is parked.")
+    first = await ask(world, "!describe", attachments=[("car.png", image_bytes((30, 20)))])
+    second = await ask(world, "!describe what does the sign say?", reply_to=first)
+    bot_user = world.env.bot.user
+    third = await ask(world, f"<@{bot_user.id}> describe is the car moving?", reply_to=second)
+
+    assert [first.content, second.content, third.content] == [
+        "A red car by a sign.",
+        "It says STOP.",
+        "No, it is parked.",
+    ]
+    follow_up = fake_engine.requests[-1]
+    assert follow_up.question == "is the car moving?"
+    assert follow_up.history == (
+        Turn(None, "A red car by a sign."),
+        Turn("what does the sign say?", "It says STOP."),
+    )
+    assert follow_up.task is Task.DESCRIBE
+    assert [image.size for image in follow_up.images] == [(30, 20)]  # the first turn's image, fetched again
+
+
+async def test_a_follow_up_keeps_the_conversations_task(world, fake_engine):
+    fake_engine.answer_next("TOTAL 12.50", "12.50")
+    first = await ask(world, "!ocr", attachments=[("receipt.png", image_bytes())])
+    second = await ask(world, "!describe what is the total?", reply_to=first)
+    assert fake_engine.requests[-1].task is Task.OCR
+    assert second.content == "```\n12.50\n```"  # shown as OCR, in a code block
+
+
+async def test_a_follow_up_needs_a_question(world, fake_engine):
+    first = await ask(world, "!describe", attachments=[("a.png", image_bytes())])
+    shown = await ask(world, "!describe", reply_to=first)
+    assert shown.content == QUESTION_NEEDED_TEXT
+    assert len(fake_engine.requests) == 1
+    assert acknowledge_errors(world.env) == [UserFacingError]
+
+
+async def test_a_forgotten_conversation_says_so(world, fake_engine):
+    first = await ask(world, "!describe", attachments=[("a.png", image_bytes())])
+    world.env.bot.conversations = Conversations()  # as after a restart
+    shown = await ask(world, "!describe and the colour?", reply_to=first)
+    assert shown.content == FORGOTTEN_TEXT
+    assert acknowledge_errors(world.env) == [UserFacingError]
+
+
+async def test_a_conversation_ends_at_the_turn_limit(world, fake_engine):
+    last = await ask(world, "!describe", attachments=[("a.png", image_bytes())])
+    for turn in range(1, MAX_TURNS):
+        last = await ask(world, f"!describe question {turn}?", reply_to=last)
+    assert len(fake_engine.requests) == MAX_TURNS
+    shown = await ask(world, "!describe one more?", reply_to=last)
+    assert f"reached {MAX_TURNS} questions" in shown.content
+    assert acknowledge_errors(world.env) == [InvalidRequest]
+
+
+async def test_a_refusal_or_failure_is_not_remembered_as_an_answer(world, fake_engine):
+    fake_engine.answer_next(RuntimeError("bug"))
+    failed = await ask(world, "!describe", attachments=[("a.png", image_bytes())])
+    acknowledge_errors(world.env)
+    shown = await ask(world, "!describe why?", reply_to=failed)
+    assert shown.content == FORGOTTEN_TEXT
+    acknowledge_errors(world.env)
+
+
+def test_old_answers_are_forgotten_first():
+    conversations = Conversations(size=2)
+    answered = Answered(Task.DESCRIBE, (), (Turn(None, "x"),), asker_id=1)
+    for message_id in (1, 2, 3):
+        conversations.remember(message_id, answered)
+    assert conversations.recall(3) is answered and conversations.recall(2) is answered
+    try:
+        conversations.recall(1)
+    except UserFacingError as error:
+        assert str(error) == FORGOTTEN_TEXT
+    else:
+        raise AssertionError("the oldest answer should be forgotten")

@@ -208,6 +208,9 @@ class SilentSurface:
     async def delete_main(self) -> None:
         pass
 
+    async def main_message_id(self) -> None:
+        return None
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Workload

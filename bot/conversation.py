@@ -39,6 +39,9 @@ class Conversations:
         self.size = size
         self._answers: OrderedDict[int, Answered] = OrderedDict()
 
+    def __len__(self) -> int:
+        return len(self._answers)
+
     def remember(self, message_id: int, answered: Answered) -> None:
         self._answers[message_id] = answered
         self._answers.move_to_end(message_id)

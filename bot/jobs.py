@@ -20,7 +20,7 @@ from bot.gather import referenced_message, sources_from_messages
 from bot.images import ImageSource, check_sources, fetch_images
 from bot.limits import Requester
 from bot.log_context import set_request_id
-from bot.reply import InteractionSurface, MessageSurface, Outcome, Reply, ReplyGone
+from bot.reply import InteractionSurface, Outcome, Reply, ReplyGone
 from inference import Request, Task, Turn
 from inference.prompts import MIN_COMPARE_IMAGES, check_turn_count, clean_question
 
@@ -128,7 +128,7 @@ async def run_job(
             return None
 
 
-def remember_answer(
+async def remember_answer(
     bot: VisionBot,
     reply: Reply,
     task: Task,
@@ -139,14 +139,14 @@ def remember_answer(
     asker_id: int,
 ) -> None:
     """Keep a shown answer, so that replying to it can ask a follow-up."""
-    surface = reply.surface
     if answer is None or reply.outcome is not Outcome.ANSWER or not reply.delivered:
         return
-    if not isinstance(surface, MessageSurface) or surface.main is None:
+    message_id = await reply.surface.main_message_id()
+    if message_id is None:  # a private answer: Discord lets nobody reply to it
         return
     chosen = choose_images(sources, task, max_images=bot.settings.max_images, no_image_text="")
     turns = (*history, Turn(clean_question(question), answer.strip()))
-    bot.conversations.remember(surface.main.id, Answered(task, tuple(chosen), turns, asker_id))
+    bot.conversations.remember(message_id, Answered(task, tuple(chosen), turns, asker_id))
 
 
 def answer_time_limit(reply: Reply, request_timeout_s: float) -> float | None:
@@ -186,7 +186,7 @@ async def answer_interaction(
     reply.task = task.value
     requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
     bot.access.check(requester, task)
-    await run_job(
+    answer = await run_job(
         bot,
         requester=requester,
         task=task,
@@ -195,6 +195,7 @@ async def answer_interaction(
         reply=reply,
         no_image_text=no_image_text,
     )
+    await remember_answer(bot, reply, task, sources, (), question, answer, requester.user_id)
 
 
 async def answer_command(ctx: VisionContext, task: Task, *, question: str | None = None) -> None:
@@ -227,7 +228,7 @@ async def answer_command(ctx: VisionContext, task: Task, *, question: str | None
                 no_image_text=NO_IMAGE_IN_COMMAND_TEXT,
                 history=history,
             )
-            remember_answer(bot, reply, task, sources, history, question, answer, requester.user_id)
+            await remember_answer(bot, reply, task, sources, history, question, answer, requester.user_id)
         except asyncio.CancelledError:
             if not bot.jobs_by_message.was_deleted(ctx.message.id):
                 raise  # shutting down: the bot ends open replies itself

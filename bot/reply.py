@@ -167,6 +167,9 @@ class Surface(Protocol):
     async def delete_main(self) -> None:
         """Remove the main message (a reply that cannot be finished leaves no half answer)."""
 
+    async def main_message_id(self) -> int | None:
+        """The id of the message showing the answer, for replies to it (None: private, nobody can reply)."""
+
 
 class MessageSurface:
     """A prefix command's answer: a reply to the command message, then edits of it."""
@@ -198,6 +201,9 @@ class MessageSurface:
     async def delete_main(self) -> None:
         if self.main is not None:
             await self.main.delete()
+
+    async def main_message_id(self) -> int | None:
+        return self.main.id if self.main is not None else None
 
 
 class InteractionSurface:
@@ -263,6 +269,16 @@ class InteractionSurface:
             await self.channel_message.delete()
         elif self.interaction.response.is_done() and not self.handed_over:
             await self.interaction.delete_original_response()
+
+    async def main_message_id(self) -> int | None:
+        if self.ephemeral:
+            return None
+        if self.channel_message is not None:
+            return self.channel_message.id
+        try:
+            return (await self.interaction.original_response()).id  # one call, for answers only
+        except discord.HTTPException:
+            return None
 
     def _channel(self) -> discord.abc.Messageable:
         channel = self.interaction.channel

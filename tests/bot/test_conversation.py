@@ -91,3 +91,18 @@ def test_old_answers_are_forgotten_first():
         assert str(error) == FORGOTTEN_TEXT
     else:
         raise AssertionError("the oldest answer should be forgotten")
+
+
+async def test_a_public_slash_answer_can_be_followed_up_by_reply(world, fake_engine):
+    fake_engine.answer_next("A cat on a sofa.", "Grey.")
+    result = await world.member.slash(world.channel, "describe", image=("cat.png", image_bytes((12, 8))))
+    answer = next(m for m in world.channel.history() if m.id == result.response.id)
+    shown = await ask(world, "!describe what colour is the cat?", reply_to=answer)
+    assert shown.content == "Grey."
+    assert fake_engine.requests[-1].history == (Turn(None, "A cat on a sofa."),)
+    assert [image.size for image in fake_engine.requests[-1].images] == [(12, 8)]
+
+
+async def test_a_private_answer_is_not_kept_for_follow_ups(world, fake_engine):
+    await world.member.slash(world.channel, "ocr", image=("a.png", image_bytes()))
+    assert len(world.env.bot.conversations) == 0

@@ -92,6 +92,9 @@ class RecordingSurface:
     async def delete_main(self) -> None:
         await self.record("delete 0", "")
 
+    async def main_message_id(self) -> int | None:
+        return None
+
 
 class Clock:
     def __init__(self) -> None:

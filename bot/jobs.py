@@ -211,6 +211,7 @@ async def answer_command(ctx: VisionContext, task: Task, *, question: str | None
     if replied is not None and bot.user is not None and replied.author.id == bot.user.id:
         earlier = bot.conversations.recall(replied.id)  # a follow-up on one of the bot's answers
         task, sources, history = earlier.task, list(earlier.sources), earlier.turns
+        bot.access.check(requester, task)  # the conversation's task decides (OCR may be limited to roles)
         reply.task, reply.code_block = task.value, task is Task.OCR
     else:
         sources = sources_from_messages(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from bot.conversation import FORGOTTEN_TEXT, QUESTION_NEEDED_TEXT, Answered, Conversations
-from bot.errors import UserFacingError
+from bot.errors import Denied, UserFacingError
+from bot.limits import OCR_DENIED_TEXT
 from inference import InvalidRequest, Task, Turn
 from inference.prompts import MAX_TURNS
-from tests.conftest import acknowledge_errors, bot_messages, image_bytes
+from tests.conftest import acknowledge_errors, bot_messages, image_bytes, reconfigure
 
 
 async def ask(world, text: str, *, reply_to=None, attachments=()):
@@ -106,3 +107,15 @@ async def test_a_public_slash_answer_can_be_followed_up_by_reply(world, fake_eng
 async def test_a_private_answer_is_not_kept_for_follow_ups(world, fake_engine):
     await world.member.slash(world.channel, "ocr", image=("a.png", image_bytes()))
     assert len(world.env.bot.conversations) == 0
+
+
+async def test_a_follow_up_on_an_ocr_answer_needs_the_ocr_role(world, fake_engine):
+    moderator_role = world.guild.create_role("OCR")
+    moderator = world.guild.add_member(world.env.create_user("mod"), roles=[moderator_role])
+    reconfigure(world.env.bot, ocr_role_ids=frozenset({moderator_role.id}))
+    await moderator.send(world.channel, "!ocr", attachments=[("shot.png", image_bytes())])
+    ocr_answer = bot_messages(world.channel)[-1]
+    shown = await ask(world, "!describe what does it say?", reply_to=ocr_answer)  # world.member has no role
+    assert shown.content == OCR_DENIED_TEXT
+    assert len(fake_engine.requests) == 1
+    assert acknowledge_errors(world.env) == [Denied]

@@ -15,7 +15,7 @@ from bot.context import VisionContext
 from bot.conversation import Conversations
 from bot.errors import send_error_to_context, send_error_to_interaction
 from bot.images import Fetcher, HttpFetcher, ImageLimits
-from bot.jobs import JobsByMessage
+from bot.jobs import JobsByMessage, answer_follow_up_mention
 from bot.limits import AccessPolicy, JobLimiter
 from bot.metrics import Metrics
 from bot.reply import Replies
@@ -147,6 +147,21 @@ class VisionBot(commands.Bot):
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         if self.jobs_by_message.cancel(payload.message_id):
             log.info("Stopped a request whose message was deleted")
+
+    async def on_message(self, message: discord.Message) -> None:
+        """Commands as usual; and "@bot <question>" in reply to one of the bot's answers is a follow-up."""
+        if message.author.bot:
+            return
+        ctx = await self.get_context(message)
+        if ctx.command is None and self._mentioned_in_reply(ctx):
+            await answer_follow_up_mention(ctx)
+            return
+        await self.invoke(ctx)
+
+    def _mentioned_in_reply(self, ctx: VisionContext) -> bool:
+        if self.user is None or ctx.message.reference is None or not ctx.prefix:
+            return False
+        return ctx.prefix.strip() in (f"<@{self.user.id}>", f"<@!{self.user.id}>")
 
     async def get_context(self, origin, /, *, cls=VisionContext):  # type: ignore[override]
         return await super().get_context(origin, cls=cls)

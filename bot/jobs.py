@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.conversation import QUESTION_NEEDED_TEXT, Answered
-from bot.errors import AnswerWindowClosed, NoImage, NotEnoughImages, TooManyImages, UserFacingError
+from bot.errors import (
+    AnswerWindowClosed,
+    NoImage,
+    NotEnoughImages,
+    TooManyImages,
+    UserFacingError,
+    send_error_to_context,
+)
 from bot.gather import referenced_message, sources_from_messages
 from bot.images import ImageSource, check_sources, fetch_images
 from bot.limits import Requester
@@ -235,3 +242,19 @@ async def answer_command(ctx: VisionContext, task: Task, *, question: str | None
                 raise  # shutting down: the bot ends open replies itself
             asyncio.current_task().uncancel()
             await reply.finish(Outcome.STOPPED, STOPPED_BY_DELETE_TEXT)
+
+
+async def answer_follow_up_mention(ctx: VisionContext) -> None:
+    """ "@bot <question>" in reply to one of the bot's answers: a follow-up without a command word.
+
+    A mention in reply to anything else is left alone (people talk about the bot, too).
+    """
+    bot = ctx.bot
+    replied = await referenced_message(ctx.message)
+    if replied is None or bot.user is None or replied.author.id != bot.user.id:
+        return
+    question = ctx.message.content[len(ctx.prefix or "") :].strip()
+    try:
+        await answer_command(ctx, Task.DESCRIBE, question=question)  # the conversation's own task is used
+    except Exception as error:  # not a command, so discord.py's error event does not see it
+        await send_error_to_context(ctx, error)

@@ -119,3 +119,29 @@ async def test_a_follow_up_on_an_ocr_answer_needs_the_ocr_role(world, fake_engin
     assert shown.content == OCR_DENIED_TEXT
     assert len(fake_engine.requests) == 1
     assert acknowledge_errors(world.env) == [Denied]
+
+
+async def test_a_mention_in_reply_to_an_answer_is_a_follow_up(world, fake_engine):
+    fake_engine.answer_next("A dog in the snow.", "It is a husky.")
+    first = await ask(world, "!describe", attachments=[("dog.png", image_bytes())])
+    bot_user = world.env.bot.user
+    shown = await ask(world, f"<@{bot_user.id}> what breed is it?", reply_to=first)
+    assert shown.content == "It is a husky."
+    assert fake_engine.requests[-1].question == "what breed is it?"
+    assert fake_engine.requests[-1].history == (Turn(None, "A dog in the snow."),)
+
+
+async def test_a_mention_in_reply_to_someone_else_is_left_alone(world, fake_engine):
+    photo = await world.member.send(world.channel, "my photo", attachments=[("a.png", image_bytes())])
+    bot_user = world.env.bot.user
+    await world.member.send(world.channel, f"<@{bot_user.id}> isn't this great?", reply_to=photo)
+    assert bot_messages(world.channel) == [] and fake_engine.requests == []
+
+
+async def test_a_mention_follow_up_that_fails_is_told_like_a_command(world, fake_engine):
+    first = await ask(world, "!describe", attachments=[("a.png", image_bytes())])
+    world.env.bot.conversations = type(world.env.bot.conversations)()  # forgotten, as after a restart
+    bot_user = world.env.bot.user
+    shown = await ask(world, f"<@{bot_user.id}> and then?", reply_to=first)
+    assert shown.content == FORGOTTEN_TEXT
+    assert acknowledge_errors(world.env) == []  # handled here, not by discord.py's error event

@@ -206,7 +206,7 @@ class SilentSurface:
         pass
 
     async def delete_main(self) -> None:
-        pass
+        """Nothing was posted, so there is nothing to delete."""
 
     async def main_message_id(self) -> None:
         return None

@@ -102,12 +102,12 @@ async def run_job(
     reply: Reply,
     no_image_text: str,
     history: tuple[Turn, ...] = (),
-) -> str | None:
+) -> None:
     """Check limits, acknowledge, load the images, ask the engine and stream the answer into ``reply``.
 
-    ``history`` makes it a follow-up in a conversation. Failures propagate to the error handler, which
-    writes them into the same reply. A reply that can no longer be shown (its message deleted, a
-    permission removed) ends the job quietly. Returns the answer, or None when there was none.
+    ``history`` makes it a follow-up in a conversation; a shown answer is remembered for the next
+    one. Failures propagate to the error handler, which writes them into the same reply. A reply that
+    can no longer be shown (its message deleted, a permission removed) ends the job quietly.
     """
     question = clean_question(question)
     if history and question is None:
@@ -128,32 +128,21 @@ async def run_job(
                 timeout_s=answer_time_limit(reply, bot.settings.request_timeout_s),
                 history=history,
             )
-            return await reply.stream(bot.engine.stream(request, on_position=reply.place_in_line))
+            answer = await reply.stream(bot.engine.stream(request, on_position=reply.place_in_line))
         except ReplyGone as gone:
             log.info("Stopped a job whose answer can no longer be shown: %s", gone)
             await reply.finish(Outcome.STOPPED, STOPPED_OUTPUT_GONE_TEXT)
-            return None
+            return
+    if reply.outcome is Outcome.ANSWER and reply.delivered:
+        turns = (*history, Turn(question, answer.strip()))
+        await remember_answer(bot, reply, Answered(task, chosen, turns, requester.user_id))
 
 
-async def remember_answer(
-    bot: VisionBot,
-    reply: Reply,
-    task: Task,
-    sources: Sequence[ImageSource],
-    history: tuple[Turn, ...],
-    question: str | None,
-    answer: str | None,
-    asker_id: int,
-) -> None:
-    """Keep a shown answer, so that replying to it can ask a follow-up."""
-    if answer is None or reply.outcome is not Outcome.ANSWER or not reply.delivered:
-        return
+async def remember_answer(bot: VisionBot, reply: Reply, answered: Answered) -> None:
+    """Keep a shown answer under the id of the message showing it, so that replying to it can follow up."""
     message_id = await reply.surface.main_message_id()
-    if message_id is None:  # a private answer: Discord lets nobody reply to it
-        return
-    chosen = choose_images(sources, task, max_images=bot.settings.max_images, no_image_text="")
-    turns = (*history, Turn(clean_question(question), answer.strip()))
-    bot.conversations.remember(message_id, Answered(task, tuple(chosen), turns, asker_id))
+    if message_id is not None:  # None: a private answer, which Discord lets nobody reply to
+        bot.conversations.remember(message_id, answered)
 
 
 def answer_time_limit(reply: Reply, request_timeout_s: float) -> float | None:
@@ -193,7 +182,7 @@ async def answer_interaction(
     reply.task = task.value
     requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
     bot.access.check(requester, task)
-    answer = await run_job(
+    await run_job(
         bot,
         requester=requester,
         task=task,
@@ -202,7 +191,6 @@ async def answer_interaction(
         reply=reply,
         no_image_text=no_image_text,
     )
-    await remember_answer(bot, reply, task, sources, (), question, answer, requester.user_id)
 
 
 async def answer_command(ctx: VisionContext, task: Task, *, question: str | None = None) -> None:
@@ -226,7 +214,7 @@ async def answer_command(ctx: VisionContext, task: Task, *, question: str | None
         )
     with bot.jobs_by_message.track(ctx.message.id):
         try:
-            answer = await run_job(
+            await run_job(
                 bot,
                 requester=requester,
                 task=task,
@@ -236,7 +224,6 @@ async def answer_command(ctx: VisionContext, task: Task, *, question: str | None
                 no_image_text=NO_IMAGE_IN_COMMAND_TEXT,
                 history=history,
             )
-            await remember_answer(bot, reply, task, sources, history, question, answer, requester.user_id)
         except asyncio.CancelledError:
             if not bot.jobs_by_message.was_deleted(ctx.message.id):
                 raise  # shutting down: the bot ends open replies itself

@@ -13,6 +13,7 @@ from dotenv import find_dotenv, load_dotenv
 from yarl import URL
 
 from inference import EngineConfig
+from inference.images import DEFAULT_MAX_PIXELS
 from inference.remote import RemoteConfig
 from inference.types import DEFAULT_MODEL_ID
 
@@ -110,7 +111,7 @@ class Settings:
     user_cooldown_s: float = 10.0
     max_jobs_per_user: int = 2
     max_attachment_mb: float = 10.0
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     download_timeout_s: float = 20.0
     # Hosts attachments may be downloaded from; not read from the environment on purpose.
     cdn_hosts: frozenset[str] = DISCORD_CDN_HOSTS

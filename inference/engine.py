@@ -100,10 +100,6 @@ class _FailedEvent:
         self.new_tokens = 0
 
 
-def _failed_event(request_id: int) -> _FailedEvent:
-    return _FailedEvent(request_id)
-
-
 class LocalEngine:
     """Runs Phi-3-vision in this process. See ``inference.types.Engine`` for the contract."""
 
@@ -358,7 +354,7 @@ class LocalEngine:
             victims = list(dict.fromkeys([*self._runner.running_ids, *(rid for rid, _ in admit)]))
             self._runner.reset()
             fatal = bool(getattr(self._runner, "is_fatal", lambda _: False)(exc))
-            events = [_failed_event(rid) for rid in victims]
+            events = [_FailedEvent(rid) for rid in victims]
             return events, _StepFailure(f"{type(exc).__name__}: {exc}"[:300], fatal)
 
     def _decode_steps(self, admit: list, aborted: list[int], loop: asyncio.AbstractEventLoop) -> list:

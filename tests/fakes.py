@@ -136,7 +136,7 @@ class FakeEngine:
         await asyncio.sleep(0)
 
     def _leave(self, token: object) -> None:
-        pass
+        """After an answer: nothing to free, this fake answers everyone at once (see SlottedFakeEngine)."""
 
     async def generate(self, request: Request) -> Result:
         started = time.perf_counter()

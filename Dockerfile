@@ -6,6 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/data/huggingface \
+    DATABASE_PATH=/data/bot.sqlite3 \
     METRICS_HOST=0.0.0.0
 
 WORKDIR /app
@@ -17,7 +18,7 @@ COPY cogs ./cogs
 COPY inference ./inference
 RUN pip install --no-cache-dir .
 
-# The model cache (and, later, the bot's database) live in /data, a volume that outlives the container.
+# The model cache and the bot's database live in /data, a volume that outlives the container.
 RUN useradd --create-home --uid 1000 bot && mkdir -p /data && chown bot /data
 USER bot
 VOLUME /data

@@ -19,6 +19,7 @@ import aiohttp
 import discord
 
 from bot.app import VisionBot, create_bot
+from bot.database import DatabaseUnavailable
 from bot.log_context import RequestIdFilter
 from bot.settings import Settings, SettingsError
 from inference import InferenceError
@@ -129,6 +130,9 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
         return EXIT_CONFIG
     except InferenceError as error:
         print(f"Could not start the model: {error}", file=sys.stderr)
+        return EXIT_STARTUP
+    except DatabaseUnavailable as error:
+        print(str(error), file=sys.stderr)
         return EXIT_STARTUP
     except (aiohttp.ClientConnectionError, discord.GatewayNotFound, OSError) as error:
         print(f"{NO_CONNECTION_TEXT} ({error.__class__.__name__}: {error})", file=sys.stderr)

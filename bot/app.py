@@ -13,9 +13,10 @@ from discord.ext import commands
 
 from bot.context import VisionContext
 from bot.conversation import Conversations
+from bot.database import Database
 from bot.errors import send_error_to_context, send_error_to_interaction
 from bot.images import Fetcher, HttpFetcher, ImageLimits
-from bot.jobs import JobsByMessage, answer_follow_up_mention
+from bot.jobs import STOPPED_BY_DELETE_TEXT, RunningJobs, answer_follow_up_mention
 from bot.limits import AccessPolicy, JobLimiter
 from bot.metrics import Metrics
 from bot.reply import Replies
@@ -26,7 +27,7 @@ from inference.remote import display_url
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.describe", "cogs.ocr", "cogs.compare", "cogs.status")
+EXTENSIONS = ("cogs.answer_buttons", "cogs.describe", "cogs.ocr", "cogs.compare", "cogs.status")
 SHUTDOWN_GRACE_S = 5.0  # how long shutdown waits for stopped jobs to tell their users
 MODEL_UNAVAILABLE_STATUS = "Model unavailable; the owner has been told"
 DESCRIPTION = "Describes, reads and compares images with Phi-3-vision."
@@ -50,10 +51,11 @@ class VisionBot(commands.Bot):
     image_limits: ImageLimits
     access: AccessPolicy
     limiter: JobLimiter
-    jobs_by_message: JobsByMessage
+    running_jobs: RunningJobs
     replies: Replies
     metrics: Metrics
-    conversations: Conversations
+    database: Database | None
+    conversations: Conversations  # from setup_hook on (it needs the database)
 
     def __init__(
         self,
@@ -90,9 +92,9 @@ class VisionBot(commands.Bot):
         )
         self.access = AccessPolicy.from_settings(settings)
         self.limiter = JobLimiter.from_settings(settings)
-        self.jobs_by_message = JobsByMessage()
+        self.running_jobs = RunningJobs()
         self.replies = Replies()
-        self.conversations = Conversations()
+        self.database = None
         self.metrics = Metrics(self.engine_stats)
         self.replies.on_closed = self.metrics.reply_closed
         self.add_command(sync_command)
@@ -100,6 +102,10 @@ class VisionBot(commands.Bot):
             engine.on_dead = self._engine_died
 
     async def setup_hook(self) -> None:
+        # The database first: a damaged file stops the start in seconds, not after the model loaded.
+        self.database = await Database.open(self.settings.database_path)
+        log.info("Database: %s", self.settings.database_path)
+        self.conversations = Conversations(self.database)
         self.session = aiohttp.ClientSession()
         if self.fetcher is None:
             self.fetcher = HttpFetcher(self.session, timeout_s=self.settings.download_timeout_s)
@@ -131,6 +137,9 @@ class VisionBot(commands.Bot):
             if self.session is not None:
                 await self.session.close()
                 self.session = None
+            if self.database is not None:
+                await self.database.close()
+                self.database = None
 
     def engine_stats(self) -> EngineStats | None:
         """The engine's figures, if it keeps any (the local engine does)."""
@@ -145,7 +154,7 @@ class VisionBot(commands.Bot):
         self.loop.create_task(self.change_presence(status=discord.Status.dnd, activity=status))
 
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        if self.jobs_by_message.cancel(payload.message_id):
+        if self.running_jobs.stop(payload.message_id, STOPPED_BY_DELETE_TEXT):
             log.info("Stopped a request whose message was deleted")
 
     async def on_message(self, message: discord.Message) -> None:

@@ -1,25 +1,34 @@
-"""Follow-up questions by replying to one of the bot's answers.
+"""Conversations: follow-up questions on one of the bot's answers.
 
-The bot remembers its recent answers (bounded, in memory): for each, the message that shows it, the
-task, the images' sources and the conversation so far. A prefix command (or ``@bot command``) that
-replies to such a message asks a follow-up: the same images, the earlier turns, the new question.
+Every answer the bot shows is kept in the database under the ids of the messages showing it: the
+task, where its images are on Discord, every question and answer so far, who asked, and whether
+it was private. Replying to such a message (``@bot <question>`` or a prefix command) or pressing its
+"Ask a follow-up" button continues the conversation: the same images, the earlier turns, the new
+question. Kept for :data:`KEPT_DAYS` days, so follow-ups work across restarts.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
 
+from bot.database import Database
 from bot.errors import UserFacingError
 from bot.images import ImageSource
 from inference import Task, Turn
 
-REMEMBERED_ANSWERS = 2_000
+log = logging.getLogger(__name__)
+
+KEPT_DAYS = 30
+PRUNE_EVERY = 200  # answers remembered between two clean-ups of old ones
 FORGOTTEN_TEXT = (
-    "I no longer remember that conversation (I keep recent ones until I restart). "
-    "Start a new one with the image."
+    f"I no longer have that conversation (I keep them for {KEPT_DAYS} days). Start a new one with the image."
 )
 QUESTION_NEEDED_TEXT = "Ask a question to follow up, e.g. `!describe what does the sign say?`"
+NOT_YOURS_TEXT = "That answer was private to the person who asked, so only they can follow up on it."
 
 
 @dataclass(frozen=True)
@@ -30,27 +39,105 @@ class Answered:
     sources: tuple[ImageSource, ...]
     turns: tuple[Turn, ...]  # every exchange so far, this answer's included
     asker_id: int
+    private: bool = False
+    markdown: bool = False  # an OCR answer asked for as Markdown
+    channel_id: int | None = None
+
+    def check_may_follow_up(self, user_id: int) -> None:
+        """Anyone may follow up on a public answer; only its asker on a private one."""
+        if self.private and user_id != self.asker_id:
+            raise UserFacingError(NOT_YOURS_TEXT)
+
+
+def _sources_to_json(sources: tuple[ImageSource, ...]) -> str:
+    return json.dumps([asdict(source) for source in sources])
+
+
+def _sources_from_json(text: str) -> tuple[ImageSource, ...]:
+    return tuple(ImageSource(**fields) for fields in json.loads(text))
+
+
+def _turns_to_json(turns: tuple[Turn, ...]) -> str:
+    return json.dumps([[turn.question, turn.answer] for turn in turns])
+
+
+def _turns_from_json(text: str) -> tuple[Turn, ...]:
+    return tuple(Turn(question, answer) for question, answer in json.loads(text))
 
 
 class Conversations:
-    """The bot's recent answers by the id of the message that shows them; the oldest are forgotten first."""
+    """The bot's answers by the ids of the messages that show them, in the database."""
 
-    def __init__(self, size: int = REMEMBERED_ANSWERS) -> None:
-        self.size = size
-        self._answers: OrderedDict[int, Answered] = OrderedDict()
+    def __init__(self, database: Database, *, kept_days: float = KEPT_DAYS) -> None:
+        self.database = database
+        self.kept_s = kept_days * 24 * 3600
+        self._since_prune = 0
 
-    def __len__(self) -> int:
-        return len(self._answers)
+    async def remember(self, message_ids: list[int], answered: Answered) -> None:
+        """Keep an answer under each message showing it (the first is its main message).
 
-    def remember(self, message_id: int, answered: Answered) -> None:
-        self._answers[message_id] = answered
-        self._answers.move_to_end(message_id)
-        while len(self._answers) > self.size:
-            self._answers.popitem(last=False)
+        A failed write is logged, not raised: the answer was shown; only following up on it is lost.
+        """
+        if not message_ids:
+            return
+        main_id, now = message_ids[0], time.time()
+        row = (
+            main_id,
+            answered.channel_id,
+            answered.asker_id,
+            answered.task.value,
+            int(answered.private),
+            int(answered.markdown),
+            _sources_to_json(answered.sources),
+            _turns_to_json(answered.turns),
+            now,
+        )
+        try:
+            await self.database.execute_many(
+                "INSERT OR REPLACE INTO answers (message_id, main_id, channel_id, asker_id, task, private, "
+                "markdown, sources, turns, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(message_id, *row) for message_id in message_ids],
+            )
+            self._since_prune += 1
+            if self._since_prune >= PRUNE_EVERY:
+                await self.forget_older_than(now - self.kept_s)
+        except sqlite3.Error:
+            log.exception("Could not keep an answer for follow-ups")
 
-    def recall(self, message_id: int) -> Answered:
-        """The conversation an answer belongs to, or :class:`UserFacingError` if it was forgotten."""
-        answered = self._answers.get(message_id)
-        if answered is None:
+    async def recall(self, message_id: int) -> Answered:
+        """The conversation an answer belongs to, or :class:`UserFacingError` if it is not kept."""
+        rows = await self.database.fetch_all(
+            "SELECT task, sources, turns, asker_id, private, markdown, channel_id FROM answers "
+            "WHERE message_id = ? AND created_at >= ?",
+            (message_id, time.time() - self.kept_s),
+        )
+        if not rows:
             raise UserFacingError(FORGOTTEN_TEXT)
-        return answered
+        task, sources, turns, asker_id, private, markdown, channel_id = rows[0]
+        return Answered(
+            task=Task(task),
+            sources=_sources_from_json(sources),
+            turns=_turns_from_json(turns),
+            asker_id=asker_id,
+            private=bool(private),
+            markdown=bool(markdown),
+            channel_id=channel_id,
+        )
+
+    async def message_ids(self, main_id: int) -> list[int]:
+        """Every message showing the answer whose first message is ``main_id`` (first first)."""
+        rows = await self.database.fetch_all(
+            "SELECT message_id FROM answers WHERE main_id = ? ORDER BY message_id", (main_id,)
+        )
+        return [row[0] for row in rows]
+
+    async def forget(self, main_id: int) -> None:
+        await self.database.execute("DELETE FROM answers WHERE main_id = ?", (main_id,))
+
+    async def forget_older_than(self, cutoff: float) -> None:
+        await self.database.execute("DELETE FROM answers WHERE created_at < ?", (cutoff,))
+        self._since_prune = 0
+
+    async def count(self) -> int:
+        rows = await self.database.fetch_all("SELECT COUNT(*) FROM answers")
+        return int(rows[0][0])

@@ -8,20 +8,38 @@ from urllib.parse import unquote, urlsplit
 
 import discord
 
+from bot.errors import UserFacingError
 from bot.images import ImageSource, is_discord_upload
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".webp", ".gif", ".bmp")
 IMAGE_EMBED_TYPES = ("image", "gifv", "rich", "article")
+IMAGES_GONE_TEXT = (
+    "The image this conversation is about was deleted (or I can no longer see its message), so I "
+    "cannot look at it again. Start a new conversation with the image."
+)
 
 
-def source_from_attachment(attachment: discord.Attachment) -> ImageSource:
+class ImagesGone(UserFacingError):
+    """A conversation's image was deleted."""
+
+    def __init__(self) -> None:
+        super().__init__(IMAGES_GONE_TEXT)
+
+
+def source_from_attachment(
+    attachment: discord.Attachment, message: discord.Message | None = None
+) -> ImageSource:
+    """An attachment's source; with its ``message``, a follow-up can find it again later."""
     return ImageSource(
         filename=attachment.filename,
         url=attachment.url,
         size=attachment.size,
         content_type=attachment.content_type,
+        channel_id=message.channel.id if message is not None else None,
+        message_id=message.id if message is not None else None,
+        attachment_id=attachment.id,
     )
 
 
@@ -66,12 +84,65 @@ def sources_from_messages(
 
     for message in messages:
         for attachment in message.attachments:
-            add(source_from_attachment(attachment), sources if looks_like_image(attachment) else other_files)
+            add(
+                source_from_attachment(attachment, message),
+                sources if looks_like_image(attachment) else other_files,
+            )
         for embed in message.embeds:
             url = next((u for u in _embed_image_urls(embed) if is_discord_upload(u, hosts)), None)
             if url is not None:
-                add(ImageSource(filename=_filename_from_url(url), url=url), sources)
+                source = ImageSource(
+                    filename=_filename_from_url(url),
+                    url=url,
+                    channel_id=message.channel.id,
+                    message_id=message.id,
+                )
+                add(source, sources)
     return sources or other_files
+
+
+def _same_file(url: str, other: str) -> bool:
+    """Two links to the same upload (Discord's links differ only in their signature query)."""
+    return urlsplit(url).path == urlsplit(other).path
+
+
+async def refresh_sources(
+    client: discord.Client, sources: Iterable[ImageSource], allowed_hosts: Iterable[str]
+) -> tuple[ImageSource, ...]:
+    """The same images with fresh links, read again from their messages (Discord's links expire).
+
+    A source without a message (a slash command's upload) is kept as it is. Raises
+    :class:`ImagesGone` when a message or the file on it was deleted or can no longer be read.
+    """
+    messages: dict[int, discord.Message] = {}
+    fresh: list[ImageSource] = []
+    for source in sources:
+        if source.message_id is None or source.channel_id is None:
+            fresh.append(source)
+            continue
+        message = messages.get(source.message_id)
+        if message is None:
+            message = messages[source.message_id] = await _fetch_message(
+                client, source.channel_id, source.message_id
+            )
+        found = [
+            candidate
+            for candidate in sources_from_messages([message], allowed_hosts)
+            if (source.attachment_id is not None and candidate.attachment_id == source.attachment_id)
+            or (source.attachment_id is None and _same_file(candidate.url, source.url))
+        ]
+        if not found:
+            raise ImagesGone()
+        fresh.append(found[0])
+    return tuple(fresh)
+
+
+async def _fetch_message(client: discord.Client, channel_id: int, message_id: int) -> discord.Message:
+    try:
+        channel = client.get_channel(channel_id) or await client.fetch_channel(channel_id)
+        return await channel.fetch_message(message_id)  # type: ignore[union-attr]
+    except (discord.NotFound, discord.Forbidden, AttributeError):
+        raise ImagesGone() from None
 
 
 async def referenced_message(message: discord.Message) -> discord.Message | None:

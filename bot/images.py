@@ -37,6 +37,10 @@ class ImageSource:
     url: str
     size: int | None = None  # bytes, when Discord told us
     content_type: str | None = None
+    # The message it is on, so a follow-up can find it again (Discord's file links expire).
+    channel_id: int | None = None
+    message_id: int | None = None
+    attachment_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,10 @@ class DownloadError(Exception):
 
 class DownloadTooLarge(DownloadError):
     pass
+
+
+GONE_REASON = "it is no longer on Discord (deleted, or its link expired)"
+GONE_STATUSES = frozenset({403, 404, 410})
 
 
 class Fetcher(Protocol):
@@ -117,6 +125,8 @@ class HttpFetcher:
     async def fetch(self, url: str, *, max_bytes: int) -> bytes:
         try:
             async with self._session.get(url, allow_redirects=False, timeout=self._timeout) as response:
+                if response.status in GONE_STATUSES:
+                    raise DownloadError(GONE_REASON)
                 if response.status != 200:
                     raise DownloadError(
                         f"Discord answered HTTP {response.status} when I tried to download it"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -23,11 +23,11 @@ from bot.errors import (
     UserFacingError,
     send_error_to_context,
 )
-from bot.gather import referenced_message, sources_from_messages
+from bot.gather import referenced_message, refresh_sources, sources_from_messages
 from bot.images import ImageSource, check_sources, fetch_images
 from bot.limits import Requester
 from bot.log_context import set_request_id
-from bot.reply import InteractionSurface, Outcome, Reply, ReplyGone
+from bot.reply import Controls, InteractionSurface, Outcome, Reply, ReplyGone
 from inference import Request, Task, Turn
 from inference.prompts import MIN_COMPARE_IMAGES, check_turn_count, clean_question
 
@@ -39,6 +39,11 @@ NO_IMAGE_IN_COMMAND_TEXT = "Attach an image to your message, or reply to a messa
 NO_IMAGE_IN_MESSAGE_TEXT = "That message has no image I can look at."
 STOPPED_BY_DELETE_TEXT = "Stopped: the message that asked was deleted."
 STOPPED_OUTPUT_GONE_TEXT = "Stopped: the answer could not be shown any more."
+STOPPED_BY_TEXT = "Stopped by {name}."
+TRIMMED_NOTE = (
+    "This conversation grew too long for my memory, so I left out its {count} oldest follow-up "
+    "question{s} (the images and the first answer stay)."
+)
 # A private answer cannot outlive the interaction token, so it gets at most the time left (less a
 # margin); a job with less than this left is refused rather than started.
 MIN_ANSWER_TIME_S = 20.0
@@ -46,35 +51,55 @@ MIN_ANSWER_TIME_S = 20.0
 log = logging.getLogger(__name__)
 
 
-class JobsByMessage:
-    """Prefix-command jobs by the id of the message that asked, so deleting that message stops the job."""
+class RunningJobs:
+    """Jobs in progress by id (the asking message's, or the interaction's), so they can be stopped.
+
+    Stopping cancels the job's task; the engine aborts the answer at its next step and the job
+    shows the text it was stopped with (:func:`stoppable`).
+    """
 
     def __init__(self) -> None:
         self._tasks: dict[int, asyncio.Task] = {}
-        self._deleted: set[int] = set()
+        self._stop_texts: dict[int, str] = {}
 
     @contextmanager
-    def track(self, message_id: int) -> Iterator[None]:
+    def track(self, job_id: int) -> Iterator[None]:
         task = asyncio.current_task()
         if task is not None:
-            self._tasks[message_id] = task
+            self._tasks[job_id] = task
         try:
             yield
         finally:
-            self._tasks.pop(message_id, None)
-            self._deleted.discard(message_id)
+            self._tasks.pop(job_id, None)
+            self._stop_texts.pop(job_id, None)
 
-    def cancel(self, message_id: int) -> bool:
-        """Stop the job asked for by this message, if one is running (the engine aborts at its next step)."""
-        task = self._tasks.get(message_id)
-        if task is None:
-            return False
-        self._deleted.add(message_id)
+    def is_running(self, job_id: int) -> bool:
+        return job_id in self._tasks
+
+    def stop(self, job_id: int, text: str) -> bool:
+        """Stop a running job, which then shows ``text``; False if it is not running (any more)."""
+        task = self._tasks.get(job_id)
+        if task is None or job_id in self._stop_texts:
+            return task is not None
+        self._stop_texts[job_id] = text
         task.cancel()
         return True
 
-    def was_deleted(self, message_id: int) -> bool:
-        return message_id in self._deleted
+    def stop_text(self, job_id: int) -> str | None:
+        return self._stop_texts.get(job_id)
+
+
+async def stoppable(bot: VisionBot, job_id: int, reply: Reply, work: Awaitable[None]) -> None:
+    """Run a job so that :meth:`RunningJobs.stop` ends it with its text (shutdown still cancels it)."""
+    with bot.running_jobs.track(job_id):
+        try:
+            await work
+        except asyncio.CancelledError:
+            text = bot.running_jobs.stop_text(job_id)
+            if text is None:
+                raise  # shutting down: the bot ends open replies itself
+            asyncio.current_task().uncancel()
+            await reply.finish(Outcome.STOPPED, text)
 
 
 def choose_images(
@@ -101,13 +126,16 @@ async def run_job(
     question: str | None,
     reply: Reply,
     no_image_text: str,
+    job_id: int,
     history: tuple[Turn, ...] = (),
+    markdown: bool = False,
 ) -> None:
     """Check limits, acknowledge, load the images, ask the engine and stream the answer into ``reply``.
 
     ``history`` makes it a follow-up in a conversation; a shown answer is remembered for the next
-    one. Failures propagate to the error handler, which writes them into the same reply. A reply that
-    can no longer be shown (its message deleted, a permission removed) ends the job quietly.
+    one. ``markdown``: an OCR answer as Markdown. Failures propagate to the error handler, which
+    writes them into the same reply. A reply that can no longer be shown (its message deleted, a
+    permission removed) ends the job quietly.
     """
     question = clean_question(question)
     if history and question is None:
@@ -116,6 +144,9 @@ async def run_job(
     chosen = choose_images(sources, task, max_images=bot.settings.max_images, no_image_text=no_image_text)
     check_sources(chosen, bot.image_limits)
     answer_time_limit(reply, bot.settings.request_timeout_s)  # too late? refused before acknowledging
+    private = isinstance(reply.surface, InteractionSurface) and reply.surface.ephemeral
+    reply.controls = Controls(job_id=job_id, asker_id=requester.user_id, private=private)
+    reply.markdown = markdown
     with bot.limiter.job(requester.user_id):
         try:
             await reply.acknowledge()
@@ -127,22 +158,24 @@ async def run_job(
                 user_id=requester.user_id,
                 timeout_s=answer_time_limit(reply, bot.settings.request_timeout_s),
                 history=history,
+                markdown=markdown,
             )
-            answer = await reply.stream(bot.engine.stream(request, on_position=reply.place_in_line))
+
+            def tell_trimmed(count: int) -> None:
+                reply.notes.append(TRIMMED_NOTE.format(count=count, s="" if count == 1 else "s"))
+
+            pieces = bot.engine.stream(request, on_position=reply.place_in_line, on_trimmed=tell_trimmed)
+            answer = await reply.stream(pieces)
         except ReplyGone as gone:
             log.info("Stopped a job whose answer can no longer be shown: %s", gone)
             await reply.finish(Outcome.STOPPED, STOPPED_OUTPUT_GONE_TEXT)
             return
     if reply.outcome is Outcome.ANSWER and reply.delivered:
         turns = (*history, Turn(question, answer.strip()))
-        await remember_answer(bot, reply, Answered(task, chosen, turns, requester.user_id))
-
-
-async def remember_answer(bot: VisionBot, reply: Reply, answered: Answered) -> None:
-    """Keep a shown answer under the id of the message showing it, so that replying to it can follow up."""
-    message_id = await reply.surface.main_message_id()
-    if message_id is not None:  # None: a private answer, which Discord lets nobody reply to
-        bot.conversations.remember(message_id, answered)
+        answered = Answered(
+            task, chosen, turns, requester.user_id, private, markdown, channel_id=requester.channel_id
+        )
+        await bot.conversations.remember(await reply.message_ids(), answered)
 
 
 def answer_time_limit(reply: Reply, request_timeout_s: float) -> float | None:
@@ -172,6 +205,7 @@ async def answer_interaction(
     *,
     question: str | None = None,
     no_image_text: str = NO_IMAGE_IN_MESSAGE_TEXT,
+    markdown: bool = False,
 ) -> None:
     """Answer a slash command or a message context menu."""
     bot: VisionBot = interaction.client  # type: ignore[assignment]
@@ -182,7 +216,7 @@ async def answer_interaction(
     reply.task = task.value
     requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
     bot.access.check(requester, task)
-    await run_job(
+    job = run_job(
         bot,
         requester=requester,
         task=task,
@@ -190,11 +224,54 @@ async def answer_interaction(
         question=question,
         reply=reply,
         no_image_text=no_image_text,
+        job_id=interaction.id,
+        markdown=markdown,
     )
+    await stoppable(bot, interaction.id, reply, job)
 
 
-async def answer_command(ctx: VisionContext, task: Task, *, question: str | None = None) -> None:
-    """Answer a prefix command about the images on the message or the one it replies to."""
+async def continue_conversation(bot: VisionBot, requester: Requester, earlier: Answered) -> list[ImageSource]:
+    """Check a follow-up may be asked, and find the conversation's images again (fresh links)."""
+    bot.access.check(requester, earlier.task)  # the conversation's task decides (OCR may be limited to roles)
+    earlier.check_may_follow_up(requester.user_id)
+    return list(await refresh_sources(bot, earlier.sources, bot.settings.cdn_hosts))
+
+
+async def answer_follow_up_interaction(
+    interaction: discord.Interaction, earlier: Answered, question: str | None
+) -> None:
+    """A follow-up asked with an answer's button: shown like the answer it continues (public or private)."""
+    bot: VisionBot = interaction.client  # type: ignore[assignment]
+    set_request_id(f"i{interaction.id}")
+    reply = bot.replies.for_interaction(
+        interaction, ephemeral=earlier.private, code_block=earlier.task is Task.OCR
+    )
+    reply.task = earlier.task.value
+    requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
+    sources = await continue_conversation(bot, requester, earlier)
+    job = run_job(
+        bot,
+        requester=requester,
+        task=earlier.task,
+        sources=sources,
+        question=question,
+        reply=reply,
+        no_image_text=NO_IMAGE_IN_MESSAGE_TEXT,
+        job_id=interaction.id,
+        history=earlier.turns,
+        markdown=earlier.markdown,
+    )
+    await stoppable(bot, interaction.id, reply, job)
+
+
+async def answer_command(
+    ctx: VisionContext, task: Task, *, question: str | None = None, markdown: bool = False
+) -> None:
+    """Answer a prefix command about the images on the message or the one it replies to.
+
+    In reply to one of the bot's answers it is a follow-up in that answer's conversation (whose task,
+    images and format it keeps).
+    """
     bot = ctx.bot
     set_request_id(f"m{ctx.message.id}")
     reply = bot.replies.for_context(ctx, code_block=task is Task.OCR)
@@ -204,31 +281,27 @@ async def answer_command(ctx: VisionContext, task: Task, *, question: str | None
     replied = await referenced_message(ctx.message)
     history: tuple[Turn, ...] = ()
     if replied is not None and bot.user is not None and replied.author.id == bot.user.id:
-        earlier = bot.conversations.recall(replied.id)  # a follow-up on one of the bot's answers
-        task, sources, history = earlier.task, list(earlier.sources), earlier.turns
-        bot.access.check(requester, task)  # the conversation's task decides (OCR may be limited to roles)
+        earlier = await bot.conversations.recall(replied.id)
+        sources = await continue_conversation(bot, requester, earlier)
+        task, history, markdown = earlier.task, earlier.turns, earlier.markdown
         reply.task, reply.code_block = task.value, task is Task.OCR
     else:
         sources = sources_from_messages(
             [ctx.message, *([replied] if replied else [])], bot.settings.cdn_hosts
         )
-    with bot.jobs_by_message.track(ctx.message.id):
-        try:
-            await run_job(
-                bot,
-                requester=requester,
-                task=task,
-                sources=sources,
-                question=question,
-                reply=reply,
-                no_image_text=NO_IMAGE_IN_COMMAND_TEXT,
-                history=history,
-            )
-        except asyncio.CancelledError:
-            if not bot.jobs_by_message.was_deleted(ctx.message.id):
-                raise  # shutting down: the bot ends open replies itself
-            asyncio.current_task().uncancel()
-            await reply.finish(Outcome.STOPPED, STOPPED_BY_DELETE_TEXT)
+    job = run_job(
+        bot,
+        requester=requester,
+        task=task,
+        sources=sources,
+        question=question,
+        reply=reply,
+        no_image_text=NO_IMAGE_IN_COMMAND_TEXT,
+        job_id=ctx.message.id,
+        history=history,
+        markdown=markdown,
+    )
+    await stoppable(bot, ctx.message.id, reply, job)
 
 
 async def answer_follow_up_mention(ctx: VisionContext) -> None:

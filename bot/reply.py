@@ -31,11 +31,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import aclosing, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
 
-from bot.formatting import format_answer
+from bot.formatting import EMPTY_ANSWER_TEXT, MESSAGE_LIMIT, format_answer
+from bot.markdown import for_discord, tidy_markdown
 
 if TYPE_CHECKING:
     from bot.context import VisionContext
@@ -49,6 +50,7 @@ QUEUE_TEXT = "You're #{position} in line; I'll start on it as soon as I can. \N{
 FILE_TEXT = "The answer is long ({length:,} characters), so it is attached as a file."
 HANDED_OVER_TEXT = "This took a while, so the answer continues in a new message below. \N{DOWNWARDS ARROW}"
 ANSWER_FILENAME = "answer.txt"
+MARKDOWN_FILENAME = "answer.md"
 
 # Discord lets an interaction's response be edited for 15 minutes; a public answer moves to an
 # ordinary channel message this long before that, so the move itself is still allowed.
@@ -152,11 +154,14 @@ class Posted(Protocol):
 class Surface(Protocol):
     budget_keys: tuple[Hashable, ...]
 
-    async def acknowledge(self) -> None:
-        """Tell Discord and the person that the bot is on it."""
+    async def acknowledge(self, view: Any = discord.utils.MISSING) -> None:
+        """Tell Discord and the person that the bot is on it (with ``view``'s buttons, where it can)."""
 
-    async def show(self, content: str, *, private: bool) -> None:
-        """Set the main message's text (``private`` only matters when nothing was shown yet)."""
+    async def show(self, content: str, *, private: bool, view: Any = discord.utils.MISSING) -> None:
+        """Set the main message's text (``private`` only matters when nothing was shown yet).
+
+        ``view``: the buttons under it (None removes them; MISSING leaves them as they are).
+        """
 
     async def add(self, content: str) -> Posted:
         """Post a continuation message."""
@@ -168,7 +173,17 @@ class Surface(Protocol):
         """Remove the main message (a reply that cannot be finished leaves no half answer)."""
 
     async def main_message_id(self) -> int | None:
-        """The id of the message showing the answer, for replies to it (None: private, nobody can reply)."""
+        """The id of the message showing the answer (None: nothing is showing)."""
+
+
+def _with_view(view: Any) -> dict[str, Any]:
+    """``view=`` for an edit, left out when there is nothing to change (None removes the buttons)."""
+    return {} if view is discord.utils.MISSING else {"view": view}
+
+
+def _new_view(view: Any) -> dict[str, Any]:
+    """``view=`` for a new message, left out when it has no buttons."""
+    return {} if view is discord.utils.MISSING or view is None else {"view": view}
 
 
 class MessageSurface:
@@ -183,14 +198,18 @@ class MessageSurface:
         # If the command message is gone by now, post without the reply arrow instead of failing.
         return self.ctx.message.to_reference(fail_if_not_exists=False)
 
-    async def acknowledge(self) -> None:
-        self.main = await self.ctx.send(WORKING_TEXT, reference=self._reference(), mention_author=False)
+    async def acknowledge(self, view: Any = discord.utils.MISSING) -> None:
+        self.main = await self.ctx.send(
+            WORKING_TEXT, reference=self._reference(), mention_author=False, **_new_view(view)
+        )
 
-    async def show(self, content: str, *, private: bool) -> None:
+    async def show(self, content: str, *, private: bool, view: Any = discord.utils.MISSING) -> None:
         if self.main is None:
-            self.main = await self.ctx.send(content, reference=self._reference(), mention_author=False)
+            self.main = await self.ctx.send(
+                content, reference=self._reference(), mention_author=False, **_new_view(view)
+            )
         else:
-            self.main = await self.main.edit(content=content)
+            self.main = await self.main.edit(content=content, **_with_view(view))
 
     async def add(self, content: str) -> Posted:
         return await self.ctx.send(content)
@@ -217,6 +236,7 @@ class InteractionSurface:
         self.interaction = interaction
         self.ephemeral = ephemeral
         self.channel_message: discord.Message | None = None
+        self.response_message_id: int | None = None
         self.handed_over = False
         keys: list[Hashable] = [("interaction", interaction.id)]
         if not ephemeral:
@@ -240,18 +260,22 @@ class InteractionSurface:
         await self.interaction.edit_original_response(content=HANDED_OVER_TEXT)
         self.handed_over = True
 
-    async def acknowledge(self) -> None:
+    async def acknowledge(self, view: Any = discord.utils.MISSING) -> None:
+        # A deferred response cannot carry buttons yet; they come with its first edit.
         await self.interaction.response.defer(thinking=True, ephemeral=self.ephemeral)
 
-    async def show(self, content: str, *, private: bool) -> None:
+    async def show(self, content: str, *, private: bool, view: Any = discord.utils.MISSING) -> None:
         if not self.interaction.response.is_done():
-            await self.interaction.response.send_message(content, ephemeral=private or self.ephemeral)
+            await self.interaction.response.send_message(
+                content, ephemeral=private or self.ephemeral, **_new_view(view)
+            )
         elif not self.handed_over:
-            await self.interaction.edit_original_response(content=content)
+            shown = await self.interaction.edit_original_response(content=content, **_with_view(view))
+            self.response_message_id = getattr(shown, "id", None)
         elif self.channel_message is None:
-            self.channel_message = await self._channel().send(content)
+            self.channel_message = await self._channel().send(content, **_new_view(view))
         else:
-            self.channel_message = await self.channel_message.edit(content=content)
+            self.channel_message = await self.channel_message.edit(content=content, **_with_view(view))
 
     async def add(self, content: str) -> Posted:
         if self.handed_over:
@@ -271,10 +295,12 @@ class InteractionSurface:
             await self.interaction.delete_original_response()
 
     async def main_message_id(self) -> int | None:
-        if self.ephemeral:
-            return None
         if self.channel_message is not None:
             return self.channel_message.id
+        if self.handed_over:
+            return None
+        if self.response_message_id is not None:
+            return self.response_message_id
         try:
             return (await self.interaction.original_response()).id  # one call, for answers only
         except discord.HTTPException:
@@ -337,6 +363,20 @@ async def call_discord(
 # ---------------------------------------------------------------- the reply
 
 
+@dataclass(frozen=True)
+class Controls:
+    """What the buttons under an answer need: the job (to stop it), who asked, who can see it."""
+
+    job_id: int
+    asker_id: int
+    private: bool
+
+
+# The buttons for a running answer (outcome None) or a finished one; None for no buttons.
+ControlsRenderer = Callable[[Controls, "Outcome | None"], Any]
+RUNNING = "running"
+
+
 class Reply:
     """One job's messages, from the acknowledgement to exactly one final state."""
 
@@ -353,6 +393,10 @@ class Reply:
         self.surface = surface
         self.budgets = budgets
         self.code_block = code_block
+        self.markdown = False  # the final answer is Markdown: rendered, or a .md file when long
+        self.notes: list[str] = []  # small print under the final answer
+        self.controls: Controls | None = None
+        self.render_controls: ControlsRenderer | None = None
         self.interval_s = interval_s
         self.clock = clock
         self.on_closed = on_closed
@@ -372,6 +416,7 @@ class Reply:
         self._acknowledged = False
         self._lock = asyncio.Lock()
         self._shown: list[str] = [""]  # what each message says; [0] is the main one
+        self._view_shown: object = None  # which buttons the main message has (RUNNING, an outcome)
         self._added: list[Posted] = []
         self._last_preview: float | None = None
         self._position_shown: int | None = None
@@ -396,9 +441,12 @@ class Reply:
                 return
             if not isinstance(self.surface, InteractionSurface):  # a deferral is no channel message
                 self._spend(1)
-            if not await self._call(self.surface.acknowledge, final=True):
+            key, view = self._main_view(final=False)
+            if not await self._call(lambda: self.surface.acknowledge(view), final=True):
                 raise ReplyGone("Discord did not take the acknowledgement")
             self._acknowledged = True
+            if isinstance(self.surface, MessageSurface):  # a deferral shows no buttons yet
+                self._view_shown = key
         surface = self.surface
         if (
             self.on_handover_due is not None
@@ -454,12 +502,29 @@ class Reply:
         return text
 
     async def answer(self, text: str) -> None:
-        """The final state: the whole answer, in up to four messages or as a text file."""
-        parts = format_answer(text, code_block=self.code_block)
-        if len(parts) <= MAX_MESSAGE_PARTS:
-            await self._finish(Outcome.ANSWER, parts)
+        """The final state: the whole answer, in up to four messages or as a file; notes below it."""
+        note = "\n".join(f"-# {line}" for line in self.notes)
+        if self.markdown:
+            shown = for_discord(text) or EMPTY_ANSWER_TEXT
+            if len(shown) + len(note) + 1 <= MESSAGE_LIMIT:
+                await self._finish(Outcome.ANSWER, _with_note([shown], note))
+                return
+            file_text, filename = tidy_markdown(text), MARKDOWN_FILENAME
         else:
-            await self._finish(Outcome.ANSWER, [FILE_TEXT.format(length=len(text))], file_text=text)
+            parts = _with_note(format_answer(text, code_block=self.code_block), note)
+            if len(parts) <= MAX_MESSAGE_PARTS:
+                await self._finish(Outcome.ANSWER, parts)
+                return
+            file_text, filename = text, ANSWER_FILENAME
+        summary = FILE_TEXT.format(length=len(text)) + (f"\n{note}" if note else "")
+        await self._finish(Outcome.ANSWER, [summary], file_text=file_text, filename=filename)
+
+    async def message_ids(self) -> list[int]:
+        """The ids of the messages showing this reply, the main one first (none if nothing shows)."""
+        main = await self.surface.main_message_id()
+        if main is None:
+            return []
+        return [main, *(posted.id for posted in self._added if isinstance(getattr(posted, "id", None), int))]
 
     async def finish(self, outcome: Outcome, text: str, *, private: bool = True) -> None:
         """A final state other than the answer; its continuation messages are removed.
@@ -499,7 +564,13 @@ class Reply:
         return changed + max(len(self._shown) - max(len(parts), 1), 0)
 
     async def _finish(
-        self, outcome: Outcome, parts: list[str], *, file_text: str | None = None, private: bool = True
+        self,
+        outcome: Outcome,
+        parts: list[str],
+        *,
+        file_text: str | None = None,
+        filename: str = ANSWER_FILENAME,
+        private: bool = True,
     ) -> None:
         if self._closing:
             return  # the final state is written once
@@ -519,7 +590,7 @@ class Reply:
                     await self._remove_from(1, final=True)
                     await self._show_parts(parts, final=True)
                     self._spend(1)
-                    file = discord.File(io.BytesIO(file_text.encode("utf-8")), filename=ANSWER_FILENAME)
+                    file = discord.File(io.BytesIO(file_text.encode("utf-8")), filename=filename)
                     await self._call(lambda: self.surface.add_file("", file), final=True)
                 else:
                     self.delivered = await self._show_parts(parts, final=True, private=private)
@@ -553,7 +624,8 @@ class Reply:
         """
         shown_all = True
         for index, part in enumerate(parts):
-            if index < len(self._shown) and part == self._shown[index]:
+            unchanged = index < len(self._shown) and part == self._shown[index]
+            if unchanged and (index > 0 or self._main_view(final=final)[1] is discord.utils.MISSING):
                 continue
             if final:
                 self._spend(1)
@@ -565,9 +637,21 @@ class Reply:
         await self._remove_from(max(len(parts), 1), final=final)
         return shown_all
 
+    def _main_view(self, *, final: bool) -> tuple[object, Any]:
+        """Which buttons the main message should have now, and the view to send (MISSING: no change)."""
+        if self.controls is None or self.render_controls is None:
+            return self._view_shown, discord.utils.MISSING
+        key = self.outcome if final else RUNNING
+        if key == self._view_shown:
+            return key, discord.utils.MISSING
+        return key, self.render_controls(self.controls, self.outcome if final else None)
+
     async def _set_part(self, index: int, part: str, *, final: bool, private: bool) -> bool:
         if index == 0:
-            done = await self._call(lambda: self.surface.show(part, private=private), final=final)
+            key, view = self._main_view(final=final)
+            done = await self._call(lambda: self.surface.show(part, private=private, view=view), final=final)
+            if done:
+                self._view_shown = key
         else:
             done = await self._call(lambda: self._added[index - 1].edit(content=part), final=final)
         if done:
@@ -640,6 +724,15 @@ class Reply:
         log.info("An answer outlived its interaction token and continues as a channel message")
 
 
+def _with_note(parts: list[str], note: str) -> list[str]:
+    """The note under the last part, or as a part of its own when it does not fit there."""
+    if not note:
+        return parts
+    if len(parts[-1]) + len(note) + 1 <= MESSAGE_LIMIT:
+        return [*parts[:-1], f"{parts[-1]}\n{note}"]
+    return [*parts, note]
+
+
 # ---------------------------------------------------------------- all replies of the bot
 
 
@@ -657,6 +750,7 @@ class Replies:
         self.budgets = EditBudgets(clock)
         self.open: set[Reply] = set()
         self.on_closed: Callable[[Reply], None] | None = None  # told of every reply's end (metrics)
+        self.render_controls: ControlsRenderer | None = None  # the buttons under answers, if any
         # One timer for all hand-overs (the soonest), rather than one per reply.
         self._handovers: list[tuple[float, int, Reply]] = []
         self._handover_timer: asyncio.TimerHandle | None = None
@@ -671,6 +765,7 @@ class Replies:
             on_closed=self._closed,
         )
         reply.on_handover_due = self._watch_handover
+        reply.render_controls = self.render_controls
         self.open.add(reply)
         return reply
 

@@ -29,6 +29,7 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 MAX_IMAGES_LIMIT = 16
 BYTES_PER_MB = 1024 * 1024
+DEFAULT_DATABASE_PATH = "data/bot.sqlite3"
 REMOTE_URL_MISSING = (
     "BACKEND=remote needs REMOTE_URL, the model server's OpenAI-compatible address "
     "(for example http://127.0.0.1:8000/v1; see docs/deployment.md)."
@@ -116,6 +117,8 @@ class Settings:
     # Hosts attachments may be downloaded from; not read from the environment on purpose.
     cdn_hosts: frozenset[str] = DISCORD_CDN_HOSTS
     log_level: str = "INFO"
+    # What must survive a restart (conversations; per-server settings): one SQLite file
+    database_path: str = DEFAULT_DATABASE_PATH
     # The owner's view: Prometheus metrics over HTTP (off when no port is set)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
@@ -189,6 +192,7 @@ class Settings:
             ),
             download_timeout_s=env.number("DOWNLOAD_TIMEOUT_S", defaults.download_timeout_s, minimum=0.1),
             log_level=env.choice("LOG_LEVEL", defaults.log_level, LOG_LEVELS, upper=True),
+            database_path=env.text("DATABASE_PATH", defaults.database_path),
             metrics_port=env.optional_int("METRICS_PORT", minimum=0, maximum=65535),  # 0: any free port
             metrics_host=env.text("METRICS_HOST", defaults.metrics_host) or defaults.metrics_host,
         )

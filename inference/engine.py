@@ -204,11 +204,16 @@ class LocalEngine:
         return Result("".join(pieces).strip(), channel.new_tokens, time.perf_counter() - started)
 
     def stream(
-        self, request: Request, on_position: Callable[[int], None] | None = None
+        self,
+        request: Request,
+        on_position: Callable[[int], None] | None = None,
+        on_trimmed: Callable[[int], None] | None = None,
     ) -> AsyncIterator[str]:
-        return self._stream(request, _Channel(on_position=on_position))
+        return self._stream(request, _Channel(on_position=on_position), on_trimmed)
 
-    async def _stream(self, request: Request, channel: _Channel) -> AsyncIterator[str]:
+    async def _stream(
+        self, request: Request, channel: _Channel, on_trimmed: Callable[[int], None] | None = None
+    ) -> AsyncIterator[str]:
         self._check_ready()
         self._runner.validate(request)
         if self.scheduler.num_waiting >= self.config.max_queued:
@@ -222,6 +227,8 @@ class LocalEngine:
         try:
             channel.prepared = await loop.run_in_executor(self._prep_threads, self._runner.prepare, request)
             self._check_ready()
+            if channel.prepared.left_out and on_trimmed is not None:
+                on_trimmed(channel.prepared.left_out)
             self._enqueue(request_id, request, channel)
             while True:
                 remaining = deadline - loop.time()

@@ -25,6 +25,11 @@ OCR = (
     "Transcribe all of the text in this image exactly as written, keeping the original line breaks. "
     "Output only the text itself. If the image contains no text, answer exactly: No text found."
 )
+OCR_MARKDOWN = (
+    "Transcribe all of the text in this image as Markdown. Write tables as Markdown pipe tables with a "
+    "header row, headings as Markdown headings, and lists as Markdown lists; keep every word exactly as "
+    "written and add nothing of your own. If the image contains no text, answer exactly: No text found."
+)
 COMPARE = (
     "Compare these {count} images. Say what they have in common and how they differ, "
     "referring to them as Image 1, Image 2 and so on."
@@ -73,12 +78,13 @@ def check_image_count(count: int, max_images: int) -> None:
         raise InvalidRequest(f"Too many images: {count} (at most {max_images} per request).")
 
 
-def instruction(task: Task, num_images: int, question: str | None = None) -> str:
+def instruction(task: Task, num_images: int, question: str | None = None, *, markdown: bool = False) -> str:
     """The text of the user's turn for ``task``: no chat wrapper and no image tags.
 
     For servers that place the images themselves (an OpenAI-compatible chat API
     such as vLLM's inserts Phi-3's ``<|image_N|>`` tags for each ``image_url``
-    part). The question is neutralised exactly as in :func:`build_prompt`.
+    part). The question is neutralised exactly as in :func:`build_prompt`. ``markdown`` asks an OCR
+    answer to be Markdown (tables, headings, lists).
     """
     if num_images < 1:
         raise InvalidRequest("Attach at least one image.")
@@ -86,7 +92,7 @@ def instruction(task: Task, num_images: int, question: str | None = None) -> str
     if task is Task.DESCRIBE:
         return question or DESCRIBE
     if task is Task.OCR:
-        return OCR
+        return OCR_MARKDOWN if markdown else OCR
     if task is Task.COMPARE:
         if num_images < MIN_COMPARE_IMAGES:
             raise InvalidRequest(f"Compare needs at least {MIN_COMPARE_IMAGES} images; got {num_images}.")
@@ -98,22 +104,40 @@ def instruction(task: Task, num_images: int, question: str | None = None) -> str
 
 
 def conversation(
-    task: Task, num_images: int, question: str | None = None, history: Sequence[Turn] = ()
+    task: Task,
+    num_images: int,
+    question: str | None = None,
+    history: Sequence[Turn] = (),
+    *,
+    markdown: bool = False,
+    left_out: int = 0,
 ) -> list[tuple[str, str]]:
     """The turns as (role, text), oldest first, without image tags; every text neutralised.
 
     Without ``history`` this is one user turn, :func:`instruction`. With it, the first turn is the
     task's instruction (with that turn's question), then the model's answers and the follow-up
     questions alternate, and the new ``question`` (required) comes last.
+
+    ``left_out`` drops that many of the oldest follow-up exchanges (question and answer together,
+    so every answer still follows its own question) to fit a conversation into the model's memory;
+    the first exchange stays, as it carries the images and the task.
     """
     if not history:
-        return [("user", instruction(task, num_images, question))]
+        return [("user", instruction(task, num_images, question, markdown=markdown))]
     check_turn_count(len(history) + 1)
     first, *later = history
-    turns = [("user", instruction(task, num_images, first.question)), ("assistant", neutralise(first.answer))]
-    for turn in later:
+    turns = [
+        ("user", instruction(task, num_images, first.question, markdown=markdown)),
+        ("assistant", neutralise(first.answer)),
+    ]
+    for turn in later[left_out:]:
         turns += [("user", _follow_up(turn.question)), ("assistant", neutralise(turn.answer))]
     return [*turns, ("user", _follow_up(question))]
+
+
+def droppable_turns(history: Sequence[Turn]) -> int:
+    """How many exchanges :func:`conversation` may leave out (all but the first)."""
+    return max(len(history) - 1, 0)
 
 
 def check_turn_count(questions: int) -> None:
@@ -132,13 +156,19 @@ def _follow_up(question: str | None) -> str:
 
 
 def build_prompt(
-    task: Task, num_images: int, question: str | None = None, history: Sequence[Turn] = ()
+    task: Task,
+    num_images: int,
+    question: str | None = None,
+    history: Sequence[Turn] = (),
+    *,
+    markdown: bool = False,
+    left_out: int = 0,
 ) -> str:
     """The full prompt for ``task`` over ``num_images`` images: one question, or a conversation.
 
     The image tags open the first user turn, so they keep their numbering however long it grows.
     """
-    turns = conversation(task, num_images, question, history)
+    turns = conversation(task, num_images, question, history, markdown=markdown, left_out=left_out)
     tags = image_tags(num_images, labelled=task is Task.COMPARE)
     text = "".join(
         f"<|{role}|>\n{tags if index == 0 else ''}{content}<|end|>\n"

@@ -291,8 +291,13 @@ class RemoteEngine:
         return Result("".join(pieces).strip(), tokens, time.perf_counter() - started)
 
     def stream(
-        self, request: Request, on_position: Callable[[int], None] | None = None
+        self,
+        request: Request,
+        on_position: Callable[[int], None] | None = None,
+        on_trimmed: Callable[[int], None] | None = None,
     ) -> AsyncIterator[str]:
+        # on_trimmed is never called: the server's tokenizer is not here to count a conversation's
+        # tokens, so one too long for the server's context is refused with a clear message instead.
         return self._stream(request, _Progress(on_position))
 
     def max_new_tokens(self, request: Request) -> int:
@@ -303,7 +308,9 @@ class RemoteEngine:
         if not self.ready:
             raise EngineUnavailable(NOT_READY_TEXT)
         check_image_count(len(request.images), self.config.max_images)
-        turns = conversation(request.task, len(request.images), request.question, request.history)
+        turns = conversation(
+            request.task, len(request.images), request.question, request.history, markdown=request.markdown
+        )
         loop = asyncio.get_running_loop()
         time_limit = request.time_limit(self.config.request_timeout_s)
         progress.time_limit_s = time_limit

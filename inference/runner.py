@@ -20,7 +20,7 @@ import torch
 from inference.errors import OutOfMemory
 from inference.kv_cache import GrowingCache, rebuild
 from inference.loading import LoadedModel
-from inference.prompts import build_prompt, check_image_count
+from inference.prompts import build_prompt, check_image_count, droppable_turns
 from inference.types import EngineConfig, Request
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class Prepared:
     pixel_values: torch.Tensor  # [N, K, 3, 336, 336]
     image_sizes: torch.Tensor  # [N, 2]
     max_new_tokens: int
+    left_out: int = 0  # old exchanges of a conversation left out to fit the token budget
 
     @property
     def prompt_tokens(self) -> int:
@@ -151,15 +152,45 @@ class ModelRunner:
         return max(1, min(asked, self.config.max_new_tokens))
 
     def prepare(self, request: Request) -> Prepared:
+        """Turn a request into model inputs; a conversation too long for the budget loses old exchanges.
+
+        The oldest follow-up exchanges go first (the first one, with the images, always stays); if
+        even that does not fit, the scheduler refuses the request as too large.
+        """
         self.validate(request)
-        prompt = build_prompt(request.task, len(request.images), request.question, request.history)
-        inputs = self.loaded.processor(text=prompt, images=list(request.images), return_tensors="pt")
+        max_new_tokens = self.max_new_tokens(request)
+
+        def prompt(left_out: int) -> str:
+            return build_prompt(
+                request.task,
+                len(request.images),
+                request.question,
+                request.history,
+                markdown=request.markdown,
+                left_out=left_out,
+            )
+
+        left_out, text = 0, prompt(0)
+        inputs = self.loaded.processor(text=text, images=list(request.images), return_tensors="pt")
+        total = int(inputs["input_ids"].shape[1])
+        if total + max_new_tokens > self.config.token_budget and request.history:
+            # The images add the same tokens whatever the text, so only the text is counted again.
+            image_tokens = total - self._text_tokens(text)
+            for left_out in range(1, droppable_turns(request.history) + 1):
+                text = prompt(left_out)
+                if image_tokens + self._text_tokens(text) + max_new_tokens <= self.config.token_budget:
+                    break
+            inputs = self.loaded.processor(text=text, images=list(request.images), return_tensors="pt")
         return Prepared(
             input_ids=inputs["input_ids"][0],
             pixel_values=inputs["pixel_values"],
             image_sizes=inputs["image_sizes"],
-            max_new_tokens=self.max_new_tokens(request),
+            max_new_tokens=max_new_tokens,
+            left_out=left_out,
         )
+
+    def _text_tokens(self, prompt: str) -> int:
+        return len(self.loaded.processor.tokenizer(prompt)["input_ids"])
 
     # -- batching ------------------------------------------------------------------------------
     @property

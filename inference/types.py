@@ -47,7 +47,9 @@ class Request:
     ``timeout_s`` shortens the engine's own time limit for this request (waiting and
     answering), e.g. so that an answer still arrives while the asker can be shown it.
     ``history`` makes this a follow-up: the earlier turns of the conversation, oldest first
-    (the images belong to the first); ``question`` is then the new question.
+    (the images belong to the first); ``question`` is then the new question. A conversation too long
+    for the model's memory loses its oldest follow-up exchanges (never the images); the engine tells
+    ``on_trimmed`` how many.
     """
 
     task: Task
@@ -57,6 +59,7 @@ class Request:
     user_id: int | None = None
     timeout_s: float | None = None
     history: tuple[Turn, ...] = ()
+    markdown: bool = False  # OCR: the text as Markdown (tables, headings, lists)
 
     def time_limit(self, engine_limit_s: float) -> float:
         """Seconds this request may take: the engine's limit, or less if the request asks for less."""
@@ -116,12 +119,17 @@ class Engine(Protocol):
         """Cancel or finish in-flight work and release the model."""
 
     def stream(
-        self, request: Request, on_position: Callable[[int], None] | None = None
+        self,
+        request: Request,
+        on_position: Callable[[int], None] | None = None,
+        on_trimmed: Callable[[int], None] | None = None,
     ) -> AsyncIterator[str]:
         """Yield the answer as text pieces as they are generated.
 
         ``on_position(n)`` is called whenever the request's place in line changes
-        (n >= 1 while waiting, 0 once it is being answered). Closing the iterator
+        (n >= 1 while waiting, 0 once it is being answered). ``on_trimmed(n)`` is called
+        before the first piece when ``n`` old exchanges of a conversation were left out
+        to fit the model's memory. Closing the iterator
         (or cancelling the task consuming it) stops the generation at the next
         decoding step.
         """

@@ -32,6 +32,7 @@ TEST_SETTINGS = Settings(
     user_cooldown_s=0,
     max_jobs_per_user=2,
     cdn_hosts=DISCORD_CDN_HOSTS | {SIMCORD_CDN_HOST},
+    database_path=":memory:",
 )
 
 

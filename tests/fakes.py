@@ -44,6 +44,7 @@ class FakeEngine:
         self.stopped = False
         self.closed_streams = 0
         self.places_in_line: list[int] = []  # reported to on_position (then a hold, if any), then 0
+        self.left_out_next = 0  # old exchanges the next follow-up "leaves out", told to on_trimmed
         self._gate: asyncio.Event | None = None
         self._gate_env: Any = None
         self._hold_after = 0
@@ -98,11 +99,17 @@ class FakeEngine:
         return self.answers.popleft() if self.answers else self.default_answer
 
     async def stream(
-        self, request: Request, on_position: Callable[[int], None] | None = None
+        self,
+        request: Request,
+        on_position: Callable[[int], None] | None = None,
+        on_trimmed: Callable[[int], None] | None = None,
     ) -> AsyncIterator[str]:
         self._raise_if_stopped()
         self.requests.append(request)
         answer = self._next_answer()
+        if request.history and self.left_out_next and on_trimmed is not None:
+            on_trimmed(self.left_out_next)
+            self.left_out_next = 0
         token = object()  # this stream, for the hooks below
         await self._enter(on_position, token)
         try:

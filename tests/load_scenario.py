@@ -115,6 +115,7 @@ def bot_settings() -> Settings:
         user_cooldown_s=0,
         max_jobs_per_user=3,
         cdn_hosts=DISCORD_CDN_HOSTS | {SIMCORD_CDN_HOST},
+        database_path=":memory:",
     )
 
 

@@ -25,7 +25,7 @@ from tests.inference.test_remote import ANSWER, FakeVllm
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_COMMANDS = ("describe", "ocr", "compare", "status")
-MENUS = ("Describe image", "Extract text", "Compare images")
+MENUS = ("Describe image", "Extract text", "Read as Markdown", "Compare images")
 
 
 class RecordingLocalEngine(FakeEngine):
@@ -230,7 +230,7 @@ async def test_owner_sync_command_publishes_to_the_current_server(world, fake_en
     await owner.send(world.channel, "!sync")
 
     assert refused == "Only the bot's owner can use this command."
-    assert bot_messages(world.channel)[-1].content == "Synced 7 app commands to this server."
+    assert bot_messages(world.channel)[-1].content == "Synced 8 app commands to this server."
     assert set(world.member.available_commands(world.channel)) == set(APP_COMMANDS)
     assert acknowledge_errors(world.env) == [commands.NotOwner]
 

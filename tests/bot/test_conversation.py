@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from bot.conversation import FORGOTTEN_TEXT, QUESTION_NEEDED_TEXT, Answered, Conversations
+from bot.database import Database
+from bot.images import ImageSource
 from bot.errors import Denied, UserFacingError
 from bot.limits import OCR_DENIED_TEXT
 from inference import InvalidRequest, Task, Turn
@@ -53,9 +59,14 @@ async def test_a_follow_up_needs_a_question(world, fake_engine):
     assert acknowledge_errors(world.env) == [UserFacingError]
 
 
+async def forget_everything(bot) -> None:
+    """As after the days conversations are kept."""
+    await bot.conversations.forget_older_than(time.time() + 1)
+
+
 async def test_a_forgotten_conversation_says_so(world, fake_engine):
     first = await ask(world, "!describe", attachments=[("a.png", image_bytes())])
-    world.env.bot.conversations = Conversations()  # as after a restart
+    await forget_everything(world.env.bot)
     shown = await ask(world, "!describe and the colour?", reply_to=first)
     assert shown.content == FORGOTTEN_TEXT
     assert acknowledge_errors(world.env) == [UserFacingError]
@@ -80,18 +91,32 @@ async def test_a_refusal_or_failure_is_not_remembered_as_an_answer(world, fake_e
     acknowledge_errors(world.env)
 
 
-def test_old_answers_are_forgotten_first():
-    conversations = Conversations(size=2)
-    answered = Answered(Task.DESCRIBE, (), (Turn(None, "x"),), asker_id=1)
-    for message_id in (1, 2, 3):
-        conversations.remember(message_id, answered)
-    assert conversations.recall(3) is answered and conversations.recall(2) is answered
+async def test_answers_are_kept_under_each_of_their_messages_and_forgotten_after_the_kept_days(
+    monkeypatch,
+):
+    database = await Database.open(":memory:")
     try:
-        conversations.recall(1)
-    except UserFacingError as error:
-        assert str(error) == FORGOTTEN_TEXT
-    else:
-        raise AssertionError("the oldest answer should be forgotten")
+        conversations = Conversations(database, kept_days=1)
+        source = ImageSource("a.png", "https://cdn.discordapp.com/attachments/1/2/a.png", 10, None, 5, 6, 7)
+        answered = Answered(Task.OCR, (source,), (Turn(None, "x"), Turn("y?", "z")), 1, True, True, 5)
+        await conversations.remember([10, 11], answered)
+        assert await conversations.recall(10) == answered
+        assert await conversations.recall(11) == answered  # a reply to the second part follows up too
+        assert await conversations.message_ids(10) == [10, 11]
+        now = time.time()
+        monkeypatch.setattr(time, "time", lambda: now + 2 * 24 * 3600)
+        with pytest.raises(UserFacingError, match="no longer have"):
+            await conversations.recall(10)
+    finally:
+        await database.close()
+
+
+def test_only_the_asker_may_follow_up_on_a_private_answer():
+    answered = Answered(Task.OCR, (), (Turn(None, "x"),), asker_id=1, private=True)
+    answered.check_may_follow_up(1)
+    with pytest.raises(UserFacingError, match="only they can follow up"):
+        answered.check_may_follow_up(2)
+    Answered(Task.OCR, (), (Turn(None, "x"),), asker_id=1).check_may_follow_up(2)  # public: anyone
 
 
 async def test_a_public_slash_answer_can_be_followed_up_by_reply(world, fake_engine):
@@ -104,9 +129,11 @@ async def test_a_public_slash_answer_can_be_followed_up_by_reply(world, fake_eng
     assert [image.size for image in fake_engine.requests[-1].images] == [(12, 8)]
 
 
-async def test_a_private_answer_is_not_kept_for_follow_ups(world, fake_engine):
-    await world.member.slash(world.channel, "ocr", image=("a.png", image_bytes()))
-    assert len(world.env.bot.conversations) == 0
+async def test_a_private_answer_is_kept_as_private(world, fake_engine):
+    result = await world.member.slash(world.channel, "ocr", image=("a.png", image_bytes()))
+    assert result.ephemeral
+    kept = await world.env.bot.conversations.recall(result.response.id)
+    assert kept.private and kept.asker_id == world.member.id and kept.task is Task.OCR
 
 
 async def test_a_follow_up_on_an_ocr_answer_needs_the_ocr_role(world, fake_engine):
@@ -140,7 +167,7 @@ async def test_a_mention_in_reply_to_someone_else_is_left_alone(world, fake_engi
 
 async def test_a_mention_follow_up_that_fails_is_told_like_a_command(world, fake_engine):
     first = await ask(world, "!describe", attachments=[("a.png", image_bytes())])
-    world.env.bot.conversations = type(world.env.bot.conversations)()  # forgotten, as after a restart
+    await forget_everything(world.env.bot)
     bot_user = world.env.bot.user
     shown = await ask(world, f"<@{bot_user.id}> and then?", reply_to=first)
     assert shown.content == FORGOTTEN_TEXT

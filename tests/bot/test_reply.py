@@ -65,6 +65,7 @@ class RecordingSurface:
         self.added = 0
         self.failures: dict[str, list[BaseException]] = {}
         self.delay_s = 0.0
+        self.views: list[object] = []  # the buttons each acknowledgement or main-message edit carried
 
     async def record(self, kind: str, content: str) -> None:
         if self.delay_s:
@@ -74,11 +75,13 @@ class RecordingSurface:
             raise queued.pop(0)
         self.events.append((kind, content))
 
-    async def acknowledge(self) -> None:
+    async def acknowledge(self, view=discord.utils.MISSING) -> None:
         await self.record("ack", "")
+        self.views.append(view)
 
-    async def show(self, content: str, *, private: bool) -> None:
+    async def show(self, content: str, *, private: bool, view=discord.utils.MISSING) -> None:
         await self.record("show", content)
+        self.views.append(view)
 
     async def add(self, content: str) -> RecordingPosted:
         await self.record("add", content)

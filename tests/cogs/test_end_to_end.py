@@ -66,5 +66,5 @@ async def test_a_follow_up_conversation_with_the_real_model(world):
     answers = bot_messages(world.channel)
     assert len(answers) == 3
     assert all(answer.content.strip() and answer.content != WORKING_TEXT for answer in answers)
-    [remembered] = [world.env.bot.conversations.recall(answers[-1].id)]
+    remembered = await world.env.bot.conversations.recall(answers[-1].id)
     assert [turn.question for turn in remembered.turns] == [None, "what colour is it?", "and its size?"]

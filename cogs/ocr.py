@@ -14,7 +14,7 @@ from discord.ext import commands
 
 from bot.app import VisionBot
 from bot.context import VisionContext
-from bot.gather import source_from_attachment, sources_from_messages
+from bot.gather import referenced_message, source_from_attachment, sources_from_messages
 from bot.jobs import answer_command, answer_interaction
 from bot.task_cog import TaskCog
 from inference import Task
@@ -66,15 +66,24 @@ class Ocr(TaskCog):
         await answer_interaction(interaction, Task.OCR, sources, markdown=True)
 
     @commands.command(name="ocr")
-    async def ocr_prefix(self, ctx: VisionContext, output_format: str | None = None) -> None:
+    async def ocr_prefix(self, ctx: VisionContext, *, words: str | None = None) -> None:
         """Read the text in the image attached to your message (or to the message you reply to).
 
-        `!ocr md` gives Markdown: tables, headings and lists.
+        `!ocr md` gives Markdown: tables, headings and lists. In reply to an answer, the words
+        after it are a follow-up question (`!ocr what is the total?`).
         """
-        word = (output_format or "text").lower()
-        if word not in MARKDOWN_WORDS | TEXT_WORDS:
-            raise commands.BadArgument(f"I don't know the format `{output_format}`. {FORMAT_HELP}")
-        await answer_command(ctx, Task.OCR, markdown=word in MARKDOWN_WORDS)
+        first, _, rest = (words or "").strip().partition(" ")
+        if first.lower() in MARKDOWN_WORDS | TEXT_WORDS:
+            markdown, question = first.lower() in MARKDOWN_WORDS, rest.strip() or None
+        else:
+            markdown, question = False, (words or "").strip() or None
+            if question is not None and " " not in question and not await self._replies_to_the_bot(ctx):
+                raise commands.BadArgument(f"I don't know the format `{question}`. {FORMAT_HELP}")
+        await answer_command(ctx, Task.OCR, question=question, markdown=markdown)
+
+    async def _replies_to_the_bot(self, ctx: VisionContext) -> bool:
+        replied = await referenced_message(ctx.message)
+        return replied is not None and self.bot.user is not None and replied.author.id == self.bot.user.id
 
 
 async def setup(bot: VisionBot) -> None:

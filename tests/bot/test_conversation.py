@@ -8,8 +8,8 @@ import pytest
 
 from bot.conversation import FORGOTTEN_TEXT, QUESTION_NEEDED_TEXT, Answered, Conversations
 from bot.database import Database
-from bot.images import ImageSource
 from bot.errors import Denied, UserFacingError
+from bot.images import ImageSource
 from bot.limits import OCR_DENIED_TEXT
 from inference import InvalidRequest, Task, Turn
 from inference.prompts import MAX_TURNS

@@ -442,7 +442,7 @@ class Reply:
             if not isinstance(self.surface, InteractionSurface):  # a deferral is no channel message
                 self._spend(1)
             key, view = self._main_view(final=False)
-            if not await self._call(lambda: self.surface.acknowledge(view), final=True):
+            if not await self._call(lambda: self.surface.acknowledge(**_with_view(view)), final=True):
                 raise ReplyGone("Discord did not take the acknowledgement")
             self._acknowledged = True
             if isinstance(self.surface, MessageSurface):  # a deferral shows no buttons yet
@@ -649,7 +649,8 @@ class Reply:
     async def _set_part(self, index: int, part: str, *, final: bool, private: bool) -> bool:
         if index == 0:
             key, view = self._main_view(final=final)
-            done = await self._call(lambda: self.surface.show(part, private=private, view=view), final=final)
+            show = self.surface.show
+            done = await self._call(lambda: show(part, private=private, **_with_view(view)), final=final)
             if done:
                 self._view_shown = key
         else:

@@ -275,7 +275,11 @@ class ScriptedRunner:
 
     def prepare(self, request):
         self.validate(request)
-        return type("Prepared", (), {"prompt_tokens": 10, "max_new_tokens": request.max_new_tokens or 3})()
+        return type(
+            "Prepared",
+            (),
+            {"prompt_tokens": 10, "max_new_tokens": request.max_new_tokens or 3, "left_out": 0},
+        )()
 
     def reset(self):
         self.reset_threads.append(threading.current_thread().name)

@@ -467,3 +467,26 @@ async def test_a_follow_up_batched_with_others_equals_the_follow_up_alone(engine
     together = await asyncio.gather(engine.generate(other), engine.generate(follow_up))
     assert together[1].text == alone.text
     assert together[1].new_tokens == alone.new_tokens > 0
+
+
+async def test_the_engine_tells_when_a_conversation_lost_old_follow_ups_to_fit():
+    history = (Turn(None, "A red square."),) + tuple(Turn(f"Q{n}?", "word " * 60) for n in range(1, 5))
+    request = Request(Task.DESCRIBE, (IMAGE,), "And now?", history=history)
+    roomy = LocalEngine(tiny_config())
+    await roomy.start()
+    try:
+        told: list[int] = []
+        whole = roomy._runner.prepare(request).prompt_tokens
+        async for _ in roomy.stream(request, on_trimmed=told.append):
+            pass
+        assert told == []  # it fitted
+    finally:
+        await roomy.stop()
+    tight = LocalEngine(tiny_config(token_budget=whole + 8 - 100))
+    await tight.start()
+    try:
+        told = []
+        text = "".join([piece async for piece in tight.stream(request, on_trimmed=told.append)])
+        assert len(told) == 1 and told[0] >= 1 and text
+    finally:
+        await tight.stop()

@@ -7,7 +7,15 @@ from PIL import Image
 
 from inference import phi3v
 from inference.errors import InvalidRequest
-from inference.prompts import DESCRIBE, MAX_QUESTION_CHARS, MAX_TURNS, build_prompt, neutralise
+from inference.prompts import (
+    DESCRIBE,
+    MAX_QUESTION_CHARS,
+    MAX_TURNS,
+    OCR_MARKDOWN,
+    build_prompt,
+    droppable_turns,
+    neutralise,
+)
 from inference.types import Task, Turn
 from tests.inference.conftest import OFFICIAL
 
@@ -120,3 +128,32 @@ def test_a_follow_up_needs_a_question_and_conversations_have_a_length():
     with pytest.raises(InvalidRequest, match=f"reached {MAX_TURNS} questions"):
         build_prompt(Task.DESCRIBE, 1, "One more?", first + (Turn("Why?", "Because."),) * (MAX_TURNS - 1))
     assert build_prompt(Task.DESCRIBE, 1, "Last one?", first + (Turn("Why?", "Because."),) * (MAX_TURNS - 2))
+
+
+def test_leaving_out_old_follow_ups_keeps_the_first_exchange_and_every_answer_after_its_question(processor):
+    history = (
+        Turn(None, "A red car."),
+        Turn("Old question?", "Old answer."),
+        Turn("Recent question?", "Recent answer."),
+    )
+    prompt = build_prompt(Task.DESCRIBE, 1, "New question?", history, left_out=1)
+    messages = [
+        {"role": "user", "content": "<|image_1|>\n" + DESCRIBE},
+        {"role": "assistant", "content": "A red car."},
+        {"role": "user", "content": "Recent question?"},
+        {"role": "assistant", "content": "Recent answer."},
+        {"role": "user", "content": "New question?"},
+    ]
+    assert prompt == processor.tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    assert droppable_turns(history) == 2 and droppable_turns(history[:1]) == 0
+
+
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_the_markdown_ocr_prompt_keeps_the_same_guarantees(processor, injection):
+    prompt = build_prompt(Task.OCR, 1, injection, (Turn(None, f"| a | {injection} |"),), markdown=True)
+    assert OCR_MARKDOWN in prompt and prompt.count("<|image_") == 1
+    ids = processor(text=prompt, images=[Image.new("RGB", (50, 40))])["input_ids"][0].tolist()
+    assert control_ids(ids) == [USER, END, ASSISTANT, END, USER, END, ASSISTANT]
+    assert build_prompt(Task.OCR, 1) != build_prompt(Task.OCR, 1, markdown=True)

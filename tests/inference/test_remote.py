@@ -587,3 +587,11 @@ async def test_a_follow_up_goes_as_a_multi_turn_chat(vllm, make_engine):
         "No <assistant> text.",
         "What shape?",
     ]
+
+
+async def test_a_markdown_ocr_request_asks_the_server_for_markdown(vllm, make_engine):
+    engine = await make_engine()
+    await collect(engine, Request(Task.OCR, (IMAGE,), markdown=True))
+    *_, text = vllm.bodies[-1]["messages"][0]["content"]
+    assert text == {"type": "text", "text": instruction(Task.OCR, 1, None, markdown=True)}
+    assert "Markdown" in text["text"] and text["text"] != instruction(Task.OCR, 1, None)

@@ -117,3 +117,30 @@ def test_oom_while_decoding_fails_the_batch(runner_with_one_row):
         events = runner.step([], [])
     assert [(e.request_id, type(e.error).__name__) for e in events] == [(1, "OutOfMemory")]
     assert runner.running_ids == []
+
+
+def test_a_conversation_too_long_for_the_budget_leaves_out_its_oldest_follow_ups():
+    from inference import phi3v
+    from inference.types import Turn
+
+    image = Image.new("RGB", (90, 60), (10, 200, 10))
+    history = (Turn(None, "first answer " * 20),) + tuple(
+        Turn(f"question {n}?", f"answer {n} " * 40) for n in range(1, 6)
+    )
+    request = Request(Task.DESCRIBE, (image,), "last question?", history=history, max_new_tokens=16)
+    roomy = EngineConfig(model_id=str(TINY_CHECKPOINT), device="cpu", max_new_tokens=16)
+    loaded = load(roomy)
+    whole = ModelRunner(loaded, roomy).prepare(request)
+    assert whole.left_out == 0
+
+    budget = whole.prompt_tokens + 16 - 200  # room for all but about two follow-up exchanges
+    tight = EngineConfig(model_id=str(TINY_CHECKPOINT), device="cpu", max_new_tokens=16, token_budget=budget)
+    trimmed = ModelRunner(loaded, tight).prepare(request)
+    assert trimmed.left_out >= 1
+    assert trimmed.prompt_tokens + trimmed.max_new_tokens <= budget
+    image_token = phi3v.IMAGE_TOKEN_ID
+    text = loaded.processor.tokenizer.decode(trimmed.input_ids[trimmed.input_ids != image_token])
+    assert "first answer" in text and "last question?" in text  # the first exchange and the new question stay
+    assert "question 1?" not in text and "question 5?" in text  # the oldest follow-ups go first
+    # The images are never left out: the same image tokens as the whole conversation.
+    assert int((trimmed.input_ids == image_token).sum()) == int((whole.input_ids == image_token).sum()) > 0

@@ -206,16 +206,25 @@ async def answer_interaction(
     question: str | None = None,
     no_image_text: str = NO_IMAGE_IN_MESSAGE_TEXT,
     markdown: bool = False,
+    earlier: Answered | None = None,
 ) -> None:
-    """Answer a slash command or a message context menu."""
+    """Answer a slash command, a message context menu, or a follow-up asked with an answer's button.
+
+    A follow-up (``earlier``) keeps the conversation's task, images and format, and is shown like
+    the answer it continues (public or private).
+    """
     bot: VisionBot = interaction.client  # type: ignore[assignment]
     set_request_id(f"i{interaction.id}")
-    reply = bot.replies.for_interaction(
-        interaction, ephemeral=is_private(bot, task), code_block=task is Task.OCR
-    )
+    if earlier is not None:
+        task, markdown = earlier.task, earlier.markdown
+    private = earlier.private if earlier is not None else is_private(bot, task)
+    reply = bot.replies.for_interaction(interaction, ephemeral=private, code_block=task is Task.OCR)
     reply.task = task.value
     requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
     bot.access.check(requester, task)
+    history: tuple[Turn, ...] = ()
+    if earlier is not None:
+        sources, history = await continue_conversation(bot, requester, earlier), earlier.turns
     job = run_job(
         bot,
         requester=requester,
@@ -225,6 +234,7 @@ async def answer_interaction(
         reply=reply,
         no_image_text=no_image_text,
         job_id=interaction.id,
+        history=history,
         markdown=markdown,
     )
     await stoppable(bot, interaction.id, reply, job)
@@ -235,33 +245,6 @@ async def continue_conversation(bot: VisionBot, requester: Requester, earlier: A
     bot.access.check(requester, earlier.task)  # the conversation's task decides (OCR may be limited to roles)
     earlier.check_may_follow_up(requester.user_id)
     return list(await refresh_sources(bot, earlier.sources, bot.settings.cdn_hosts))
-
-
-async def answer_follow_up_interaction(
-    interaction: discord.Interaction, earlier: Answered, question: str | None
-) -> None:
-    """A follow-up asked with an answer's button: shown like the answer it continues (public or private)."""
-    bot: VisionBot = interaction.client  # type: ignore[assignment]
-    set_request_id(f"i{interaction.id}")
-    reply = bot.replies.for_interaction(
-        interaction, ephemeral=earlier.private, code_block=earlier.task is Task.OCR
-    )
-    reply.task = earlier.task.value
-    requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
-    sources = await continue_conversation(bot, requester, earlier)
-    job = run_job(
-        bot,
-        requester=requester,
-        task=earlier.task,
-        sources=sources,
-        question=question,
-        reply=reply,
-        no_image_text=NO_IMAGE_IN_MESSAGE_TEXT,
-        job_id=interaction.id,
-        history=earlier.turns,
-        markdown=earlier.markdown,
-    )
-    await stoppable(bot, interaction.id, reply, job)
 
 
 async def answer_command(

@@ -21,7 +21,7 @@ from discord.ext import commands
 
 from bot.conversation import Answered
 from bot.errors import Denied, send_error_to_interaction
-from bot.jobs import STOPPED_BY_TEXT, answer_follow_up_interaction
+from bot.jobs import STOPPED_BY_TEXT, answer_interaction
 from bot.limits import Requester
 from bot.reply import Controls, Outcome
 from inference.prompts import MAX_QUESTION_CHARS, check_turn_count
@@ -104,7 +104,8 @@ class FollowUpModal(discord.ui.Modal):
         self.add_item(self.question)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        await answer_follow_up_interaction(interaction, self.earlier, self.question.value)
+        earlier = self.earlier
+        await answer_interaction(interaction, earlier.task, (), question=self.question.value, earlier=earlier)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
         await send_error_to_interaction(interaction, error)

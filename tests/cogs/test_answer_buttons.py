@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import discord
 import pytest
+from simcord.backend.errors import SetupError
 
 from bot.conversation import NOT_YOURS_TEXT
+from bot.errors import UserFacingError
 from bot.gather import IMAGES_GONE_TEXT
 from bot.jobs import TRIMMED_NOTE
 from bot.reply import WORKING_TEXT
@@ -89,12 +91,16 @@ async def test_a_private_answer_is_followed_up_privately_by_its_asker(world, fak
 
 async def test_someone_elses_private_answer_cannot_be_followed_up(world, fake_engine):
     result = await world.member.slash(world.channel, "ocr", image=("receipt.png", image_bytes()))
-    kept = await world.env.bot.conversations.recall(result.response.id)
-    # Discord shows a private answer to its asker only; the bot checks anyway, for any way in.
     bob = world.guild.add_member(world.env.create_user("bob"))
-    with pytest.raises(Exception, match="only they can follow up"):
+    # Discord shows a private answer (and its buttons) to its asker only...
+    with pytest.raises(SetupError, match="not visible to this user"):
+        await bob.click(result.response, label=FOLLOW_UP_LABEL)
+    # ...and the bot checks anyway, for any other way in (a reply by message id, say).
+    kept = await world.env.bot.conversations.recall(result.response.id)
+    with pytest.raises(UserFacingError) as refused:
         kept.check_may_follow_up(bob.id)
-    assert NOT_YOURS_TEXT.startswith("That answer was private")
+    assert str(refused.value) == NOT_YOURS_TEXT
+    assert len(fake_engine.requests) == 1
 
 
 async def test_stop_by_the_asker_ends_the_answer_at_once(world, fake_engine):
@@ -126,6 +132,7 @@ async def test_a_stale_stop_button_says_the_answer_is_not_running(world, fake_en
     result = await world.member.click(working, label=STOP_LABEL)
     assert result.ephemeral and result.response.content == NOT_RUNNING_TEXT
     fake_engine.release()
+    await world.env.settle()
 
 
 async def test_delete_by_the_asker_or_a_moderator_only(world, fake_engine):

@@ -261,8 +261,10 @@ class InteractionSurface:
         self.handed_over = True
 
     async def acknowledge(self, view: Any = discord.utils.MISSING) -> None:
-        # A deferred response cannot carry buttons yet; they come with its first edit.
-        await self.interaction.response.defer(thinking=True, ephemeral=self.ephemeral)
+        if view is discord.utils.MISSING or view is None:
+            await self.interaction.response.defer(thinking=True, ephemeral=self.ephemeral)
+        else:  # a deferral cannot carry buttons: the same one call, as a message with them
+            await self.interaction.response.send_message(WORKING_TEXT, ephemeral=self.ephemeral, view=view)
 
     async def show(self, content: str, *, private: bool, view: Any = discord.utils.MISSING) -> None:
         if not self.interaction.response.is_done():
@@ -445,7 +447,7 @@ class Reply:
             if not await self._call(lambda: self.surface.acknowledge(**_with_view(view)), final=True):
                 raise ReplyGone("Discord did not take the acknowledgement")
             self._acknowledged = True
-            if isinstance(self.surface, MessageSurface):  # a deferral shows no buttons yet
+            if view is not discord.utils.MISSING:
                 self._view_shown = key
         surface = self.surface
         if (

@@ -125,12 +125,15 @@ def world(simcord_env: Any) -> World:
     return World(simcord_env, guild, channel, member)
 
 
-def deferrals(env: Any) -> list[dict[str, Any]]:
-    """The JSON bodies of every interaction 'defer' the bot sent (type 5)."""
+CHANNEL_MESSAGE = 4  # an interaction answered at once with a message (the working text and its Stop button)
+
+
+def first_responses(env: Any) -> list[tuple[int, bool]]:
+    """Each interaction response the bot sent: (Discord's response type, whether it was ephemeral)."""
     return [
-        entry.json
+        (entry.json["type"], bool(entry.json.get("data", {}).get("flags", 0) & 64))
         for entry in env.http_requests
-        if entry.path.endswith("/callback") and isinstance(entry.json, dict) and entry.json.get("type") == 5
+        if entry.path.endswith("/callback") and isinstance(entry.json, dict)
     ]
 
 

@@ -114,6 +114,15 @@ async def test_stop_by_the_asker_ends_the_answer_at_once(world, fake_engine):
     assert fake_engine.closed_streams == 1  # the generation itself stopped
 
 
+async def test_a_slash_answer_shows_stop_at_once_and_can_be_stopped(world, fake_engine):
+    fake_engine.hold(world.env)  # still in line
+    result = await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
+    assert result.response.content == WORKING_TEXT and labels(result.response) == [STOP_LABEL]
+    await world.member.click(result.response, label=STOP_LABEL)
+    assert result.response.content == "Stopped by alice." and labels(result.response) == []
+    assert fake_engine.requests and not bot_messages(world.channel)[1:]
+
+
 async def test_only_the_asker_or_a_moderator_may_stop(world, fake_engine):
     fake_engine.hold(world.env)
     working = await ask(world, "!describe", attachments=[("a.png", image_bytes())])

@@ -10,7 +10,14 @@ from bot.formatting import MESSAGE_LIMIT
 from bot.jobs import NO_IMAGE_IN_COMMAND_TEXT, NO_IMAGE_IN_MESSAGE_TEXT, STOPPED_BY_DELETE_TEXT
 from bot.reply import ANSWER_FILENAME, QUEUE_TEXT, WORKING_TEXT
 from inference import OutOfMemory, RequestTimedOut, Task
-from tests.conftest import acknowledge_errors, bot_messages, deferrals, image_bytes, png_header_only
+from tests.conftest import (
+    CHANNEL_MESSAGE,
+    acknowledge_errors,
+    bot_messages,
+    first_responses,
+    image_bytes,
+    png_header_only,
+)
 from tests.fakes import Interrupted
 
 # ---------------------------------------------------------------- slash
@@ -19,7 +26,7 @@ from tests.fakes import Interrupted
 async def test_slash_describe_answers_with_the_engine_text(world, fake_engine):
     result = await world.member.slash(world.channel, "describe", image=("cat.png", image_bytes()))
 
-    assert deferrals(world.env) == [{"type": 5}]
+    assert first_responses(world.env) == [(CHANNEL_MESSAGE, False)]
     assert not result.ephemeral
     assert result.response.content == fake_engine.default_answer
     [request] = fake_engine.requests

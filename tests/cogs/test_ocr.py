@@ -9,7 +9,14 @@ from bot.limits import OCR_DENIED_TEXT
 from bot.markdown import tables_well_formed
 from bot.reply import MARKDOWN_FILENAME
 from inference import Task
-from tests.conftest import acknowledge_errors, bot_messages, deferrals, image_bytes, reconfigure
+from tests.conftest import (
+    CHANNEL_MESSAGE,
+    acknowledge_errors,
+    bot_messages,
+    first_responses,
+    image_bytes,
+    reconfigure,
+)
 
 SCREENSHOT_TEXT = "Rule 1: be kind\nRule 2: ```no spam```"
 
@@ -19,7 +26,7 @@ async def test_slash_ocr_is_ephemeral_and_in_a_code_block(world, fake_engine):
 
     result = await world.member.slash(world.channel, "ocr", image=("shot.png", image_bytes()))
 
-    assert deferrals(world.env) == [{"type": 5, "data": {"flags": 64}}]
+    assert first_responses(world.env) == [(CHANNEL_MESSAGE, True)]
     assert result.ephemeral
     content = result.response.content
     assert content.startswith("```\n") and content.endswith("\n```")
@@ -32,7 +39,7 @@ async def test_slash_ocr_is_ephemeral_and_in_a_code_block(world, fake_engine):
 async def test_slash_ocr_can_be_made_public(world, fake_engine):
     result = await world.member.slash(world.channel, "ocr", image=("shot.png", image_bytes()))
 
-    assert deferrals(world.env) == [{"type": 5}]
+    assert first_responses(world.env) == [(CHANNEL_MESSAGE, False)]
     assert not result.ephemeral
 
 

@@ -18,9 +18,10 @@ from inference.errors import (
     OutOfMemory,
     RequestTimedOut,
 )
-from inference.types import Engine, EngineConfig, EngineStats, Request, Result, Task, Turn
+from inference.types import Engine, EngineConfig, EngineStats, Priority, Request, Result, Task, Turn
 
 __all__ = [
+    "Priority",
     "Engine",
     "EngineBusy",
     "EngineConfig",

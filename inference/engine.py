@@ -216,7 +216,7 @@ class LocalEngine:
     ) -> AsyncIterator[str]:
         self._check_ready()
         self._runner.validate(request)
-        if self.scheduler.num_waiting >= self.config.max_queued:
+        if self.scheduler.is_full(request.priority):
             raise EngineBusy(BUSY_TEXT)
         loop = asyncio.get_running_loop()
         time_limit = request.time_limit(self.config.request_timeout_s)
@@ -264,6 +264,7 @@ class LocalEngine:
             prompt_tokens=prepared.prompt_tokens,
             max_new_tokens=prepared.max_new_tokens,
             regime=rope_regime(prepared.prompt_tokens, prepared.max_new_tokens, self._runner.rope_switch),
+            priority=request.priority,
         )
         try:
             self.scheduler.add(ticket)

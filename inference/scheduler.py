@@ -1,7 +1,10 @@
 """Who runs next: a pure queueing and batching policy (no torch, no asyncio, no I/O).
 
 - Bounded: at most ``max_waiting`` requests wait; one more is refused at once.
-- Fair: waiting requests are admitted round-robin across users, the user served
+- Two classes: requests someone is waiting for (:attr:`Priority.PEOPLE`) always go before
+  background work nobody asked for (:attr:`Priority.BACKGROUND`, automatic alt text), which has a
+  line of its own (``max_background_waiting``) so it can never take a person's place in the queue.
+- Fair within each class: waiting requests are admitted round-robin across users, the user served
   least recently first, so one person's burst cannot starve everyone else and a
   newcomer does not wait behind someone already being served; ``positions``
   tells each request its place.
@@ -19,6 +22,8 @@ import enum
 import itertools
 from collections import deque
 from dataclasses import dataclass
+
+from inference.types import Priority
 
 # How many users' "last served" marks to remember; older marks are forgotten (those users
 # then count as never served, which only ever moves them forward).
@@ -48,6 +53,7 @@ class Ticket:
     prompt_tokens: int
     max_new_tokens: int
     regime: RopeRegime
+    priority: Priority = Priority.PEOPLE
 
     @property
     def reserved_tokens(self) -> int:
@@ -62,49 +68,69 @@ class TooLarge(Exception):
     pass
 
 
+QueueKey = tuple[Priority, int | None]  # a class and a user: each has its own line
+
+
 class Scheduler:
-    def __init__(self, max_batch_size: int = 8, max_waiting: int = 64, token_budget: int = 64_000):
+    def __init__(
+        self,
+        max_batch_size: int = 8,
+        max_waiting: int = 64,
+        token_budget: int = 64_000,
+        max_background_waiting: int | None = None,
+    ):
         if max_batch_size < 1 or max_waiting < 0 or token_budget < 1:
             raise ValueError("max_batch_size and token_budget must be positive, max_waiting not negative")
         self.max_batch_size = max_batch_size
         self.max_waiting = max_waiting
+        background = max_waiting if max_background_waiting is None else max_background_waiting
+        self.max_background_waiting = background
         self.token_budget = token_budget
-        self._queues: dict[int | None, deque[Ticket]] = {}  # user -> waiting tickets, arrival order
+        self._queues: dict[QueueKey, deque[Ticket]] = {}  # (class, user) -> waiting tickets, arrival order
         self._running: dict[int, Ticket] = {}
-        self._served_at: dict[int | None, int] = {}  # user -> tick of their latest admission
+        self._served_at: dict[QueueKey, int] = {}  # (class, user) -> tick of their latest admission
         self._ticks = itertools.count(1)
 
     # -- queue ---------------------------------------------------------------------------------
     @property
     def num_waiting(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        """Requests people are waiting for (background work is counted apart)."""
+        return self.waiting_in(Priority.PEOPLE)
+
+    def waiting_in(self, priority: Priority) -> int:
+        return sum(len(q) for key, q in self._queues.items() if key[0] is priority)
+
+    def is_full(self, priority: Priority = Priority.PEOPLE) -> bool:
+        """No room in this class's line: one more would be refused."""
+        limit = self.max_waiting if priority is Priority.PEOPLE else self.max_background_waiting
+        return self.waiting_in(priority) >= limit
 
     @property
     def running(self) -> list[Ticket]:
         return list(self._running.values())
 
     def has_work(self) -> bool:
-        return bool(self._running) or self.num_waiting > 0
+        return bool(self._running) or bool(self._queues)  # background work included
 
     def add(self, ticket: Ticket) -> None:
         if ticket.reserved_tokens > self.token_budget:
             raise TooLarge(
                 f"needs {ticket.reserved_tokens} tokens of cache; the budget is {self.token_budget}"
             )
-        if self.num_waiting >= self.max_waiting:
-            raise QueueFull(f"{self.num_waiting} requests are already waiting")
-        self._queues.setdefault(ticket.user_id, deque()).append(ticket)
+        if self.is_full(ticket.priority):
+            raise QueueFull(f"{self.waiting_in(ticket.priority)} requests of this kind are already waiting")
+        self._queues.setdefault(_key(ticket), deque()).append(ticket)
 
     def abort(self, request_id: int) -> bool:
         """Forget a request, waiting or running. True if it was known."""
         if self._running.pop(request_id, None) is not None:
             return True
-        for user, queue in list(self._queues.items()):
+        for key, queue in list(self._queues.items()):
             for ticket in queue:
                 if ticket.request_id == request_id:
                     queue.remove(ticket)
                     if not queue:
-                        del self._queues[user]
+                        del self._queues[key]
                     return True
         return False
 
@@ -112,13 +138,18 @@ class Scheduler:
         self._running.pop(request_id, None)
 
     def waiting_order(self) -> list[Ticket]:
-        """Waiting tickets in admission order: each user's first, then each user's second, and so on.
+        """Waiting tickets in admission order: every person's request before any background one; in
+        each class, each user's first, then each user's second, and so on.
 
         Users are taken least recently served first (never served: in order of arrival).
         """
+        return [ticket for priority in Priority for ticket in self._round_robin(priority)]
+
+    def _round_robin(self, priority: Priority) -> list[Ticket]:
         order, depth = [], 0
         queues = sorted(
-            self._queues.values(), key=lambda q: (self._served_at.get(q[0].user_id, 0), q[0].request_id)
+            (queue for key, queue in self._queues.items() if key[0] is priority),
+            key=lambda q: (self._served_at.get(_key(q[0]), 0), q[0].request_id),
         )
         while True:
             layer = [q[depth] for q in queues if len(q) > depth]
@@ -159,14 +190,19 @@ class Scheduler:
         return admitted
 
     def _take(self, ticket: Ticket) -> None:
-        queue = self._queues[ticket.user_id]
+        key = _key(ticket)
+        queue = self._queues[key]
         queue.remove(ticket)
         if not queue:
-            del self._queues[ticket.user_id]
+            del self._queues[key]
         self._running[ticket.request_id] = ticket
         # The user just served moves to the back of the rotation.
-        self._served_at[ticket.user_id] = next(self._ticks)
+        self._served_at[key] = next(self._ticks)
         if len(self._served_at) > MAX_REMEMBERED_USERS:
             oldest = sorted(self._served_at, key=self._served_at.__getitem__)[: MAX_REMEMBERED_USERS // 2]
             for user in oldest:
                 del self._served_at[user]
+
+
+def _key(ticket: Ticket) -> QueueKey:
+    return (ticket.priority, ticket.user_id)

@@ -25,6 +25,13 @@ class Task(enum.StrEnum):
     COMPARE = "compare"
 
 
+class Priority(enum.IntEnum):
+    """Who is waiting for an answer; lower goes first."""
+
+    PEOPLE = 0  # someone asked and is waiting
+    BACKGROUND = 1  # nobody asked (automatic alt text): only when no person is waiting
+
+
 @dataclass(frozen=True)
 class Turn:
     """An earlier exchange of a conversation: what the person asked and what the model answered.
@@ -60,6 +67,7 @@ class Request:
     timeout_s: float | None = None
     history: tuple[Turn, ...] = ()
     markdown: bool = False  # OCR: the text as Markdown (tables, headings, lists)
+    priority: Priority = Priority.PEOPLE
 
     def time_limit(self, engine_limit_s: float) -> float:
         """Seconds this request may take: the engine's limit, or less if the request asks for less."""

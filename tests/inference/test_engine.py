@@ -15,6 +15,7 @@ from inference import (
     LocalEngine,
     ModelNotFound,
     OutOfMemory,
+    Priority,
     Request,
     RequestTimedOut,
     Task,
@@ -255,6 +256,33 @@ async def test_positions_are_reported_and_users_take_turns():
     assert order == ["alice0", "bob", "alice1", "alice2"]
     assert seen["bob"] == [1, 0]
     assert seen["alice2"][-4:] == [3, 2, 1, 0]  # pushed back one place by Bob, then forward
+
+
+async def test_background_work_waits_for_people_and_has_its_own_line():
+    engine = await scripted(max_batch_size=1, max_queued=1)
+    runner = engine._runner
+    runner.hold.clear()
+    order: list[str] = []
+
+    async def ask(name: str, user: int, priority: Priority = Priority.PEOPLE):
+        request = Request(Task.DESCRIBE, (IMAGE,), user_id=user, max_new_tokens=1, priority=priority)
+        async for _ in engine.stream(request):
+            order.append(name)
+
+    try:
+        tasks = [asyncio.ensure_future(ask("first", 1))]
+        await until(lambda: len(engine.scheduler.running) == 1)
+        tasks.append(asyncio.ensure_future(ask("alt text", 9, Priority.BACKGROUND)))
+        await until(lambda: engine.scheduler.waiting_in(Priority.BACKGROUND) == 1)
+        tasks.append(asyncio.ensure_future(ask("person", 2)))  # arrives after the alt text...
+        await until(lambda: engine.scheduler.num_waiting == 1)  # ...and the queue of one is not full for it
+        with pytest.raises(EngineBusy):
+            await ask("one too many", 3)
+        runner.hold.set()
+        await asyncio.gather(*tasks)
+    finally:
+        await engine.stop()
+    assert order == ["first", "person", "alt text"]
 
 
 async def test_stop_fails_open_requests_clearly():

@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from inference.scheduler import QueueFull, RopeRegime, Scheduler, Ticket, TooLarge, rope_regime
+from inference.types import Priority
 
 _ids = itertools.count(1)
 
@@ -119,3 +120,65 @@ def test_abort_removes_waiting_and_running_requests():
     assert scheduler.abort(running.request_id)
     assert not scheduler.has_work()
     assert not scheduler.abort(12345)
+
+
+# ---------------------------------------------------------------- two classes
+
+
+def background(user: int | None) -> Ticket:
+    return Ticket(next(_ids), user, 100, 50, RopeRegime.SHORT, Priority.BACKGROUND)
+
+
+def test_people_go_before_background_work_whenever_it_arrived():
+    scheduler = Scheduler(max_batch_size=1, max_waiting=10)
+    early_alt_texts = [background(7), background(8)]
+    for item in early_alt_texts:
+        scheduler.add(item)
+    people = [ticket(1), ticket(2), ticket(1)]
+    for item in people:
+        scheduler.add(item)
+    served = []
+    while scheduler.num_waiting or scheduler.waiting_in(Priority.BACKGROUND):
+        [admitted] = scheduler.admit()
+        served.append(admitted)
+        scheduler.finish(admitted.request_id)
+    assert served[:3] == [people[0], people[1], people[2]]  # fair among people: 1, 2, then 1 again
+    assert served[3:] == early_alt_texts  # background last, and fair among its own users
+
+
+def test_background_work_is_fair_within_its_class():
+    scheduler = Scheduler(max_batch_size=1, max_waiting=10)
+    burst = [background(7) for _ in range(3)]
+    other = background(8)
+    for item in [*burst, other]:
+        scheduler.add(item)
+    assert scheduler.waiting_order() == [burst[0], other, burst[1], burst[2]]
+
+
+def test_each_class_has_its_own_bounded_line():
+    scheduler = Scheduler(max_batch_size=1, max_waiting=2, max_background_waiting=1)
+    scheduler.add(background(7))
+    assert scheduler.has_work() and scheduler.num_waiting == 0  # background alone is work too
+    with pytest.raises(QueueFull):
+        scheduler.add(background(8))  # the background line is full...
+    assert scheduler.is_full(Priority.BACKGROUND) and not scheduler.is_full()
+    scheduler.add(ticket(1))  # ...which never takes a person's place
+    scheduler.add(ticket(2))
+    with pytest.raises(QueueFull):
+        scheduler.add(ticket(3))
+    assert scheduler.num_waiting == 2 and scheduler.waiting_in(Priority.BACKGROUND) == 1
+    assert scheduler.positions()[scheduler.waiting_order()[0].request_id] == 1
+
+
+def test_a_person_arriving_while_background_work_waits_is_admitted_first():
+    scheduler = Scheduler(max_batch_size=2, max_waiting=10)
+    running = ticket(1)
+    scheduler.add(running)
+    scheduler.admit()
+    waiting_alt_text = background(7)
+    scheduler.add(waiting_alt_text)
+    newcomer = ticket(2)
+    scheduler.add(newcomer)
+    assert scheduler.admit() == [newcomer]  # the one free place goes to the person
+    scheduler.finish(running.request_id)
+    assert scheduler.admit() == [waiting_alt_text]

@@ -20,6 +20,7 @@ from bot.jobs import STOPPED_BY_DELETE_TEXT, RunningJobs, answer_follow_up_menti
 from bot.limits import AccessPolicy, JobLimiter
 from bot.metrics import Metrics
 from bot.reply import Replies
+from bot.server_settings import ServerPolicy, ServerSettings, server_policy
 from bot.settings import Settings
 from inference import Engine, EngineStats
 from inference.errors import SHUTTING_DOWN_TEXT
@@ -27,7 +28,14 @@ from inference.remote import display_url
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.answer_buttons", "cogs.describe", "cogs.ocr", "cogs.compare", "cogs.status")
+EXTENSIONS = (
+    "cogs.answer_buttons",
+    "cogs.describe",
+    "cogs.ocr",
+    "cogs.compare",
+    "cogs.server_settings",
+    "cogs.status",
+)
 SHUTDOWN_GRACE_S = 5.0  # how long shutdown waits for stopped jobs to tell their users
 MODEL_UNAVAILABLE_STATUS = "Model unavailable; the owner has been told"
 DESCRIPTION = "Describes, reads and compares images with Phi-3-vision."
@@ -56,6 +64,7 @@ class VisionBot(commands.Bot):
     metrics: Metrics
     database: Database | None
     conversations: Conversations  # from setup_hook on (it needs the database)
+    server_settings: ServerSettings  # likewise
 
     def __init__(
         self,
@@ -106,6 +115,8 @@ class VisionBot(commands.Bot):
         self.database = await Database.open(self.settings.database_path)
         log.info("Database: %s", self.settings.database_path)
         self.conversations = Conversations(self.database)
+        self.server_settings = ServerSettings(self.database)
+        await self.server_settings.load()
         self.session = aiohttp.ClientSession()
         if self.fetcher is None:
             self.fetcher = HttpFetcher(self.session, timeout_s=self.settings.download_timeout_s)
@@ -140,6 +151,10 @@ class VisionBot(commands.Bot):
             if self.database is not None:
                 await self.database.close()
                 self.database = None
+
+    def policy(self, guild_id: int | None) -> ServerPolicy:
+        """The rules in force in a server (or in DMs): the owner's settings with the server's choices."""
+        return server_policy(self.settings, self.access, self.server_settings.choices(guild_id))
 
     def engine_stats(self) -> EngineStats | None:
         """The engine's figures, if it keeps any (the local engine does)."""

@@ -48,6 +48,34 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX answers_by_age ON answers (created_at);
         """,
     ),
+    (
+        2,
+        "per-server settings chosen with /settings, their history, and alt-text opt-outs",
+        """
+        CREATE TABLE server_settings (
+            guild_id     INTEGER NOT NULL,
+            name         TEXT    NOT NULL,     -- e.g. cooldown_s, channels (see bot/server_settings.py)
+            value        TEXT    NOT NULL,     -- JSON
+            changed_by   INTEGER NOT NULL,     -- the member who chose it
+            changed_at   REAL    NOT NULL,
+            PRIMARY KEY (guild_id, name)
+        );
+        CREATE TABLE settings_changes (
+            id           INTEGER PRIMARY KEY,
+            guild_id     INTEGER NOT NULL,
+            name         TEXT    NOT NULL,
+            old_value    TEXT,                 -- JSON; NULL: the owner's default
+            new_value    TEXT,                 -- JSON; NULL: back to the owner's default
+            changed_by   INTEGER NOT NULL,
+            changed_at   REAL    NOT NULL
+        );
+        CREATE INDEX settings_changes_by_guild ON settings_changes (guild_id, changed_at);
+        CREATE TABLE alt_text_opt_outs (
+            user_id      INTEGER PRIMARY KEY,  -- never describes this person's images by itself
+            since        REAL    NOT NULL
+        );
+        """,
+    ),
 )
 
 
@@ -167,6 +195,18 @@ class Database:
             try:
                 async with self.connection.executemany(sql, [tuple(row) for row in rows]):
                     pass
+                await self._run("COMMIT")
+            except BaseException:
+                await self._run("ROLLBACK")
+                raise
+
+    async def transaction(self, statements: Iterable[tuple[str, Iterable[Any]]]) -> None:
+        """Several statements, all or nothing."""
+        async with self._lock:
+            await self._run("BEGIN")
+            try:
+                for sql, parameters in statements:
+                    await self._run(sql, parameters)
                 await self._run("COMMIT")
             except BaseException:
                 await self._run("ROLLBACK")

@@ -147,7 +147,8 @@ async def run_job(
     private = isinstance(reply.surface, InteractionSurface) and reply.surface.ephemeral
     reply.controls = Controls(job_id=job_id, asker_id=requester.user_id, private=private)
     reply.markdown = markdown
-    with bot.limiter.job(requester.user_id):
+    policy = bot.policy(requester.guild_id)
+    with bot.limiter.job(requester.user_id, cooldown_s=policy.cooldown_s, max_jobs=policy.jobs_per_person):
         try:
             await reply.acknowledge()
             images = await fetch_images(chosen, bot.image_limits, bot.fetcher)
@@ -193,9 +194,9 @@ def answer_time_limit(reply: Reply, request_timeout_s: float) -> float | None:
     return min(left, request_timeout_s)
 
 
-def is_private(bot: VisionBot, task: Task) -> bool:
-    """OCR answers are ephemeral unless the server chose otherwise."""
-    return task is Task.OCR and not bot.settings.ocr_public
+def is_private(bot: VisionBot, task: Task, guild_id: int | None) -> bool:
+    """OCR answers are ephemeral unless the server (or the owner) chose otherwise."""
+    return task is Task.OCR and not bot.policy(guild_id).ocr_public
 
 
 async def answer_interaction(
@@ -217,11 +218,11 @@ async def answer_interaction(
     set_request_id(f"i{interaction.id}")
     if earlier is not None:
         task, markdown = earlier.task, earlier.markdown
-    private = earlier.private if earlier is not None else is_private(bot, task)
+    private = earlier.private if earlier is not None else is_private(bot, task, interaction.guild_id)
     reply = bot.replies.for_interaction(interaction, ephemeral=private, code_block=task is Task.OCR)
     reply.task = task.value
     requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
-    bot.access.check(requester, task)
+    bot.policy(requester.guild_id).access.check(requester, task)
     history: tuple[Turn, ...] = ()
     if earlier is not None:
         sources, history = await continue_conversation(bot, requester, earlier), earlier.turns
@@ -242,7 +243,9 @@ async def answer_interaction(
 
 async def continue_conversation(bot: VisionBot, requester: Requester, earlier: Answered) -> list[ImageSource]:
     """Check a follow-up may be asked, and find the conversation's images again (fresh links)."""
-    bot.access.check(requester, earlier.task)  # the conversation's task decides (OCR may be limited to roles)
+    bot.policy(requester.guild_id).access.check(
+        requester, earlier.task
+    )  # the conversation's task decides (OCR may be limited to roles)
     earlier.check_may_follow_up(requester.user_id)
     return list(await refresh_sources(bot, earlier.sources, bot.settings.cdn_hosts))
 
@@ -260,7 +263,7 @@ async def answer_command(
     reply = bot.replies.for_context(ctx, code_block=task is Task.OCR)
     reply.task = task.value
     requester = Requester.of(ctx.author, ctx.channel, ctx.guild)
-    bot.access.check(requester, task)
+    bot.policy(requester.guild_id).access.check(requester, task)
     replied = await referenced_message(ctx.message)
     history: tuple[Turn, ...] = ()
     if replied is not None and bot.user is not None and replied.author.id == bot.user.id:

@@ -50,6 +50,8 @@ class AccessPolicy:
     allowed_channel_ids: frozenset[int] = frozenset()
     ocr_role_ids: frozenset[int] = frozenset()
     allow_dms: bool = True
+    # A server's own choice of channels, within the owner's (None: wherever the owner allows).
+    server_channel_ids: frozenset[int] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AccessPolicy:
@@ -68,16 +70,25 @@ class AccessPolicy:
         else:
             if self.allowed_guild_ids and requester.guild_id not in self.allowed_guild_ids:
                 raise Denied(GUILD_DENIED_TEXT)
-            if self.allowed_channel_ids and not (
-                requester.channel_id in self.allowed_channel_ids
-                or requester.parent_channel_id in self.allowed_channel_ids
-            ):
-                raise Denied(self._channel_denied_text())
+            for channels in (self.allowed_channel_ids, self.server_channel_ids):
+                if channels and not (
+                    requester.channel_id in channels or requester.parent_channel_id in channels
+                ):
+                    raise Denied(self._channel_denied_text(self.usable_channels()))
         if task is Task.OCR and self.ocr_role_ids and not (requester.role_ids & self.ocr_role_ids):
             raise Denied(OCR_DENIED_TEXT)
 
-    def _channel_denied_text(self) -> str:
-        channels = sorted(self.allowed_channel_ids)
+    def usable_channels(self) -> frozenset[int]:
+        """The channels allowed by both the owner and the server (empty: no list, anywhere)."""
+        if self.allowed_channel_ids and self.server_channel_ids:
+            return self.allowed_channel_ids & self.server_channel_ids
+        return self.server_channel_ids or self.allowed_channel_ids
+
+    @staticmethod
+    def _channel_denied_text(usable: frozenset[int]) -> str:
+        if not usable:
+            return "I don't answer in this channel, and no channel of this server is open to me right now."
+        channels = sorted(usable)
         listed = ", ".join(f"<#{channel_id}>" for channel_id in channels[:MAX_LISTED_CHANNELS])
         if len(channels) > MAX_LISTED_CHANNELS:
             listed += ", …"
@@ -116,14 +127,19 @@ class JobLimiter:
     def total_active(self) -> int:
         return sum(self._active.values())
 
-    def admit(self, user_id: int) -> None:
-        """Count a new job for this user, or raise :class:`TooManyJobs` / :class:`OnCooldown`."""
-        if self._active[user_id] >= self._max_jobs:
-            raise TooManyJobs(self._max_jobs)
+    def admit(self, user_id: int, *, cooldown_s: float | None = None, max_jobs: int | None = None) -> None:
+        """Count a new job for this user, or raise :class:`TooManyJobs` / :class:`OnCooldown`.
+
+        ``cooldown_s`` and ``max_jobs`` replace the defaults (a server's own choice).
+        """
+        cooldown_s = self._cooldown_s if cooldown_s is None else cooldown_s
+        max_jobs = self._max_jobs if max_jobs is None else max_jobs
+        if self._active[user_id] >= max_jobs:
+            raise TooManyJobs(max_jobs)
         now = self._clock()
         last = self._last_start.get(user_id)
-        if last is not None and now - last < self._cooldown_s:
-            raise OnCooldown(self._cooldown_s - (now - last))
+        if last is not None and now - last < cooldown_s:
+            raise OnCooldown(cooldown_s - (now - last))
         self._last_start[user_id] = now
         self._active[user_id] += 1
 
@@ -132,10 +148,20 @@ class JobLimiter:
         if self._active[user_id] <= 0:
             del self._active[user_id]
 
+    @property
+    def cooldown_s(self) -> float:
+        return self._cooldown_s
+
+    @property
+    def max_jobs(self) -> int:
+        return self._max_jobs
+
     @contextmanager
-    def job(self, user_id: int) -> Iterator[None]:
+    def job(
+        self, user_id: int, *, cooldown_s: float | None = None, max_jobs: int | None = None
+    ) -> Iterator[None]:
         """``with limiter.job(user_id):`` admits the job and always releases it."""
-        self.admit(user_id)
+        self.admit(user_id, cooldown_s=cooldown_s, max_jobs=max_jobs)
         try:
             yield
         finally:

@@ -136,7 +136,7 @@ class FollowUpButton(discord.ui.DynamicItem[discord.ui.Button], template=FOLLOW_
             # Refused before the modal opens, so nobody types a question in vain.
             earlier.check_may_follow_up(interaction.user.id)
             requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
-            bot.access.check(requester, earlier.task)
+            bot.policy(requester.guild_id).access.check(requester, earlier.task)
             check_turn_count(len(earlier.turns) + 1)
             await interaction.response.send_modal(FollowUpModal(earlier))
         except Exception as error:

@@ -24,7 +24,8 @@ from tests.fakes import FakeEngine, SimcordCdnFetcher
 from tests.inference.test_remote import ANSWER, FakeVllm
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_COMMANDS = ("describe", "ocr", "compare", "status")
+APP_COMMANDS = ("describe", "ocr", "compare", "status")  # what an ordinary member sees
+ADMIN_COMMANDS = ("settings",)  # Manage Server only
 MENUS = ("Describe image", "Extract text", "Read as Markdown", "Compare images")
 
 
@@ -157,7 +158,7 @@ async def test_setup_loads_the_extensions_and_syncs_commands_globally(world, fak
     assert fake_engine.started
     assert set(bot.extensions) == set(EXTENSIONS)
     assert set(world.member.available_commands(world.channel)) == set(APP_COMMANDS)
-    assert {command.name for command in bot.tree.get_commands()} == {*APP_COMMANDS, *MENUS}
+    assert {command.name for command in bot.tree.get_commands()} == {*APP_COMMANDS, *ADMIN_COMMANDS, *MENUS}
 
 
 async def test_close_stops_the_engine_and_the_session(make_bot, fake_engine):
@@ -230,7 +231,7 @@ async def test_owner_sync_command_publishes_to_the_current_server(world, fake_en
     await owner.send(world.channel, "!sync")
 
     assert refused == "Only the bot's owner can use this command."
-    assert bot_messages(world.channel)[-1].content == "Synced 8 app commands to this server."
+    assert bot_messages(world.channel)[-1].content == "Synced 9 app commands to this server."
     assert set(world.member.available_commands(world.channel)) == set(APP_COMMANDS)
     assert acknowledge_errors(world.env) == [commands.NotOwner]
 

@@ -11,6 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.alt_text import OptOuts
 from bot.context import VisionContext
 from bot.conversation import Conversations
 from bot.database import Database
@@ -34,6 +35,7 @@ EXTENSIONS = (
     "cogs.ocr",
     "cogs.compare",
     "cogs.server_settings",
+    "cogs.alt_text",
     "cogs.status",
 )
 SHUTDOWN_GRACE_S = 5.0  # how long shutdown waits for stopped jobs to tell their users
@@ -65,6 +67,7 @@ class VisionBot(commands.Bot):
     database: Database | None
     conversations: Conversations  # from setup_hook on (it needs the database)
     server_settings: ServerSettings  # likewise
+    alt_text_opt_outs: OptOuts  # likewise
 
     def __init__(
         self,
@@ -117,6 +120,8 @@ class VisionBot(commands.Bot):
         self.conversations = Conversations(self.database)
         self.server_settings = ServerSettings(self.database)
         await self.server_settings.load()
+        self.alt_text_opt_outs = OptOuts(self.database)
+        await self.alt_text_opt_outs.load()
         self.session = aiohttp.ClientSession()
         if self.fetcher is None:
             self.fetcher = HttpFetcher(self.session, timeout_s=self.settings.download_timeout_s)

@@ -8,9 +8,11 @@ explanation as the final state of the job's :class:`bot.reply.Reply`.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -164,3 +166,19 @@ async def send_error_to_interaction(interaction: discord.Interaction, error: Bas
     bot: VisionBot = interaction.client  # type: ignore[assignment]
     reply = bot.replies.for_interaction(interaction)
     await reply.finish(explanation.outcome, explanation.text, private=explanation.private)
+
+
+def reports_errors(callback: Callable[[Any, discord.Interaction], Awaitable[None]]):
+    """For a button's or a form's callback: its errors reach the person as a command's do.
+
+    (discord.py only logs what a component's callback raises, leaving the click unanswered.)
+    """
+
+    @functools.wraps(callback)
+    async def reporting(self: Any, interaction: discord.Interaction) -> None:
+        try:
+            await callback(self, interaction)
+        except Exception as error:
+            await send_error_to_interaction(interaction, error)
+
+    return reporting

@@ -208,17 +208,19 @@ async def answer_interaction(
     no_image_text: str = NO_IMAGE_IN_MESSAGE_TEXT,
     markdown: bool = False,
     earlier: Answered | None = None,
+    private: bool | None = None,
 ) -> None:
     """Answer a slash command, a message context menu, or a follow-up asked with an answer's button.
 
     A follow-up (``earlier``) keeps the conversation's task, images and format, and is shown like
-    the answer it continues (public or private).
+    the answer it continues (public or private). ``private`` forces the answer's visibility.
     """
     bot: VisionBot = interaction.client  # type: ignore[assignment]
     set_request_id(f"i{interaction.id}")
     if earlier is not None:
         task, markdown = earlier.task, earlier.markdown
-    private = earlier.private if earlier is not None else is_private(bot, task, interaction.guild_id)
+    if private is None:
+        private = earlier.private if earlier is not None else is_private(bot, task, interaction.guild_id)
     reply = bot.replies.for_interaction(interaction, ephemeral=private, code_block=task is Task.OCR)
     reply.task = task.value
     requester = Requester.of(interaction.user, interaction.channel, interaction.guild)

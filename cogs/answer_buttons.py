@@ -20,7 +20,7 @@ import discord
 from discord.ext import commands
 
 from bot.conversation import Answered
-from bot.errors import Denied, send_error_to_interaction
+from bot.errors import Denied, reports_errors, send_error_to_interaction
 from bot.jobs import STOPPED_BY_TEXT, answer_interaction
 from bot.limits import Requester
 from bot.reply import Controls, Outcome
@@ -78,6 +78,7 @@ class StopButton(discord.ui.DynamicItem[discord.ui.Button], template=STOP_TEMPLA
     ) -> StopButton:
         return cls(int(match["job"]), int(match["asker"]))
 
+    @reports_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         bot: VisionBot = interaction.client  # type: ignore[assignment]
         if interaction.user.id != self.asker_id and not may_moderate(interaction):
@@ -128,19 +129,17 @@ class FollowUpButton(discord.ui.DynamicItem[discord.ui.Button], template=FOLLOW_
     ) -> FollowUpButton:
         return cls()
 
+    @reports_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         bot: VisionBot = interaction.client  # type: ignore[assignment]
-        try:
-            assert interaction.message is not None  # a button is always on a message
-            earlier = await bot.conversations.recall(interaction.message.id)
-            # Refused before the modal opens, so nobody types a question in vain.
-            earlier.check_may_follow_up(interaction.user.id)
-            requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
-            bot.policy(requester.guild_id).access.check(requester, earlier.task)
-            check_turn_count(len(earlier.turns) + 1)
-            await interaction.response.send_modal(FollowUpModal(earlier))
-        except Exception as error:
-            await send_error_to_interaction(interaction, error)
+        assert interaction.message is not None  # a button is always on a message
+        earlier = await bot.conversations.recall(interaction.message.id)
+        # Refused before the modal opens, so nobody types a question in vain.
+        earlier.check_may_follow_up(interaction.user.id)
+        requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
+        bot.policy(requester.guild_id).access.check(requester, earlier.task)
+        check_turn_count(len(earlier.turns) + 1)
+        await interaction.response.send_modal(FollowUpModal(earlier))
 
 
 class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=DELETE_TEMPLATE):
@@ -161,11 +160,11 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=DELETE_TE
     ) -> DeleteButton:
         return cls(int(match["asker"]))
 
+    @reports_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         bot: VisionBot = interaction.client  # type: ignore[assignment]
         if interaction.user.id != self.asker_id and not may_moderate(interaction):
-            await send_error_to_interaction(interaction, Denied(DELETE_DENIED_TEXT))
-            return
+            raise Denied(DELETE_DENIED_TEXT)
         assert interaction.message is not None and interaction.channel is not None
         main_id = interaction.message.id
         message_ids = await bot.conversations.message_ids(main_id) or [main_id]

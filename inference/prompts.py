@@ -30,6 +30,11 @@ OCR_MARKDOWN = (
     "header row, headings as Markdown headings, and lists as Markdown lists; keep every word exactly as "
     "written and add nothing of your own. If the image contains no text, answer exactly: No text found."
 )
+ALT_TEXT = (
+    "Write alt text for this image for a person who cannot see it. Use one or two short sentences. "
+    "Start with what matters most, and do not begin with 'Image of' or 'Picture of'. If the image "
+    "contains text, say in a few words what the text is about."
+)
 COMPARE = (
     "Compare these {count} images. Say what they have in common and how they differ, "
     "referring to them as Image 1, Image 2 and so on."
@@ -93,6 +98,8 @@ def instruction(task: Task, num_images: int, question: str | None = None, *, mar
         return question or DESCRIBE
     if task is Task.OCR:
         return OCR_MARKDOWN if markdown else OCR
+    if task is Task.ALT_TEXT:
+        return ALT_TEXT
     if task is Task.COMPARE:
         if num_images < MIN_COMPARE_IMAGES:
             raise InvalidRequest(f"Compare needs at least {MIN_COMPARE_IMAGES} images; got {num_images}.")

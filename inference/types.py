@@ -23,6 +23,7 @@ class Task(enum.StrEnum):
     DESCRIBE = "describe"
     OCR = "ocr"
     COMPARE = "compare"
+    ALT_TEXT = "alt_text"  # a short description for people who cannot see the image
 
 
 class Priority(enum.IntEnum):

@@ -24,7 +24,7 @@ from tests.fakes import FakeEngine, SimcordCdnFetcher
 from tests.inference.test_remote import ANSWER, FakeVllm
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_COMMANDS = ("describe", "ocr", "compare", "status")  # what an ordinary member sees
+APP_COMMANDS = ("describe", "ocr", "compare", "status", "alttext optin", "alttext optout")  # anyone sees
 ADMIN_COMMANDS = ("settings",)  # Manage Server only
 MENUS = ("Describe image", "Extract text", "Read as Markdown", "Compare images")
 
@@ -158,7 +158,8 @@ async def test_setup_loads_the_extensions_and_syncs_commands_globally(world, fak
     assert fake_engine.started
     assert set(bot.extensions) == set(EXTENSIONS)
     assert set(world.member.available_commands(world.channel)) == set(APP_COMMANDS)
-    assert {command.name for command in bot.tree.get_commands()} == {*APP_COMMANDS, *ADMIN_COMMANDS, *MENUS}
+    roots = {name.split()[0] for name in (*APP_COMMANDS, *ADMIN_COMMANDS)}
+    assert {command.name for command in bot.tree.get_commands()} == {*roots, *MENUS}
 
 
 async def test_close_stops_the_engine_and_the_session(make_bot, fake_engine):
@@ -231,7 +232,7 @@ async def test_owner_sync_command_publishes_to_the_current_server(world, fake_en
     await owner.send(world.channel, "!sync")
 
     assert refused == "Only the bot's owner can use this command."
-    assert bot_messages(world.channel)[-1].content == "Synced 9 app commands to this server."
+    assert bot_messages(world.channel)[-1].content == "Synced 10 app commands to this server."
     assert set(world.member.available_commands(world.channel)) == set(APP_COMMANDS)
     assert acknowledge_errors(world.env) == [commands.NotOwner]
 

@@ -1,0 +1,172 @@
+"""Automatic alt text in the channels a server chose, and /alttext for people to opt out.
+
+An image posted there without a description gets a short reply for people who cannot see it:
+written at a lower priority than anyone's command (the engine's background class), never pinging
+anyone, marked as machine-written, with a "More" button that describes the image in full to whoever
+presses it (privately). The rules themselves are in bot/alt_text.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.alt_text import (
+    ALT_TEXT_TOKENS,
+    ChannelRate,
+    alt_text_message,
+    images_needing_alt_text,
+    tidy_alt_text,
+)
+from bot.errors import UserFacingError, reports_errors
+from bot.gather import refresh_sources, source_from_attachment
+from bot.images import ImageSource, load_images
+from bot.jobs import answer_interaction
+from inference import InferenceError, Priority, Request, Task
+
+if TYPE_CHECKING:
+    from bot.app import VisionBot
+
+log = logging.getLogger(__name__)
+
+MORE_LABEL = "More"
+OPTED_OUT_TEXT = (
+    "Done: I won't describe your images by myself any more, in any server. `/alttext optin` undoes it."
+)
+OPTED_IN_TEXT = "Done: in channels where a server turned it on, I describe your images again."
+MORE_TEMPLATE = r"phi3v:alt-more:(?P<channel>\d+):(?P<message>\d+):(?P<attachment>\d+)"
+
+
+class MoreButton(discord.ui.DynamicItem[discord.ui.Button], template=MORE_TEMPLATE):
+    """A full description of one image, shown only to the person who pressed it."""
+
+    def __init__(self, channel_id: int, message_id: int, attachment_id: int, label: str = MORE_LABEL) -> None:
+        self.source = ImageSource(
+            filename="image",
+            url="",
+            channel_id=channel_id,
+            message_id=message_id,
+            attachment_id=attachment_id,
+        )
+        super().__init__(
+            discord.ui.Button(
+                label=label,
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"phi3v:alt-more:{channel_id}:{message_id}:{attachment_id}",
+            )
+        )
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str], /
+    ) -> MoreButton:
+        return cls(int(match["channel"]), int(match["message"]), int(match["attachment"]))
+
+    @reports_errors
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot: VisionBot = interaction.client  # type: ignore[assignment]
+        # The image is read again from its message (or the person hears that it was deleted).
+        sources = await refresh_sources(bot, [self.source], bot.settings.cdn_hosts)
+        await answer_interaction(interaction, Task.DESCRIBE, sources, private=True)
+
+
+def more_buttons(message: discord.Message, attachments: list[discord.Attachment]) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for number, attachment in enumerate(attachments, start=1):
+        label = MORE_LABEL if len(attachments) == 1 else f"{MORE_LABEL} about image {number}"
+        view.add_item(MoreButton(message.channel.id, message.id, attachment.id, label))
+    view.stop()  # not kept in memory: clicks find MoreButton by its custom id
+    return view
+
+
+class AltText(commands.Cog):
+    alttext = app_commands.Group(name="alttext", description="Automatic alt text for images")
+
+    def __init__(self, bot: VisionBot) -> None:
+        self.bot = bot
+        self.rate = ChannelRate()
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(MoreButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(MoreButton)
+
+    @alttext.command(name="optout", description="Never describe my images by yourself (in any server)")
+    async def opt_out(self, interaction: discord.Interaction) -> None:
+        await self.bot.alt_text_opt_outs.set(interaction.user.id, True)
+        await interaction.response.send_message(OPTED_OUT_TEXT, ephemeral=True)
+
+    @alttext.command(name="optin", description="Describe my images again where a server turned it on")
+    async def opt_in(self, interaction: discord.Interaction) -> None:
+        await self.bot.alt_text_opt_outs.set(interaction.user.id, False)
+        await interaction.response.send_message(OPTED_IN_TEXT, ephemeral=True)
+
+    def _wanted(self, message: discord.Message) -> list[discord.Attachment]:
+        """The images of this message that should get alt text now (none: leave it alone)."""
+        bot = self.bot
+        if message.author.bot or message.guild is None or message.author.id in bot.alt_text_opt_outs:
+            return []
+        channels = bot.policy(message.guild.id).alt_text_channel_ids
+        parent_id = getattr(message.channel, "parent_id", None)
+        if message.channel.id not in channels and parent_id not in channels:
+            return []
+        if bot.settings.allowed_guild_ids and message.guild.id not in bot.settings.allowed_guild_ids:
+            return []
+        images = images_needing_alt_text(message.attachments)[: bot.settings.max_images]
+        allowed = self.rate.take(message.channel.id, len(images))
+        if allowed < len(images):
+            log.info("Alt text: %d image(s) skipped, the channel's rate is spent", len(images) - allowed)
+        return images[:allowed]
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        images = self._wanted(message)
+        if not images:
+            return
+        user = self.bot.user
+        if (await self.bot.get_context(message)).command is not None or (user and user in message.mentions):
+            return  # a command (or a question to the bot) about the image: it gets that answer instead
+        descriptions = []
+        for attachment in images:
+            text = await self._describe(message, attachment)
+            if text is None:
+                return  # nobody asked, so a failure is only logged
+            descriptions.append(text)
+        try:
+            await message.reply(
+                alt_text_message(descriptions),
+                mention_author=False,
+                silent=True,
+                view=more_buttons(message, images),
+            )
+        except discord.HTTPException as error:  # the message was deleted meanwhile, say
+            log.info("Alt text could not be posted: %s", error)
+
+    async def _describe(self, message: discord.Message, attachment: discord.Attachment) -> str | None:
+        bot = self.bot
+        try:
+            [image] = await load_images(
+                [source_from_attachment(attachment, message)], bot.image_limits, bot.fetcher
+            )
+            request = Request(
+                Task.ALT_TEXT,
+                (image,),
+                user_id=message.author.id,
+                max_new_tokens=ALT_TEXT_TOKENS,
+                priority=Priority.BACKGROUND,
+            )
+            result = await bot.engine.generate(request)
+        except (UserFacingError, InferenceError) as error:
+            log.info("No alt text for %s: %s", attachment.filename, error)
+            return None
+        return tidy_alt_text(result.text) or None
+
+
+async def setup(bot: VisionBot) -> None:
+    await bot.add_cog(AltText(bot))

@@ -1,0 +1,100 @@
+"""Automatic alt text: chosen channels only, never pinging, skipped when described or opted out."""
+
+from __future__ import annotations
+
+from bot.alt_text import MACHINE_WRITTEN, PER_CHANNEL_PER_MINUTE
+from cogs.alt_text import MORE_LABEL, OPTED_IN_TEXT, OPTED_OUT_TEXT
+from inference import Priority, Task
+from tests.cogs.test_answer_buttons import labels
+from tests.conftest import bot_messages, image_bytes
+
+
+def turn_on_alt_text(world, channel=None):
+    """As /settings alt-text add would (tested in test_server_settings)."""
+    bot = world.env.bot
+    channel = channel or world.channel
+    return bot.server_settings.change(
+        world.guild.id, "alt_text_channel_ids", frozenset({channel.id}), by=world.member.id
+    )
+
+
+async def post_described(world, member, filename: str, data: bytes, description: str):
+    """A message whose image carries its own alt text (member.send cannot set one)."""
+    backend = world.env.backend
+    payload = backend.cdn.store_attachment(backend.snowflake(), world.channel.id, filename, data, description)
+    backend.create_message(world.channel.id, member.id, "", attachments=[payload])
+    await world.env.settle()
+
+
+async def test_an_image_in_a_chosen_channel_gets_alt_text(world, fake_engine):
+    await turn_on_alt_text(world)
+    fake_engine.answer_next("An image of a golden dog catching a red ball. It is sunny. The grass is green.")
+    photo = await world.member.send(world.channel, "look!", attachments=[("dog.png", image_bytes((40, 30)))])
+    [reply] = bot_messages(world.channel)
+    assert reply.content == f"**Alt text:** A golden dog catching a red ball. It is sunny.\n{MACHINE_WRITTEN}"
+    assert reply.reference.message_id == photo.id
+    assert not reply.mentions and labels(reply) == [MORE_LABEL]
+    [request] = fake_engine.requests
+    assert request.task is Task.ALT_TEXT and request.priority is Priority.BACKGROUND
+    assert [image.size for image in request.images] == [(40, 30)]
+
+
+async def test_other_channels_get_none(world, fake_engine):
+    elsewhere = world.guild.create_text_channel("elsewhere")
+    await turn_on_alt_text(world, elsewhere)
+    await world.member.send(world.channel, "look!", attachments=[("dog.png", image_bytes())])
+    assert bot_messages(world.channel) == [] and fake_engine.requests == []
+
+
+async def test_an_image_with_a_description_is_skipped(world, fake_engine):
+    await turn_on_alt_text(world)
+    await post_described(world, world.member, "dog.png", image_bytes(), "My dog Rex with his ball")
+    assert bot_messages(world.channel) == [] and fake_engine.requests == []
+
+
+async def test_people_who_opted_out_are_left_alone_until_they_opt_in(world, fake_engine):
+    await turn_on_alt_text(world)
+    result = await world.member.slash(world.channel, "alttext optout")
+    assert result.ephemeral and result.response.content == OPTED_OUT_TEXT
+    await world.member.send(world.channel, "", attachments=[("a.png", image_bytes())])
+    assert fake_engine.requests == []
+    result = await world.member.slash(world.channel, "alttext optin")
+    assert result.response.content == OPTED_IN_TEXT
+    await world.member.send(world.channel, "", attachments=[("a.png", image_bytes())])
+    assert len(fake_engine.requests) == 1
+
+
+async def test_a_command_about_the_image_gets_its_answer_not_alt_text_too(world, fake_engine):
+    await turn_on_alt_text(world)
+    await world.member.send(world.channel, "!describe", attachments=[("a.png", image_bytes())])
+    assert [request.task for request in fake_engine.requests] == [Task.DESCRIBE]
+
+
+async def test_a_channel_gets_a_limited_number_per_minute(world, fake_engine):
+    await turn_on_alt_text(world)
+    for number in range(PER_CHANNEL_PER_MINUTE + 2):
+        await world.member.send(world.channel, "", attachments=[(f"{number}.png", image_bytes())])
+    assert len(fake_engine.requests) == PER_CHANNEL_PER_MINUTE
+
+
+async def test_more_describes_the_image_in_full_privately(world, fake_engine):
+    await turn_on_alt_text(world)
+    fake_engine.answer_next("A dog.", "A golden retriever on a lawn, mid-jump, catching a red ball...")
+    await world.member.send(world.channel, "", attachments=[("dog.png", image_bytes((40, 30)))])
+    [reply] = bot_messages(world.channel)
+    bob = world.guild.add_member(world.env.create_user("bob"))
+    result = await bob.click(reply, label=MORE_LABEL)
+    assert result.ephemeral and result.response.content.startswith("A golden retriever")
+    assert fake_engine.requests[-1].task is Task.DESCRIBE
+    assert fake_engine.requests[-1].priority is Priority.PEOPLE  # someone is waiting for this one
+
+
+async def test_several_images_are_numbered_with_a_more_button_each(world, fake_engine):
+    await turn_on_alt_text(world)
+    fake_engine.answer_next("A cat.", "A dog.")
+    await world.member.send(
+        world.channel, "", attachments=[("a.png", image_bytes()), ("b.png", image_bytes())]
+    )
+    [reply] = bot_messages(world.channel)
+    assert reply.content.startswith("**Image 1:** A cat.\n**Image 2:** A dog.")
+    assert labels(reply) == [f"{MORE_LABEL} about image 1", f"{MORE_LABEL} about image 2"]

@@ -7,6 +7,7 @@ Cogs call :func:`answer_interaction` (slash commands, context menus) or
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
@@ -219,11 +220,14 @@ async def answer_interaction(
     set_request_id(f"i{interaction.id}")
     if earlier is not None:
         task, markdown = earlier.task, earlier.markdown
-    if private is None:
+    if only_installed_by_the_user(interaction):
+        # The bot is not there: it answers privately, and cannot read the message again later.
+        private, sources = True, [dataclasses.replace(s, channel_id=None, message_id=None) for s in sources]
+    elif private is None:
         private = earlier.private if earlier is not None else is_private(bot, task, interaction.guild_id)
     reply = bot.replies.for_interaction(interaction, ephemeral=private, code_block=task is Task.OCR)
     reply.task = task.value
-    requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
+    requester = requester_of(interaction)
     bot.policy(requester.guild_id).access.check(requester, task)
     history: tuple[Turn, ...] = ()
     if earlier is not None:
@@ -241,6 +245,22 @@ async def answer_interaction(
         markdown=markdown,
     )
     await stoppable(bot, interaction.id, reply, job)
+
+
+def only_installed_by_the_user(interaction: discord.Interaction) -> bool:
+    """Used through a person's own install of the app somewhere the bot itself is not: a server that
+    did not add it, or a DM between other people. The bot sees only what the interaction carries."""
+    return (
+        interaction.is_user_integration()
+        and not interaction.is_guild_integration()
+        and not (interaction.context is not None and interaction.context.dm_channel)
+    )
+
+
+def requester_of(interaction: discord.Interaction) -> Requester:
+    """Who asks and where; the server's id even where the bot is not in it (a user install)."""
+    requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
+    return dataclasses.replace(requester, guild_id=interaction.guild_id)
 
 
 async def continue_conversation(bot: VisionBot, requester: Requester, earlier: Answered) -> list[ImageSource]:

@@ -7,7 +7,7 @@ its menu when constructed, adds it to the tree in ``cog_load`` and removes it in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import discord
 from discord import app_commands
@@ -20,6 +20,27 @@ from inference import Task
 if TYPE_CHECKING:
     from bot.app import VisionBot
 
+T = TypeVar("T")
+
+
+# Where the task commands work: in servers that added the bot, and (installed by a person to their
+# account) in any server, their DMs and group DMs, where the bot answers privately.
+INSTALLS = app_commands.AppInstallationType(guild=True, user=True)
+CONTEXTS = app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True)
+
+
+def everywhere(command: T) -> T:
+    """Let a slash command be used from a person's own install of the app, too."""
+    command = app_commands.allowed_installs(guilds=True, users=True)(command)
+    return app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)(command)
+
+
+def menu(name: str, callback) -> app_commands.ContextMenu:
+    """A right-click (Apps) entry on messages, usable wherever the task commands are."""
+    return app_commands.ContextMenu(
+        name=name, callback=callback, allowed_installs=INSTALLS, allowed_contexts=CONTEXTS
+    )
+
 
 class TaskCog(commands.Cog):
     task: ClassVar[Task]
@@ -27,7 +48,7 @@ class TaskCog(commands.Cog):
 
     def __init__(self, bot: VisionBot) -> None:
         self.bot = bot
-        self.menu = app_commands.ContextMenu(name=self.menu_name, callback=self.answer_menu)
+        self.menu = menu(self.menu_name, self.answer_menu)
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.menu)

@@ -27,6 +27,7 @@ from bot.errors import UserFacingError, reports_errors
 from bot.gather import refresh_sources, source_from_attachment
 from bot.images import ImageSource, load_images
 from bot.jobs import answer_interaction
+from bot.task_cog import CONTEXTS, INSTALLS
 from inference import InferenceError, Priority, Request, Task
 
 if TYPE_CHECKING:
@@ -85,7 +86,12 @@ def more_buttons(message: discord.Message, attachments: list[discord.Attachment]
 
 
 class AltText(commands.Cog):
-    alttext = app_commands.Group(name="alttext", description="Automatic alt text for images")
+    alttext = app_commands.Group(
+        name="alttext",
+        description="Automatic alt text for images",
+        allowed_installs=INSTALLS,
+        allowed_contexts=CONTEXTS,
+    )
 
     def __init__(self, bot: VisionBot) -> None:
         self.bot = bot

@@ -21,8 +21,7 @@ from discord.ext import commands
 
 from bot.conversation import Answered
 from bot.errors import Denied, reports_errors, send_error_to_interaction
-from bot.jobs import STOPPED_BY_TEXT, answer_interaction
-from bot.limits import Requester
+from bot.jobs import STOPPED_BY_TEXT, answer_interaction, requester_of
 from bot.reply import Controls, Outcome
 from inference.prompts import MAX_QUESTION_CHARS, check_turn_count
 
@@ -136,7 +135,7 @@ class FollowUpButton(discord.ui.DynamicItem[discord.ui.Button], template=FOLLOW_
         earlier = await bot.conversations.recall(interaction.message.id)
         # Refused before the modal opens, so nobody types a question in vain.
         earlier.check_may_follow_up(interaction.user.id)
-        requester = Requester.of(interaction.user, interaction.channel, interaction.guild)
+        requester = requester_of(interaction)
         bot.policy(requester.guild_id).access.check(requester, earlier.task)
         check_turn_count(len(earlier.turns) + 1)
         await interaction.response.send_modal(FollowUpModal(earlier))

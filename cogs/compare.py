@@ -10,7 +10,7 @@ from bot.app import VisionBot
 from bot.context import VisionContext
 from bot.gather import source_from_attachment
 from bot.jobs import answer_command, answer_interaction
-from bot.task_cog import TaskCog
+from bot.task_cog import TaskCog, everywhere
 from inference import Task
 from inference.prompts import MAX_QUESTION_CHARS
 
@@ -21,6 +21,7 @@ class Compare(TaskCog):
     task = Task.COMPARE
     menu_name = MENU_NAME
 
+    @everywhere
     @app_commands.command(name="compare", description="Compare two to four images.")
     @app_commands.describe(
         image1="First image",

@@ -10,7 +10,7 @@ from bot.app import VisionBot
 from bot.context import VisionContext
 from bot.gather import source_from_attachment
 from bot.jobs import answer_command, answer_interaction
-from bot.task_cog import TaskCog
+from bot.task_cog import TaskCog, everywhere
 from inference import Task
 from inference.prompts import MAX_QUESTION_CHARS
 
@@ -21,6 +21,7 @@ class Describe(TaskCog):
     task = Task.DESCRIBE
     menu_name = MENU_NAME
 
+    @everywhere
     @app_commands.command(name="describe", description="Describe an image, or answer a question about it.")
     @app_commands.describe(image="The image to look at", question="What you want to know (optional)")
     async def describe_slash(

@@ -16,7 +16,7 @@ from bot.app import VisionBot
 from bot.context import VisionContext
 from bot.gather import referenced_message, source_from_attachment, sources_from_messages
 from bot.jobs import answer_command, answer_interaction
-from bot.task_cog import TaskCog
+from bot.task_cog import TaskCog, everywhere, menu
 from inference import Task
 
 MENU_NAME = "Extract text"
@@ -32,9 +32,7 @@ class Ocr(TaskCog):
 
     def __init__(self, bot: VisionBot) -> None:
         super().__init__(bot)
-        self.markdown_menu = app_commands.ContextMenu(
-            name=MARKDOWN_MENU_NAME, callback=self.answer_markdown_menu
-        )
+        self.markdown_menu = menu(MARKDOWN_MENU_NAME, self.answer_markdown_menu)
 
     async def cog_load(self) -> None:
         await super().cog_load()
@@ -44,6 +42,7 @@ class Ocr(TaskCog):
         await super().cog_unload()
         self.bot.tree.remove_command(self.markdown_menu.name, type=self.markdown_menu.type)
 
+    @everywhere
     @app_commands.command(name="ocr", description="Read the text in an image.")
     @app_commands.describe(
         image="The image to read",

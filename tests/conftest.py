@@ -160,3 +160,22 @@ def reconfigure(bot: VisionBot, **overrides: Any) -> None:
 def bot_messages(channel: Any) -> list[Any]:
     """Messages the bot posted in a channel, oldest first."""
     return [message for message in channel.history() if message.author.bot and not message.webhook_id]
+
+
+@pytest.fixture
+def interaction_payload(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Fields to change in the interactions simcord sends (it always says: installed in the server,
+    en-US). A value may be a function of the payload. Only the simulator's side is changed."""
+    import simcord.interactions
+
+    changes: dict[str, Any] = {}
+    original = simcord.interactions.base_payload
+
+    def changed(*args: Any, **kwargs: Any) -> Any:
+        record, payload = original(*args, **kwargs)
+        for key, value in changes.items():
+            payload[key] = value(payload) if callable(value) else value
+        return record, payload
+
+    monkeypatch.setattr(simcord.interactions, "base_payload", changed)
+    return changes

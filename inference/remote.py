@@ -45,7 +45,7 @@ from inference.errors import (
     timed_out_text,
 )
 from inference.prompts import check_image_count, conversation
-from inference.types import DEFAULT_MODEL_ID, Request, Result
+from inference.types import DEFAULT_MODEL_ID, Priority, Request, Result
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -187,6 +187,9 @@ class RemoteEngine:
         self.config = config or RemoteConfig()
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(self.config.max_concurrent)
+        # Background work (automatic alt text) may hold at most a quarter of the slots, so the rest are
+        # always there for people; the server's own queue decides the order after that.
+        self._background_slots = asyncio.Semaphore(max(1, self.config.max_concurrent // 4))
         self._responses: set[aiohttp.ClientResponse] = set()
         self._closing = False
 
@@ -318,7 +321,15 @@ class RemoteEngine:
         try:
             async with asyncio.timeout_at(deadline):
                 urls = await asyncio.to_thread(encode_images, request.images, self.config.image_format)
-                await self._slots.acquire()
+                background = request.priority is Priority.BACKGROUND
+                if background:
+                    await self._background_slots.acquire()
+                try:
+                    await self._slots.acquire()
+                except BaseException:
+                    if background:
+                        self._background_slots.release()
+                    raise
         except TimeoutError:
             raise self._timed_out(time_limit) from None
         try:
@@ -354,6 +365,8 @@ class RemoteEngine:
                     await asyncio.sleep(delay)
         finally:
             self._slots.release()
+            if background:
+                self._background_slots.release()
 
     def _payload(
         self, image_urls: list[str], turns: list[tuple[str, str]], max_tokens: int

@@ -26,6 +26,7 @@ from inference import (
     EngineUnavailable,
     InvalidRequest,
     ModelNotFound,
+    Priority,
     Request,
     RequestTimedOut,
     Task,
@@ -595,3 +596,13 @@ async def test_a_markdown_ocr_request_asks_the_server_for_markdown(vllm, make_en
     *_, text = vllm.bodies[-1]["messages"][0]["content"]
     assert text == {"type": "text", "text": instruction(Task.OCR, 1, None, markdown=True)}
     assert "Markdown" in text["text"] and text["text"] != instruction(Task.OCR, 1, None)
+
+
+async def test_background_work_holds_at_most_a_quarter_of_the_slots(vllm, make_engine):
+    engine = await make_engine(max_concurrent=4)
+    alt_text = Request(Task.ALT_TEXT, (IMAGE,), priority=Priority.BACKGROUND)
+
+    answers = await asyncio.gather(*(collect(engine, alt_text) for _ in range(4)))
+
+    assert answers == [ANSWER] * 4
+    assert vllm.most_active == 1  # one of four slots: the other three stay free for people

@@ -187,7 +187,7 @@ class SilentSurface:
 
     budget_keys = ()
 
-    async def acknowledge(self) -> None:
+    async def acknowledge(self, text: str = "") -> None:
         pass
 
     async def show(self, content: str, *, private: bool) -> None:

@@ -18,14 +18,16 @@ import discord
 from bot.database import Database
 from bot.errors import UserFacingError
 from bot.gather import looks_like_image
+from bot.i18n import render
+from inference.text import N_, T
 
 ALT_TEXT_TOKENS = 96  # one or two sentences
 MAX_ALT_TEXT_CHARS = 300
 PER_CHANNEL_PER_MINUTE = 6  # images described per channel and minute; more are skipped
-MACHINE_WRITTEN = (
+MACHINE_WRITTEN = N_(
     "-# Alt text written by a machine (Phi-3-vision); it can be wrong. Opt out: `/alttext optout`"
 )
-OPT_OUT_NOT_SAVED_TEXT = "I could not save that, so nothing changed. Please try again in a moment."
+OPT_OUT_NOT_SAVED_TEXT = N_("I could not save that, so nothing changed. Please try again in a moment.")
 
 # Openings that tell a blind reader nothing ("Image of", "This picture shows", ...).
 _FILLER = re.compile(
@@ -53,13 +55,19 @@ def tidy_alt_text(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def alt_text_message(descriptions: Sequence[str]) -> str:
-    """The reply: each image's alt text (numbered when there are several), marked machine-written."""
+def alt_text_message(descriptions: Sequence[str], locale: discord.Locale | str | None = None) -> str:
+    """The reply: each image's alt text (numbered when there are several), marked machine-written.
+
+    The labels are in ``locale`` (the server's); the descriptions are the model's, as written.
+    """
     if len(descriptions) == 1:
-        lines = [f"**Alt text:** {descriptions[0]}"]
+        lines = [T("**Alt text:** {text}", text=descriptions[0])]
     else:
-        lines = [f"**Image {number}:** {text}" for number, text in enumerate(descriptions, start=1)]
-    return "\n".join([*lines, MACHINE_WRITTEN])
+        lines = [
+            T("**Image {number}:** {text}", number=number, text=text)
+            for number, text in enumerate(descriptions, start=1)
+        ]
+    return "\n".join(render(line, locale) for line in [*lines, MACHINE_WRITTEN])
 
 
 class ChannelRate:

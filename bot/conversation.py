@@ -19,16 +19,18 @@ from bot.database import Database
 from bot.errors import UserFacingError
 from bot.images import ImageSource
 from inference import Task, Turn
+from inference.text import N_, T
 
 log = logging.getLogger(__name__)
 
 KEPT_DAYS = 30
 PRUNE_EVERY = 200  # answers remembered between two clean-ups of old ones
-FORGOTTEN_TEXT = (
-    f"I no longer have that conversation (I keep them for {KEPT_DAYS} days). Start a new one with the image."
+FORGOTTEN_TEXT = T(
+    "I no longer have that conversation (I keep them for {days} days). Start a new one with the image.",
+    days=KEPT_DAYS,
 )
-QUESTION_NEEDED_TEXT = "Ask a question to follow up, e.g. `!describe what does the sign say?`"
-NOT_YOURS_TEXT = "That answer was private to the person who asked, so only they can follow up on it."
+QUESTION_NEEDED_TEXT = N_("Ask a question to follow up, e.g. `!describe what does the sign say?`")
+NOT_YOURS_TEXT = N_("That answer was private to the person who asked, so only they can follow up on it.")
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.i18n import text_of
 from bot.reply import Outcome
 from inference import EngineBusy, InferenceError, InvalidRequest
 from inference.errors import EngineStopping
+from inference.text import N_, T, Text
 
 if TYPE_CHECKING:
     from bot.app import VisionBot
@@ -28,12 +30,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UNEXPECTED_ERROR_TEXT = "Something went wrong, the error was logged."
-FORBIDDEN_TEXT = "I'm missing a Discord permission I need to answer here (send messages, attach files)."
+UNEXPECTED_ERROR_TEXT = N_("Something went wrong, the error was logged.")
+FORBIDDEN_TEXT = N_("I'm missing a Discord permission I need to answer here (send messages, attach files).")
+NOT_OWNER_TEXT = N_("Only the bot's owner can use this command.")
+SERVER_ONLY_TEXT = N_("This command only works in a server.")
+NOT_HERE_TEXT = N_("You can't use this command here.")
 
 
 class UserFacingError(Exception):
-    """A problem the person can understand (and usually fix); ``str()`` is shown as is."""
+    """A problem the person can understand (and usually fix): its text (a ``N_`` constant or a
+    ``T(...)``) is shown in the reader's language; ``str()`` is the English."""
 
     # Reply only to the person (ephemeral) when the bot has not yet answered publicly.
     private = True
@@ -54,10 +60,11 @@ class TooManyImages(UserFacingError):
 class ImageRejected(UserFacingError):
     """One file cannot be used; the message names the file and says why."""
 
-    def __init__(self, filename: str, reason: str) -> None:
+    def __init__(self, filename: str, reason: Text) -> None:
         self.filename = filename
         self.reason = reason
-        super().__init__(f"I can't use **{discord.utils.escape_markdown(filename)}**: {reason}.")
+        name = discord.utils.escape_markdown(filename)
+        super().__init__(T("I can't use **{filename}**: {reason}.", filename=name, reason=reason))
 
 
 class AnswerWindowClosed(UserFacingError):
@@ -65,8 +72,10 @@ class AnswerWindowClosed(UserFacingError):
 
     def __init__(self) -> None:
         super().__init__(
-            "Discord only lets me answer a command privately for 15 minutes, and this one would run "
-            "past that. Please run it again."
+            N_(
+                "Discord only lets me answer a command privately for 15 minutes, and this one would run "
+                "past that. Please run it again."
+            )
         )
 
 
@@ -77,21 +86,27 @@ class Denied(UserFacingError):
 class OnCooldown(Denied):
     def __init__(self, retry_after: float) -> None:
         self.retry_after = retry_after
-        super().__init__(f"You're going a bit fast: try again in {max(retry_after, 1):.0f} s.")
+        super().__init__(
+            T("You're going a bit fast: try again in {seconds:.0f} s.", seconds=max(retry_after, 1))
+        )
 
 
 class TooManyJobs(Denied):
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        plural = "request" if limit == 1 else "requests"
-        super().__init__(f"You already have {limit} {plural} in progress; wait for one to finish.")
+        if limit == 1:
+            super().__init__(N_("You already have a request in progress; wait for it to finish."))
+        else:
+            super().__init__(
+                T("You already have {limit} requests in progress; wait for one to finish.", limit=limit)
+            )
 
 
 @dataclass(frozen=True)
 class Explanation:
     """What to tell the person about a failure, and how loudly to log it."""
 
-    text: str
+    text: str | Text  # rendered in the reader's language by the reply
     outcome: Outcome = Outcome.REFUSAL
     private: bool = True
     unexpected: bool = False
@@ -113,23 +128,23 @@ def explain(error: BaseException) -> Explanation | None:
         case commands.CommandNotFound():
             return None
         case UserFacingError():
-            return Explanation(str(error), private=error.private)
+            return Explanation(text_of(error), private=error.private)
         case EngineBusy() | InvalidRequest():
-            return Explanation(str(error), private=False)
+            return Explanation(text_of(error), private=False)
         case EngineStopping():
-            return Explanation(str(error), Outcome.STOPPED, private=False)
+            return Explanation(text_of(error), Outcome.STOPPED, private=False)
         case InferenceError():
-            return Explanation(str(error) or UNEXPECTED_ERROR_TEXT, Outcome.FAILURE, private=False)
+            return Explanation(text_of(error) or UNEXPECTED_ERROR_TEXT, Outcome.FAILURE, private=False)
         case commands.NotOwner():
-            return Explanation("Only the bot's owner can use this command.")
+            return Explanation(NOT_OWNER_TEXT)
         case commands.CommandOnCooldown() | app_commands.CommandOnCooldown():
-            return Explanation(str(OnCooldown(error.retry_after)))
+            return Explanation(text_of(OnCooldown(error.retry_after)))
         case commands.NoPrivateMessage() | app_commands.NoPrivateMessage():
-            return Explanation("This command only works in a server.")
+            return Explanation(SERVER_ONLY_TEXT)
         case commands.CheckFailure() | app_commands.CheckFailure():
-            return Explanation(str(error) or "You can't use this command here.")
+            return Explanation(text_of(error) if str(error) else NOT_HERE_TEXT)
         case commands.UserInputError() | app_commands.TransformerError():
-            return Explanation(str(error))
+            return Explanation(text_of(error))
         case discord.Forbidden():
             return Explanation(FORBIDDEN_TEXT, Outcome.FAILURE, unexpected=True)
         case _:

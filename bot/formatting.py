@@ -5,12 +5,14 @@ Pure functions, no Discord calls: :mod:`bot.reply` decides when and where the pa
 
 from __future__ import annotations
 
+from inference.text import N_
+
 MESSAGE_LIMIT = 2000
 CODE_FENCE = "```"
 ESCAPED_CODE_FENCE = "`\u200b``"  # a zero-width space keeps ``` inside a code block from closing it
 CODE_BLOCK_OVERHEAD = len(CODE_FENCE + "\n") + len("\n" + CODE_FENCE)
-EMPTY_ANSWER_TEXT = "(The model gave an empty answer.)"
-NO_TEXT_FOUND_TEXT = "(No text found.)"
+EMPTY_ANSWER_TEXT = N_("(The model gave an empty answer.)")
+NO_TEXT_FOUND_TEXT = N_("(No text found.)")
 
 
 def escape_code_fences(text: str) -> str:

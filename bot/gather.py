@@ -10,12 +10,13 @@ import discord
 
 from bot.errors import UserFacingError
 from bot.images import ImageSource, is_discord_upload
+from inference.text import N_
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".webp", ".gif", ".bmp")
 IMAGE_EMBED_TYPES = ("image", "gifv", "rich", "article")
-IMAGES_GONE_TEXT = (
+IMAGES_GONE_TEXT = N_(
     "The image this conversation is about was deleted (or I can no longer see its message), so I "
     "cannot look at it again. Start a new conversation with the image."
 )

@@ -23,6 +23,7 @@ from PIL import Image
 
 from bot.errors import ImageRejected
 from inference import images
+from inference.text import T, Text
 
 # Paths on the Discord CDN that hold uploaded files (not proxied external links).
 CDN_UPLOAD_PATH_PREFIXES = ("/attachments/", "/ephemeral-attachments/")
@@ -52,14 +53,14 @@ class ImageLimits:
 
 
 class DownloadError(Exception):
-    """A download failed; ``str()`` says why in plain words."""
+    """A download failed; its :class:`Text` says why in plain words."""
 
 
 class DownloadTooLarge(DownloadError):
     pass
 
 
-GONE_REASON = "it is no longer on Discord (deleted, or its link expired)"
+GONE_REASON = T("it is no longer on Discord (deleted, or its link expired)")
 GONE_STATUSES = frozenset({403, 404, 410})
 
 
@@ -86,15 +87,25 @@ def format_megabytes(size: int) -> str:
     return f"{size / (1024 * 1024):.3g} MB"
 
 
+TOOK_TOO_LONG = T("downloading it took too long")
+
+
+def larger_than(limit: int) -> Text:
+    return T("it is larger than the {limit} limit", limit=format_megabytes(limit))
+
+
 def check_source(source: ImageSource, limits: ImageLimits) -> None:
     """Reject a file from its metadata alone: wrong place, or declared too big."""
     if not is_discord_upload(source.url, limits.allowed_hosts):
-        raise ImageRejected(source.filename, "I only read files uploaded to Discord")
+        raise ImageRejected(source.filename, T("I only read files uploaded to Discord"))
     if source.size is not None and source.size > limits.max_bytes:
         raise ImageRejected(
             source.filename,
-            f"it is {format_megabytes(source.size)}, "
-            f"larger than the {format_megabytes(limits.max_bytes)} limit",
+            T(
+                "it is {size}, larger than the {limit} limit",
+                size=format_megabytes(source.size),
+                limit=format_megabytes(limits.max_bytes),
+            ),
         )
 
 
@@ -129,20 +140,23 @@ class HttpFetcher:
                     raise DownloadError(GONE_REASON)
                 if response.status != 200:
                     raise DownloadError(
-                        f"Discord answered HTTP {response.status} when I tried to download it"
+                        T(
+                            "Discord answered HTTP {status} when I tried to download it",
+                            status=response.status,
+                        )
                     )
                 if response.content_length is not None and response.content_length > max_bytes:
-                    raise DownloadTooLarge(f"it is larger than the {format_megabytes(max_bytes)} limit")
+                    raise DownloadTooLarge(larger_than(max_bytes))
                 buffer = bytearray()
                 async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK_BYTES):
                     buffer += chunk
                     if len(buffer) > max_bytes:
-                        raise DownloadTooLarge(f"it is larger than the {format_megabytes(max_bytes)} limit")
+                        raise DownloadTooLarge(larger_than(max_bytes))
                 return bytes(buffer)
         except TimeoutError:
-            raise DownloadError("downloading it took too long") from None
+            raise DownloadError(TOOK_TOO_LONG) from None
         except aiohttp.ClientError:
-            raise DownloadError("it could not be downloaded") from None
+            raise DownloadError(T("it could not be downloaded")) from None
 
 
 def check_sources(sources: Iterable[ImageSource], limits: ImageLimits) -> None:
@@ -157,13 +171,11 @@ async def fetch_image(source: ImageSource, limits: ImageLimits, fetcher: Fetcher
         async with asyncio.timeout(limits.download_timeout_s):
             data = await fetcher.fetch(source.url, max_bytes=limits.max_bytes)
     except TimeoutError:
-        raise ImageRejected(source.filename, "downloading it took too long") from None
+        raise ImageRejected(source.filename, TOOK_TOO_LONG) from None
     except DownloadError as error:
-        raise ImageRejected(source.filename, str(error)) from None
+        raise ImageRejected(source.filename, error.args[0]) from None
     if len(data) > limits.max_bytes:
-        raise ImageRejected(
-            source.filename, f"it is larger than the {format_megabytes(limits.max_bytes)} limit"
-        )
+        raise ImageRejected(source.filename, larger_than(limits.max_bytes))
     return await asyncio.to_thread(decode_image, data, source.filename, max_pixels=limits.max_pixels)
 
 

@@ -31,20 +31,31 @@ from bot.log_context import set_request_id
 from bot.reply import Controls, InteractionSurface, Outcome, Reply, ReplyGone
 from inference import Request, Task, Turn
 from inference.prompts import MIN_COMPARE_IMAGES, check_turn_count, clean_question
+from inference.text import N_, T, Text
 
 if TYPE_CHECKING:
     from bot.app import VisionBot
     from bot.context import VisionContext
 
-NO_IMAGE_IN_COMMAND_TEXT = "Attach an image to your message, or reply to a message that has one."
-NO_IMAGE_IN_MESSAGE_TEXT = "That message has no image I can look at."
-STOPPED_BY_DELETE_TEXT = "Stopped: the message that asked was deleted."
-STOPPED_OUTPUT_GONE_TEXT = "Stopped: the answer could not be shown any more."
-STOPPED_BY_TEXT = "Stopped by {name}."
-TRIMMED_NOTE = (
-    "This conversation grew too long for my memory, so I left out its {count} oldest follow-up "
-    "question{s} (the images and the first answer stay)."
-)
+NO_IMAGE_IN_COMMAND_TEXT = N_("Attach an image to your message, or reply to a message that has one.")
+NO_IMAGE_IN_MESSAGE_TEXT = N_("That message has no image I can look at.")
+STOPPED_BY_DELETE_TEXT = N_("Stopped: the message that asked was deleted.")
+STOPPED_OUTPUT_GONE_TEXT = N_("Stopped: the answer could not be shown any more.")
+NOT_ENOUGH_IMAGES_TEXT = N_("Comparing needs at least two images; I found only one.")
+
+
+def stopped_by(name: str) -> Text:
+    return T("Stopped by {name}.", name=name)
+
+
+def trimmed_note(count: int) -> Text:
+    return T(
+        "This conversation grew too long for my memory, so I left out its oldest follow-up questions "
+        "({count}); the images and the first answer stay.",
+        count=count,
+    )
+
+
 # A private answer cannot outlive the interaction token, so it gets at most the time left (less a
 # margin); a job with less than this left is refused rather than started.
 MIN_ANSWER_TIME_S = 20.0
@@ -61,7 +72,7 @@ class RunningJobs:
 
     def __init__(self) -> None:
         self._tasks: dict[int, asyncio.Task] = {}
-        self._stop_texts: dict[int, str] = {}
+        self._stop_texts: dict[int, str | Text] = {}
 
     @contextmanager
     def track(self, job_id: int) -> Iterator[None]:
@@ -77,7 +88,7 @@ class RunningJobs:
     def is_running(self, job_id: int) -> bool:
         return job_id in self._tasks
 
-    def stop(self, job_id: int, text: str) -> bool:
+    def stop(self, job_id: int, text: str | Text) -> bool:
         """Stop a running job, which then shows ``text``; False if it is not running (any more)."""
         task = self._tasks.get(job_id)
         if task is None or job_id in self._stop_texts:
@@ -86,7 +97,7 @@ class RunningJobs:
         task.cancel()
         return True
 
-    def stop_text(self, job_id: int) -> str | None:
+    def stop_text(self, job_id: int) -> str | Text | None:
         return self._stop_texts.get(job_id)
 
 
@@ -112,9 +123,15 @@ def choose_images(
     if task is not Task.COMPARE:
         return (sources[0],)
     if len(sources) < MIN_COMPARE_IMAGES:
-        raise NotEnoughImages("Comparing needs at least two images; I found only one.")
+        raise NotEnoughImages(NOT_ENOUGH_IMAGES_TEXT)
     if len(sources) > max_images:
-        raise TooManyImages(f"You gave me {len(sources)} images; I can compare up to {max_images} at once.")
+        raise TooManyImages(
+            T(
+                "You gave me {count} images; I can compare up to {limit} at once.",
+                count=len(sources),
+                limit=max_images,
+            )
+        )
     return tuple(sources)
 
 
@@ -146,7 +163,12 @@ async def run_job(
     check_sources(chosen, bot.image_limits)
     answer_time_limit(reply, bot.settings.request_timeout_s)  # too late? refused before acknowledging
     private = isinstance(reply.surface, InteractionSurface) and reply.surface.ephemeral
-    reply.controls = Controls(job_id=job_id, asker_id=requester.user_id, private=private)
+    reply.controls = Controls(
+        job_id=job_id,
+        asker_id=requester.user_id,
+        private=private,
+        locale=reply.private_locale if private else reply.locale,
+    )
     reply.markdown = markdown
     policy = bot.policy(requester.guild_id)
     with bot.limiter.job(requester.user_id, cooldown_s=policy.cooldown_s, max_jobs=policy.jobs_per_person):
@@ -164,7 +186,7 @@ async def run_job(
             )
 
             def tell_trimmed(count: int) -> None:
-                reply.notes.append(TRIMMED_NOTE.format(count=count, s="" if count == 1 else "s"))
+                reply.notes.append(trimmed_note(count))
 
             pieces = bot.engine.stream(request, on_position=reply.place_in_line, on_trimmed=tell_trimmed)
             answer = await reply.stream(pieces)

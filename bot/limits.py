@@ -13,10 +13,12 @@ import discord
 from bot.errors import Denied, OnCooldown, TooManyJobs
 from bot.settings import Settings
 from inference import Task
+from inference.text import N_, T, Text
 
-DM_DENIED_TEXT = "I don't answer in direct messages; please use me in a server."
-GUILD_DENIED_TEXT = "I'm not enabled in this server."
-OCR_DENIED_TEXT = "Reading text out of images is limited to members with a moderator (OCR) role."
+DM_DENIED_TEXT = N_("I don't answer in direct messages; please use me in a server.")
+GUILD_DENIED_TEXT = N_("I'm not enabled in this server.")
+OCR_DENIED_TEXT = N_("Reading text out of images is limited to members with a moderator (OCR) role.")
+NO_CHANNEL_TEXT = N_("I don't answer in this channel, and no channel of this server is open to me right now.")
 MAX_LISTED_CHANNELS = 5
 
 
@@ -85,14 +87,14 @@ class AccessPolicy:
         return self.server_channel_ids or self.allowed_channel_ids
 
     @staticmethod
-    def _channel_denied_text(usable: frozenset[int]) -> str:
+    def _channel_denied_text(usable: frozenset[int]) -> str | Text:
         if not usable:
-            return "I don't answer in this channel, and no channel of this server is open to me right now."
+            return NO_CHANNEL_TEXT
         channels = sorted(usable)
         listed = ", ".join(f"<#{channel_id}>" for channel_id in channels[:MAX_LISTED_CHANNELS])
         if len(channels) > MAX_LISTED_CHANNELS:
             listed += ", …"
-        return f"I don't answer in this channel. Try {listed}."
+        return T("I don't answer in this channel. Try {channels}.", channels=listed)
 
 
 def _monotonic() -> float:

@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import discord
 
 from bot.formatting import EMPTY_ANSWER_TEXT, MESSAGE_LIMIT, format_answer
+from bot.i18n import render
 from bot.markdown import for_discord, tidy_markdown
+from inference.text import N_, T, Text
 
 if TYPE_CHECKING:
     from bot.context import VisionContext
@@ -45,10 +47,23 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_PARTS = 4
 EDIT_INTERVAL_S = 1.0  # one reply previews at most this often
-WORKING_TEXT = "Looking at it… \N{LEFT-POINTING MAGNIFYING GLASS}"
-QUEUE_TEXT = "You're #{position} in line; I'll start on it as soon as I can. \N{HOURGLASS WITH FLOWING SAND}"
-FILE_TEXT = "The answer is long ({length:,} characters), so it is attached as a file."
-HANDED_OVER_TEXT = "This took a while, so the answer continues in a new message below. \N{DOWNWARDS ARROW}"
+WORKING_TEXT = N_("Looking at it… \N{LEFT-POINTING MAGNIFYING GLASS}")
+HANDED_OVER_TEXT = N_(
+    "This took a while, so the answer continues in a new message below. \N{DOWNWARDS ARROW}"
+)
+
+
+def queue_text(position: int) -> Text:
+    return T(
+        "You're #{position} in line; I'll start on it as soon as I can. \N{HOURGLASS WITH FLOWING SAND}",
+        position=position,
+    )
+
+
+def long_answer_text(length: int) -> Text:
+    return T("The answer is long ({length:,} characters), so it is attached as a file.", length=length)
+
+
 ANSWER_FILENAME = "answer.txt"
 MARKDOWN_FILENAME = "answer.md"
 
@@ -198,9 +213,9 @@ class MessageSurface:
         # If the command message is gone by now, post without the reply arrow instead of failing.
         return self.ctx.message.to_reference(fail_if_not_exists=False)
 
-    async def acknowledge(self, view: Any = discord.utils.MISSING) -> None:
+    async def acknowledge(self, view: Any = discord.utils.MISSING, text: str = WORKING_TEXT) -> None:
         self.main = await self.ctx.send(
-            WORKING_TEXT, reference=self._reference(), mention_author=False, **_new_view(view)
+            text, reference=self._reference(), mention_author=False, **_new_view(view)
         )
 
     async def show(self, content: str, *, private: bool, view: Any = discord.utils.MISSING) -> None:
@@ -255,16 +270,16 @@ class InteractionSurface:
     def can_hand_over(self) -> bool:
         return not self.ephemeral and not self.handed_over and self.interaction.response.is_done()
 
-    async def hand_over(self) -> None:
+    async def hand_over(self, text: str = HANDED_OVER_TEXT) -> None:
         """Say the answer continues below; from now on the answer is an ordinary channel message."""
-        await self.interaction.edit_original_response(content=HANDED_OVER_TEXT)
+        await self.interaction.edit_original_response(content=text)
         self.handed_over = True
 
-    async def acknowledge(self, view: Any = discord.utils.MISSING) -> None:
+    async def acknowledge(self, view: Any = discord.utils.MISSING, text: str = WORKING_TEXT) -> None:
         if view is discord.utils.MISSING or view is None:
             await self.interaction.response.defer(thinking=True, ephemeral=self.ephemeral)
         else:  # a deferral cannot carry buttons: the same one call, as a message with them
-            await self.interaction.response.send_message(WORKING_TEXT, ephemeral=self.ephemeral, view=view)
+            await self.interaction.response.send_message(text, ephemeral=self.ephemeral, view=view)
 
     async def show(self, content: str, *, private: bool, view: Any = discord.utils.MISSING) -> None:
         if not self.interaction.response.is_done():
@@ -367,11 +382,13 @@ async def call_discord(
 
 @dataclass(frozen=True)
 class Controls:
-    """What the buttons under an answer need: the job (to stop it), who asked, who can see it."""
+    """What the buttons under an answer need: the job (to stop it), who asked, who can see it, and
+    the language of their labels."""
 
     job_id: int
     asker_id: int
     private: bool
+    locale: discord.Locale | None = None
 
 
 # The buttons for a running answer (outcome None) or a finished one; None for no buttons.
@@ -396,7 +413,11 @@ class Reply:
         self.budgets = budgets
         self.code_block = code_block
         self.markdown = False  # the final answer is Markdown: rendered, or a .md file when long
-        self.notes: list[str] = []  # small print under the final answer
+        self.notes: list[str | Text] = []  # small print under the final answer
+        # The languages of what the bot itself says (Discord locales; None: English): the server's
+        # for what everyone sees, the asker's own for what only they see.
+        self.locale: discord.Locale | None = None
+        self.private_locale: discord.Locale | None = None
         self.controls: Controls | None = None
         self.render_controls: ControlsRenderer | None = None
         self.interval_s = interval_s
@@ -444,7 +465,10 @@ class Reply:
             if not isinstance(self.surface, InteractionSurface):  # a deferral is no channel message
                 self._spend(1)
             key, view = self._main_view(final=False)
-            if not await self._call(lambda: self.surface.acknowledge(**_with_view(view)), final=True):
+            working = self._render(WORKING_TEXT)
+            if not await self._call(
+                lambda: self.surface.acknowledge(**_with_view(view), text=working), final=True
+            ):
                 raise ReplyGone("Discord did not take the acknowledgement")
             self._acknowledged = True
             if view is not discord.utils.MISSING:
@@ -472,7 +496,7 @@ class Reply:
         while not self._answering and self._position_wanted != self._position_shown:
             position = self._position_wanted
             try:
-                shown = await self._preview([QUEUE_TEXT.format(position=position)])
+                shown = await self._preview([self._render(queue_text(position))])
             except ReplyGone:
                 return
             if not shown:
@@ -505,20 +529,21 @@ class Reply:
 
     async def answer(self, text: str) -> None:
         """The final state: the whole answer, in up to four messages or as a file; notes below it."""
-        note = "\n".join(f"-# {line}" for line in self.notes)
+        note = "\n".join(f"-# {self._render(line)}" for line in self.notes)
         if self.markdown:
-            shown = for_discord(text) or EMPTY_ANSWER_TEXT
+            shown = for_discord(text) or self._render(EMPTY_ANSWER_TEXT)
             if len(shown) + len(note) + 1 <= MESSAGE_LIMIT:
                 await self._finish(Outcome.ANSWER, _with_note([shown], note))
                 return
             file_text, filename = tidy_markdown(text), MARKDOWN_FILENAME
         else:
-            parts = _with_note(format_answer(text, code_block=self.code_block), note)
+            parts = [self._render(part) for part in format_answer(text, code_block=self.code_block)]
+            parts = _with_note(parts, note)
             if len(parts) <= MAX_MESSAGE_PARTS:
                 await self._finish(Outcome.ANSWER, parts)
                 return
             file_text, filename = text, ANSWER_FILENAME
-        summary = FILE_TEXT.format(length=len(text)) + (f"\n{note}" if note else "")
+        summary = self._render(long_answer_text(len(text))) + (f"\n{note}" if note else "")
         await self._finish(Outcome.ANSWER, [summary], file_text=file_text, filename=filename)
 
     async def message_ids(self) -> list[int]:
@@ -528,12 +553,21 @@ class Reply:
             return []
         return [main, *(posted.id for posted in self._added if isinstance(getattr(posted, "id", None), int))]
 
-    async def finish(self, outcome: Outcome, text: str, *, private: bool = True) -> None:
+    async def finish(self, outcome: Outcome, text: str | Text, *, private: bool = True) -> None:
         """A final state other than the answer; its continuation messages are removed.
 
         ``private``: when nothing was shown yet, only the person sees it (where Discord allows).
         """
-        await self._finish(outcome, [text], private=private)
+        await self._finish(outcome, [self._render(text, private=private)], private=private)
+
+    def _render(self, text: str | Text, *, private: bool = False) -> str:
+        """A text for people in the reader's language: the asker's own where only they will see it,
+        the server's where everyone does. (The model's answer is never passed through here.)"""
+        surface = self.surface
+        shown_privately = isinstance(surface, InteractionSurface) and (
+            surface.ephemeral or (private and not surface.interaction.response.is_done())
+        )
+        return render(text, self.private_locale if shown_privately else self.locale)
 
     # -- internals -----------------------------------------------------------------------------
     def _preview_due(self) -> bool:
@@ -722,7 +756,8 @@ class Reply:
         assert isinstance(self.surface, InteractionSurface)
         await self._remove_from(1, final=True)
         self._spend(1)
-        await self._call(self.surface.hand_over, final=True)
+        handed_over = self._render(HANDED_OVER_TEXT)
+        await self._call(lambda: self.surface.hand_over(handed_over), final=True)
         self._shown = [""]
         log.info("An answer outlived its interaction token and continues as a channel message")
 
@@ -808,14 +843,17 @@ class Replies:
             reply = interaction.extras[REPLY_KEY] = self._make(
                 InteractionSurface(interaction, ephemeral=ephemeral), code_block=code_block
             )
+            reply.private_locale = interaction.locale
+            reply.locale = interaction.guild_locale if interaction.guild_id else interaction.locale
         return reply
 
     def for_context(self, ctx: VisionContext, *, code_block: bool = False) -> Reply:
         if ctx.reply_state is None:
-            ctx.reply_state = self._make(MessageSurface(ctx), code_block=code_block)
+            ctx.reply_state = reply = self._make(MessageSurface(ctx), code_block=code_block)
+            reply.locale = reply.private_locale = ctx.guild.preferred_locale if ctx.guild else None
         return ctx.reply_state
 
-    async def close_all(self, text: str, *, timeout_s: float) -> None:
+    async def close_all(self, text: str | Text, *, timeout_s: float) -> None:
         """Wait (up to ``timeout_s``) for open replies to end; end those still open as stopped."""
         waiting = [asyncio.ensure_future(reply.closed.wait()) for reply in self.open]
         if waiting:

@@ -25,10 +25,11 @@ from bot.database import Database
 from bot.errors import UserFacingError
 from bot.limits import AccessPolicy
 from bot.settings import Settings
+from inference.text import N_
 
 log = logging.getLogger(__name__)
 
-NOT_SAVED_TEXT = "I could not save that change, so nothing was changed. Please try again in a moment."
+NOT_SAVED_TEXT = N_("I could not save that change, so nothing was changed. Please try again in a moment.")
 ID_SETS = ("channel_ids", "ocr_role_ids", "alt_text_channel_ids")
 
 

@@ -25,21 +25,23 @@ from bot.alt_text import (
 )
 from bot.errors import UserFacingError, reports_errors
 from bot.gather import refresh_sources, source_from_attachment
+from bot.i18n import render
 from bot.images import ImageSource, load_images
 from bot.jobs import answer_interaction
 from bot.task_cog import CONTEXTS, INSTALLS
 from inference import InferenceError, Priority, Request, Task
+from inference.text import N_, T
 
 if TYPE_CHECKING:
     from bot.app import VisionBot
 
 log = logging.getLogger(__name__)
 
-MORE_LABEL = "More"
-OPTED_OUT_TEXT = (
+MORE_LABEL = N_("More")
+OPTED_OUT_TEXT = N_(
     "Done: I won't describe your images by myself any more, in any server. `/alttext optin` undoes it."
 )
-OPTED_IN_TEXT = "Done: in channels where a server turned it on, I describe your images again."
+OPTED_IN_TEXT = N_("Done: in channels where a server turned it on, I describe your images again.")
 MORE_TEMPLATE = r"phi3v:alt-more:(?P<channel>\d+):(?P<message>\d+):(?P<attachment>\d+)"
 
 
@@ -47,6 +49,7 @@ class MoreButton(discord.ui.DynamicItem[discord.ui.Button], template=MORE_TEMPLA
     """A full description of one image, shown only to the person who pressed it."""
 
     def __init__(self, channel_id: int, message_id: int, attachment_id: int, label: str = MORE_LABEL) -> None:
+        # ``label`` is already in the server's language (any label matches the same custom id).
         self.source = ImageSource(
             filename="image",
             url="",
@@ -76,10 +79,14 @@ class MoreButton(discord.ui.DynamicItem[discord.ui.Button], template=MORE_TEMPLA
         await answer_interaction(interaction, Task.DESCRIBE, sources, private=True)
 
 
-def more_buttons(message: discord.Message, attachments: list[discord.Attachment]) -> discord.ui.View:
+def more_buttons(
+    message: discord.Message, attachments: list[discord.Attachment], locale: discord.Locale | None
+) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for number, attachment in enumerate(attachments, start=1):
-        label = MORE_LABEL if len(attachments) == 1 else f"{MORE_LABEL} about image {number}"
+        label = render(
+            MORE_LABEL if len(attachments) == 1 else T("More about image {number}", number=number), locale
+        )
         view.add_item(MoreButton(message.channel.id, message.id, attachment.id, label))
     view.stop()  # not kept in memory: clicks find MoreButton by its custom id
     return view
@@ -106,12 +113,12 @@ class AltText(commands.Cog):
     @alttext.command(name="optout", description="Never describe my images by yourself (in any server)")
     async def opt_out(self, interaction: discord.Interaction) -> None:
         await self.bot.alt_text_opt_outs.set(interaction.user.id, True)
-        await interaction.response.send_message(OPTED_OUT_TEXT, ephemeral=True)
+        await interaction.response.send_message(render(OPTED_OUT_TEXT, interaction.locale), ephemeral=True)
 
     @alttext.command(name="optin", description="Describe my images again where a server turned it on")
     async def opt_in(self, interaction: discord.Interaction) -> None:
         await self.bot.alt_text_opt_outs.set(interaction.user.id, False)
-        await interaction.response.send_message(OPTED_IN_TEXT, ephemeral=True)
+        await interaction.response.send_message(render(OPTED_IN_TEXT, interaction.locale), ephemeral=True)
 
     def _wanted(self, message: discord.Message) -> list[discord.Attachment]:
         """The images of this message that should get alt text now (none: leave it alone)."""
@@ -145,11 +152,12 @@ class AltText(commands.Cog):
                 return  # nobody asked, so a failure is only logged
             descriptions.append(text)
         try:
+            locale = message.guild.preferred_locale if message.guild else None  # a public message
             await message.reply(
-                alt_text_message(descriptions),
+                alt_text_message(descriptions, locale),
                 mention_author=False,
                 silent=True,
-                view=more_buttons(message, images),
+                view=more_buttons(message, images, locale),
             )
         except discord.HTTPException as error:  # the message was deleted meanwhile, say
             log.info("Alt text could not be posted: %s", error)

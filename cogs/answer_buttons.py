@@ -20,23 +20,25 @@ import discord
 from discord.ext import commands
 
 from bot.conversation import Answered
-from bot.errors import Denied, reports_errors, send_error_to_interaction
-from bot.jobs import STOPPED_BY_TEXT, answer_interaction, requester_of
+from bot.errors import Denied, UserFacingError, reports_errors, send_error_to_interaction
+from bot.i18n import render
+from bot.jobs import answer_interaction, requester_of, stopped_by
 from bot.reply import Controls, Outcome
 from inference.prompts import MAX_QUESTION_CHARS, check_turn_count
+from inference.text import N_
 
 if TYPE_CHECKING:
     from bot.app import VisionBot
 
-STOP_LABEL = "Stop"
-FOLLOW_UP_LABEL = "Ask a follow-up"
-DELETE_LABEL = "Delete"
-MODAL_TITLE = "Ask a follow-up"
-QUESTION_LABEL = "Your question about the same image(s)"
-QUESTION_PLACEHOLDER = "e.g. What does the sign on the left say?"
-NOT_RUNNING_TEXT = "That answer is not being written any more."
-STOP_DENIED_TEXT = "Only the person who asked (or a moderator) can stop this answer."
-DELETE_DENIED_TEXT = "Only the person who asked (or a moderator) can delete this answer."
+STOP_LABEL = N_("Stop")
+FOLLOW_UP_LABEL = N_("Ask a follow-up")
+DELETE_LABEL = N_("Delete")
+MODAL_TITLE = N_("Ask a follow-up")
+QUESTION_LABEL = N_("Your question about the same image(s)")
+QUESTION_PLACEHOLDER = N_("e.g. What does the sign on the left say?")
+NOT_RUNNING_TEXT = N_("That answer is not being written any more.")
+STOP_DENIED_TEXT = N_("Only the person who asked (or a moderator) can stop this answer.")
+DELETE_DENIED_TEXT = N_("Only the person who asked (or a moderator) can delete this answer.")
 
 
 def may_moderate(interaction: discord.Interaction) -> bool:
@@ -60,11 +62,11 @@ FOLLOW_UP_ID = "phi3v:ask"
 
 
 class StopButton(discord.ui.DynamicItem[discord.ui.Button], template=STOP_TEMPLATE):
-    def __init__(self, job_id: int, asker_id: int) -> None:
+    def __init__(self, job_id: int, asker_id: int, locale: discord.Locale | None = None) -> None:
         self.job_id, self.asker_id = job_id, asker_id
         super().__init__(
             discord.ui.Button(
-                label=STOP_LABEL,
+                label=render(STOP_LABEL, locale),
                 style=discord.ButtonStyle.secondary,
                 emoji="\N{BLACK SQUARE FOR STOP}",
                 custom_id=f"phi3v:stop:{job_id}:{asker_id}",
@@ -81,22 +83,19 @@ class StopButton(discord.ui.DynamicItem[discord.ui.Button], template=STOP_TEMPLA
     async def callback(self, interaction: discord.Interaction) -> None:
         bot: VisionBot = interaction.client  # type: ignore[assignment]
         if interaction.user.id != self.asker_id and not may_moderate(interaction):
-            await interaction.response.send_message(STOP_DENIED_TEXT, ephemeral=True)
-            return
-        text = STOPPED_BY_TEXT.format(name=interaction.user.display_name)
-        if not bot.running_jobs.stop(self.job_id, text):
-            await interaction.response.send_message(NOT_RUNNING_TEXT, ephemeral=True)
-            return
+            raise Denied(STOP_DENIED_TEXT)
+        if not bot.running_jobs.stop(self.job_id, stopped_by(interaction.user.display_name)):
+            raise UserFacingError(NOT_RUNNING_TEXT)
         await interaction.response.defer()  # the answer's own message says it stopped
 
 
 class FollowUpModal(discord.ui.Modal):
-    def __init__(self, earlier: Answered) -> None:
-        super().__init__(title=MODAL_TITLE, timeout=15 * 60)
+    def __init__(self, earlier: Answered, locale: discord.Locale | None = None) -> None:
+        super().__init__(title=render(MODAL_TITLE, locale), timeout=15 * 60)
         self.earlier = earlier
         self.question: discord.ui.TextInput = discord.ui.TextInput(
-            label=QUESTION_LABEL,
-            placeholder=QUESTION_PLACEHOLDER,
+            label=render(QUESTION_LABEL, locale),
+            placeholder=render(QUESTION_PLACEHOLDER, locale),
             style=discord.TextStyle.paragraph,
             max_length=MAX_QUESTION_CHARS,
             custom_id="question",
@@ -112,10 +111,10 @@ class FollowUpModal(discord.ui.Modal):
 
 
 class FollowUpButton(discord.ui.DynamicItem[discord.ui.Button], template=FOLLOW_UP_ID):
-    def __init__(self) -> None:
+    def __init__(self, locale: discord.Locale | None = None) -> None:
         super().__init__(
             discord.ui.Button(
-                label=FOLLOW_UP_LABEL,
+                label=render(FOLLOW_UP_LABEL, locale),
                 style=discord.ButtonStyle.primary,
                 emoji="\N{SPEECH BALLOON}",
                 custom_id=FOLLOW_UP_ID,
@@ -138,15 +137,15 @@ class FollowUpButton(discord.ui.DynamicItem[discord.ui.Button], template=FOLLOW_
         requester = requester_of(interaction)
         bot.policy(requester.guild_id).access.check(requester, earlier.task)
         check_turn_count(len(earlier.turns) + 1)
-        await interaction.response.send_modal(FollowUpModal(earlier))
+        await interaction.response.send_modal(FollowUpModal(earlier, interaction.locale))
 
 
 class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=DELETE_TEMPLATE):
-    def __init__(self, asker_id: int) -> None:
+    def __init__(self, asker_id: int, locale: discord.Locale | None = None) -> None:
         self.asker_id = asker_id
         super().__init__(
             discord.ui.Button(
-                label=DELETE_LABEL,
+                label=render(DELETE_LABEL, locale),
                 style=discord.ButtonStyle.secondary,
                 emoji="\N{WASTEBASKET}",
                 custom_id=f"phi3v:delete:{asker_id}",
@@ -177,12 +176,12 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=DELETE_TE
 def answer_controls(controls: Controls, outcome: Outcome | None) -> discord.ui.View | None:
     """The buttons under an answer: Stop while it runs; Ask a follow-up (and Delete) once answered."""
     if outcome is None:
-        return _finished_view([StopButton(controls.job_id, controls.asker_id)])
+        return _finished_view([StopButton(controls.job_id, controls.asker_id, controls.locale)])
     if outcome is not Outcome.ANSWER:
         return None
-    items: list[discord.ui.Item[Any]] = [FollowUpButton()]
+    items: list[discord.ui.Item[Any]] = [FollowUpButton(controls.locale)]
     if not controls.private:  # a private answer has Discord's own "Dismiss message"
-        items.append(DeleteButton(controls.asker_id))
+        items.append(DeleteButton(controls.asker_id, controls.locale))
     return _finished_view(items)
 
 

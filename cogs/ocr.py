@@ -14,16 +14,18 @@ from discord.ext import commands
 
 from bot.app import VisionBot
 from bot.context import VisionContext
+from bot.errors import UserFacingError
 from bot.gather import referenced_message, source_from_attachment, sources_from_messages
 from bot.jobs import answer_command, answer_interaction
 from bot.task_cog import TaskCog, everywhere, menu
 from inference import Task
+from inference.text import N_, T
 
 MENU_NAME = "Extract text"
 MARKDOWN_MENU_NAME = "Read as Markdown"
 MARKDOWN_WORDS = frozenset({"md", "markdown"})
 TEXT_WORDS = frozenset({"text", "txt", "plain"})
-FORMAT_HELP = "Say `!ocr` for the text as written, or `!ocr md` for Markdown (tables, headings, lists)."
+FORMAT_HELP = N_("Say `!ocr` for the text as written, or `!ocr md` for Markdown (tables, headings, lists).")
 
 
 class Ocr(TaskCog):
@@ -77,7 +79,9 @@ class Ocr(TaskCog):
         else:
             markdown, question = False, (words or "").strip() or None
             if question is not None and " " not in question and not await self._replies_to_the_bot(ctx):
-                raise commands.BadArgument(f"I don't know the format `{question}`. {FORMAT_HELP}")
+                raise UserFacingError(
+                    T("I don't know the format `{word}`. {help}", word=question, help=T(FORMAT_HELP))
+                )
         await answer_command(ctx, Task.OCR, question=question, markdown=markdown)
 
     async def _replies_to_the_bot(self, ctx: VisionContext) -> bool:

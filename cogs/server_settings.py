@@ -15,14 +15,17 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import Denied
+from bot.i18n import render
 from bot.server_settings import ServerChoices
 from bot.settings import Settings
+from inference.text import N_, T, Text
 
 if TYPE_CHECKING:
     from bot.app import VisionBot
 
-MANAGE_SERVER_TEXT = "Only members who may manage this server can change the bot's settings here."
+MANAGE_SERVER_TEXT = N_("Only members who may manage this server can change the bot's settings here.")
 DEFAULT = "default"
+DEFAULT_MARK = T(" *(default)*")
 MAX_JOBS_CHOICE = 10
 MAX_COOLDOWN_S = 3600
 
@@ -35,37 +38,51 @@ def _roles(ids: Iterable[int]) -> str:
     return ", ".join(f"<@&{role_id}>" for role_id in sorted(ids))
 
 
-def describe_settings(settings: Settings, choices: ServerChoices) -> str:
+def describe_settings(settings: Settings, choices: ServerChoices) -> list[Text]:
     """The settings in force in a server, each marked as the server's choice or the owner's default."""
 
-    def mark(chosen: object) -> str:
-        return "" if chosen is not None else " *(default)*"
+    def mark(chosen: object) -> object:
+        return "" if chosen is not None else DEFAULT_MARK
 
     if choices.channel_ids:
-        channels = _channels(choices.channel_ids)
+        channels: object = _channels(choices.channel_ids)
     elif settings.allowed_channel_ids:
-        channels = f"only {_channels(settings.allowed_channel_ids)} (the owner's choice)"
+        channels = T("only {channels} (the owner's choice)", channels=_channels(settings.allowed_channel_ids))
     else:
-        channels = "any channel"
+        channels = T("any channel")
     role_ids = settings.ocr_role_ids if choices.ocr_role_ids is None else choices.ocr_role_ids
     ocr_public = settings.ocr_public if choices.ocr_public is None else choices.ocr_public
-    cooldown = max(settings.user_cooldown_s, choices.cooldown_s or 0.0)
-    jobs = min(settings.max_jobs_per_user, choices.jobs_per_person or settings.max_jobs_per_user)
-    alt_text = _channels(choices.alt_text_channel_ids) if choices.alt_text_channel_ids else "off"
-    return "\n".join(
-        [
-            "**The bot's settings in this server** (*default*: the bot owner's setting)",
-            f"- Answers in: {channels}{mark(choices.channel_ids)}",
-            f"- OCR allowed for: {_roles(role_ids) if role_ids else 'everyone'}{mark(choices.ocr_role_ids)}",
-            f"- OCR answers: {'public' if ocr_public else 'private'}{mark(choices.ocr_public)}",
-            f"- Cooldown between requests: {cooldown:g} s{mark(choices.cooldown_s)}"
-            f" (the owner's minimum: {settings.user_cooldown_s:g} s)",
-            f"- Requests at once per person: {jobs}{mark(choices.jobs_per_person)}"
-            f" (the owner's maximum: {settings.max_jobs_per_user})",
-            f"- Automatic alt text in: {alt_text}",
-            f"- Images per request: up to {settings.max_images} (the owner's setting)",
-        ]
-    )
+    return [
+        T("**The bot's settings in this server** (*default*: the bot owner's setting)"),
+        T("- Answers in: {channels}{default}", channels=channels, default=mark(choices.channel_ids)),
+        T(
+            "- OCR allowed for: {roles}{default}",
+            roles=_roles(role_ids) if role_ids else T("everyone"),
+            default=mark(choices.ocr_role_ids),
+        ),
+        T(
+            "- OCR answers: {visibility}{default}",
+            visibility=T("public") if ocr_public else T("private"),
+            default=mark(choices.ocr_public),
+        ),
+        T(
+            "- Cooldown between requests: {seconds:g} s{default} (the owner's minimum: {minimum:g} s)",
+            seconds=max(settings.user_cooldown_s, choices.cooldown_s or 0.0),
+            minimum=settings.user_cooldown_s,
+            default=mark(choices.cooldown_s),
+        ),
+        T(
+            "- Requests at once per person: {count}{default} (the owner's maximum: {maximum})",
+            count=min(settings.max_jobs_per_user, choices.jobs_per_person or settings.max_jobs_per_user),
+            maximum=settings.max_jobs_per_user,
+            default=mark(choices.jobs_per_person),
+        ),
+        T(
+            "- Automatic alt text in: {channels}",
+            channels=_channels(choices.alt_text_channel_ids) if choices.alt_text_channel_ids else T("off"),
+        ),
+        T("- Images per request: up to {count} (the owner's setting)", count=settings.max_images),
+    ]
 
 
 @app_commands.guild_only()
@@ -93,13 +110,13 @@ class ServerSettingsCog(
     def _choices(self, interaction: discord.Interaction) -> ServerChoices:
         return self.bot.server_settings.choices(interaction.guild_id)
 
-    async def _change(self, interaction: discord.Interaction, name: str, value: object, done: str) -> None:
+    async def _change(self, interaction: discord.Interaction, name: str, value: object, done: Text) -> None:
         assert interaction.guild_id is not None
         await self.bot.server_settings.change(interaction.guild_id, name, value, by=interaction.user.id)
-        await interaction.response.send_message(done, ephemeral=True)
+        await interaction.response.send_message(render(done, interaction.locale), ephemeral=True)
 
     async def _change_ids(
-        self, interaction: discord.Interaction, name: str, item: int, *, add: bool, done: str
+        self, interaction: discord.Interaction, name: str, item: int, *, add: bool, done: Text
     ) -> None:
         current = getattr(self._choices(interaction), name) or frozenset()
         changed = current | {item} if add else current - {item}
@@ -108,16 +125,16 @@ class ServerSettingsCog(
     # -- /settings show, reset ----------------------------------------------------------------------
     @app_commands.command(name="show", description="Show the bot's settings in this server")
     async def show(self, interaction: discord.Interaction) -> None:
-        text = describe_settings(self.bot.settings, self._choices(interaction))
+        lines = describe_settings(self.bot.settings, self._choices(interaction))
+        text = "\n".join(render(line, interaction.locale) for line in lines)
         await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="reset", description="Put every setting back to the bot owner's defaults")
     async def reset(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
         await self.bot.server_settings.reset(interaction.guild_id, by=interaction.user.id)
-        await interaction.response.send_message(
-            "Every setting is back to the bot owner's defaults.", ephemeral=True
-        )
+        text = render(T("Every setting is back to the bot owner's defaults."), interaction.locale)
+        await interaction.response.send_message(text, ephemeral=True)
 
     # -- channels ------------------------------------------------------------------------------
     @channels.command(name="add", description="Answer in this channel (then only in the listed ones)")
@@ -125,13 +142,15 @@ class ServerSettingsCog(
     async def channels_add(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
         owner = self.bot.settings.allowed_channel_ids
         if owner and channel.id not in owner:
-            raise Denied(f"The bot's owner only lets it answer in {_channels(owner)}.")
+            raise Denied(T("The bot's owner only lets it answer in {channels}.", channels=_channels(owner)))
         await self._change_ids(
             interaction,
             "channel_ids",
             channel.id,
             add=True,
-            done=f"I now answer in {channel.mention} (and the other listed channels only).",
+            done=T(
+                "I now answer in {channel} (and the other listed channels only).", channel=channel.mention
+            ),
         )
 
     @channels.command(name="remove", description="Stop answering in this channel")
@@ -139,32 +158,40 @@ class ServerSettingsCog(
     async def channels_remove(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
         left = (self._choices(interaction).channel_ids or frozenset()) - {channel.id}
         done = (
-            f"{channel.mention} is off the list."
+            T("{channel} is off the list.", channel=channel.mention)
             if left
-            else "No channel is listed any more, so I answer in any channel again."
+            else T("No channel is listed any more, so I answer in any channel again.")
         )
         await self._change_ids(interaction, "channel_ids", channel.id, add=False, done=done)
 
     @channels.command(name="anywhere", description="Answer in any channel again (clear the list)")
     async def channels_anywhere(self, interaction: discord.Interaction) -> None:
-        await self._change(interaction, "channel_ids", None, "I answer in any channel again.")
+        await self._change(interaction, "channel_ids", None, T("I answer in any channel again."))
 
     # -- OCR -----------------------------------------------------------------------------------
     @ocr_roles.command(name="add", description="Let members with this role use OCR")
     async def ocr_roles_add(self, interaction: discord.Interaction, role: discord.Role) -> None:
         await self._change_ids(
-            interaction, "ocr_role_ids", role.id, add=True, done=f"Members with {role.mention} may use OCR."
+            interaction,
+            "ocr_role_ids",
+            role.id,
+            add=True,
+            done=T("Members with {role} may use OCR.", role=role.mention),
         )
 
     @ocr_roles.command(name="remove", description="Take this role off the OCR list")
     async def ocr_roles_remove(self, interaction: discord.Interaction, role: discord.Role) -> None:
         await self._change_ids(
-            interaction, "ocr_role_ids", role.id, add=False, done=f"{role.mention} is off the OCR list."
+            interaction,
+            "ocr_role_ids",
+            role.id,
+            add=False,
+            done=T("{role} is off the OCR list.", role=role.mention),
         )
 
     @ocr_roles.command(name="default", description="Use the bot owner's OCR roles again")
     async def ocr_roles_default(self, interaction: discord.Interaction) -> None:
-        await self._change(interaction, "ocr_role_ids", None, "OCR follows the bot owner's roles again.")
+        await self._change(interaction, "ocr_role_ids", None, T("OCR follows the bot owner's roles again."))
 
     @app_commands.command(
         name="ocr-answers", description="Show OCR answers to everyone, or only to the asker"
@@ -173,12 +200,11 @@ class ServerSettingsCog(
         self, interaction: discord.Interaction, visibility: Literal["private", "public", "default"]
     ) -> None:
         value = None if visibility == DEFAULT else visibility == "public"
-        shown = {"private": "only to the person who asked", "public": "to everyone in the channel"}
-        done = (
-            "OCR answers follow the bot owner's setting again."
-            if value is None
-            else f"OCR answers are shown {shown[visibility]}."
-        )
+        done = {
+            "private": T("OCR answers are shown only to the person who asked."),
+            "public": T("OCR answers are shown to everyone in the channel."),
+            DEFAULT: T("OCR answers follow the bot owner's setting again."),
+        }[visibility]
         await self._change(interaction, "ocr_public", value, done)
 
     # -- limits ----------------------------------------------------------------------------------
@@ -192,12 +218,15 @@ class ServerSettingsCog(
         floor = self.bot.settings.user_cooldown_s
         if seconds is not None and seconds < floor:
             raise Denied(
-                f"The bot's owner set the shortest cooldown to {floor:g} s; choose {floor:g} or more."
+                T(
+                    "The bot's owner set the shortest cooldown to {floor:g} s; choose that or more.",
+                    floor=floor,
+                )
             )
         done = (
-            f"The cooldown is now {seconds} s."
+            T("The cooldown is now {seconds} s.", seconds=seconds)
             if seconds is not None
-            else "The cooldown is the owner's again."
+            else T("The cooldown is the owner's again.")
         )
         await self._change(interaction, "cooldown_s", None if seconds is None else float(seconds), done)
 
@@ -210,11 +239,13 @@ class ServerSettingsCog(
     ) -> None:
         ceiling = self.bot.settings.max_jobs_per_user
         if count is not None and count > ceiling:
-            raise Denied(f"The bot's owner allows at most {ceiling} requests at once per person.")
+            raise Denied(
+                T("The bot's owner allows at most {limit} requests at once per person.", limit=ceiling)
+            )
         done = (
-            f"Each person may now have {count} request(s) going at once."
+            T("Each person may now have up to {count} requests going at once.", count=count)
             if count is not None
-            else "Requests per person follow the owner's setting again."
+            else T("Requests per person follow the owner's setting again.")
         )
         await self._change(interaction, "jobs_per_person", count, done)
 
@@ -226,7 +257,9 @@ class ServerSettingsCog(
             "alt_text_channel_ids",
             channel.id,
             add=True,
-            done=f"Images posted in {channel.mention} without a description now get alt text.",
+            done=T(
+                "Images posted in {channel} without a description now get alt text.", channel=channel.mention
+            ),
         )
 
     @alt_text.command(name="remove", description="Stop describing images in this channel")
@@ -236,7 +269,7 @@ class ServerSettingsCog(
             "alt_text_channel_ids",
             channel.id,
             add=False,
-            done=f"No more automatic alt text in {channel.mention}.",
+            done=T("No more automatic alt text in {channel}.", channel=channel.mention),
         )
 
 

@@ -1,21 +1,24 @@
 """Typed errors raised by the inference package.
 
-Every error carries a message written for the person who asked: the bot shows
-``str(error)`` as it is, so keep these plain and free of internals.
+Every error carries a message written for the person who asked, plain and free of internals: a
+text marked with ``N_`` or a ``T(...)`` (inference/text.py), so the bot can show it in the reader's
+language; ``str(error)`` is the English.
 """
 
 from __future__ import annotations
 
+from inference.text import N_, T, Text
+
 # What people see, shared by the local and the remote engine where the situation is the same.
-NOT_READY_TEXT = "The model is not loaded yet. Try again in a moment."
-SHUTTING_DOWN_TEXT = "The bot is shutting down; please ask again later."
-BUSY_TEXT = "I'm busy with other requests right now. Please try again shortly."
-MODEL_FAILED_TEXT = "The model failed while answering. Please try again."
-MODEL_UNAVAILABLE_TEXT = "The model is unavailable right now; the bot's owner has been told."
+NOT_READY_TEXT = N_("The model is not loaded yet. Try again in a moment.")
+SHUTTING_DOWN_TEXT = N_("The bot is shutting down; please ask again later.")
+BUSY_TEXT = N_("I'm busy with other requests right now. Please try again shortly.")
+MODEL_FAILED_TEXT = N_("The model failed while answering. Please try again.")
+MODEL_UNAVAILABLE_TEXT = N_("The model is unavailable right now; the bot's owner has been told.")
 
 
-def timed_out_text(seconds: float) -> str:
-    return f"The answer took longer than {seconds:.0f} seconds and was stopped."
+def timed_out_text(seconds: float) -> Text:
+    return T("The answer took longer than {seconds:.0f} seconds and was stopped.", seconds=seconds)
 
 
 class InferenceError(Exception):

@@ -14,11 +14,13 @@ import unicodedata
 from collections.abc import Sequence
 
 from inference.errors import InvalidRequest
+from inference.text import N_, T
 from inference.types import Task, Turn
 
 MAX_QUESTION_CHARS = 1000
 MIN_COMPARE_IMAGES = 2
 MAX_TURNS = 8  # questions in one conversation, the first included
+ATTACH_AN_IMAGE_TEXT = N_("Attach at least one image.")
 
 DESCRIBE = "Describe this image in detail."
 OCR = (
@@ -64,7 +66,11 @@ def clean_question(question: str | None) -> str | None:
         return None
     if len(question) > MAX_QUESTION_CHARS:
         raise InvalidRequest(
-            f"The question is too long ({len(question)} characters; the limit is {MAX_QUESTION_CHARS})."
+            T(
+                "The question is too long ({length} characters; the limit is {limit}).",
+                length=len(question),
+                limit=MAX_QUESTION_CHARS,
+            )
         )
     return question
 
@@ -78,9 +84,11 @@ def image_tags(count: int, labelled: bool = False) -> str:
 def check_image_count(count: int, max_images: int) -> None:
     """The limits every engine puts on how many images one request carries."""
     if count < 1:
-        raise InvalidRequest("Attach at least one image.")
+        raise InvalidRequest(ATTACH_AN_IMAGE_TEXT)
     if count > max_images:
-        raise InvalidRequest(f"Too many images: {count} (at most {max_images} per request).")
+        raise InvalidRequest(
+            T("Too many images: {count} (at most {limit} per request).", count=count, limit=max_images)
+        )
 
 
 def instruction(task: Task, num_images: int, question: str | None = None, *, markdown: bool = False) -> str:
@@ -92,7 +100,7 @@ def instruction(task: Task, num_images: int, question: str | None = None, *, mar
     answer to be Markdown (tables, headings, lists).
     """
     if num_images < 1:
-        raise InvalidRequest("Attach at least one image.")
+        raise InvalidRequest(ATTACH_AN_IMAGE_TEXT)
     question = clean_question(question)
     if task is Task.DESCRIBE:
         return question or DESCRIBE
@@ -102,7 +110,13 @@ def instruction(task: Task, num_images: int, question: str | None = None, *, mar
         return ALT_TEXT
     if task is Task.COMPARE:
         if num_images < MIN_COMPARE_IMAGES:
-            raise InvalidRequest(f"Compare needs at least {MIN_COMPARE_IMAGES} images; got {num_images}.")
+            raise InvalidRequest(
+                T(
+                    "Compare needs at least {minimum} images; got {count}.",
+                    minimum=MIN_COMPARE_IMAGES,
+                    count=num_images,
+                )
+            )
         text = COMPARE.format(count=num_images)
         if question:
             text += f" Then answer this question: {question}"
@@ -151,14 +165,17 @@ def check_turn_count(questions: int) -> None:
     """The limit every engine puts on a conversation's length (its questions, the first included)."""
     if questions > MAX_TURNS:
         raise InvalidRequest(
-            f"This conversation has reached {MAX_TURNS} questions; start a new one with a fresh command."
+            T(
+                "This conversation has reached {limit} questions; start a new one with a fresh command.",
+                limit=MAX_TURNS,
+            )
         )
 
 
 def _follow_up(question: str | None) -> str:
     cleaned = clean_question(question)
     if cleaned is None:
-        raise InvalidRequest("A follow-up needs a question.")
+        raise InvalidRequest(N_("A follow-up needs a question."))
     return cleaned
 
 

@@ -45,6 +45,7 @@ from inference.errors import (
     timed_out_text,
 )
 from inference.prompts import check_image_count, conversation
+from inference.text import N_
 from inference.types import DEFAULT_MODEL_ID, Priority, Request, Result
 
 if TYPE_CHECKING:
@@ -62,19 +63,19 @@ MAX_EVENT_BYTES = 1 << 20  # one Server-Sent Event line; a longer one means the 
 ERROR_BODY_CHARS = 2000
 
 # What people see (the wording shared with the local engine is in inference.errors).
-UNREACHABLE = "The model server is not reachable right now. Please try again in a few minutes."
-CUT_OFF = "The connection to the model server was lost in the middle of the answer. Please try again."
-SERVER_FAILED = "The model server failed while answering. Please try again."
-UNREADABLE = "The model server sent an answer I could not read. Please try again later."
-TOO_LONG = (
+UNREACHABLE = N_("The model server is not reachable right now. Please try again in a few minutes.")
+CUT_OFF = N_("The connection to the model server was lost in the middle of the answer. Please try again.")
+SERVER_FAILED = N_("The model server failed while answering. Please try again.")
+UNREADABLE = N_("The model server sent an answer I could not read. Please try again later.")
+TOO_LONG = N_(
     "This request is too long for the model server (images and answer must fit its context window). "
     "Try fewer or smaller images."
 )
-TOO_MANY_FOR_SERVER = "The model server accepts fewer images per request. Try fewer images."
-BAD_IMAGE = "The model server could not read one of the images. Try a different image."
-TOO_LARGE = "The images are too large to send to the model server. Try fewer or smaller images."
-REFUSED = "The model server refused this request. Try a different image or question."
-NO_MODEL = "The model server does not have the model this bot uses right now. Please try again later."
+TOO_MANY_FOR_SERVER = N_("The model server accepts fewer images per request. Try fewer images.")
+BAD_IMAGE = N_("The model server could not read one of the images. Try a different image.")
+TOO_LARGE = N_("The images are too large to send to the model server. Try fewer or smaller images.")
+REFUSED = N_("The model server refused this request. Try a different image or question.")
+NO_MODEL = N_("The model server does not have the model this bot uses right now. Please try again later.")
 
 _CONTEXT_LENGTH = re.compile(
     r"context (length|window)|maximum model length|max_model_len|too long|maximum context|"

@@ -21,14 +21,15 @@ from inference.errors import OutOfMemory
 from inference.kv_cache import GrowingCache, rebuild
 from inference.loading import LoadedModel
 from inference.prompts import build_prompt, check_image_count, droppable_turns
+from inference.text import N_
 from inference.types import EngineConfig, Request
 
 log = logging.getLogger(__name__)
 
 # Phi-3 ends an answer with <|end|>; <|endoftext|> also stops it.
 STOP_TOKENS = ("<|end|>", "<|endoftext|>")
-OOM_NEW_TEXT = "The GPU ran out of memory for this request. Try fewer or smaller images."
-OOM_RUNNING_TEXT = "The GPU ran out of memory while answering. Please try again."
+OOM_NEW_TEXT = N_("The GPU ran out of memory for this request. Try fewer or smaller images.")
+OOM_RUNNING_TEXT = N_("The GPU ran out of memory while answering. Please try again.")
 # Messages of errors after which CUDA refuses all further work in this process.
 FATAL_DEVICE_ERRORS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS")
 

@@ -27,15 +27,15 @@ from bot.app import VisionBot, create_bot
 from bot.reply import (
     CHANNEL_EDIT_BURST,
     CHANNEL_EDITS_PER_S,
-    FILE_TEXT,
     HANDED_OVER_TEXT,
-    QUEUE_TEXT,
     WORKING_TEXT,
     InteractionSurface,
     MessageSurface,
     Outcome,
     Replies,
     Reply,
+    long_answer_text,
+    queue_text,
 )
 from bot.settings import DISCORD_CDN_HOSTS, Settings
 from inference import OutOfMemory
@@ -47,7 +47,7 @@ SIMCORD_CDN_HOST = "cdn.simcord.invalid"
 TICK_S = 1.0
 MAX_TICKS = 400
 SHUTDOWN_TICK = 25
-QUEUE_PREFIX = QUEUE_TEXT.split("{", 1)[0]
+QUEUE_PREFIX = queue_text(0).template.split("{", 1)[0]
 
 
 @dataclass
@@ -405,7 +405,7 @@ def _classify(env: Any, sent: list[Sent], rooms: list, made: list[Reply]) -> Out
 def _is_stale(text: str, reply: Reply) -> bool:
     if text.startswith(QUEUE_PREFIX) or text == WORKING_TEXT or text == "":
         return True
-    if text == HANDED_OVER_TEXT or text.startswith(FILE_TEXT.split("(", 1)[0]):
+    if text == HANDED_OVER_TEXT or text.startswith(long_answer_text(0).template.split("(", 1)[0]):
         return False
     return text not in reply.final_parts
 

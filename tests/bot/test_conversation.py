@@ -68,7 +68,7 @@ async def test_a_forgotten_conversation_says_so(world, fake_engine):
     first = await ask(world, "!describe", attachments=[("a.png", image_bytes())])
     await forget_everything(world.env.bot)
     shown = await ask(world, "!describe and the colour?", reply_to=first)
-    assert shown.content == FORGOTTEN_TEXT
+    assert shown.content == str(FORGOTTEN_TEXT)
     assert acknowledge_errors(world.env) == [UserFacingError]
 
 
@@ -87,7 +87,7 @@ async def test_a_refusal_or_failure_is_not_remembered_as_an_answer(world, fake_e
     failed = await ask(world, "!describe", attachments=[("a.png", image_bytes())])
     acknowledge_errors(world.env)
     shown = await ask(world, "!describe why?", reply_to=failed)
-    assert shown.content == FORGOTTEN_TEXT
+    assert shown.content == str(FORGOTTEN_TEXT)
     acknowledge_errors(world.env)
 
 
@@ -170,5 +170,5 @@ async def test_a_mention_follow_up_that_fails_is_told_like_a_command(world, fake
     await forget_everything(world.env.bot)
     bot_user = world.env.bot.user
     shown = await ask(world, f"<@{bot_user.id}> and then?", reply_to=first)
-    assert shown.content == FORGOTTEN_TEXT
+    assert shown.content == str(FORGOTTEN_TEXT)
     assert acknowledge_errors(world.env) == []  # handled here, not by discord.py's error event

@@ -74,7 +74,7 @@ def test_every_size_works_or_is_refused_with_a_named_reason(num_crops, samples):
         try:
             image = intake(width, height)
         except ImageRejected as refused:
-            assert "big.png" in str(refused) and "pixels" in refused.reason, (width, height)
+            assert "big.png" in str(refused) and "pixels" in str(refused.reason), (width, height)
             outcomes["refused"] += 1
             continue
         features = processor([image])

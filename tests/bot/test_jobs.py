@@ -125,7 +125,7 @@ async def test_one_person_cannot_queue_more_than_their_share(world, fake_engine)
     bobs = await bob.slash(world.channel, "describe", image=PNG)
 
     assert refused.ephemeral
-    assert refused.response.content == "You already have 1 request in progress; wait for one to finish."
+    assert refused.response.content == "You already have a request in progress; wait for it to finish."
     assert world.env.bot.limiter.active_jobs(world.member.id) == 1
 
     fake_engine.release()

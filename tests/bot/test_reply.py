@@ -16,7 +16,6 @@ from bot.reply import (
     ANSWER_FILENAME,
     HANDOVER_MARGIN_S,
     INTERACTION_TOKEN_S,
-    QUEUE_TEXT,
     EditBudget,
     InteractionSurface,
     Outcome,
@@ -24,6 +23,7 @@ from bot.reply import (
     Reply,
     ReplyGone,
     call_discord,
+    queue_text,
 )
 
 
@@ -75,7 +75,7 @@ class RecordingSurface:
             raise queued.pop(0)
         self.events.append((kind, content))
 
-    async def acknowledge(self, view=discord.utils.MISSING) -> None:
+    async def acknowledge(self, view=discord.utils.MISSING, text="") -> None:
         await self.record("ack", "")
         self.views.append(view)
 
@@ -231,7 +231,7 @@ async def test_a_place_in_line_edit_in_flight_lands_before_the_final_state():
     await finishing
     await asyncio.sleep(0.05)
     assert surface.events[-1] == ("show", "The bot is shutting down.")
-    assert QUEUE_TEXT.format(position=2) not in [content for _, content in surface.events]
+    assert str(queue_text(2)) not in [content for _, content in surface.events]
 
 
 async def test_place_in_line_is_shown_while_waiting_and_never_after_the_answer():
@@ -249,9 +249,9 @@ async def test_place_in_line_is_shown_while_waiting_and_never_after_the_answer()
     await reply.stream(queued_then_answered())
     # #3 came too soon after #4 and is skipped; repeats and 0 are ignored; the answer is last.
     assert surface.events == [
-        ("show", QUEUE_TEXT.format(position=4)),
-        ("show", QUEUE_TEXT.format(position=2)),
-        ("show", QUEUE_TEXT.format(position=1)),
+        ("show", str(queue_text(4))),
+        ("show", str(queue_text(2))),
+        ("show", str(queue_text(1))),
         ("show", "The answer."),
     ]
 

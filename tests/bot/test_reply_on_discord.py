@@ -7,7 +7,7 @@ import discord
 import pytest
 
 from bot.app import MODEL_UNAVAILABLE_STATUS
-from bot.reply import HANDED_OVER_TEXT, INTERACTION_TOKEN_S, QUEUE_TEXT
+from bot.reply import HANDED_OVER_TEXT, INTERACTION_TOKEN_S, queue_text
 from inference import RequestTimedOut
 from inference.errors import SHUTTING_DOWN_TEXT
 from tests.conftest import acknowledge_errors, bot_messages, image_bytes
@@ -46,7 +46,7 @@ async def test_shutdown_with_six_people_waiting_leaves_each_on_the_stop_message(
     edits = patched_contents(world.env)
     last_stop = max(i for i, content in enumerate(edits) if content == SHUTTING_DOWN_TEXT)
     assert all(content == SHUTTING_DOWN_TEXT for content in edits[last_stop - 5 : last_stop + 1])
-    assert QUEUE_TEXT.format(position=3) in edits  # they had been shown their places
+    assert str(queue_text(3)) in edits  # they had been shown their places
     acknowledge_errors(world.env)
 
 

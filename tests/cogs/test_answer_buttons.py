@@ -9,7 +9,7 @@ from simcord.backend.errors import SetupError
 from bot.conversation import NOT_YOURS_TEXT
 from bot.errors import UserFacingError
 from bot.gather import IMAGES_GONE_TEXT
-from bot.jobs import TRIMMED_NOTE
+from bot.jobs import trimmed_note
 from bot.reply import WORKING_TEXT
 from cogs.answer_buttons import (
     DELETE_DENIED_TEXT,
@@ -195,7 +195,7 @@ async def test_a_long_conversation_tells_the_person_what_was_left_out(world, fak
     fake_engine.left_out_next = 1
     fake_engine.answer_next("The answer.")
     shown = await ask(world, "!describe three?", reply_to=third)
-    assert shown.content == "The answer.\n-# " + TRIMMED_NOTE.format(count=1, s="")
+    assert shown.content == "The answer.\n-# " + str(trimmed_note(1))
     # The note is not part of what the model said, so it is not kept as the answer.
     kept = await world.env.bot.conversations.recall(shown.id)
     assert kept.turns[-1] == Turn("three?", "The answer.")

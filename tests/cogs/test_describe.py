@@ -8,7 +8,7 @@ import pytest
 from bot.errors import UNEXPECTED_ERROR_TEXT, ImageRejected, NoImage
 from bot.formatting import MESSAGE_LIMIT
 from bot.jobs import NO_IMAGE_IN_COMMAND_TEXT, NO_IMAGE_IN_MESSAGE_TEXT, STOPPED_BY_DELETE_TEXT
-from bot.reply import ANSWER_FILENAME, QUEUE_TEXT, WORKING_TEXT
+from bot.reply import ANSWER_FILENAME, WORKING_TEXT, queue_text
 from inference import OutOfMemory, RequestTimedOut, Task
 from tests.conftest import (
     CHANNEL_MESSAGE,
@@ -41,7 +41,7 @@ async def test_a_waiting_request_is_told_its_place_in_line(world, fake_engine):
     fake_engine.places_in_line = [3]
     fake_engine.hold(world.env)
     result = await world.member.slash(world.channel, "describe", image=("cat.png", image_bytes()))
-    assert result.response.content == QUEUE_TEXT.format(position=3)
+    assert result.response.content == str(queue_text(3))
     fake_engine.release()
     await world.env.settle()
 
@@ -50,7 +50,7 @@ async def test_a_waiting_request_is_told_its_place_in_line(world, fake_engine):
         for entry in world.env.http_requests
         if entry.method == "PATCH" and isinstance(entry.json, dict)
     ]
-    assert edits[0] == QUEUE_TEXT.format(position=3)
+    assert edits[0] == str(queue_text(3))
     assert result.response.content == fake_engine.default_answer
 
 

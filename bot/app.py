@@ -16,6 +16,7 @@ from bot.context import VisionContext
 from bot.conversation import Conversations
 from bot.database import Database
 from bot.errors import send_error_to_context, send_error_to_interaction
+from bot.i18n import CatalogTranslator
 from bot.images import Fetcher, HttpFetcher, ImageLimits
 from bot.jobs import STOPPED_BY_DELETE_TEXT, RunningJobs, answer_follow_up_mention
 from bot.limits import AccessPolicy, JobLimiter
@@ -133,6 +134,8 @@ class VisionBot(commands.Bot):
             log.info("Starting the inference engine (%s)…", engine_text(self.settings))
             await self.engine.start()
             self._engine_started = True
+        # Command names and descriptions in each language Discord shows (bot/locales).
+        await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         if self.settings.sync_commands:

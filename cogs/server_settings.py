@@ -170,6 +170,7 @@ class ServerSettingsCog(
 
     # -- OCR -----------------------------------------------------------------------------------
     @ocr_roles.command(name="add", description="Let members with this role use OCR")
+    @app_commands.describe(role="A role whose members may use OCR")
     async def ocr_roles_add(self, interaction: discord.Interaction, role: discord.Role) -> None:
         await self._change_ids(
             interaction,
@@ -180,6 +181,7 @@ class ServerSettingsCog(
         )
 
     @ocr_roles.command(name="remove", description="Take this role off the OCR list")
+    @app_commands.describe(role="A role to take off the OCR list")
     async def ocr_roles_remove(self, interaction: discord.Interaction, role: discord.Role) -> None:
         await self._change_ids(
             interaction,
@@ -195,6 +197,9 @@ class ServerSettingsCog(
 
     @app_commands.command(
         name="ocr-answers", description="Show OCR answers to everyone, or only to the asker"
+    )
+    @app_commands.describe(
+        visibility="private: only the asker sees it; public: everyone; default: the owner's"
     )
     async def ocr_answers(
         self, interaction: discord.Interaction, visibility: Literal["private", "public", "default"]
@@ -251,6 +256,7 @@ class ServerSettingsCog(
 
     # -- alt text ------------------------------------------------------------------------------
     @alt_text.command(name="add", description="Describe images posted in this channel automatically")
+    @app_commands.describe(channel="A channel whose images should get alt text")
     async def alt_text_add(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
         await self._change_ids(
             interaction,
@@ -263,6 +269,7 @@ class ServerSettingsCog(
         )
 
     @alt_text.command(name="remove", description="Stop describing images in this channel")
+    @app_commands.describe(channel="A channel to take off the alt-text list")
     async def alt_text_remove(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
         await self._change_ids(
             interaction,

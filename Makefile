@@ -5,7 +5,7 @@ VENV ?= .venv
 EXTRAS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: help run test test-transformers-lowest bench-tiny bench-serving bench-load bench-gpu clean
+.PHONY: translations help run test test-transformers-lowest bench-tiny bench-serving bench-load bench-gpu clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 28
@@ -30,6 +30,9 @@ test: $(VENV)/.installed-dev$(EXTRAS)  ## set up .venv with the test tools and r
 TRANSFORMERS_LOWEST := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
 test-transformers-lowest: $(VENV)/.installed-dev$(EXTRAS)  ## the transformers tests on the lowest allowed release
 	bash scripts/test-transformers.sh $(TRANSFORMERS_LOWEST) $(VENV)
+
+translations: $(VENV)/.installed-dev  ## refresh bot/locales from the code and list what is left to translate
+	$(PY) scripts/translations.py
 
 bench-tiny: $(VENV)/.installed-dev  ## one request's speed on the tiny checkpoint (CPU)
 	$(PY) bench/engine.py --tiny

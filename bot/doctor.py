@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import re
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,8 +173,36 @@ def check_remote(settings: Settings) -> Finding:
     )
 
 
+def check_database(settings: Settings) -> Finding:
+    """Read the database file without changing it: damaged, locked, or from a newer bot? (None yet: fine.)"""
+    from bot.database import IN_MEMORY, MIGRATIONS, describe_failure
+
+    path = Path(settings.database_path)
+    if settings.database_path == IN_MEMORY:
+        return Finding("database", "warn", "in memory: conversations and settings are lost at every restart")
+    if not path.exists():
+        folder = next((parent for parent in path.parents if parent.exists()), Path("."))
+        if not os.access(folder, os.W_OK):
+            return Finding("database", "fail", f"{path} cannot be created: {folder} is not writable")
+        return Finding("database", "ok", f"{path} will be created at the first start")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)) as connection:
+            if connection.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("database disk image is malformed")
+            version = connection.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+            ).fetchone()[0]
+    except sqlite3.Error as error:
+        return Finding("database", "fail", describe_failure(str(path), error))
+    if version > MIGRATIONS[-1][0]:
+        return Finding(
+            "database", "fail", f"{path} was written by a newer version of the bot (schema {version})"
+        )
+    return Finding("database", "ok", f"{path} (schema {version})")
+
+
 def run_checks(settings: Settings, *, device: bool = True) -> list[Finding]:
-    findings = [Finding("settings", "ok", "read and valid"), check_token(settings)]
+    findings = [Finding("settings", "ok", "read and valid"), check_token(settings), check_database(settings)]
     if settings.backend == "remote":
         findings.append(check_remote(settings))
     else:

@@ -247,3 +247,16 @@ def test_check_can_leave_out_the_device(capsys):
     environ = {"DISCORD_TOKEN": FAKE_TOKEN, "MODEL_ID": TINY_MODEL, "DEVICE": "cuda"}  # no GPU here
     assert entry.main(environ, ["--check", "--no-device"]) == entry.EXIT_OK
     assert "device" not in capsys.readouterr().out
+
+
+def test_check_reads_the_database_without_changing_it(capsys, tmp_path):
+    base = {"DISCORD_TOKEN": FAKE_TOKEN, "MODEL_ID": TINY_MODEL, "DEVICE": "cpu"}
+    new = tmp_path / "new" / "bot.sqlite3"
+    assert entry.main({**base, "DATABASE_PATH": str(new)}, ["--check"]) == entry.EXIT_OK
+    assert f"[ok  ] database: {new} will be created at the first start" in capsys.readouterr().out
+    assert not new.exists()  # --check changes nothing
+
+    damaged = tmp_path / "damaged.sqlite3"
+    damaged.write_bytes(b"not a database" * 100)
+    assert entry.main({**base, "DATABASE_PATH": str(damaged)}, ["--check"]) == entry.EXIT_CHECK_FAILED
+    assert "[FAIL] database: The database file" in capsys.readouterr().out

@@ -90,19 +90,18 @@ class ChannelRate:
 
 
 class OptOuts:
-    """People who do not want the bot to describe their images by itself (everywhere)."""
+    """People who do not want the bot to describe their images by itself (everywhere).
+
+    Read from the database each time (a cheap lookup, for images that would get alt text): a
+    person's choice holds at once in every process of a sharded bot, not only where it was made.
+    """
 
     def __init__(self, database: Database) -> None:
         self.database = database
-        self._users: set[int] = set()
 
-    async def load(self) -> None:
-        self._users = {
-            row[0] for row in await self.database.fetch_all("SELECT user_id FROM alt_text_opt_outs")
-        }
-
-    def __contains__(self, user_id: int) -> bool:
-        return user_id in self._users
+    async def contains(self, user_id: int) -> bool:
+        rows = await self.database.fetch_all("SELECT 1 FROM alt_text_opt_outs WHERE user_id = ?", (user_id,))
+        return bool(rows)
 
     async def set(self, user_id: int, opted_out: bool) -> None:
         try:
@@ -115,4 +114,3 @@ class OptOuts:
                 await self.database.execute("DELETE FROM alt_text_opt_outs WHERE user_id = ?", (user_id,))
         except sqlite3.Error:
             raise UserFacingError(OPT_OUT_NOT_SAVED_TEXT) from None
-        (self._users.add if opted_out else self._users.discard)(user_id)

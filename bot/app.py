@@ -122,7 +122,6 @@ class VisionBot(commands.Bot):
         self.server_settings = ServerSettings(self.database)
         await self.server_settings.load()
         self.alt_text_opt_outs = OptOuts(self.database)
-        await self.alt_text_opt_outs.load()
         self.session = aiohttp.ClientSession()
         if self.fetcher is None:
             self.fetcher = HttpFetcher(self.session, timeout_s=self.settings.download_timeout_s)

@@ -120,10 +120,10 @@ class AltText(commands.Cog):
         await self.bot.alt_text_opt_outs.set(interaction.user.id, False)
         await interaction.response.send_message(render(OPTED_IN_TEXT, interaction.locale), ephemeral=True)
 
-    def _wanted(self, message: discord.Message) -> list[discord.Attachment]:
+    async def _wanted(self, message: discord.Message) -> list[discord.Attachment]:
         """The images of this message that should get alt text now (none: leave it alone)."""
         bot = self.bot
-        if message.author.bot or message.guild is None or message.author.id in bot.alt_text_opt_outs:
+        if message.author.bot or message.guild is None:
             return []
         channels = bot.policy(message.guild.id).alt_text_channel_ids
         parent_id = getattr(message.channel, "parent_id", None)
@@ -132,6 +132,13 @@ class AltText(commands.Cog):
         if bot.settings.allowed_guild_ids and message.guild.id not in bot.settings.allowed_guild_ids:
             return []
         images = images_needing_alt_text(message.attachments)[: bot.settings.max_images]
+        if not images:
+            return []
+        user = bot.user
+        if (await bot.get_context(message)).command is not None or (user and user in message.mentions):
+            return []  # a command (or a question to the bot) about the image: it gets that answer instead
+        if await bot.alt_text_opt_outs.contains(message.author.id):
+            return []
         allowed = self.rate.take(message.channel.id, len(images))
         if allowed < len(images):
             log.info("Alt text: %d image(s) skipped, the channel's rate is spent", len(images) - allowed)
@@ -139,12 +146,9 @@ class AltText(commands.Cog):
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        images = self._wanted(message)
+        images = await self._wanted(message)
         if not images:
             return
-        user = self.bot.user
-        if (await self.bot.get_context(message)).command is not None or (user and user in message.mentions):
-            return  # a command (or a question to the bot) about the image: it gets that answer instead
         descriptions = []
         for attachment in images:
             text = await self._describe(message, attachment)

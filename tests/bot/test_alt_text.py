@@ -46,3 +46,20 @@ def test_a_channel_gets_a_limited_number_per_minute_a_sliding_window():
     assert rate.take(1, 1) == 0
     now[0] = 61.0
     assert rate.take(1, 5) == 3
+
+
+async def test_an_opt_out_made_elsewhere_holds_at_once():
+    """Another process of a sharded bot writes the same file: the choice is read from it each time."""
+    from bot.alt_text import OptOuts
+    from bot.database import Database
+
+    database = await Database.open(":memory:")
+    try:
+        here, elsewhere = OptOuts(database), OptOuts(database)
+        assert not await here.contains(7)
+        await elsewhere.set(7, True)
+        assert await here.contains(7)
+        await elsewhere.set(7, False)
+        assert not await here.contains(7)
+    finally:
+        await database.close()

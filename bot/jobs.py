@@ -1,7 +1,8 @@
 """One request from start to finish: permissions, images, limits, the engine, the reply.
 
-Cogs call :func:`answer_interaction` (slash commands, context menus) or
-:func:`answer_command` (prefix commands); everything else is shared here.
+Cogs call :func:`answer_interaction` (slash commands, context menus, an answer's follow-up form) or
+:func:`answer_command` (prefix commands, replies to an answer); everything else is shared here.
+Every job runs :func:`stoppable`, so a Stop button or a deleted command message ends it cleanly.
 """
 
 from __future__ import annotations

@@ -139,7 +139,3 @@ class Conversations:
     async def forget_older_than(self, cutoff: float) -> None:
         await self.database.execute("DELETE FROM answers WHERE created_at < ?", (cutoff,))
         self._since_prune = 0
-
-    async def count(self) -> int:
-        rows = await self.database.fetch_all("SELECT COUNT(*) FROM answers")
-        return int(rows[0][0])

@@ -24,6 +24,7 @@ import aiosqlite
 log = logging.getLogger(__name__)
 
 IN_MEMORY = ":memory:"
+VERSION_SQL = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
 BUSY_TIMEOUT_S = 5.0  # how long a statement waits for a lock held by another connection
 
 # Each entry: (version, what it does, SQL). Never edit a released entry; add a new one.
@@ -147,7 +148,7 @@ class Database:
         await self.connection.close()
 
     async def version(self) -> int:
-        rows = await self.fetch_all("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        rows = await self.fetch_all(VERSION_SQL)
         return int(rows[0][0])
 
     async def _run(self, sql: str, parameters: Iterable[Any] = ()) -> list[Any]:
@@ -161,7 +162,7 @@ class Database:
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)"
             )
-            current = int((await self._run("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))[0][0])
+            current = int((await self._run(VERSION_SQL))[0][0])
             newest = MIGRATIONS[-1][0]
             if current > newest:
                 raise DatabaseUnavailable(
@@ -193,8 +194,8 @@ class Database:
         async with self._lock:
             await self._run("BEGIN")
             try:
-                async with self.connection.executemany(sql, [tuple(row) for row in rows]):
-                    pass
+                cursor = await self.connection.executemany(sql, [tuple(row) for row in rows])
+                await cursor.close()
                 await self._run("COMMIT")
             except BaseException:
                 await self._run("ROLLBACK")

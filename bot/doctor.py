@@ -175,7 +175,7 @@ def check_remote(settings: Settings) -> Finding:
 
 def check_database(settings: Settings) -> Finding:
     """Read the database file without changing it: damaged, locked, or from a newer bot? (None yet: fine.)"""
-    from bot.database import IN_MEMORY, MIGRATIONS, describe_failure
+    from bot.database import IN_MEMORY, MIGRATIONS, VERSION_SQL, describe_failure
 
     path = Path(settings.database_path)
     if settings.database_path == IN_MEMORY:
@@ -189,9 +189,7 @@ def check_database(settings: Settings) -> Finding:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)) as connection:
             if connection.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("database disk image is malformed")
-            version = connection.execute(
-                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
-            ).fetchone()[0]
+            version = connection.execute(VERSION_SQL).fetchone()[0]
     except sqlite3.Error as error:
         return Finding("database", "fail", describe_failure(str(path), error))
     if version > MIGRATIONS[-1][0]:

@@ -86,9 +86,6 @@ class RunningJobs:
             self._tasks.pop(job_id, None)
             self._stop_texts.pop(job_id, None)
 
-    def is_running(self, job_id: int) -> bool:
-        return job_id in self._tasks
-
     def stop(self, job_id: int, text: str | Text) -> bool:
         """Stop a running job, which then shows ``text``; False if it is not running (any more)."""
         task = self._tasks.get(job_id)

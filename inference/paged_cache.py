@@ -44,10 +44,6 @@ class PagedStorage:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
 
-    @property
-    def bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
-
     def slots(self, blocks: Sequence[int], start: int, stop: int, device: torch.device) -> torch.Tensor:
         """The flat slot of each token position ``start .. stop − 1`` of a request holding ``blocks``."""
         positions = torch.arange(start, stop, device=device)

@@ -1,7 +1,8 @@
 """Helpers shared by the serving benchmarks (``loop_lag.py`` and ``throughput.py``). Benchmark-only.
 
-- :class:`FixedLengthRunner`: the real ``ModelRunner`` with its stop tokens switched off, so every
-  answer is exactly ``max_new_tokens`` long whatever random weights pick (fair, steady load);
+- :class:`FixedLengthRunner`: the real runner (``KV_CACHE`` picks which) with its stop tokens switched
+  off, so every answer is exactly ``max_new_tokens`` long whatever random weights pick (fair, steady
+  load), and with the clocks the serving figures need;
 - :class:`InlineExecutor` and :class:`OnLoopEngine`: the same ``LocalEngine`` with the work it
   normally sends to threads run on the event loop's own thread instead (the naive way, for contrast);
 - small statistics and reporting helpers.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import platform
+import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,26 +22,57 @@ import torch
 import transformers
 
 from inference.engine import LocalEngine
-from inference.runner import Event, ModelRunner, Prepared
+from inference.loading import LoadedModel
+from inference.runner import Event, ModelRunner, Prepared, make_runner
+from inference.types import EngineConfig
 
 MS = 1000.0
 
 
-class FixedLengthRunner(ModelRunner):
-    """``ModelRunner`` that never stops at an end token: each answer has exactly its max_new_tokens.
+class FixedLengthRunner:
+    """A runner (either ``KV_CACHE``) that never stops at an end token: each answer has exactly its
+    max_new_tokens.
 
-    It also counts the tokens it generated, so a benchmark can check the work done.
+    It also counts the tokens it generated, notes when each request got tokens (``token_times``, for
+    the gap a running answer sees) and times the runner's joins and leaves (``join_leave_s``: the
+    growing cache's rebuilds, the paged cache's block bookkeeping), waiting for the device in each so
+    the time is the work's and not just its launch. Everything else goes to the runner it wraps.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.stop_ids: set[int] = set()
+    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+        runner = make_runner(loaded, config)
+        runner.stop_ids = set()
+        self.runner = runner
         self.tokens_generated = 0
+        self.token_times: dict[int, list[float]] = defaultdict(list)
+        self.join_leave_s: list[float] = []
+        names = ("_merge", "_drop") if isinstance(runner, ModelRunner) else ("_join", "_leave")
+        for name in names:
+            setattr(runner, name, self._timed(getattr(runner, name), loaded.device))
+
+    def _timed(self, method: Callable, device: torch.device) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                self.join_leave_s.append(time.perf_counter() - started)
+
+        return timed
 
     def step(self, admit: list[tuple[int, Prepared]], abort: list[int]) -> list[Event]:
-        events = super().step(admit, abort)
+        events = self.runner.step(admit, abort)
+        now = time.perf_counter()
+        for event in events:
+            if event.error is None:
+                self.token_times[event.request_id].append(now)
         self.tokens_generated += sum(event.new_tokens for event in events if event.finished)
         return events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.runner, name)
 
 
 class InlineExecutor(concurrent.futures.Executor):

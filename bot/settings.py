@@ -23,6 +23,7 @@ DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "eager")
+KV_CACHES = ("paged", "growing")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 BACKENDS = ("local", "remote")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -97,6 +98,8 @@ class Settings:
     max_batch_size: int = 8
     token_budget: int = 24_576
     batch_window_ms: float = 15.0
+    kv_cache: str = "paged"
+    prefill_chunk_tokens: int = 2048
     # Discord wiring
     command_prefix: str = "!"
     dev_guild_id: int | None = None
@@ -173,6 +176,10 @@ class Settings:
             max_batch_size=env.integer("MAX_BATCH_SIZE", defaults.max_batch_size, minimum=1, maximum=256),
             token_budget=env.integer("TOKEN_BUDGET", defaults.token_budget, minimum=1024),
             batch_window_ms=env.number("BATCH_WINDOW_MS", defaults.batch_window_ms, minimum=0, maximum=5000),
+            kv_cache=env.choice("KV_CACHE", defaults.kv_cache, KV_CACHES),
+            prefill_chunk_tokens=env.integer(
+                "PREFILL_CHUNK_TOKENS", defaults.prefill_chunk_tokens, minimum=64, maximum=65_536
+            ),
             command_prefix=env.text("COMMAND_PREFIX", defaults.command_prefix),
             dev_guild_id=env.optional_int("DEV_GUILD_ID", minimum=1),
             sync_commands=env.boolean("SYNC_COMMANDS", defaults.sync_commands),
@@ -215,6 +222,8 @@ class Settings:
             max_batch_size=self.max_batch_size,
             token_budget=self.token_budget,
             batch_window_ms=self.batch_window_ms,
+            kv_cache=self.kv_cache,
+            prefill_chunk_tokens=self.prefill_chunk_tokens,
         )
 
     def remote_config(self) -> RemoteConfig:

@@ -4,12 +4,12 @@ Pure bookkeeping, no torch: the cache tensors live elsewhere and are indexed by 
 block belongs to at most one request at a time; a request holds enough blocks for the tokens it
 reserved. Joining takes free ids, leaving returns them: nothing of any other request moves.
 
-Not used by the runner yet (issue 9, step 1 of docs/kv-cache.md).
+Used by :class:`~inference.paged_runner.PagedRunner`.
 """
 
 from __future__ import annotations
 
-BLOCK_TOKENS = 128
+BLOCK_TOKENS = 256  # FlashAttention reads block tables only in blocks of a multiple of 256 tokens
 
 
 class PoolExhausted(Exception):

@@ -58,9 +58,9 @@ TOO_LARGE_TEXT = N_(
 
 def _default_runner_factory(config: EngineConfig):
     from inference.loading import load
-    from inference.runner import ModelRunner
+    from inference.runner import make_runner
 
-    return ModelRunner(load(config), config)
+    return make_runner(load(config), config)
 
 
 @dataclass

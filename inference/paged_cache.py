@@ -1,28 +1,36 @@
-"""A preallocated KV cache in fixed-size blocks, read through per-request block tables (docs/kv-cache.md).
+"""The preallocated KV cache in fixed-size blocks, and the attention that reads it (docs/kv-cache.md).
 
-:class:`PagedStorage` holds every layer's keys and values in one tensor each, allocated once:
-``[blocks × block_tokens, kv_heads, head_dim]`` (a flat run of token slots; block ``b`` holds slots
-``b·block_tokens .. (b+1)·block_tokens − 1``). A request owns the blocks a
-:class:`~inference.block_pool.BlockPool` gave it and nothing else; writing a token goes to its slot, so
-a request joining or leaving never moves another request's keys and values.
+:class:`PagedStorage` holds every layer's keys and values, allocated once at start-up:
+``[blocks, block_tokens, kv_heads, head_dim]`` per layer. A request owns the blocks a
+:class:`~inference.block_pool.BlockPool` gave it and nothing else, so a request joining or leaving never
+moves another request's keys and values.
 
-For one forward pass, :class:`PagedCache` is the transformers ``Cache`` the model writes through: each
-batch row is a :class:`RowView` (its blocks and how many tokens it already has), each layer's
-``update`` writes the new tokens into their slots and returns every row's keys and values up to its
-length, right-padded to the longest row; :func:`attention_mask` says which of those a query may see.
-Pass positions explicitly (``start + i``): the cache does not keep them.
-
-Not used by the runner yet (issue 9, step 2 of docs/kv-cache.md); the tests check it against the path
-the runner uses today.
+One forward pass of the runner is *packed*: every row's new tokens (one for a row that is decoding, a
+chunk of its prompt for a row being prefilled) lie side by side in a batch of one sequence, and a
+:class:`PagedBatch` says where each row's tokens start (``cu_seq_q``), how many keys each row has once
+they are written (``lengths``), where each new key goes (``slots``) and which blocks each row holds
+(``block_table``). :func:`paged_attention`, registered with transformers as :data:`ATTENTION_NAME`,
+writes the new keys and values into their slots and lets every query see its own row's keys only,
+up to itself. Nothing is gathered into a padded copy on the GPU: the fused kernel (PyTorch's
+``varlen_attn``, FlashAttention with a block table) reads the blocks where they are. Elsewhere (CPU,
+Apple, GPUs older than Ampere, float32) a plain kernel gathers one row at a time and runs sdpa: exact,
+and the reference the tests compare against.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+log = logging.getLogger(__name__)
+
+ATTENTION_NAME = "phi3v_paged"
+GIB = 1024**3
 
 
 class PagedStorage:
@@ -40,89 +48,136 @@ class PagedStorage:
         device: torch.device | str,
     ) -> None:
         self.block_tokens = block_tokens
-        shape = (num_blocks * block_tokens, kv_heads, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        shape = (num_blocks, block_tokens, kv_heads, head_dim)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        for _ in range(num_layers):  # one layer at a time: a failure leaves nothing half-made behind
+            self.keys.append(torch.zeros(shape, dtype=dtype, device=device))
+            self.values.append(torch.zeros(shape, dtype=dtype, device=device))
 
-    def slots(self, blocks: Sequence[int], start: int, stop: int, device: torch.device) -> torch.Tensor:
-        """The flat slot of each token position ``start .. stop − 1`` of a request holding ``blocks``."""
-        positions = torch.arange(start, stop, device=device)
-        table = torch.tensor(list(blocks), dtype=torch.long, device=device)
-        return table[positions // self.block_tokens] * self.block_tokens + positions % self.block_tokens
+    @staticmethod
+    def bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        """Keys and values of one token in every layer."""
+        return 2 * num_layers * kv_heads * head_dim * torch.finfo(dtype).bits // 8
 
-
-@dataclass(frozen=True)
-class RowView:
-    """One batch row in one forward pass: the request's blocks and the tokens it already has."""
-
-    blocks: tuple[int, ...]
-    start: int
-
-
-class PagedLayer(CacheLayerMixin):
-    """One layer's view of the storage for one forward pass."""
-
-    def __init__(self, storage: PagedStorage, index: int, rows: Sequence[RowView]) -> None:
-        super().__init__()
-        self.storage, self.index, self.rows = storage, index, list(rows)
-        self.length = max((row.start for row in self.rows), default=0)
-        self.is_initialized = True  # the storage exists already
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        """Nothing to do: the storage was allocated up front."""
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """Write each row's new tokens into its slots; return every row's keys and values so far."""
-        batch, _, queries, _ = key_states.shape
-        device = key_states.device
-        store_keys, store_values = self.storage.keys[self.index], self.storage.values[self.index]
-        lengths = [row.start + queries for row in self.rows]
-        longest = max(lengths)
-        keys = key_states.new_zeros(batch, longest, *store_keys.shape[1:])
-        values = value_states.new_zeros(batch, longest, *store_values.shape[1:])
-        for b, row in enumerate(self.rows):
-            new = self.storage.slots(row.blocks, row.start, lengths[b], device)
-            store_keys[new] = key_states[b].transpose(0, 1)
-            store_values[new] = value_states[b].transpose(0, 1)
-            every = self.storage.slots(row.blocks, 0, lengths[b], device)
-            keys[b, : lengths[b]] = store_keys[every]
-            values[b, : lengths[b]] = store_values[every]
-        self.length = longest
-        self.keys, self.values = keys.transpose(1, 2), values.transpose(1, 2)
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.length + query_length, 0
-
-    def get_max_length(self) -> int:
-        return -1
+    def write(self, layer: int, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Put ``keys``/``values`` ``[tokens, kv_heads, head_dim]`` into the flat slots ``slots``."""
+        self.keys[layer].view(-1, *keys.shape[1:]).index_copy_(0, slots, keys)
+        self.values[layer].view(-1, *values.shape[1:]).index_copy_(0, slots, values)
 
 
-class PagedCache(Cache):
-    """The cache for one forward pass over ``rows``, writing into ``storage``."""
+@dataclass
+class PagedBatch:
+    """The layout of one packed forward pass (tensors on the model's device, int32 unless noted).
 
-    def __init__(self, storage: PagedStorage, rows: Sequence[RowView]) -> None:
-        super().__init__(layers=[PagedLayer(storage, i, rows) for i in range(len(storage.keys))])
-
-
-def attention_mask(rows: Sequence[RowView], queries: int, device: torch.device | str) -> torch.Tensor:
-    """Which cached token each query may see: its row's tokens up to itself (causal), never padding.
-
-    A boolean ``[batch, 1, queries, longest]`` mask (True: attend), as transformers' sdpa attention
-    takes a ready 4D mask.
+    ``q_lengths``/``k_lengths`` repeat ``cu_seq_q``/``lengths`` as Python ints for the plain kernel.
     """
-    longest = max(row.start for row in rows) + queries
-    keys = torch.arange(longest, device=device)
-    limits = torch.tensor([row.start for row in rows], device=device)[:, None] + torch.arange(
-        queries, device=device
+
+    storage: PagedStorage
+    slots: torch.Tensor  # [tokens] int64: the flat cache slot of each new token
+    cu_seq_q: torch.Tensor  # [rows + 1]: where each row's tokens start in the packed sequence
+    cu_seq_k: torch.Tensor  # [rows + 1]: the running sum of ``lengths``
+    lengths: torch.Tensor  # [rows]: keys of each row once this pass has written its new ones
+    block_table: torch.Tensor  # [rows, blocks per row]: the blocks each row holds, in token order
+    q_lengths: list[int]
+    k_lengths: list[int]
+    fused: bool  # use the fused kernel (CUDA, Ampere or newer, bf16/fp16)
+    sliding_window: int | None = None  # keys further back than this are not seen (the model's config)
+
+    @property
+    def max_q(self) -> int:
+        return max(self.q_lengths)
+
+    @property
+    def max_k(self) -> int:
+        return max(self.k_lengths)
+
+
+def slots_of(table: Sequence[int], start: int, stop: int, block_tokens: int) -> list[int]:
+    """The flat cache slot of each token position ``start .. stop − 1`` of a row holding ``table``."""
+    return [table[p // block_tokens] * block_tokens + p % block_tokens for p in range(start, stop)]
+
+
+def fused_kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """True where PyTorch's FlashAttention with a block table runs: CUDA, compute capability 8+, bf16/fp16."""
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return False
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (PyTorch 2.10 and newer)
+    except ImportError:
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def paged_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    paged_batch: PagedBatch | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention for a packed pass: ``query``/``key``/``value`` are ``[1, heads, tokens, head_dim]``."""
+    if paged_batch is None:
+        raise RuntimeError(f"The {ATTENTION_NAME!r} attention needs a paged_batch (the runner passes it)")
+    batch = paged_batch
+    q = query[0].transpose(0, 1)  # [tokens, heads, head_dim]
+    batch.storage.write(module.layer_idx, batch.slots, key[0].transpose(0, 1), value[0].transpose(0, 1))
+    keys, values = batch.storage.keys[module.layer_idx], batch.storage.values[module.layer_idx]
+    kernel = _fused if batch.fused else _plain
+    out = kernel(q, keys, values, batch, scaling)
+    return out.unsqueeze(0), None  # [1, tokens, heads, head_dim], as transformers expects
+
+
+def _fused(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.Tensor:
+    from torch.nn.attention.varlen import varlen_attn
+
+    window = batch.sliding_window - 1 if batch.sliding_window else -1
+    return varlen_attn(
+        q,
+        keys,
+        values,
+        batch.cu_seq_q,
+        batch.cu_seq_k,
+        batch.max_q,
+        batch.max_k,
+        scale=scaling,
+        window_size=(window, 0),  # causal, aligned to the end of each row's keys
+        seqused_k=batch.lengths,
+        block_table=batch.block_table,
+        enable_gqa=q.shape[1] != keys.shape[2],
     )
-    return (keys[None, None, :] <= limits[:, :, None]).unsqueeze(1)
 
 
-def positions(rows: Sequence[RowView], queries: int, device: torch.device | str) -> torch.Tensor:
-    """The position of every query of every row: ``start .. start + queries − 1``."""
-    starts = torch.tensor([row.start for row in rows], device=device)[:, None]
-    return starts + torch.arange(queries, device=device)
+def _plain(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.Tensor:
+    """One row at a time: gather its keys through its block table, then sdpa with its causal mask."""
+    flat_keys, flat_values = keys.flatten(0, 1), values.flatten(0, 1)
+    block_tokens = keys.shape[1]
+    outputs, start = [], 0
+    for row, (q_len, k_len) in enumerate(zip(batch.q_lengths, batch.k_lengths)):
+        blocks = -(-k_len // block_tokens)
+        table = batch.block_table[row, :blocks].long()
+        slots = (table[:, None] * block_tokens + torch.arange(block_tokens, device=q.device)).flatten()[
+            :k_len
+        ]
+        row_q = q[start : start + q_len].transpose(0, 1)  # [heads, q_len, head_dim]
+        row_k = flat_keys.index_select(0, slots).transpose(0, 1)
+        row_v = flat_values.index_select(0, slots).transpose(0, 1)
+        # Query i sits at position k_len - q_len + i and sees keys up to itself (and within the window).
+        query_at = torch.arange(k_len - q_len, k_len, device=q.device)[:, None]
+        key_at = torch.arange(k_len, device=q.device)[None, :]
+        mask = key_at <= query_at
+        if batch.sliding_window:
+            mask &= key_at > query_at - batch.sliding_window
+        out = F.scaled_dot_product_attention(
+            row_q[None], row_k[None], row_v[None], attn_mask=mask, scale=scaling, enable_gqa=True
+        )
+        outputs.append(out[0].transpose(0, 1))
+        start += q_len
+    return torch.cat(outputs)
+
+
+AttentionInterface.register(ATTENTION_NAME, paged_attention)

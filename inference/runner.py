@@ -1,13 +1,18 @@
-"""The synchronous model runner. One worker thread owns it; nothing here is async.
+"""The synchronous model runners. One worker thread owns the runner; nothing here is async.
 
-Two jobs:
+Every runner has two jobs:
 - ``prepare(request)``: prompt + image preprocessing on the CPU. Needs only the
   processor, so it may run on another thread while the model works.
-- ``step(admit, abort)``: one iteration of continuous batching. Newly admitted
-  requests are prefilled together and merged into the running batch (the KV
-  caches are left-padded to a common length), aborted rows are dropped, and
-  every running sequence decodes one greedy token. Returns what each request
-  gained: a piece of text, and whether it has finished.
+- ``step(admit, abort)``: one iteration of continuous batching: aborted rows leave, admitted
+  requests join, and the model runs once. Returns what each request gained: a piece of text,
+  and whether it has finished.
+
+Two runners share that shape (``KV_CACHE`` picks one, :func:`make_runner`):
+- :class:`~inference.paged_runner.PagedRunner` (the default): a KV cache allocated once in blocks,
+  prompts prefilled in chunks beside the running answers (docs/kv-cache.md);
+- :class:`ModelRunner`: the earlier path, kept for comparison and as a fallback. Newly admitted
+  requests are prefilled together and merged into the running batch (the KV caches are left-padded
+  to a common length and rebuilt), and every running sequence decodes one greedy token.
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ class Prepared:
     """A request turned into model inputs (CPU tensors), ready to be prefilled."""
 
     input_ids: torch.Tensor  # [S]
-    pixel_values: torch.Tensor  # [N, K, 3, 336, 336]
-    image_sizes: torch.Tensor  # [N, 2]
+    pixel_values: torch.Tensor | None  # [N, K, 3, 336, 336]; None for a prompt without images
+    image_sizes: torch.Tensor | None  # [N, 2]
     max_new_tokens: int
     left_out: int = 0  # old exchanges of a conversation left out to fit the token budget
 
@@ -130,7 +135,9 @@ def _cache_tensors(cache: GrowingCache) -> list[tuple[torch.Tensor, torch.Tensor
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-class ModelRunner:
+class RunnerBase:
+    """What every runner shares: preparing requests, and turning new tokens into text and events."""
+
     def __init__(self, loaded: LoadedModel, config: EngineConfig):
         self.loaded = loaded
         self.config = config
@@ -138,7 +145,6 @@ class ModelRunner:
         self.tokenizer = tokenizer
         self.stop_ids = {tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.batch = _Batch()
 
     # -- requests ------------------------------------------------------------------------------
     @property
@@ -193,14 +199,6 @@ class ModelRunner:
     def _text_tokens(self, prompt: str) -> int:
         return len(self.loaded.processor.tokenizer(prompt)["input_ids"])
 
-    # -- batching ------------------------------------------------------------------------------
-    @property
-    def running_ids(self) -> list[int]:
-        return [row.request_id for row in self.batch.rows]
-
-    def reset(self) -> None:
-        self.batch = _Batch()
-
     @staticmethod
     def is_fatal(error: BaseException) -> bool:
         """True for an error after which the device cannot be trusted (a CUDA error poisons the context)."""
@@ -209,6 +207,46 @@ class ModelRunner:
             return True
         text = str(error)
         return isinstance(error, RuntimeError) and any(mark in text for mark in FATAL_DEVICE_ERRORS)
+
+    def _free_memory(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _accept(self, rows: list[_Row], tokens: list[int]) -> list[Event]:
+        """Record one new token per row; finished rows leave the batch (:meth:`_finish`)."""
+        events, done = [], set()
+        for row, token in zip(rows, tokens):
+            stop = token in self.stop_ids
+            if not stop:
+                row.generated += 1
+            finished = stop or row.generated >= row.max_new_tokens
+            piece = row.decoder.push(None if stop else token, final=finished)
+            row.last_token = token
+            events.append(Event(row.request_id, piece, finished, new_tokens=row.generated))
+            if finished:
+                done.add(row.request_id)
+        if done:
+            self._finish(done)
+        return events
+
+    def _finish(self, request_ids: set[int]) -> None:
+        raise NotImplementedError
+
+
+class ModelRunner(RunnerBase):
+    """The growing-cache runner (``KV_CACHE=growing``): prefill together, merge by rebuilding the cache."""
+
+    def __init__(self, loaded: LoadedModel, config: EngineConfig):
+        super().__init__(loaded, config)
+        use_language_attention(loaded.model, loaded.attn_implementation)
+        self.batch = _Batch()
+
+    @property
+    def running_ids(self) -> list[int]:
+        return [row.request_id for row in self.batch.rows]
+
+    def reset(self) -> None:
+        self.batch = _Batch()
 
     @torch.inference_mode()
     def step(self, admit: list[tuple[int, Prepared]], abort: list[int]) -> list[Event]:
@@ -233,10 +271,6 @@ class ModelRunner:
             self.reset()
             victims = alive + admitted
             return [Event(rid, error=OutOfMemory(OOM_RUNNING_TEXT), finished=True) for rid in victims]
-
-    def _free_memory(self) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def _prefill(self, admit: list[tuple[int, Prepared]]) -> list[Event]:
         device, model = self.loaded.device, self.loaded.model
@@ -323,19 +357,24 @@ class ModelRunner:
             row.next_position += 1
         return self._accept(batch.rows, logits.argmax(-1).tolist())
 
-    def _accept(self, rows: list[_Row], tokens: list[int]) -> list[Event]:
-        """Record one new token per row; finished rows leave the batch."""
-        events, done = [], set()
-        for row, token in zip(rows, tokens):
-            stop = token in self.stop_ids
-            if not stop:
-                row.generated += 1
-            finished = stop or row.generated >= row.max_new_tokens
-            piece = row.decoder.push(None if stop else token, final=finished)
-            row.last_token = token
-            events.append(Event(row.request_id, piece, finished, new_tokens=row.generated))
-            if finished:
-                done.add(row.request_id)
-        if done:
-            self._drop(done)
-        return events
+    def _finish(self, request_ids: set[int]) -> None:
+        self._drop(request_ids)
+
+
+def use_language_attention(model, name: str) -> None:
+    """The language model attends with ``name`` (each runner sets its own); the vision tower keeps its."""
+    if model.config._attn_implementation == name:
+        return
+    tower = model.model.vision_embed_tokens.img_processor
+    tower_attention = tower.config._attn_implementation
+    model.set_attn_implementation({"": name, "vision_config": tower_attention})
+    tower.set_attn_implementation(tower_attention)
+
+
+def make_runner(loaded: LoadedModel, config: EngineConfig) -> RunnerBase:
+    """The runner ``config.kv_cache`` names: ``paged`` (the default) or ``growing``."""
+    if config.kv_cache == "growing":
+        return ModelRunner(loaded, config)
+    from inference.paged_runner import PagedRunner
+
+    return PagedRunner(loaded, config)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import CLIPVisionModel, GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.models.phi3.modeling_phi3 import Phi3Model, Phi3PreTrainedModel
+from transformers.models.phi3.modeling_phi3 import Phi3Model, Phi3PreTrainedModel, Phi3RotaryEmbedding
 
 from inference.phi3v.configuration_phi3v import Phi3VConfig
 from inference.phi3v.image_processing_phi3v import CROP_SIZE
@@ -110,6 +110,25 @@ class Phi3VImageEmbedding(nn.Module):
         return self.img_projection(torch.cat(sequences))
 
 
+class Phi3VRotaryEmbedding(Phi3RotaryEmbedding):
+    """Phi-3's LongRoPE, which can be told to use the long factors whatever the positions of this pass.
+
+    LongRoPE picks its factors from the largest position in a forward pass. A long prompt prefilled
+    in pieces has early pieces whose positions are all below the switch, yet the prompt as a whole
+    (and so the published model) uses the long factors for every token: ``force_long`` says so.
+    """
+
+    force_long = False
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
+        if not self.force_long or self.rope_type != "longrope":
+            return super().forward(x, position_ids)
+        switch = self.config.rope_parameters["original_max_position_embeddings"]
+        marker = position_ids.new_full((*position_ids.shape[:-1], 1), switch)  # one position past it
+        cos, sin = super().forward(x, torch.cat([position_ids, marker], dim=-1))
+        return cos[..., :-1, :], sin[..., :-1, :]
+
+
 class Phi3VPreTrainedModel(Phi3PreTrainedModel):
     config_class = Phi3VConfig
     config: Phi3VConfig
@@ -134,6 +153,7 @@ class Phi3VModel(Phi3Model):
     def __init__(self, config: Phi3VConfig):
         super().__init__(config)
         self.vision_embed_tokens = Phi3VImageEmbedding(config)
+        self.rotary_emb = Phi3VRotaryEmbedding(config=config)
         self.post_init()
 
     def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -168,6 +188,7 @@ class Phi3VModel(Phi3Model):
         image_sizes: torch.Tensor | None = None,
         use_cache: bool | None = None,
         past_key_values=None,  # the name before transformers 5.24
+        long_rope: bool = False,  # LongRoPE's long factors even if every position here is below the switch
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if inputs_embeds is None:
@@ -175,13 +196,17 @@ class Phi3VModel(Phi3Model):
                 raise ValueError("Pass input_ids or inputs_embeds")
             inputs_embeds = self.embed_with_images(input_ids, pixel_values, image_sizes)
         kwargs[CACHE_ARG] = cache if cache is not None else past_key_values
-        return super().forward(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
+        self.rotary_emb.force_long = long_rope
+        try:
+            return super().forward(
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        finally:
+            self.rotary_emb.force_long = False
 
 
 class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):

@@ -29,6 +29,7 @@ from inference.errors import (
     EngineStopping,
     ModelFailed,
 )
+from inference.loading import load
 from tests.fakes import ScriptedRunner
 from tests.inference.conftest import TINY, TINY_CHECKPOINT
 
@@ -84,7 +85,8 @@ async def test_the_serving_path_answers_what_plain_generate_answers(engine):
     image = fixture_image("landscape_1000x600.png")
     request = Request(Task.DESCRIBE, (image,), question="What is this?")
     served = await engine.generate(request)
-    loaded = engine._runner.loaded
+    # A model of its own: the engine's attends through its paged cache, which generate does not know.
+    loaded = load(engine.config)
     inputs = loaded.processor(text=build_prompt(Task.DESCRIBE, 1, "What is this?"), images=[image])
     new_ids = loaded.model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=[32000, 32007])
     expected = loaded.processor.decode(new_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -139,7 +141,7 @@ async def test_closing_the_stream_stops_generation_early():
         stream = engine.stream(Request(Task.DESCRIBE, (IMAGE,)))
         await anext(stream)
         await stream.aclose()
-        await until(lambda: not engine.scheduler.has_work() and not engine._runner.batch.rows)
+        await until(lambda: not engine.scheduler.has_work() and not engine._runner.running_ids)
         assert engine.in_flight == 0
     finally:
         await engine.stop()

@@ -1,159 +1,162 @@
-"""The paged KV cache (issue 9, step 2): the same greedy tokens as the path the runner uses today,
-with requests joining and leaving mid-answer, and nobody else's cache moved when they do."""
+"""The paged attention on its own: keys written through block tables, read back row by row.
+
+Compared with plain causal attention over each row's keys laid out contiguously, which is what a
+row alone would compute. The fused kernel (FlashAttention with a block table) is CUDA-only and is
+checked against the same reference on a GPU.
+"""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
-from PIL import Image
+import torch.nn.functional as F
 
 from inference.block_pool import BlockPool
-from inference.kv_cache import GrowingCache
-from inference.loading import load
-from inference.paged_cache import PagedCache, PagedStorage, RowView, attention_mask, positions
-from inference.prompts import build_prompt
-from inference.types import EngineConfig, Task
-from tests.inference.conftest import TINY_CHECKPOINT
+from inference.paged_cache import PagedBatch, PagedStorage, paged_attention, slots_of
 
-BLOCK = 32  # small blocks, so every prompt spans many (a tiny-checkpoint prompt is ~2,000 tokens)
+BLOCK = 16
 
 
-@pytest.fixture(scope="module")
-def loaded():
-    return load(EngineConfig(model_id=str(TINY_CHECKPOINT), device="cpu", attn_implementation="sdpa"))
+class Layer(torch.nn.Module):
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.layer_idx = index
 
 
-def prompt(loaded, task: Task, size: tuple[int, int], question: str | None = None):
-    image = Image.new("RGB", size, (size[0] % 255, 90, size[1] % 255))
-    return loaded.processor(text=build_prompt(task, 1, question), images=[image], return_tensors="pt")
+def make_storage(device="cpu", dtype=torch.float32, kv_heads=2, blocks=64, block=BLOCK) -> PagedStorage:
+    return PagedStorage(
+        num_layers=2,
+        num_blocks=blocks,
+        block_tokens=block,
+        kv_heads=kv_heads,
+        head_dim=8,
+        dtype=dtype,
+        device=device,
+    )
 
 
-@torch.inference_mode()
-def alone(loaded, inputs, steps: int) -> list[int]:
-    """Today's path for one request: prefill, then decode through the growing cache."""
-    model, cache = loaded.model, GrowingCache()
-    logits = model(**inputs, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    tokens = [int(logits.argmax(-1))]
-    for _ in range(steps - 1):
-        logits = model(input_ids=torch.tensor([[tokens[-1]]]), cache=cache, use_cache=True).logits[:, -1]
-        tokens.append(int(logits.argmax(-1)))
-    return tokens
+def run_rows(
+    storage, pool, rows, heads=4, kv_heads=2, window=None, fused=False, device="cpu", dtype=torch.float32
+):
+    """Feed each row (request id, cached tokens, new tokens) through one packed pass of layer 1.
+
+    Returns the packed output and, per row, the full keys/values it has (for the reference).
+    """
+    generator = torch.Generator().manual_seed(sum(r[1] + 7 * r[2] for r in rows))
+    total = sum(new for _, _, new in rows)
+    query = torch.randn(1, heads, total, 8, generator=generator).to(device, dtype)
+    key = torch.randn(1, kv_heads, total, 8, generator=generator).to(device, dtype)
+    value = torch.randn(1, kv_heads, total, 8, generator=generator).to(device, dtype)
+    slots, width = [], max(len(pool.table(rid)) for rid, _, _ in rows)
+    table = torch.zeros(len(rows), width, dtype=torch.int32)
+    for index, (rid, cached, new) in enumerate(rows):
+        slots += slots_of(pool.table(rid), cached, cached + new, storage.block_tokens)
+        table[index, : len(pool.table(rid))] = torch.tensor(pool.table(rid))
+    q_lengths = [new for _, _, new in rows]
+    k_lengths = [cached + new for _, cached, new in rows]
+
+    def on(values, dtype=torch.int32):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    batch = PagedBatch(
+        storage=storage,
+        slots=on(slots, torch.long),
+        cu_seq_q=on([0, *itertools.accumulate(q_lengths)]),
+        cu_seq_k=on([0, *itertools.accumulate(k_lengths)]),
+        lengths=on(k_lengths),
+        block_table=table.to(device),
+        q_lengths=q_lengths,
+        k_lengths=k_lengths,
+        fused=fused,
+        sliding_window=window,
+    )
+    out, _ = paged_attention(Layer(1), query, key, value, None, scaling=8**-0.5, paged_batch=batch)
+    return query, key, value, out[0]
 
 
-class Paged:
-    """Just enough of a runner to drive the paged cache: prefill one request, decode everyone."""
-
-    def __init__(self, loaded, blocks: int = 512) -> None:
-        config = (
-            loaded.model.config.text_config
-            if hasattr(loaded.model.config, "text_config")
-            else loaded.model.config
-        )
-        self.model = loaded.model
-        self.pool = BlockPool(blocks, BLOCK)
-        self.storage = PagedStorage(
-            num_layers=config.num_hidden_layers,
-            num_blocks=blocks,
-            block_tokens=BLOCK,
-            kv_heads=config.num_key_value_heads,
-            head_dim=config.hidden_size // config.num_attention_heads,
-            dtype=torch.float32,
-            device="cpu",
-        )
-        self.length: dict[int, int] = {}
-        self.tokens: dict[int, list[int]] = {}
-
-    def view(self, rid: int) -> RowView:
-        return RowView(tuple(self.pool.table(rid)), self.length[rid])
-
-    @torch.inference_mode()
-    def prefill(self, rid: int, inputs, answer_tokens: int) -> None:
-        size = inputs["input_ids"].shape[1]
-        self.pool.reserve(rid, size + answer_tokens)
-        self.length[rid] = 0
-        rows = [self.view(rid)]
-        logits = self.model(
-            input_ids=inputs["input_ids"],
-            pixel_values=inputs["pixel_values"],
-            image_sizes=inputs["image_sizes"],
-            attention_mask=attention_mask(rows, size, "cpu"),
-            position_ids=positions(rows, size, "cpu"),
-            cache=PagedCache(self.storage, rows),
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1]
-        self.length[rid] = size
-        self.tokens[rid] = [int(logits.argmax(-1))]
-
-    @torch.inference_mode()
-    def decode(self) -> None:
-        rids = list(self.tokens)
-        rows = [self.view(rid) for rid in rids]
-        logits = self.model(
-            input_ids=torch.tensor([[self.tokens[rid][-1]] for rid in rids]),
-            attention_mask=attention_mask(rows, 1, "cpu"),
-            position_ids=positions(rows, 1, "cpu"),
-            cache=PagedCache(self.storage, rows),
-            use_cache=True,
-        ).logits[:, -1]
-        for rid, token in zip(rids, logits.argmax(-1).tolist()):
-            self.length[rid] += 1
-            self.tokens[rid].append(token)
-
-    def leave(self, rid: int) -> list[int]:
-        self.pool.release(rid)
-        del self.length[rid]
-        return self.tokens.pop(rid)
+def reference(query, keys, values, window=None):
+    """One row alone: [heads, q, d] against its contiguous [kv_heads, k, d], causal at the end."""
+    q_len, k_len = query.shape[1], keys.shape[1]
+    at = torch.arange(k_len - q_len, k_len)[:, None]
+    key_at = torch.arange(k_len)[None, :]
+    mask = key_at <= at
+    if window:
+        mask &= key_at > at - window
+    return F.scaled_dot_product_attention(
+        query[None].float(),
+        keys[None].float(),
+        values[None].float(),
+        attn_mask=mask,
+        scale=8**-0.5,
+        enable_gqa=True,
+    )[0]
 
 
-def test_one_request_gives_the_same_tokens_as_today(loaded):
-    inputs = prompt(loaded, Task.DESCRIBE, (300, 200))
-    paged = Paged(loaded)
-    paged.prefill(1, inputs, answer_tokens=12)
-    for _ in range(11):
-        paged.decode()
-    assert paged.tokens[1] == alone(loaded, inputs, 12)
+PASSES = [  # request 1 prefills; 2 joins while 1 decodes; 3 joins in two chunks while 1 and 2 decode
+    [(1, 0, 40)],
+    [(1, 40, 1), (2, 0, 23)],
+    [(1, 41, 1), (2, 23, 1), (3, 0, 17)],
+    [(3, 17, 30), (2, 24, 1)],
+]
 
 
-def test_requests_joining_and_leaving_mid_answer_match_each_alone_and_move_nothing(loaded):
-    first = prompt(loaded, Task.DESCRIBE, (300, 200))
-    second = prompt(loaded, Task.OCR, (120, 500))  # a different length
-    third = prompt(loaded, Task.DESCRIBE, (90, 90), question="What colour is it?")
-    paged = Paged(loaded)
-    paged.prefill(1, first, answer_tokens=14)
-    for _ in range(3):
-        paged.decode()
-    blocks_of_first = paged.pool.table(1)
-    cached_first = [
-        layer[paged.storage.slots(blocks_of_first, 0, paged.length[1], "cpu")].clone()
-        for layer in paged.storage.keys
-    ]
-    addresses = [layer.data_ptr() for layer in paged.storage.keys]
-
-    paged.prefill(2, second, answer_tokens=10)  # joins while the first is answering
-    for _ in range(5):
-        paged.decode()
-    # The newcomer was written around the first request: its blocks and their contents are untouched.
-    assert paged.pool.table(1) == blocks_of_first
-    assert [layer.data_ptr() for layer in paged.storage.keys] == addresses
-    for layer, before in zip(paged.storage.keys, cached_first):
-        slots = paged.storage.slots(blocks_of_first, 0, len(before), "cpu")
-        assert torch.equal(layer[slots], before)
-
-    tokens_first = paged.leave(1)  # leaves mid-stream; the second goes on alone
-    paged.prefill(3, third, answer_tokens=8)  # and a third takes the freed blocks
-    for _ in range(4):
-        paged.decode()
-
-    assert tokens_first == alone(loaded, first, len(tokens_first))
-    assert paged.tokens[2] == alone(loaded, second, len(paged.tokens[2]))
-    assert paged.tokens[3] == alone(loaded, third, len(paged.tokens[3]))
+def check_against_reference(device="cpu", dtype=torch.float32, fused=False, atol=1e-5, block=BLOCK, scale=1):
+    """Run PASSES (prompt chunks ``scale`` times longer) and compare every row with the reference."""
+    storage, pool = make_storage(device, dtype, block=block), BlockPool(64, block)
+    history = {1: [], 2: [], 3: []}  # every key and value each request has written
+    for rid in history:
+        pool.reserve(rid, 60 * scale)
+    for rows in PASSES:
+        rows = [
+            (rid, cached if new == 1 else cached * scale, new if new == 1 else new * scale)
+            for rid, cached, new in rows
+        ]
+        rows = [(rid, sum(k.shape[1] for k, _ in history[rid]), new) for rid, _, new in rows]
+        query, key, value, out = run_rows(storage, pool, rows, fused=fused, device=device, dtype=dtype)
+        start = 0
+        for rid, cached, new in rows:
+            history[rid].append((key[0, :, start : start + new], value[0, :, start : start + new]))
+            keys = torch.cat([k for k, _ in history[rid]], dim=1)
+            values = torch.cat([v for _, v in history[rid]], dim=1)
+            assert keys.shape[1] == cached + new
+            expected = reference(query[0, :, start : start + new].cpu(), keys.cpu(), values.cpu())
+            got = out[start : start + new].transpose(0, 1).float().cpu()
+            torch.testing.assert_close(got, expected, atol=atol, rtol=atol)
+            start += new
 
 
-def test_the_mask_sees_each_rows_own_tokens_causally_and_never_padding():
-    rows = [RowView((0,), 2), RowView((1,), 0)]
-    mask = attention_mask(rows, 2, "cpu")[:, 0]
-    assert mask.shape == (2, 2, 4)
-    assert mask[0].tolist() == [[True, True, True, False], [True, True, True, True]]
-    assert mask[1].tolist() == [[True, False, False, False], [True, True, False, False]]
-    assert positions(rows, 2, "cpu").tolist() == [[2, 3], [0, 1]]
+def test_each_row_sees_exactly_its_own_keys_up_to_itself():
+    check_against_reference()
+
+
+def test_the_sliding_window_hides_keys_further_back():
+    storage, pool = make_storage(), BlockPool(64, BLOCK)
+    pool.reserve(1, 64)
+    query, key, value, out = run_rows(storage, pool, [(1, 0, 50)], window=8)
+    expected = reference(query[0], key[0], value[0], window=8)
+    torch.testing.assert_close(out.transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out.transpose(0, 1), reference(query[0], key[0], value[0]), atol=1e-3)
+
+
+def test_keys_land_in_the_rows_own_blocks_and_nowhere_else():
+    storage, pool = make_storage(), BlockPool(64, BLOCK)
+    pool.reserve(1, 40)
+    pool.reserve(2, 40)
+    before = storage.keys[1].clone()
+    run_rows(storage, pool, [(2, 0, 33)])
+    changed = (storage.keys[1] != before).flatten(1).any(1).nonzero().flatten().tolist()
+    assert changed == pool.table(2)[:3]  # 33 tokens: its first three blocks, in its table's order
+    assert set(changed).isdisjoint(pool.table(1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused paged kernel runs on CUDA GPUs only")
+def test_the_fused_kernel_equals_the_reference_on_a_gpu():
+    from inference.paged_cache import fused_kernel_available
+
+    device = torch.device("cuda")
+    if not fused_kernel_available(device, torch.bfloat16):
+        pytest.skip("this GPU has no FlashAttention with block tables (compute capability 8.0 or newer)")
+    # FlashAttention's block tables need blocks of a multiple of 256 tokens; prompts then span several.
+    check_against_reference(device, torch.bfloat16, fused=True, atol=2e-2, block=256, scale=12)

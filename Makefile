@@ -40,6 +40,7 @@ bench-tiny: $(VENV)/.installed-dev  ## one request's speed on the tiny checkpoin
 bench-serving: $(VENV)/.installed-dev  ## event-loop lag and throughput on the tiny checkpoint (CPU)
 	$(PY) bench/loop_lag.py
 	$(PY) bench/throughput.py
+	$(PY) bench/burst.py
 
 # Many people with faults injected, through simcord (no model): what each person ends up seeing
 bench-load: $(VENV)/.installed-dev  ## 100 people, 500 requests, faults injected: what each one sees

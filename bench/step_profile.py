@@ -1,18 +1,29 @@
-"""Where a decoding step's time goes: ``ModelRunner`` steps timed (and profiled) on the calling thread.
+"""Where a decoding step's time goes, against the memory-bandwidth limit (steps timed on the calling thread).
 
     python bench/step_profile.py               # real size on CUDA (tiny without CUDA)
     python bench/step_profile.py --tiny --batch-sizes 1,4 --steps 8
+    python bench/step_profile.py --kv-cache paged --profile
 
-For each batch size B: B copies of the throughput benchmark's request are prefilled together, then
-``--steps`` decoding steps are timed one by one (``ModelRunner.step`` ends in ``.tolist()``, so each
-time includes the GPU's work). Beside it, the same model's plain forward at batch 1 with transformers'
-DynamicCache and no attention mask, which is what ``generate`` does at batch 1. With ``--profile`` the
-top operators of a few steps (CPU self time) go to stderr. Prints one JSON line.
+For each KV cache (``--kv-cache``, default both) and batch size B: B copies of the throughput benchmark's
+request join the runner and are stepped until every one has its first token (``prefill_ms``; the paged
+runner prefills in chunks), then ``--steps`` decoding steps are timed one by one (a step ends in
+``.tolist()``, so each time includes the GPU's work).
+
+The limit: a decoding step must read every weight of the language model once and every cached key and
+value of the batch once. ``limit_ms`` is those bytes divided by the device's measured copy bandwidth
+(``copy_gb_s``: a large on-device copy, read plus write), and ``share_of_limit`` is ``limit_ms`` over the
+measured median step: 1.0 would be a step bound only by memory.
+
+Beside it, the same model's plain forward at batch 1 with transformers' DynamicCache and no attention
+mask, which is what ``generate`` does at batch 1. With ``--profile`` the top operators of a few steps
+(CPU self time) go to stderr. Prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import logging
 import statistics
 import sys
@@ -26,36 +37,71 @@ import torch
 from transformers import DynamicCache
 
 from bench.engine import run_benchmark, synchronize
-from bench.serving import versions
-from bench.throughput import build_setup, model_inputs
+from bench.serving import FixedLengthRunner, versions
+from bench.throughput import KV_CACHES, build_setup, model_inputs, model_parser
+from inference.paged_cache import PagedStorage
 from inference.runner import Prepared
 from inference.types import Request, Task
 
 log = logging.getLogger("bench.step_profile")
+GB = 1e9
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--tiny", action="store_true")
-    size.add_argument("--real-size", action="store_true")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
+    parser = model_parser(__doc__)
     parser.add_argument("--num-crops", type=int, default=None)
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--kv-cache", default="paged,growing", help="paged, growing or both (default)")
     parser.add_argument("--profile", action="store_true", help="print the top operators of a few steps")
     args = parser.parse_args(argv)
     args.levels = [int(b) for b in args.batch_sizes.split(",")]
     args.max_new_tokens = args.steps + 8
     args.max_batch_size = max(args.levels)
+    args.kv_cache = [mode.strip() for mode in args.kv_cache.split(",") if mode.strip()]
+    if not args.kv_cache or not set(args.kv_cache) <= set(KV_CACHES):
+        parser.error("--kv-cache takes paged, growing or paged,growing")
     return args
 
 
-def time_runner_steps(setup, batch: int, steps: int, profile: bool) -> dict:
-    runner = setup.runner
+def copy_gb_s(device: torch.device) -> float:
+    """The device's memory bandwidth as a large copy sees it: bytes read plus bytes written, per second."""
+    size = (1 << 30) if device.type == "cuda" else (1 << 27)
+    source = torch.empty(size, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    synchronize(device)
+    repeats = 10
+    start = time.perf_counter()
+    for _ in range(repeats):
+        target.copy_(source)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    del source, target
+    return round(2 * size * repeats / seconds / GB, 1)
+
+
+def language_weight_bytes(model) -> int:
+    """The weights a decoding step reads: the language model, not the vision tower nor the embeddings."""
+    return sum(
+        p.numel() * p.element_size()
+        for name, p in model.named_parameters()
+        if "vision_embed_tokens" not in name and "embed_tokens" not in name
+    )
+
+
+def kv_bytes_per_token(loaded) -> int:
+    config = loaded.model.config
+    heads = config.num_attention_heads
+    return PagedStorage.bytes_per_token(
+        config.num_hidden_layers,
+        config.num_key_value_heads or heads,
+        getattr(config, "head_dim", None) or config.hidden_size // heads,
+        loaded.dtype,
+    )
+
+
+def time_runner_steps(setup, runner, batch: int, steps: int, profile: bool) -> dict:
     prepared = runner.prepare(Request(Task.DESCRIBE, (setup.image,), user_id=0))
     admit = [
         (i, Prepared(prepared.input_ids, prepared.pixel_values, prepared.image_sizes, steps + 8))
@@ -65,7 +111,13 @@ def time_runner_steps(setup, batch: int, steps: int, profile: bool) -> dict:
     device = setup.loaded.device
     synchronize(device)
     start = time.perf_counter()
-    runner.step(admit, [])
+    answered: set[int] = set()
+    events = runner.step(admit, [])
+    while True:
+        answered |= {event.request_id for event in events}
+        if len(answered) == batch:
+            break
+        events = runner.step([], [])
     prefill_ms = (time.perf_counter() - start) * 1000
     times = []
     for _ in range(steps):
@@ -92,6 +144,17 @@ def time_runner_steps(setup, batch: int, steps: int, profile: bool) -> dict:
     }
 
 
+def against_limit(timing: dict, read_bytes: int, bandwidth_gb_s: float) -> dict:
+    limit_ms = read_bytes / (bandwidth_gb_s * GB) * 1000
+    return {
+        **timing,
+        "read_gb_per_step": round(read_bytes / GB, 3),
+        "limit_ms": round(limit_ms, 3),
+        "share_of_limit": round(limit_ms / timing["step_ms_median"], 3),
+        "tok_s": round(1000 * timing["batch"] / timing["step_ms_median"], 1),
+    }
+
+
 def time_plain_forward(setup, steps: int) -> float:
     """Batch 1, DynamicCache, no attention mask: the per-token work of ``generate`` without its extras."""
     model, device = setup.loaded.model, setup.loaded.device
@@ -114,6 +177,9 @@ def time_plain_forward(setup, steps: int) -> float:
 def run(args: argparse.Namespace) -> dict:
     setup = build_setup(args)
     loaded = setup.loaded
+    bandwidth = copy_gb_s(loaded.device)
+    weights = language_weight_bytes(loaded.model)
+    per_token = kv_bytes_per_token(loaded)
     result = {
         "bench": "step_profile",
         "size": setup.size,
@@ -121,12 +187,25 @@ def run(args: argparse.Namespace) -> dict:
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "attention": loaded.attn_implementation,
         "prompt_tokens": setup.prompt_tokens,
+        "copy_gb_s": bandwidth,
+        "language_weights_gb": round(weights / GB, 3),
+        "kv_bytes_per_token": per_token,
         "plain_forward_batch1_step_ms": time_plain_forward(setup, args.steps),
         "runner": {},
     }
-    for batch in args.levels:
-        log.info("batch %d", batch)
-        result["runner"][str(batch)] = time_runner_steps(setup, batch, args.steps, args.profile)
+    context = setup.prompt_tokens + args.steps // 2  # keys a row has, on average, while it is timed
+    for kv_cache in args.kv_cache:
+        runner = FixedLengthRunner(loaded, dataclasses.replace(setup.config, kv_cache=kv_cache))
+        result["runner"][kv_cache] = {}
+        for batch in args.levels:
+            log.info("%s KV cache, batch %d", kv_cache, batch)
+            timing = {"batch": batch, **time_runner_steps(setup, runner, batch, args.steps, args.profile)}
+            read = weights + batch * context * per_token
+            result["runner"][kv_cache][str(batch)] = against_limit(timing, read, bandwidth)
+        del runner  # the paged cache goes before the next runner allocates its own
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     result.update(versions())
     return result
 

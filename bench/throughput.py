@@ -4,19 +4,24 @@
                                                # the tiny test checkpoint when there is no CUDA GPU
     python bench/throughput.py --tiny          # the tiny checkpoint, whatever the machine
     python bench/throughput.py --levels 1,8,16,32 --max-new-tokens 128 --num-crops 16
+    python bench/throughput.py --kv-cache paged --card-levels 1,8    # fewer runs, for a short GPU slot
 
 For each level N, N requests (N different users, one image each, the bot's describe prompt) are made
-at the same moment, two ways, one after the other in the same process:
+at the same moment, in several ways, one after the other in the same process:
 
 - ours: ``LocalEngine.stream`` for all N at once (fair scheduler, continuous batching on the model
-  thread), exactly as the bot calls it;
+  thread), exactly as the bot calls it, with the paged KV cache (the default, ``ours``) and with the
+  earlier growing cache (``previous_path``) when ``--kv-cache`` names both;
 - the model card's way: the same N requests one after another, each
   ``model.generate(**processor(prompt, [image]), ...)`` then ``batch_decode``, as Microsoft's model card
   shows; request k waits for the k-1 before it, so its latency counts their time too.
 
 Every answer is exactly ``--max-new-tokens`` long both ways (our runner's stop tokens are switched off,
 ``min_new_tokens`` does it for ``generate``), so both ways do the same work. Same model, same weights,
-same attention, same processor. Progress goes to stderr; stdout gets exactly one JSON line.
+same processor. The model card's way answers one request after another, so its tokens/s does not depend
+on how many wait: with ``--card-levels`` it is measured at fewer levels, and the speed-up at the others is
+taken against the rate at the largest level measured (``speedup_basis`` says so). Progress goes to
+stderr; stdout gets exactly one JSON line.
 See bench/RESULTS.md for what each figure means.
 """
 
@@ -24,6 +29,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
+import gc
 import logging
 import sys
 import time
@@ -53,9 +61,11 @@ from inference.engine import LocalEngine
 from inference.errors import InferenceError
 from inference.loading import LoadedModel, resolve_attention, resolve_device, resolve_dtype
 from inference.prompts import build_prompt
+from inference.runner import use_language_attention
 from inference.types import EngineConfig, Request, Task
 
 DEFAULT_LEVELS = (1, 8, 16, 32)
+KV_CACHES = ("paged", "growing")
 DEFAULT_MAX_NEW_TOKENS = {"tiny": 64, "real": 128}
 DEFAULT_NUM_CROPS = {"tiny": 4, "real": 16}  # real: the published checkpoint's value, what the bot runs
 IMAGE_SIZE = (1000, 600)  # (width, height)
@@ -73,15 +83,21 @@ log = logging.getLogger("bench.throughput")
 # Setup
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def model_parser(description: str | None) -> argparse.ArgumentParser:
+    """A parser with the options that choose the model: --tiny / --real-size, --device, --dtype."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--tiny", action="store_true", help="the tiny test checkpoint (default without CUDA)")
     size.add_argument("--real-size", action="store_true", help="the real size even without CUDA (very slow)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--dtype", default="auto", help="auto (default), bfloat16, float16 or float32")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = model_parser(__doc__)
     parser.add_argument(
         "--levels", default=",".join(map(str, DEFAULT_LEVELS)), help="concurrent users, e.g. 1,8"
     )
@@ -92,17 +108,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-batch-size", type=int, default=None, help="engine batch size (default: top level)"
     )
+    parser.add_argument(
+        "--kv-cache", default="paged,growing", help="the engine's KV cache(s): paged, growing or both"
+    )
+    parser.add_argument(
+        "--card-levels", default=None, help="levels to run the model card's way at (default: all)"
+    )
     args = parser.parse_args(argv)
-    try:
-        args.levels = sorted({int(level) for level in args.levels.split(",") if level.strip()})
-    except ValueError:
-        parser.error("--levels takes whole numbers separated by commas, e.g. 1,8,16,32")
-    if not args.levels or args.levels[0] < 1:
-        parser.error("--levels must be positive")
+    args.levels = whole_numbers(parser, "--levels", args.levels)
+    args.card_levels = (
+        args.levels if args.card_levels is None else whole_numbers(parser, "--card-levels", args.card_levels)
+    )
+    if not set(args.card_levels) <= set(args.levels):
+        parser.error("--card-levels must be some of --levels")
+    args.kv_cache = [mode.strip() for mode in args.kv_cache.split(",") if mode.strip()]
+    if (
+        not args.kv_cache
+        or not set(args.kv_cache) <= set(KV_CACHES)
+        or len(set(args.kv_cache)) < len(args.kv_cache)
+    ):
+        parser.error("--kv-cache takes paged, growing or paged,growing")
     for name in ("max_new_tokens", "num_crops", "max_batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     return args
+
+
+def whole_numbers(parser: argparse.ArgumentParser, option: str, text: str) -> list[int]:
+    try:
+        values = sorted({int(value) for value in text.split(",") if value.strip()})
+    except ValueError:
+        parser.error(f"{option} takes whole numbers separated by commas, e.g. 1,8,16,32")
+    if not values or values[0] < 1:
+        parser.error(f"{option} must be positive")
+    return values
 
 
 def choose_size(args: argparse.Namespace, device: torch.device) -> str:
@@ -116,15 +155,11 @@ def choose_size(args: argparse.Namespace, device: torch.device) -> str:
 @dataclass
 class Setup:
     size: str
-    runner: FixedLengthRunner
+    loaded: LoadedModel
     config: EngineConfig
     image: Image.Image
     prompt: str
     prompt_tokens: int
-
-    @property
-    def loaded(self) -> LoadedModel:
-        return self.runner.loaded
 
 
 def model_inputs(processor, prompt: str, image: Image.Image, device: torch.device) -> BatchFeature:
@@ -152,8 +187,8 @@ def engine_config(
     )
 
 
-def build_setup(args: argparse.Namespace) -> Setup:
-    """The model and processor (random weights at real size), the request, and the engine's runner."""
+def build_loaded(args: argparse.Namespace) -> tuple[str, LoadedModel]:
+    """The model (random weights at real size) and its processor, as the engine would get them."""
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     attention = resolve_attention("auto", device)
@@ -163,11 +198,18 @@ def build_setup(args: argparse.Namespace) -> Setup:
     processor = load_processor(size == "tiny")
     processor.image_processor.num_crops = args.num_crops or DEFAULT_NUM_CROPS[size]
     source = TINY_DIR if size == "tiny" else OFFICIAL_DIR
-    loaded = LoadedModel(model, processor, device, dtype, attention, source)
+    return size, LoadedModel(model, processor, device, dtype, attention, source)
+
+
+def build_setup(args: argparse.Namespace) -> Setup:
+    """The model, the request, and an engine configuration for the top level."""
+    size, loaded = build_loaded(args)
     image, prompt = synthetic_image(*IMAGE_SIZE), build_prompt(Task.DESCRIBE, 1)
-    prompt_tokens = int(model_inputs(processor, prompt, image, torch.device("cpu"))["input_ids"].shape[1])
+    prompt_tokens = int(
+        model_inputs(loaded.processor, prompt, image, torch.device("cpu"))["input_ids"].shape[1]
+    )
     config = engine_config(args, size, loaded, prompt_tokens)
-    return Setup(size, FixedLengthRunner(loaded, config), config, image, prompt, prompt_tokens)
+    return Setup(size, loaded, config, image, prompt, prompt_tokens)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -213,9 +255,14 @@ async def our_request(engine: LocalEngine, request: Request, started: float) -> 
     return Timing(latency if first is None else first, latency)
 
 
-async def run_ours(engine: LocalEngine, setup: Setup, users: int, max_new_tokens: int | None = None) -> dict:
+async def run_ours(
+    engine: LocalEngine,
+    runner: FixedLengthRunner,
+    setup: Setup,
+    users: int,
+    max_new_tokens: int | None = None,
+) -> dict:
     """``users`` requests made at once through the engine."""
-    runner = setup.runner
     tokens_before = runner.tokens_generated
     requests = [
         Request(Task.DESCRIBE, (setup.image,), user_id=user, max_new_tokens=max_new_tokens)
@@ -230,6 +277,7 @@ async def run_ours(engine: LocalEngine, setup: Setup, users: int, max_new_tokens
 def model_card_request(setup: Setup, max_new_tokens: int) -> tuple[float, float, int]:
     """The model card's code for one request: (first token at, finished at, new tokens)."""
     loaded = setup.loaded
+    use_language_attention(loaded.model, loaded.attn_implementation)  # as loaded, not as a runner set it
     processor = loaded.processor
     inputs = model_inputs(processor, setup.prompt, setup.image, loaded.device)
     clock = FirstTokenClock()
@@ -277,27 +325,78 @@ def summary(timings: list[Timing], tokens: int, wall_s: float) -> dict:
 # Run and report
 
 
-async def measure_levels(setup: Setup, levels: list[int]) -> list[dict]:
-    engine = LocalEngine(setup.config, runner_factory=lambda _config: setup.runner)
-    await engine.start()
-    try:
-        log.info("warm-up")
-        await run_ours(engine, setup, WARMUP_REQUESTS, WARMUP_TOKENS)
-        run_model_card(setup, 1, WARMUP_TOKENS)
-        results = []
+class Engines:
+    """One engine per KV cache in turn, on the same model; each one's runner and its peak memory."""
+
+    def __init__(self, setup: Setup, memory: PeakMemory) -> None:
+        self.setup, self.memory = setup, memory
+        self.peak_mib: dict[str, float | None] = {}
+
+    @contextlib.asynccontextmanager
+    async def engine(self, kv_cache: str):
+        config = dataclasses.replace(self.setup.config, kv_cache=kv_cache)
+        made: list[FixedLengthRunner] = []
+
+        def factory(_config: EngineConfig) -> FixedLengthRunner:
+            made.append(FixedLengthRunner(self.setup.loaded, config))
+            return made[-1]
+
+        self.memory.start_phase()
+        engine = LocalEngine(config, runner_factory=factory)
+        await engine.start()
+        try:
+            yield engine, made[0]
+        finally:
+            await engine.stop()
+            self.peak_mib[kv_cache] = self.memory.end_phase()
+            made.clear()  # the paged cache goes with its runner, before the next engine allocates its own
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+async def measure_ours(engines: Engines, kv_cache: str, levels: list[int]) -> dict[int, dict]:
+    async with engines.engine(kv_cache) as (engine, runner):
+        log.info("warm-up (%s KV cache)", kv_cache)
+        await run_ours(engine, runner, engines.setup, WARMUP_REQUESTS, WARMUP_TOKENS)
+        results = {}
         for users in levels:
-            log.info("%d concurrent: ours", users)
-            ours = await run_ours(engine, setup, users)
-            log.info("%d concurrent: model card's way (sequential)", users)
-            card = run_model_card(setup, users, setup.config.max_new_tokens)
-            speedup = round(ours["tok_s"] / card["tok_s"], 2)
-            log.info(
-                "%d concurrent: %.1f vs %.1f tok/s (%.2fx)", users, ours["tok_s"], card["tok_s"], speedup
-            )
-            results.append({"concurrency": users, "ours": ours, "model_card": card, "speedup": speedup})
+            log.info("%d concurrent: ours, %s KV cache", users, kv_cache)
+            results[users] = await run_ours(engine, runner, engines.setup, users)
         return results
-    finally:
-        await engine.stop()
+
+
+async def measure_levels(setup: Setup, args: argparse.Namespace, engines: Engines) -> list[dict]:
+    ours = {kv_cache: await measure_ours(engines, kv_cache, args.levels) for kv_cache in args.kv_cache}
+    engines.memory.start_phase()
+    run_model_card(setup, 1, WARMUP_TOKENS)
+    card = {}
+    for users in args.card_levels:
+        log.info("%d concurrent: model card's way (sequential)", users)
+        card[users] = run_model_card(setup, users, setup.config.max_new_tokens)
+    engines.peak_mib["model_card"] = engines.memory.end_phase()
+    results = []
+    for users in args.levels:
+        basis = users if users in card else max(card)
+        level = {"concurrency": users, "ours": ours[args.kv_cache[0]][users]}
+        if len(args.kv_cache) > 1:
+            level["previous_path"] = ours[args.kv_cache[1]][users]
+        level["model_card"] = card.get(users)
+        level["speedup"] = round(level["ours"]["tok_s"] / card[basis]["tok_s"], 2)
+        if basis != users:
+            level["speedup_basis"] = f"the model card's tokens/s measured at {basis} users"
+        if "previous_path" in level:
+            level["speedup_over_previous_path"] = round(
+                level["ours"]["tok_s"] / level["previous_path"]["tok_s"], 2
+            )
+        log.info(
+            "%d concurrent: %.1f tok/s, %.2fx the model card's way",
+            users,
+            level["ours"]["tok_s"],
+            level["speedup"],
+        )
+        results.append(level)
+    return results
 
 
 def target(setup: Setup, levels: list[dict]) -> dict:
@@ -319,8 +418,9 @@ def target(setup: Setup, levels: list[dict]) -> dict:
 def run(args: argparse.Namespace) -> dict:
     setup = build_setup(args)
     memory = PeakMemory(setup.loaded.device)
+    engines = Engines(setup, memory)
     started = time.perf_counter()
-    levels = asyncio.run(measure_levels(setup, args.levels))
+    levels = asyncio.run(measure_levels(setup, args, engines))
     memory.end_phase()
     loaded, config = setup.loaded, setup.config
     return {
@@ -339,11 +439,14 @@ def run(args: argparse.Namespace) -> dict:
             "max_batch_size": config.max_batch_size,
             "token_budget": config.token_budget,
             "batch_window_ms": config.batch_window_ms,
+            "prefill_chunk_tokens": config.prefill_chunk_tokens,
         },
+        "kv_cache": args.kv_cache,
         "levels": levels,
         "speedup_by_level": {str(level["concurrency"]): level["speedup"] for level in levels},
         "target": target(setup, levels),
         "peak_memory_mib": round(memory.overall_mib, 1),
+        "peak_memory_mib_by_way": engines.peak_mib,
         "peak_memory_kind": memory.kind,
         "run_s": round(time.perf_counter() - started, 1),
         **versions(),

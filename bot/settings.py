@@ -23,7 +23,7 @@ DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "eager")
-KV_CACHES = ("paged", "growing")
+KV_CACHES = ("auto", "paged", "growing")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 BACKENDS = ("local", "remote")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -98,7 +98,7 @@ class Settings:
     max_batch_size: int = 8
     token_budget: int = 24_576
     batch_window_ms: float = 15.0
-    kv_cache: str = "paged"
+    kv_cache: str = "auto"
     prefill_chunk_tokens: int = 2048
     # Discord wiring
     command_prefix: str = "!"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -84,9 +84,29 @@ class PagedBatch:
     fused: bool  # use the fused kernel (CUDA, Ampere or newer, bf16/fp16)
     sliding_window: int | None = None  # keys further back than this are not seen (the model's config)
 
+    _gathered: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
+
     @property
     def max_q(self) -> int:
         return max(self.q_lengths)
+
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the plain kernel, once per pass: each row's key slots padded to the longest row
+        ``[rows, longest]``, and the mask of the real ones ``[rows, 1, 1, longest]`` (also the window)."""
+        if self._gathered is None:
+            block_tokens = self.storage.block_tokens
+            longest = self.max_k
+            blocks = -(-longest // block_tokens)
+            offsets = torch.arange(block_tokens, device=self.block_table.device)
+            table = self.block_table[:, :blocks].long()
+            slots = (table[:, :, None] * block_tokens + offsets).flatten(1)[:, :longest]
+            at = torch.arange(longest, device=slots.device)
+            lengths = self.lengths.long()[:, None]
+            mask = at < lengths
+            if self.sliding_window:
+                mask &= at >= lengths - self.sliding_window
+            self._gathered = slots, mask[:, None, None, :]
+        return self._gathered
 
     @property
     def max_k(self) -> int:
@@ -153,6 +173,26 @@ def _fused(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.T
 
 
 def _plain(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.Tensor:
+    if batch.max_q == 1:
+        return _plain_decode(q, keys, values, batch, scaling)
+    return _plain_rows(q, keys, values, batch, scaling)
+
+
+def _plain_decode(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.Tensor:
+    """Every row has one query: gather all rows' keys at once (padded to the longest), one sdpa."""
+    slots, mask = batch.gathered()
+    rows = len(batch.q_lengths)
+    row_k = keys.flatten(0, 1)[slots.flatten()].view(rows, slots.shape[1], *keys.shape[2:]).transpose(1, 2)
+    row_v = (
+        values.flatten(0, 1)[slots.flatten()].view(rows, slots.shape[1], *values.shape[2:]).transpose(1, 2)
+    )
+    out = F.scaled_dot_product_attention(
+        q[:, :, None], row_k, row_v, attn_mask=mask, scale=scaling, enable_gqa=True
+    )  # [rows, heads, 1, head_dim]
+    return out[:, :, 0]
+
+
+def _plain_rows(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.Tensor:
     """One row at a time: gather its keys through its block table, then sdpa with its causal mask."""
     flat_keys, flat_values = keys.flatten(0, 1), values.flatten(0, 1)
     block_tokens = keys.shape[1]

@@ -8,9 +8,9 @@ Every runner has two jobs:
   and whether it has finished.
 
 Two runners share that shape (``KV_CACHE`` picks one, :func:`make_runner`):
-- :class:`~inference.paged_runner.PagedRunner` (the default): a KV cache allocated once in blocks,
-  prompts prefilled in chunks beside the running answers (docs/kv-cache.md);
-- :class:`ModelRunner`: the earlier path, kept for comparison and as a fallback. Newly admitted
+- :class:`~inference.paged_runner.PagedRunner` (the default on recent NVIDIA GPUs): a KV cache allocated
+  once in blocks, prompts prefilled in chunks beside the running answers (docs/kv-cache.md);
+- :class:`ModelRunner` (the default elsewhere): the earlier path. Newly admitted
   requests are prefilled together and merged into the running batch (the KV caches are left-padded
   to a common length and rebuilt), and every running sequence decodes one greedy token.
 """
@@ -372,8 +372,21 @@ def use_language_attention(model, name: str) -> None:
 
 
 def make_runner(loaded: LoadedModel, config: EngineConfig) -> RunnerBase:
-    """The runner ``config.kv_cache`` names: ``paged`` (the default) or ``growing``."""
-    if config.kv_cache == "growing":
+    """The runner ``config.kv_cache`` names: ``paged``, ``growing``, or ``auto`` (the default): paged where
+    its fused attention kernel runs (CUDA, compute capability 8+, bf16/fp16), growing elsewhere, where
+    the paged cache's plain kernel would copy every row's keys at every layer of every step."""
+    from inference.paged_cache import fused_kernel_available
+
+    kv_cache = config.kv_cache
+    if kv_cache == "auto":
+        kv_cache = "paged" if fused_kernel_available(loaded.device, loaded.dtype) else "growing"
+        log.info(
+            "KV_CACHE=auto: the %s KV cache on %s (%s)",
+            kv_cache,
+            loaded.device,
+            str(loaded.dtype).removeprefix("torch."),
+        )
+    if kv_cache == "growing":
         return ModelRunner(loaded, config)
     from inference.paged_runner import PagedRunner
 

@@ -116,7 +116,7 @@ class EngineConfig:
     max_batch_size: int = 8  # sequences decoded together
     token_budget: int = 24_576  # KV-cache tokens (prompt + answer) reserved across the running batch
     batch_window_ms: float = 15.0  # how long an idle engine waits to gather a burst into one batch
-    kv_cache: str = "paged"  # paged (allocated once, in blocks) | growing (the earlier path)
+    kv_cache: str = "auto"  # auto | paged (allocated once, in blocks) | growing (the earlier path)
     prefill_chunk_tokens: int = 2048  # paged: prompt tokens prefilled per step beside the running answers
 
 

@@ -93,8 +93,12 @@ async def test_the_serving_path_answers_what_plain_generate_answers(engine):
     assert served.text == expected.strip()
 
 
-async def test_batched_answers_equal_answers_run_alone():
-    engine = LocalEngine(tiny_config(max_new_tokens=10, batch_window_ms=50))
+KV_CACHES = pytest.mark.parametrize("kv_cache", ["paged", "growing"])
+
+
+@KV_CACHES
+async def test_batched_answers_equal_answers_run_alone(kv_cache):
+    engine = LocalEngine(tiny_config(max_new_tokens=10, batch_window_ms=50, kv_cache=kv_cache))
     await engine.start()
     try:
         requests = [
@@ -117,8 +121,12 @@ async def test_batched_answers_equal_answers_run_alone():
         await engine.stop()
 
 
-async def test_requests_arriving_mid_answer_join_the_running_batch():
-    engine = LocalEngine(tiny_config(max_new_tokens=12, batch_window_ms=0))
+@KV_CACHES
+async def test_requests_arriving_mid_answer_join_the_running_batch(kv_cache):
+    # Paged: the newcomer's prompt goes in 500 tokens at a time while the first answer goes on.
+    engine = LocalEngine(
+        tiny_config(max_new_tokens=12, batch_window_ms=0, kv_cache=kv_cache, prefill_chunk_tokens=500)
+    )
     await engine.start()
     try:
         first = Request(Task.DESCRIBE, (fixture_image("square_336.png"),), user_id=1)
@@ -134,8 +142,9 @@ async def test_requests_arriving_mid_answer_join_the_running_batch():
         await engine.stop()
 
 
-async def test_closing_the_stream_stops_generation_early():
-    engine = LocalEngine(tiny_config(max_new_tokens=400))
+@KV_CACHES
+async def test_closing_the_stream_stops_generation_early(kv_cache):
+    engine = LocalEngine(tiny_config(max_new_tokens=400, kv_cache=kv_cache))
     await engine.start()
     try:
         stream = engine.stream(Request(Task.DESCRIBE, (IMAGE,)))

@@ -60,3 +60,31 @@ async def test_engine_batches_on_the_gpu_like_alone():
         assert [r.text for r in together] == [r.text for r in alone]
     finally:
         await engine.stop()
+
+
+def test_the_fused_paged_kernel_answers_like_the_growing_cache_in_bf16():
+    """FlashAttention with block tables, prompts in chunks, against the growing cache's sdpa (issue 9)."""
+    from inference.loading import load
+    from inference.paged_runner import PagedRunner
+    from inference.runner import ModelRunner
+    from tests.inference.test_paged_runner import Recorder, image
+
+    config = EngineConfig(
+        model_id=str(TINY_CHECKPOINT),
+        device="cuda",
+        dtype="bfloat16",
+        max_new_tokens=8,
+        prefill_chunk_tokens=700,
+    )
+    request = Request(Task.DESCRIBE, (image(300, 500, 2),), question="What is this?")
+    recorders = []
+    for runner_class in (PagedRunner, ModelRunner):
+        recorder = Recorder(runner_class(load(config), config))
+        recorder.step([(1, recorder.runner.prepare(request))])
+        recorder.finish()
+        recorders.append(recorder)
+    paged, growing = recorders
+    assert paged.runner.fused
+    assert paged.tokens[1][0] == growing.tokens[1][0]
+    first = [recorder.logits[1][0].float() for recorder in recorders]
+    torch.testing.assert_close(first[0], first[1], atol=0.05 * float(first[1].abs().max()), rtol=0)

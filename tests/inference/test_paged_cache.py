@@ -99,6 +99,8 @@ PASSES = [  # request 1 prefills; 2 joins while 1 decodes; 3 joins in two chunks
     [(1, 40, 1), (2, 0, 23)],
     [(1, 41, 1), (2, 23, 1), (3, 0, 17)],
     [(3, 17, 30), (2, 24, 1)],
+    [(1, 42, 1), (2, 25, 1), (3, 47, 1)],  # every row decodes: the batched gather
+    [(3, 48, 1), (1, 43, 1)],
 ]
 
 
@@ -134,10 +136,19 @@ def test_each_row_sees_exactly_its_own_keys_up_to_itself():
 def test_the_sliding_window_hides_keys_further_back():
     storage, pool = make_storage(), BlockPool(64, BLOCK)
     pool.reserve(1, 64)
+    pool.reserve(2, 64)
     query, key, value, out = run_rows(storage, pool, [(1, 0, 50)], window=8)
     expected = reference(query[0], key[0], value[0], window=8)
     torch.testing.assert_close(out.transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(out.transpose(0, 1), reference(query[0], key[0], value[0]), atol=1e-3)
+    # Decoding (one query per row, the batched gather) keeps the window too.
+    _, key_2, value_2, _ = run_rows(storage, pool, [(2, 0, 20)], window=8)
+    query, key_d, value_d, out = run_rows(storage, pool, [(1, 50, 1), (2, 20, 1)], window=8)
+    for row, (keys, values) in enumerate(((key, value), (key_2, value_2))):
+        keys = torch.cat([keys[0], key_d[0, :, row : row + 1]], dim=1)
+        values = torch.cat([values[0], value_d[0, :, row : row + 1]], dim=1)
+        expected = reference(query[0, :, row : row + 1], keys, values, window=8)
+        torch.testing.assert_close(out[row : row + 1].transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_keys_land_in_the_rows_own_blocks_and_nowhere_else():

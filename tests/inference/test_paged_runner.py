@@ -371,3 +371,14 @@ def test_the_allocation_failing_ends_the_start_with_one_line(monkeypatch):
     monkeypatch.setattr("inference.paged_runner.free_device_memory", lambda _device: None)
     with pytest.raises(CacheDoesNotFit, match="set TOKEN_BUDGET|use QUANTIZATION"):
         PagedRunner(load(tiny()), tiny())
+
+
+def test_auto_picks_the_paged_cache_only_where_its_fused_kernel_runs(monkeypatch):
+    from inference.runner import make_runner
+
+    loaded = load(tiny())
+    assert type(make_runner(loaded, tiny(kv_cache="auto"))) is ModelRunner  # a CPU: the plain kernel only
+    assert type(make_runner(loaded, tiny(kv_cache="paged"))) is PagedRunner  # asked for: it runs anyway
+    monkeypatch.setattr("inference.paged_cache.fused_kernel_available", lambda device, dtype: True)
+    assert type(make_runner(loaded, tiny(kv_cache="auto"))) is PagedRunner
+    assert type(make_runner(loaded, tiny(kv_cache="growing"))) is ModelRunner

@@ -19,6 +19,7 @@ and the reference the tests compare against.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -127,6 +128,62 @@ def fused_kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
     except ImportError:
         return False
     return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+@functools.cache
+def fused_kernel_problem(
+    device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
+) -> str | None:
+    """Run the fused kernel on a small random pass and compare it with the plain kernel.
+
+    None when they agree; else what went wrong, in a line for the log. It runs once per shape (a few
+    milliseconds), so that a kernel PyTorch offers but this GPU, driver or head size cannot run is found at
+    start-up rather than by every request.
+    """
+    block_tokens = 256
+    storage = PagedStorage(
+        num_layers=1,
+        num_blocks=4,
+        block_tokens=block_tokens,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        dtype=dtype,
+        device=device,
+    )
+    generator = torch.Generator(device=device).manual_seed(0)
+    # Row 0 holds blocks 2 then 0 and prefills 300 tokens; row 1 holds block 3, has 40 and adds 1.
+    q_lengths, k_lengths, tables = [300, 1], [300, 41], [[2, 0], [3, 1]]
+    slots = slots_of(tables[0], 0, 300, block_tokens) + slots_of(tables[1], 0, 41, block_tokens)
+
+    def on(values, kind=torch.int32):
+        return torch.tensor(values, dtype=kind, device=device)
+
+    batch = PagedBatch(
+        storage=storage,
+        slots=on(slots[:300] + slots[-1:], torch.long),
+        cu_seq_q=on([0, 300, 301]),
+        cu_seq_k=on([0, 300, 341]),
+        lengths=on(k_lengths),
+        block_table=on(tables),
+        q_lengths=q_lengths,
+        k_lengths=k_lengths,
+        fused=True,
+    )
+    keys, values = (
+        torch.randn(len(slots), kv_heads, head_dim, generator=generator, device=device).to(dtype)
+        for _ in range(2)
+    )
+    storage.write(0, on(slots, torch.long), keys, values)
+    query = torch.randn(301, heads, head_dim, generator=generator, device=device).to(dtype)
+    try:
+        fused = _fused(query, storage.keys[0], storage.values[0], batch, head_dim**-0.5).float()
+    except Exception as error:  # any failure means: do not use it
+        return f"{type(error).__name__}: {error}"[:300]
+    plain = _plain(query, storage.keys[0], storage.values[0], batch, head_dim**-0.5).float()
+    difference = float((fused - plain).abs().max())
+    if not difference <= 0.02 * float(plain.abs().max()):
+        return f"it differs from the plain kernel by {difference:.3g}"
+    return None
 
 
 def paged_attention(

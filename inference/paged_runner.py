@@ -31,6 +31,7 @@ from inference.paged_cache import (
     PagedBatch,
     PagedStorage,
     fused_kernel_available,
+    fused_kernel_problem,
     slots_of,
 )
 from inference.runner import (
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 # GPU memory left free beside the cache, for a prefill chunk's activations and the vision tower.
 ACTIVATION_HEADROOM = 2 * GIB
 MIN_TOKEN_BUDGET = 1024  # the smallest TOKEN_BUDGET the settings accept
+_REPORTED: set[str] = set()  # fused-kernel problems already in the log
 
 
 class CacheDoesNotFit(EngineUnavailable):
@@ -119,7 +121,7 @@ class PagedRunner(RunnerBase):
         self.num_layers = model_config.num_hidden_layers
         self.storage = self._allocate(num_blocks)
         self.pool = BlockPool(num_blocks, self.block_tokens)
-        self.fused = fused_kernel_available(loaded.device, loaded.dtype)
+        self.fused = fused_kernel_ready(loaded)
         self.sliding_window = getattr(model_config, "sliding_window", None)
         self.rows: dict[int, _PagedRow] = {}  # in order of admission
         self.decode_inputs = _DecodeInputs(config.max_batch_size, self.blocks_per_row, loaded.device)
@@ -384,6 +386,29 @@ class PagedRunner(RunnerBase):
         for index, entry in enumerate(entries):
             table[index, : len(entry.row.table)] = torch.tensor(entry.row.table, dtype=torch.int32)
         return table
+
+
+def fused_kernel_ready(loaded: LoadedModel) -> bool:
+    """The fused paged kernel runs here and agrees with the plain one (checked once; a failure is logged)."""
+    if not fused_kernel_available(loaded.device, loaded.dtype):
+        return False
+    config = loaded.model.config
+    heads = config.num_attention_heads
+    problem = fused_kernel_problem(
+        loaded.device,
+        loaded.dtype,
+        heads,
+        config.num_key_value_heads or heads,
+        getattr(config, "head_dim", None) or config.hidden_size // heads,
+    )
+    if problem is not None and problem not in _REPORTED:
+        _REPORTED.add(problem)
+        log.warning(
+            "The fused paged attention kernel failed its start-up check (%s): it is not used. KV_CACHE=auto "
+            "falls back to the growing cache; KV_CACHE=paged uses the slower plain kernel.",
+            problem,
+        )
+    return problem is None
 
 
 def free_device_memory(device: torch.device) -> int | None:

@@ -373,13 +373,14 @@ def use_language_attention(model, name: str) -> None:
 
 def make_runner(loaded: LoadedModel, config: EngineConfig) -> RunnerBase:
     """The runner ``config.kv_cache`` names: ``paged``, ``growing``, or ``auto`` (the default): paged where
-    its fused attention kernel runs (CUDA, compute capability 8+, bf16/fp16), growing elsewhere, where
-    the paged cache's plain kernel would copy every row's keys at every layer of every step."""
-    from inference.paged_cache import fused_kernel_available
+    its fused attention kernel runs (CUDA, compute capability 8+, bf16/fp16, and a check at start-up
+    agrees with the plain kernel), growing elsewhere, where the paged cache's plain kernel would copy
+    every row's keys at every layer of every step."""
+    from inference.paged_runner import PagedRunner, fused_kernel_ready
 
     kv_cache = config.kv_cache
     if kv_cache == "auto":
-        kv_cache = "paged" if fused_kernel_available(loaded.device, loaded.dtype) else "growing"
+        kv_cache = "paged" if fused_kernel_ready(loaded) else "growing"
         log.info(
             "KV_CACHE=auto: the %s KV cache on %s (%s)",
             kv_cache,
@@ -388,6 +389,4 @@ def make_runner(loaded: LoadedModel, config: EngineConfig) -> RunnerBase:
         )
     if kv_cache == "growing":
         return ModelRunner(loaded, config)
-    from inference.paged_runner import PagedRunner
-
     return PagedRunner(loaded, config)

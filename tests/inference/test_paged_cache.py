@@ -164,10 +164,13 @@ def test_keys_land_in_the_rows_own_blocks_and_nowhere_else():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused paged kernel runs on CUDA GPUs only")
 def test_the_fused_kernel_equals_the_reference_on_a_gpu():
-    from inference.paged_cache import fused_kernel_available
+    from inference.paged_cache import fused_kernel_available, fused_kernel_problem
 
     device = torch.device("cuda")
     if not fused_kernel_available(device, torch.bfloat16):
         pytest.skip("this GPU has no FlashAttention with block tables (compute capability 8.0 or newer)")
     # FlashAttention's block tables need blocks of a multiple of 256 tokens; prompts then span several.
     check_against_reference(device, torch.bfloat16, fused=True, atol=2e-2, block=256, scale=12)
+    # The start-up check passes at the published model's shape (32 heads of 96) and the tiny one's.
+    assert fused_kernel_problem(device, torch.bfloat16, 32, 32, 96) is None
+    assert fused_kernel_problem(device, torch.bfloat16, 4, 4, 16) is None

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from inference import phi3v
+from inference import paged_cache, phi3v
 from inference.loading import LoadedModel, load
 from inference.paged_cache import PagedStorage
 from inference.paged_runner import CacheDoesNotFit, PagedRunner
@@ -373,12 +373,46 @@ def test_the_allocation_failing_ends_the_start_with_one_line(monkeypatch):
         PagedRunner(load(tiny()), tiny())
 
 
-def test_auto_picks_the_paged_cache_only_where_its_fused_kernel_runs(monkeypatch):
+def plain_kernel(*args):
+    return paged_cache._plain(*args)
+
+
+def failing_kernel(*args):
+    raise RuntimeError("FlashAttention only supports Ampere GPUs or newer.")
+
+
+def wrong_kernel(*args):
+    return paged_cache._plain(*args) + 1
+
+
+@pytest.mark.parametrize(
+    "kernel, problem",
+    [
+        (plain_kernel, None),
+        (failing_kernel, "RuntimeError: FlashAttention only supports Ampere GPUs or newer."),
+        (wrong_kernel, "it differs from the plain kernel by 1"),
+    ],
+)
+def test_the_fused_kernel_is_used_only_if_it_passes_its_start_up_check(monkeypatch, caplog, kernel, problem):
+    """Stand-ins for the CUDA kernel, on the CPU: one that agrees, one that raises, one that is wrong."""
     from inference.runner import make_runner
 
     loaded = load(tiny())
-    assert type(make_runner(loaded, tiny(kv_cache="auto"))) is ModelRunner  # a CPU: the plain kernel only
-    assert type(make_runner(loaded, tiny(kv_cache="paged"))) is PagedRunner  # asked for: it runs anyway
-    monkeypatch.setattr("inference.paged_cache.fused_kernel_available", lambda device, dtype: True)
-    assert type(make_runner(loaded, tiny(kv_cache="auto"))) is PagedRunner
+    assert type(make_runner(loaded, tiny(kv_cache="auto"))) is ModelRunner  # a CPU: no fused kernel at all
+    assert not make_runner(loaded, tiny(kv_cache="paged")).fused  # asked for: it runs with the plain kernel
+    monkeypatch.setattr("inference.paged_runner.fused_kernel_available", lambda device, dtype: True)
+    monkeypatch.setattr(paged_cache, "_fused", kernel)
+    paged_cache.fused_kernel_problem.cache_clear()
+    try:
+        auto = make_runner(loaded, tiny(kv_cache="auto"))
+        forced = make_runner(loaded, tiny(kv_cache="paged"))
+    finally:
+        paged_cache.fused_kernel_problem.cache_clear()
+    assert type(auto) is (PagedRunner if problem is None else ModelRunner)
+    assert forced.fused is (problem is None)
     assert type(make_runner(loaded, tiny(kv_cache="growing"))) is ModelRunner
+    warnings = [r.getMessage() for r in caplog.records if "start-up check" in r.getMessage()]
+    if problem is None:
+        assert not warnings
+    else:
+        assert len(warnings) == 1 and problem in warnings[0]  # said once, with the reason

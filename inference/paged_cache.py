@@ -11,10 +11,16 @@ chunk of its prompt for a row being prefilled) lie side by side in a batch of on
 they are written (``lengths``), where each new key goes (``slots``) and which blocks each row holds
 (``block_table``). :func:`paged_attention`, registered with transformers as :data:`ATTENTION_NAME`,
 writes the new keys and values into their slots and lets every query see its own row's keys only,
-up to itself. Nothing is gathered into a padded copy on the GPU: the fused kernel (PyTorch's
-``varlen_attn``, FlashAttention with a block table) reads the blocks where they are. Elsewhere (CPU,
-Apple, GPUs older than Ampere, float32) a plain kernel gathers one row at a time and runs sdpa: exact,
-and the reference the tests compare against.
+up to itself, with one of three kernels (:data:`KERNELS`, the first that runs here and passes its
+start-up check, :func:`choose_kernel`):
+
+- ``fused``: PyTorch's FlashAttention with a block table (``varlen_attn``, PyTorch 2.12 and newer, CUDA
+  compute capability 8+, bf16/fp16): every row at once, keys read where they lie;
+- ``triton``: our Triton kernel (:mod:`inference.triton_paged`, any PyTorch with Triton on CUDA) for the
+  rows that decode one token, keys read where they lie; rows with a prompt chunk as ``plain`` does;
+- ``plain``: anywhere. Rows that decode one token: their keys gathered (padded to the longest) and one
+  sdpa; rows with a prompt chunk: one at a time. Exact, and the reference the tests compare against,
+  but it copies the keys it reads.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +38,7 @@ log = logging.getLogger(__name__)
 
 ATTENTION_NAME = "phi3v_paged"
 GIB = 1024**3
+KERNELS = ("fused", "triton", "plain")  # in order of preference
 
 
 class PagedStorage:
@@ -82,32 +89,12 @@ class PagedBatch:
     block_table: torch.Tensor  # [rows, blocks per row]: the blocks each row holds, in token order
     q_lengths: list[int]
     k_lengths: list[int]
-    fused: bool  # use the fused kernel (CUDA, Ampere or newer, bf16/fp16)
+    kernel: str = "plain"  # one of KERNELS
     sliding_window: int | None = None  # keys further back than this are not seen (the model's config)
-
-    _gathered: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     @property
     def max_q(self) -> int:
         return max(self.q_lengths)
-
-    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """For the plain kernel, once per pass: each row's key slots padded to the longest row
-        ``[rows, longest]``, and the mask of the real ones ``[rows, 1, 1, longest]`` (also the window)."""
-        if self._gathered is None:
-            block_tokens = self.storage.block_tokens
-            longest = self.max_k
-            blocks = -(-longest // block_tokens)
-            offsets = torch.arange(block_tokens, device=self.block_table.device)
-            table = self.block_table[:, :blocks].long()
-            slots = (table[:, :, None] * block_tokens + offsets).flatten(1)[:, :longest]
-            at = torch.arange(longest, device=slots.device)
-            lengths = self.lengths.long()[:, None]
-            mask = at < lengths
-            if self.sliding_window:
-                mask &= at >= lengths - self.sliding_window
-            self._gathered = slots, mask[:, None, None, :]
-        return self._gathered
 
     @property
     def max_k(self) -> int:
@@ -119,9 +106,19 @@ def slots_of(table: Sequence[int], start: int, stop: int, block_tokens: int) -> 
     return [table[p // block_tokens] * block_tokens + p % block_tokens for p in range(start, stop)]
 
 
-def fused_kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """True where PyTorch's FlashAttention with a block table runs: CUDA, compute capability 8+, bf16/fp16."""
-    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+def kernel_runs_here(kernel: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``kernel`` exists for this device and dtype (:func:`kernel_problem` then checks it works)."""
+    if kernel == "plain":
+        return True
+    if device.type != "cuda":
+        return False
+    if kernel == "triton":
+        try:
+            import triton  # noqa: F401  (ships with PyTorch on Linux with CUDA)
+        except ImportError:
+            return False
+        return True
+    if dtype not in (torch.float16, torch.bfloat16):
         return False
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (PyTorch 2.10 and newer)
@@ -131,14 +128,14 @@ def fused_kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 @functools.cache
-def fused_kernel_problem(
-    device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
+def kernel_problem(
+    kernel: str, device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
 ) -> str | None:
-    """Run the fused kernel on a small random pass and compare it with the plain kernel.
+    """Run ``kernel`` on a small random pass and compare it with the plain kernel.
 
     None when they agree; else what went wrong, in a line for the log. It runs once per shape (a few
-    milliseconds), so that a kernel PyTorch offers but this GPU, driver or head size cannot run is found at
-    start-up rather than by every request.
+    milliseconds), so that a kernel PyTorch offers but this GPU, driver or head size cannot run is found
+    at start-up rather than by every request.
     """
     block_tokens = 256
     storage = PagedStorage(
@@ -151,39 +148,64 @@ def fused_kernel_problem(
         device=device,
     )
     generator = torch.Generator(device=device).manual_seed(0)
-    # Row 0 holds blocks 2 then 0 and prefills 300 tokens; row 1 holds block 3, has 40 and adds 1.
-    q_lengths, k_lengths, tables = [300, 1], [300, 41], [[2, 0], [3, 1]]
-    slots = slots_of(tables[0], 0, 300, block_tokens) + slots_of(tables[1], 0, 41, block_tokens)
+    # Row 0 holds blocks 2 then 0 and prefills 300 tokens; rows 1 and 2 decode one token each.
+    q_lengths, k_lengths, tables = [300, 1, 1], [300, 41, 290], [[2, 0], [3, 1], [1, 3]]
+    written = [slots_of(table, 0, length, block_tokens) for table, length in zip(tables, k_lengths)]
 
     def on(values, kind=torch.int32):
         return torch.tensor(values, dtype=kind, device=device)
 
-    batch = PagedBatch(
-        storage=storage,
-        slots=on(slots[:300] + slots[-1:], torch.long),
-        cu_seq_q=on([0, 300, 301]),
-        cu_seq_k=on([0, 300, 341]),
-        lengths=on(k_lengths),
-        block_table=on(tables),
-        q_lengths=q_lengths,
-        k_lengths=k_lengths,
-        fused=True,
-    )
+    def batch(kernel: str) -> PagedBatch:
+        return PagedBatch(
+            storage=storage,
+            slots=on(written[0] + written[1][-1:] + written[2][-1:], torch.long),
+            cu_seq_q=on([0, 300, 301, 302]),
+            cu_seq_k=on([0, 300, 341, 631]),
+            lengths=on(k_lengths),
+            block_table=on(tables),
+            q_lengths=q_lengths,
+            k_lengths=k_lengths,
+            kernel=kernel,
+        )
+
+    every = sorted(set(written[0]) | set(written[1]) | set(written[2]))
     keys, values = (
-        torch.randn(len(slots), kv_heads, head_dim, generator=generator, device=device).to(dtype)
+        torch.randn(len(every), kv_heads, head_dim, generator=generator, device=device).to(dtype)
         for _ in range(2)
     )
-    storage.write(0, on(slots, torch.long), keys, values)
-    query = torch.randn(301, heads, head_dim, generator=generator, device=device).to(dtype)
+    storage.write(0, on(every, torch.long), keys, values)
+    query = torch.randn(302, heads, head_dim, generator=generator, device=device).to(dtype)
+    run = {"fused": _fused, "triton": _by_rows, "plain": _by_rows}[kernel]
     try:
-        fused = _fused(query, storage.keys[0], storage.values[0], batch, head_dim**-0.5).float()
+        out = run(query, storage.keys[0], storage.values[0], batch(kernel), head_dim**-0.5).float()
     except Exception as error:  # any failure means: do not use it
         return f"{type(error).__name__}: {error}"[:300]
-    plain = _plain(query, storage.keys[0], storage.values[0], batch, head_dim**-0.5).float()
-    difference = float((fused - plain).abs().max())
+    plain = _by_rows(query, storage.keys[0], storage.values[0], batch("plain"), head_dim**-0.5).float()
+    difference = float((out - plain).abs().max())
     if not difference <= 0.02 * float(plain.abs().max()):
         return f"it differs from the plain kernel by {difference:.3g}"
     return None
+
+
+def choose_kernel(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int) -> str:
+    """The first of :data:`KERNELS` that runs here and passes its check (a failure is logged once)."""
+    for kernel in KERNELS:
+        if not kernel_runs_here(kernel, device, dtype):
+            continue
+        problem = (
+            None if kernel == "plain" else kernel_problem(kernel, device, dtype, heads, kv_heads, head_dim)
+        )
+        if problem is None:
+            return kernel
+        if (kernel, problem) not in _REPORTED:
+            _REPORTED.add((kernel, problem))
+            log.warning(
+                "The %s paged attention kernel failed its start-up check (%s): not used.", kernel, problem
+            )
+    return "plain"
+
+
+_REPORTED: set[tuple[str, str]] = set()
 
 
 def paged_attention(
@@ -204,7 +226,7 @@ def paged_attention(
     q = query[0].transpose(0, 1)  # [tokens, heads, head_dim]
     batch.storage.write(module.layer_idx, batch.slots, key[0].transpose(0, 1), value[0].transpose(0, 1))
     keys, values = batch.storage.keys[module.layer_idx], batch.storage.values[module.layer_idx]
-    kernel = _fused if batch.fused else _plain
+    kernel = _fused if batch.kernel == "fused" else _by_rows
     out = kernel(q, keys, values, batch, scaling)
     return out.unsqueeze(0), None  # [1, tokens, heads, head_dim], as transformers expects
 
@@ -229,52 +251,78 @@ def _fused(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.T
     )
 
 
-def _plain(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.Tensor:
-    if batch.max_q == 1:
-        return _plain_decode(q, keys, values, batch, scaling)
-    return _plain_rows(q, keys, values, batch, scaling)
+def _by_rows(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.Tensor:
+    """The rows that decode one token together (Triton or a gather); rows with a prompt chunk one by one."""
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    decode = _triton_decode if batch.kernel == "triton" else _gather_decode
+    if batch.max_q == 1:  # a pass that only decodes: every row, as they are
+        return decode(q, keys, values, batch.block_table, batch.lengths, max(batch.k_lengths), batch, scale)
+    out = torch.empty_like(q)
+    starts = [0]
+    for count in batch.q_lengths:
+        starts.append(starts[-1] + count)
+    singles = [row for row, count in enumerate(batch.q_lengths) if count == 1]
+    if singles:
+        rows = torch.tensor(singles, device=q.device)
+        at = torch.tensor([starts[row] for row in singles], device=q.device)
+        longest = max(batch.k_lengths[row] for row in singles)
+        out[at] = decode(
+            q[at], keys, values, batch.block_table[rows], batch.lengths[rows], longest, batch, scale
+        )
+    for row, count in enumerate(batch.q_lengths):
+        if count > 1:
+            start = starts[row]
+            out[start : start + count] = _row_attention(
+                q[start : start + count], keys, values, batch, row, scale
+            )
+    return out
 
 
-def _plain_decode(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.Tensor:
-    """Every row has one query: gather all rows' keys at once (padded to the longest), one sdpa."""
-    slots, mask = batch.gathered()
-    rows = len(batch.q_lengths)
-    row_k = keys.flatten(0, 1)[slots.flatten()].view(rows, slots.shape[1], *keys.shape[2:]).transpose(1, 2)
-    row_v = (
-        values.flatten(0, 1)[slots.flatten()].view(rows, slots.shape[1], *values.shape[2:]).transpose(1, 2)
-    )
+def _triton_decode(q, keys, values, table, lengths, longest: int, batch: PagedBatch, scale: float):
+    from inference.triton_paged import paged_decode
+
+    return paged_decode(q.contiguous(), keys, values, table, lengths, scale, batch.sliding_window)
+
+
+def _gather_decode(q, keys, values, table, lengths, longest: int, batch: PagedBatch, scale: float):
+    """One query per row: every row's keys gathered at once, padded to the longest, and one sdpa."""
+    block_tokens = keys.shape[1]
+    blocks = -(-longest // block_tokens)
+    offsets = torch.arange(block_tokens, device=q.device)
+    slots = (table[:, :blocks].long()[:, :, None] * block_tokens + offsets).flatten(1)[:, :longest]
+    at = torch.arange(longest, device=q.device)
+    mask = at < lengths.long()[:, None]
+    if batch.sliding_window:
+        mask &= at >= lengths.long()[:, None] - batch.sliding_window
+    rows = q.shape[0]
+    row_k = keys.flatten(0, 1)[slots.flatten()].view(rows, longest, *keys.shape[2:]).transpose(1, 2)
+    row_v = values.flatten(0, 1)[slots.flatten()].view(rows, longest, *values.shape[2:]).transpose(1, 2)
     out = F.scaled_dot_product_attention(
-        q[:, :, None], row_k, row_v, attn_mask=mask, scale=scaling, enable_gqa=True
+        q[:, :, None], row_k, row_v, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
     )  # [rows, heads, 1, head_dim]
     return out[:, :, 0]
 
 
-def _plain_rows(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.Tensor:
-    """One row at a time: gather its keys through its block table, then sdpa with its causal mask."""
-    flat_keys, flat_values = keys.flatten(0, 1), values.flatten(0, 1)
+def _row_attention(row_q, keys, values, batch: PagedBatch, row: int, scale: float) -> torch.Tensor:
+    """One row's queries ``[count, heads, head_dim]`` against its keys, gathered; causal at the end."""
+    q_len, k_len = row_q.shape[0], batch.k_lengths[row]
     block_tokens = keys.shape[1]
-    outputs, start = [], 0
-    for row, (q_len, k_len) in enumerate(zip(batch.q_lengths, batch.k_lengths)):
-        blocks = -(-k_len // block_tokens)
-        table = batch.block_table[row, :blocks].long()
-        slots = (table[:, None] * block_tokens + torch.arange(block_tokens, device=q.device)).flatten()[
-            :k_len
-        ]
-        row_q = q[start : start + q_len].transpose(0, 1)  # [heads, q_len, head_dim]
-        row_k = flat_keys.index_select(0, slots).transpose(0, 1)
-        row_v = flat_values.index_select(0, slots).transpose(0, 1)
-        # Query i sits at position k_len - q_len + i and sees keys up to itself (and within the window).
-        query_at = torch.arange(k_len - q_len, k_len, device=q.device)[:, None]
-        key_at = torch.arange(k_len, device=q.device)[None, :]
-        mask = key_at <= query_at
-        if batch.sliding_window:
-            mask &= key_at > query_at - batch.sliding_window
-        out = F.scaled_dot_product_attention(
-            row_q[None], row_k[None], row_v[None], attn_mask=mask, scale=scaling, enable_gqa=True
-        )
-        outputs.append(out[0].transpose(0, 1))
-        start += q_len
-    return torch.cat(outputs)
+    table = batch.block_table[row, : -(-k_len // block_tokens)].long()
+    slots = (table[:, None] * block_tokens + torch.arange(block_tokens, device=row_q.device)).flatten()[
+        :k_len
+    ]
+    row_k = keys.flatten(0, 1).index_select(0, slots).transpose(0, 1)
+    row_v = values.flatten(0, 1).index_select(0, slots).transpose(0, 1)
+    # Query i sits at position k_len - q_len + i and sees keys up to itself (and within the window).
+    query_at = torch.arange(k_len - q_len, k_len, device=row_q.device)[:, None]
+    key_at = torch.arange(k_len, device=row_q.device)[None, :]
+    mask = key_at <= query_at
+    if batch.sliding_window:
+        mask &= key_at > query_at - batch.sliding_window
+    out = F.scaled_dot_product_attention(
+        row_q.transpose(0, 1)[None], row_k[None], row_v[None], attn_mask=mask, scale=scale, enable_gqa=True
+    )
+    return out[0].transpose(0, 1)
 
 
 AttentionInterface.register(ATTENTION_NAME, paged_attention)

@@ -30,8 +30,7 @@ from inference.paged_cache import (
     GIB,
     PagedBatch,
     PagedStorage,
-    fused_kernel_available,
-    fused_kernel_problem,
+    choose_kernel,
     slots_of,
 )
 from inference.runner import (
@@ -51,7 +50,13 @@ log = logging.getLogger(__name__)
 # GPU memory left free beside the cache, for a prefill chunk's activations and the vision tower.
 ACTIVATION_HEADROOM = 2 * GIB
 MIN_TOKEN_BUDGET = 1024  # the smallest TOKEN_BUDGET the settings accept
-_REPORTED: set[str] = set()  # fused-kernel problems already in the log
+
+
+KERNEL_TEXT = {
+    "fused": "PyTorch's FlashAttention, reading the blocks in place",
+    "triton": "a Triton kernel reading the blocks in place (prompt chunks: gathered row by row)",
+    "plain": "gathered row by row (no in-place kernel for this device and dtype)",
+}
 
 
 class CacheDoesNotFit(EngineUnavailable):
@@ -121,7 +126,7 @@ class PagedRunner(RunnerBase):
         self.num_layers = model_config.num_hidden_layers
         self.storage = self._allocate(num_blocks)
         self.pool = BlockPool(num_blocks, self.block_tokens)
-        self.fused = fused_kernel_ready(loaded)
+        self.kernel = kernel_for(loaded)
         self.sliding_window = getattr(model_config, "sliding_window", None)
         self.rows: dict[int, _PagedRow] = {}  # in order of admission
         self.decode_inputs = _DecodeInputs(config.max_batch_size, self.blocks_per_row, loaded.device)
@@ -135,9 +140,7 @@ class PagedRunner(RunnerBase):
             config.token_budget,
             config.max_batch_size,
             config.prefill_chunk_tokens,
-            "FlashAttention reading the blocks in place"
-            if self.fused
-            else "one row at a time (no fused paged kernel for this device and dtype)",
+            KERNEL_TEXT[self.kernel],
         )
 
     # -- start-up ------------------------------------------------------------------------------
@@ -283,7 +286,7 @@ class PagedRunner(RunnerBase):
             storage=self.storage,
             q_lengths=[entry.count for entry in entries],
             k_lengths=[entry.start + entry.count for entry in entries],
-            fused=self.fused,
+            kernel=self.kernel,
             sliding_window=self.sliding_window,
             **tensors,
         )
@@ -388,27 +391,17 @@ class PagedRunner(RunnerBase):
         return table
 
 
-def fused_kernel_ready(loaded: LoadedModel) -> bool:
-    """The fused paged kernel runs here and agrees with the plain one (checked once; a failure is logged)."""
-    if not fused_kernel_available(loaded.device, loaded.dtype):
-        return False
+def kernel_for(loaded: LoadedModel) -> str:
+    """The paged attention kernel for this model here (:func:`~inference.paged_cache.choose_kernel`)."""
     config = loaded.model.config
     heads = config.num_attention_heads
-    problem = fused_kernel_problem(
+    return choose_kernel(
         loaded.device,
         loaded.dtype,
         heads,
         config.num_key_value_heads or heads,
         getattr(config, "head_dim", None) or config.hidden_size // heads,
     )
-    if problem is not None and problem not in _REPORTED:
-        _REPORTED.add(problem)
-        log.warning(
-            "The fused paged attention kernel failed its start-up check (%s): it is not used. KV_CACHE=auto "
-            "falls back to the growing cache; KV_CACHE=paged uses the slower plain kernel.",
-            problem,
-        )
-    return problem is None
 
 
 def free_device_memory(device: torch.device) -> int | None:

@@ -373,14 +373,14 @@ def use_language_attention(model, name: str) -> None:
 
 def make_runner(loaded: LoadedModel, config: EngineConfig) -> RunnerBase:
     """The runner ``config.kv_cache`` names: ``paged``, ``growing``, or ``auto`` (the default): paged where
-    its fused attention kernel runs (CUDA, compute capability 8+, bf16/fp16, and a check at start-up
-    agrees with the plain kernel), growing elsewhere, where the paged cache's plain kernel would copy
-    every row's keys at every layer of every step."""
-    from inference.paged_runner import PagedRunner, fused_kernel_ready
+    an attention kernel reads its blocks in place (CUDA: PyTorch's FlashAttention or our Triton kernel,
+    each checked at start-up), growing elsewhere, where the paged cache's plain kernel would copy the
+    keys it reads at every layer of every step."""
+    from inference.paged_runner import PagedRunner, kernel_for
 
     kv_cache = config.kv_cache
     if kv_cache == "auto":
-        kv_cache = "paged" if fused_kernel_ready(loaded) else "growing"
+        kv_cache = "paged" if kernel_for(loaded) != "plain" else "growing"
         log.info(
             "KV_CACHE=auto: the %s KV cache on %s (%s)",
             kv_cache,

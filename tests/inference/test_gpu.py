@@ -62,8 +62,8 @@ async def test_engine_batches_on_the_gpu_like_alone():
         await engine.stop()
 
 
-def test_the_fused_paged_kernel_answers_like_the_growing_cache_in_bf16():
-    """FlashAttention with block tables, prompts in chunks, against the growing cache's sdpa (issue 9)."""
+def test_the_paged_kernel_answers_like_the_growing_cache_in_bf16():
+    """The in-place paged kernel, prompts in chunks, against the growing cache's sdpa (issue 9)."""
     from inference.loading import load
     from inference.paged_runner import PagedRunner
     from inference.runner import ModelRunner
@@ -84,7 +84,7 @@ def test_the_fused_paged_kernel_answers_like_the_growing_cache_in_bf16():
         recorder.finish()
         recorders.append(recorder)
     paged, growing = recorders
-    assert paged.runner.fused
+    assert paged.runner.kernel in ("fused", "triton")  # keys read in place, no gather
     assert paged.tokens[1][0] == growing.tokens[1][0]
     first = [recorder.logits[1][0].float() for recorder in recorders]
     torch.testing.assert_close(first[0], first[1], atol=0.05 * float(first[1].abs().max()), rtol=0)

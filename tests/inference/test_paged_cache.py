@@ -8,6 +8,7 @@ checked against the same reference on a GPU.
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -38,7 +39,7 @@ def make_storage(device="cpu", dtype=torch.float32, kv_heads=2, blocks=64, block
 
 
 def run_rows(
-    storage, pool, rows, heads=4, kv_heads=2, window=None, fused=False, device="cpu", dtype=torch.float32
+    storage, pool, rows, heads=4, kv_heads=2, window=None, kernel="plain", device="cpu", dtype=torch.float32
 ):
     """Feed each row (request id, cached tokens, new tokens) through one packed pass of layer 1.
 
@@ -69,7 +70,7 @@ def run_rows(
         block_table=table.to(device),
         q_lengths=q_lengths,
         k_lengths=k_lengths,
-        fused=fused,
+        kernel=kernel,
         sliding_window=window,
     )
     out, _ = paged_attention(Layer(1), query, key, value, None, scaling=8**-0.5, paged_batch=batch)
@@ -104,7 +105,9 @@ PASSES = [  # request 1 prefills; 2 joins while 1 decodes; 3 joins in two chunks
 ]
 
 
-def check_against_reference(device="cpu", dtype=torch.float32, fused=False, atol=1e-5, block=BLOCK, scale=1):
+def check_against_reference(
+    device="cpu", dtype=torch.float32, kernel="plain", atol=1e-5, block=BLOCK, scale=1
+):
     """Run PASSES (prompt chunks ``scale`` times longer) and compare every row with the reference."""
     storage, pool = make_storage(device, dtype, block=block), BlockPool(64, block)
     history = {1: [], 2: [], 3: []}  # every key and value each request has written
@@ -116,7 +119,7 @@ def check_against_reference(device="cpu", dtype=torch.float32, fused=False, atol
             for rid, cached, new in rows
         ]
         rows = [(rid, sum(k.shape[1] for k, _ in history[rid]), new) for rid, _, new in rows]
-        query, key, value, out = run_rows(storage, pool, rows, fused=fused, device=device, dtype=dtype)
+        query, key, value, out = run_rows(storage, pool, rows, kernel=kernel, device=device, dtype=dtype)
         start = 0
         for rid, cached, new in rows:
             history[rid].append((key[0, :, start : start + new], value[0, :, start : start + new]))
@@ -162,15 +165,49 @@ def test_keys_land_in_the_rows_own_blocks_and_nowhere_else():
     assert set(changed).isdisjoint(pool.table(1))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused paged kernel runs on CUDA GPUs only")
-def test_the_fused_kernel_equals_the_reference_on_a_gpu():
-    from inference.paged_cache import fused_kernel_available, fused_kernel_problem
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+triton_here = pytest.mark.skipif(
+    not (INTERPRETED or torch.cuda.is_available()),
+    reason="on a CPU these run under Triton's interpreter, in a process of their own that "
+    "tests/inference/test_triton_interpreter.py starts (the interpreter is chosen before Triton loads)",
+)
+
+
+@pytest.fixture
+def interpreted_triton():
+    pytest.importorskip("triton", reason="Triton has no build for this platform (it ships for Linux x86-64)")
+
+
+@triton_here
+def test_the_triton_kernel_equals_the_reference(interpreted_triton):
+    check_against_reference(kernel="triton")
+
+
+@triton_here
+def test_the_triton_kernel_keeps_the_sliding_window(interpreted_triton):
+    storage, pool = make_storage(), BlockPool(64, BLOCK)
+    for rid in (1, 2):
+        pool.reserve(rid, 64)
+    _, key_1, value_1, _ = run_rows(storage, pool, [(1, 0, 50)])
+    _, key_2, value_2, _ = run_rows(storage, pool, [(2, 0, 20)])
+    query, key_d, value_d, out = run_rows(storage, pool, [(1, 50, 1), (2, 20, 1)], window=8, kernel="triton")
+    for row, (keys, values) in enumerate(((key_1, value_1), (key_2, value_2))):
+        keys = torch.cat([keys[0], key_d[0, :, row : row + 1]], dim=1)
+        values = torch.cat([values[0], value_d[0, :, row : row + 1]], dim=1)
+        expected = reference(query[0, :, row : row + 1], keys, values, window=8)
+        torch.testing.assert_close(out[row : row + 1].transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the in-place kernels run on CUDA GPUs only")
+@pytest.mark.parametrize("kernel", ["fused", "triton"])
+def test_the_in_place_kernels_equal_the_reference_on_a_gpu(kernel):
+    from inference.paged_cache import kernel_problem, kernel_runs_here
 
     device = torch.device("cuda")
-    if not fused_kernel_available(device, torch.bfloat16):
-        pytest.skip("this GPU has no FlashAttention with block tables (compute capability 8.0 or newer)")
+    if not kernel_runs_here(kernel, device, torch.bfloat16):
+        pytest.skip(f"the {kernel} kernel does not exist here (PyTorch or GPU too old, or no Triton)")
     # FlashAttention's block tables need blocks of a multiple of 256 tokens; prompts then span several.
-    check_against_reference(device, torch.bfloat16, fused=True, atol=2e-2, block=256, scale=12)
+    check_against_reference(device, torch.bfloat16, kernel, atol=2e-2, block=256, scale=12)
     # The start-up check passes at the published model's shape (32 heads of 96) and the tiny one's.
-    assert fused_kernel_problem(device, torch.bfloat16, 32, 32, 96) is None
-    assert fused_kernel_problem(device, torch.bfloat16, 4, 4, 16) is None
+    assert kernel_problem(kernel, device, torch.bfloat16, 32, 32, 96) is None
+    assert kernel_problem(kernel, device, torch.bfloat16, 4, 4, 16) is None

@@ -373,8 +373,12 @@ def test_the_allocation_failing_ends_the_start_with_one_line(monkeypatch):
         PagedRunner(load(tiny()), tiny())
 
 
-def plain_kernel(*args):
-    return paged_cache._plain(*args)
+def gather_kernel(*args):
+    return paged_cache._gather_decode(*args)
+
+
+def fused_as_plain(q, keys, values, batch, scale):
+    return paged_cache._by_rows(q, keys, values, dataclasses.replace(batch, kernel="plain"), scale)
 
 
 def failing_kernel(*args):
@@ -382,37 +386,61 @@ def failing_kernel(*args):
 
 
 def wrong_kernel(*args):
-    return paged_cache._plain(*args) + 1
+    return paged_cache._gather_decode(*args) + 1
 
 
 @pytest.mark.parametrize(
-    "kernel, problem",
+    "fused, triton, chosen, problems",
     [
-        (plain_kernel, None),
-        (failing_kernel, "RuntimeError: FlashAttention only supports Ampere GPUs or newer."),
-        (wrong_kernel, "it differs from the plain kernel by 1"),
+        (fused_as_plain, gather_kernel, "fused", []),
+        (
+            failing_kernel,
+            gather_kernel,
+            "triton",
+            [
+                "fused paged attention kernel failed its start-up check "
+                "(RuntimeError: FlashAttention only supports Ampere GPUs or newer.)"
+            ],
+        ),
+        (
+            failing_kernel,
+            wrong_kernel,
+            "plain",
+            [
+                "fused",
+                "triton paged attention kernel failed its start-up check "
+                "(it differs from the plain kernel by 1)",
+            ],
+        ),
     ],
 )
-def test_the_fused_kernel_is_used_only_if_it_passes_its_start_up_check(monkeypatch, caplog, kernel, problem):
-    """Stand-ins for the CUDA kernel, on the CPU: one that agrees, one that raises, one that is wrong."""
+def test_a_kernel_is_used_only_if_it_passes_its_start_up_check(
+    monkeypatch, caplog, fused, triton, chosen, problems
+):
+    """Stand-ins for the CUDA kernels, on the CPU: ones that agree, raise, or are wrong."""
     from inference.runner import make_runner
 
     loaded = load(tiny())
-    assert type(make_runner(loaded, tiny(kv_cache="auto"))) is ModelRunner  # a CPU: no fused kernel at all
-    assert not make_runner(loaded, tiny(kv_cache="paged")).fused  # asked for: it runs with the plain kernel
-    monkeypatch.setattr("inference.paged_runner.fused_kernel_available", lambda device, dtype: True)
-    monkeypatch.setattr(paged_cache, "_fused", kernel)
-    paged_cache.fused_kernel_problem.cache_clear()
+    assert type(make_runner(loaded, tiny(kv_cache="auto"))) is ModelRunner  # a CPU: no in-place kernel
+    assert make_runner(loaded, tiny(kv_cache="paged")).kernel == "plain"  # asked for: the plain kernel
+    monkeypatch.setattr(paged_cache, "kernel_runs_here", lambda kernel, device, dtype: True)
+    monkeypatch.setattr(paged_cache, "_fused", fused)
+    monkeypatch.setattr(paged_cache, "_triton_decode", triton)
+    monkeypatch.setattr(paged_cache, "_REPORTED", set())
+    paged_cache.kernel_problem.cache_clear()
     try:
         auto = make_runner(loaded, tiny(kv_cache="auto"))
         forced = make_runner(loaded, tiny(kv_cache="paged"))
+        assert type(auto) is (ModelRunner if chosen == "plain" else PagedRunner)
+        assert forced.kernel == chosen
+        recorder = Recorder(forced)  # and it answers like the growing cache
+        recorder.step([(1, forced.prepare(Request(Task.DESCRIBE, (image(90, 60, 1),))))])
+        recorder.finish()
     finally:
-        paged_cache.fused_kernel_problem.cache_clear()
-    assert type(auto) is (PagedRunner if problem is None else ModelRunner)
-    assert forced.fused is (problem is None)
-    assert type(make_runner(loaded, tiny(kv_cache="growing"))) is ModelRunner
+        paged_cache.kernel_problem.cache_clear()
+    reference = alone(growing, Request(Task.DESCRIBE, (image(90, 60, 1),)))
+    same_answers(recorder, 1, reference, 1)
     warnings = [r.getMessage() for r in caplog.records if "start-up check" in r.getMessage()]
-    if problem is None:
-        assert not warnings
-    else:
-        assert len(warnings) == 1 and problem in warnings[0]  # said once, with the reason
+    assert len(warnings) == len(problems)  # each said once, with its reason
+    for warning, problem in zip(warnings, problems):
+        assert problem in warning

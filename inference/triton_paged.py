@@ -1,0 +1,137 @@
+"""Paged attention for decoding in Triton: one query per row, keys and values read where they lie.
+
+PyTorch's own FlashAttention reads a block table only from PyTorch 2.12 on (``varlen_attn``). This
+kernel needs only Triton, which ships with PyTorch on Linux with CUDA, so the paged cache copies
+nothing on older PyTorch releases too. One program per (row, head) walks the row's keys ``TILE``
+tokens at a time through its block table, with an online softmax in float32. Its grid and
+arguments depend only on tensor shapes, never on lengths read back to the host, so a CUDA graph can
+capture it.
+
+The tests run it on the CPU with Triton's interpreter (``TRITON_INTERPRET=1``) against the plain kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+TILE = 64  # keys read per loop iteration of a program
+
+
+@triton.jit
+def _paged_decode_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    out_ptr,
+    table_ptr,
+    lengths_ptr,
+    q_row_stride,
+    q_head_stride,
+    k_block_stride,
+    k_token_stride,
+    k_head_stride,
+    v_block_stride,
+    v_token_stride,
+    v_head_stride,
+    out_row_stride,
+    out_head_stride,
+    table_row_stride,
+    scale,
+    window,
+    GROUP: tl.constexpr,  # query heads per key/value head
+    BLOCK_TOKENS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    DIM: tl.constexpr,  # HEAD_DIM rounded up to a power of two
+    TILE_TOKENS: tl.constexpr,
+    WINDOWED: tl.constexpr,
+):
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    kv_head = head // GROUP
+    length = tl.load(lengths_ptr + row)
+    dims = tl.arange(0, DIM)
+    dim_ok = dims < HEAD_DIM
+    q = tl.load(q_ptr + row * q_row_stride + head * q_head_stride + dims, mask=dim_ok, other=0.0)
+    q = q.to(tl.float32) * scale
+    start = length * 0  # an int32 like length, so that the loop below carries one type
+    if WINDOWED:
+        start = tl.maximum(length - window, 0)
+    best = tl.zeros([1], dtype=tl.float32) - float("inf")
+    total = tl.zeros([1], dtype=tl.float32)
+    acc = tl.zeros([DIM], dtype=tl.float32)
+    # A while loop rather than range(start, length, ...): Triton's interpreter cannot pass a loaded
+    # length to range() with NumPy 2, and compiled it is the same loop.
+    first = start
+    while first < length:
+        tokens = first + tl.arange(0, TILE_TOKENS)
+        token_ok = tokens < length
+        block = tl.load(table_ptr + row * table_row_stride + tokens // BLOCK_TOKENS, mask=token_ok, other=0)
+        block = block.to(tl.int64)
+        offset = tokens % BLOCK_TOKENS
+        both_ok = token_ok[:, None] & dim_ok[None, :]
+        k_at = block[:, None] * k_block_stride + offset[:, None] * k_token_stride + kv_head * k_head_stride
+        keys = tl.load(k_ptr + k_at + dims[None, :], mask=both_ok, other=0.0).to(tl.float32)
+        scores = tl.sum(keys * q[None, :], axis=1)
+        scores = tl.where(token_ok, scores, float("-inf"))
+        new_best = tl.maximum(best, tl.max(scores, axis=0))
+        weights = tl.exp(scores - new_best)
+        rescale = tl.exp(best - new_best)
+        v_at = block[:, None] * v_block_stride + offset[:, None] * v_token_stride + kv_head * v_head_stride
+        values = tl.load(v_ptr + v_at + dims[None, :], mask=both_ok, other=0.0).to(tl.float32)
+        acc = acc * rescale + tl.sum(weights[:, None] * values, axis=0)
+        total = total * rescale + tl.sum(weights, axis=0)
+        best = new_best
+        first += TILE_TOKENS
+    out = acc / total
+    tl.store(out_ptr + row * out_row_stride + head * out_head_stride + dims, out, mask=dim_ok)
+
+
+def paged_decode(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    block_table: torch.Tensor,
+    lengths: torch.Tensor,
+    scale: float,
+    window: int | None = None,
+) -> torch.Tensor:
+    """``q`` ``[rows, heads, head_dim]``: each row's one query against its first ``lengths[row]`` keys.
+
+    ``keys``/``values`` are the pool ``[blocks, block_tokens, kv_heads, head_dim]``; ``block_table``
+    ``[rows, blocks per row]`` int32. Returns ``[rows, heads, head_dim]`` in ``q``'s dtype.
+    """
+    rows, heads, head_dim = q.shape
+    _, block_tokens, kv_heads, _ = keys.shape
+    out = torch.empty_like(q)
+    if rows == 0:
+        return out
+    _paged_decode_kernel[(rows, heads)](
+        q,
+        keys,
+        values,
+        out,
+        block_table,
+        lengths,
+        q.stride(0),
+        q.stride(1),
+        keys.stride(0),
+        keys.stride(1),
+        keys.stride(2),
+        values.stride(0),
+        values.stride(1),
+        values.stride(2),
+        out.stride(0),
+        out.stride(1),
+        block_table.stride(0),
+        scale,
+        window or 0,
+        GROUP=heads // kv_heads,
+        BLOCK_TOKENS=block_tokens,
+        HEAD_DIM=head_dim,
+        DIM=triton.next_power_of_2(head_dim),
+        TILE_TOKENS=TILE,
+        WINDOWED=bool(window),
+    )
+    return out

@@ -71,14 +71,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--newcomers", type=int, default=None, help="people asking at once (tiny 8, real 32)")
     parser.add_argument("--num-crops", type=int, default=None, help="HD crops per image (tiny 4, real 16)")
     parser.add_argument("--prefill-chunk-tokens", type=int, default=None, help="PREFILL_CHUNK_TOKENS (2048)")
-    parser.add_argument("--kv-cache", default="paged,growing", help="paged, growing or both (default)")
+    parser.add_argument(
+        "--kv-cache",
+        default="paged,growing",
+        help="ways, in order: paged, paged-eager, growing (default paged,growing)",
+    )
     args = parser.parse_args(argv)
     for name in ("running", "newcomers", "num_crops", "prefill_chunk_tokens"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     args.kv_cache = [mode.strip() for mode in args.kv_cache.split(",") if mode.strip()]
     if not args.kv_cache or not set(args.kv_cache) <= set(KV_CACHES):
-        parser.error("--kv-cache takes paged, growing or paged,growing")
+        parser.error("--kv-cache takes paged, paged-eager and growing, separated by commas")
     args.levels = [1]  # what build_loaded's sizing expects of throughput's options
     args.max_new_tokens = args.max_batch_size = None
     return args

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs the GPU benchmarks (and the CUDA-only tests) one after another, each under its own time limit, and keeps
-# every output. Usage, from the repository root, on a machine with a CUDA GPU and the project's packages:
+# every output. Usage, from the repository root, on a machine with a CUDA GPU and the project's packages
+# (on the lent GPU machine: bench/gpu_run.sh, after scripts/gpu-wheels.sh here):
 #
 #   bash bench/gpu_suite.sh [OUTDIR] [STEP...]
 #
-# Steps (default: env tests burst throughput16 throughput4, about 6 minutes on an H100, each under a time limit
-# that keeps the whole run within 8); also on request: engine looplag looplagcpu.
+# Steps (default: env tests burst profile throughput16 throughput4, about 6-7 minutes on an H100 or H200, each
+# under a time limit that keeps the whole run within about 8); also on request: engine looplag looplagcpu.
 # Each step writes OUTDIR/<step>.json (the benchmark's JSON line) and OUTDIR/<step>.log (its progress).
 # A step that fails or runs out of time is reported and the next one still runs.
 set -u
@@ -13,7 +14,7 @@ set -u
 out=${1:-bench-results}
 shift || true
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(env tests burst throughput16 throughput4)
+[ ${#steps[@]} -eq 0 ] && steps=(env tests burst profile throughput16 throughput4)
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}.
@@ -31,15 +32,18 @@ run_step() {  # name, time limit in seconds, command...
 
 for step in "${steps[@]}"; do
     case $step in
-        env) run_step env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; \
+        env) run_step env 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; \
             $py -c 'import torch, transformers, sys; print(torch.__version__, transformers.__version__, sys.version)'" ;;
-        tests) run_step tests 100 "$py" -m pytest -q -p no:cacheprovider tests/inference/test_gpu.py \
+        # --noconftest: the inference tests need none of the bot's fixtures (nor its Discord packages).
+        tests) run_step tests 80 "$py" -m pytest -q -p no:cacheprovider --noconftest tests/inference/test_gpu.py \
             tests/inference/test_paged_cache.py ;;
-        burst) run_step burst 120 "$py" bench/burst.py --real-size ;;
-        # Both KV caches side by side; the model card's way at 1 and 8 users (it answers one person after
-        # another, so its rate does not change with more waiting; the speed-up above 8 is taken against it).
-        throughput16) run_step throughput16 150 "$py" bench/throughput.py --real-size --num-crops 16 --card-levels 1,8 ;;
-        throughput4) run_step throughput4 90 "$py" bench/throughput.py --real-size --num-crops 4 --kv-cache paged \
+        burst) run_step burst 90 "$py" bench/burst.py --real-size ;;
+        # Decoding steps against the memory-bandwidth limit, three ways, and graphs against eager steps.
+        profile) run_step profile 100 "$py" bench/step_profile.py --real-size --steps 16 ;;
+        # The paged cache (graphs) and the growing one; the model card's way at 1 and 8 users (it answers one
+        # person after another, so its rate does not change with more waiting; the speed-up above 8 uses it).
+        throughput16) run_step throughput16 130 "$py" bench/throughput.py --real-size --num-crops 16 --card-levels 1,8 ;;
+        throughput4) run_step throughput4 70 "$py" bench/throughput.py --real-size --num-crops 4 --kv-cache paged \
             --card-levels 1 ;;
         engine) run_step engine 300 "$py" bench/engine.py ;;
         looplag) run_step looplag 300 "$py" bench/loop_lag.py --real-size ;;

@@ -38,7 +38,7 @@ from transformers import DynamicCache
 
 from bench.engine import run_benchmark, synchronize
 from bench.serving import FixedLengthRunner, versions
-from bench.throughput import KV_CACHES, build_setup, model_inputs, model_parser
+from bench.throughput import KV_CACHES, build_setup, engine_way, model_inputs, model_parser
 from inference.paged_cache import PagedStorage
 from inference.runner import Prepared
 from inference.types import Request, Task
@@ -52,7 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-crops", type=int, default=None)
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--kv-cache", default="paged,growing", help="paged, growing or both (default)")
+    parser.add_argument(
+        "--kv-cache", default="paged,paged-eager,growing", help="ways to time: paged, paged-eager, growing"
+    )
+    parser.add_argument(
+        "--check-tokens", type=int, default=32, help="tokens per row for the graphs-vs-eager check"
+    )
     parser.add_argument("--profile", action="store_true", help="print the top operators of a few steps")
     args = parser.parse_args(argv)
     args.levels = [int(b) for b in args.batch_sizes.split(",")]
@@ -60,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.max_batch_size = max(args.levels)
     args.kv_cache = [mode.strip() for mode in args.kv_cache.split(",") if mode.strip()]
     if not args.kv_cache or not set(args.kv_cache) <= set(KV_CACHES):
-        parser.error("--kv-cache takes paged, growing or paged,growing")
+        parser.error("--kv-cache takes paged, paged-eager and growing, separated by commas")
     return args
 
 
@@ -144,6 +149,51 @@ def time_runner_steps(setup, runner, batch: int, steps: int, profile: bool) -> d
     }
 
 
+def decode_run(setup, way: str, batch: int, steps: int) -> tuple[bool, torch.Tensor, torch.Tensor]:
+    """``batch`` different prompts joined, then ``steps`` decoding steps: (graphs used, tokens, logits)."""
+    runner = FixedLengthRunner(setup.loaded, engine_way(setup.config, way))
+    admit = []
+    for i in range(batch):
+        request = Request(Task.DESCRIBE, (setup.image,), question=f"What is in part {i + 1} of the picture?")
+        admit.append((i, dataclasses.replace(runner.prepare(request), max_new_tokens=steps + 8)))
+    answered: set[int] = set()
+    events = runner.step(admit, [])
+    while len(answered | {event.request_id for event in events}) < batch:
+        answered |= {event.request_id for event in events}
+        events = runner.step([], [])
+    tokens, logits = [], []
+    for _ in range(steps):
+        runner.step([], [])
+        step_logits = runner.decode_step.logits[:batch].float()
+        logits.append(step_logits.cpu())
+        tokens.append(step_logits.argmax(-1).cpu())
+    graphs = bool(runner.decode_step.graphs)
+    runner.reset()
+    del runner
+    gc.collect()
+    return graphs, torch.stack(tokens), torch.stack(logits)
+
+
+def graphs_against_eager(setup, batch: int, steps: int) -> dict:
+    """The same prompts decoded from CUDA graphs and eagerly: the share of greedy tokens that agree, and
+    the largest logit difference over the steps before the first disagreement (after it, the rows'
+    contexts differ and their logits are no longer comparable)."""
+    graphs, graph_tokens, graph_logits = decode_run(setup, "paged", batch, steps)
+    _, eager_tokens, eager_logits = decode_run(setup, "paged-eager", batch, steps)
+    agree = graph_tokens == eager_tokens
+    first_difference = int((~agree).any(1).float().argmax()) if not bool(agree.all()) else steps
+    difference = (graph_logits[:first_difference] - eager_logits[:first_difference]).abs()
+    return {
+        "graphs_used": graphs,
+        "rows": batch,
+        "steps": steps,
+        "identical_token_share": round(float(agree.float().mean()), 4),
+        "rows_identical": int(agree.all(0).sum()),
+        "steps_before_first_difference": first_difference,
+        "max_logit_difference": round(float(difference.max()), 5) if first_difference else None,
+    }
+
+
 def against_limit(timing: dict, read_bytes: int, bandwidth_gb_s: float) -> dict:
     limit_ms = read_bytes / (bandwidth_gb_s * GB) * 1000
     return {
@@ -193,9 +243,11 @@ def run(args: argparse.Namespace) -> dict:
         "plain_forward_batch1_step_ms": time_plain_forward(setup, args.steps),
         "runner": {},
     }
+    log.info("graphs against eager steps: %d rows, %d steps", min(8, max(args.levels)), args.check_tokens)
+    result["graphs_against_eager"] = graphs_against_eager(setup, min(8, max(args.levels)), args.check_tokens)
     context = setup.prompt_tokens + args.steps // 2  # keys a row has, on average, while it is timed
     for kv_cache in args.kv_cache:
-        runner = FixedLengthRunner(loaded, dataclasses.replace(setup.config, kv_cache=kv_cache))
+        runner = FixedLengthRunner(loaded, engine_way(setup.config, kv_cache))
         result["runner"][kv_cache] = {}
         for batch in args.levels:
             log.info("%s KV cache, batch %d", kv_cache, batch)

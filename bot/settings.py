@@ -100,6 +100,7 @@ class Settings:
     batch_window_ms: float = 15.0
     kv_cache: str = "auto"
     prefill_chunk_tokens: int = 2048
+    cuda_graphs: bool = True
     # Discord wiring
     command_prefix: str = "!"
     dev_guild_id: int | None = None
@@ -180,6 +181,7 @@ class Settings:
             prefill_chunk_tokens=env.integer(
                 "PREFILL_CHUNK_TOKENS", defaults.prefill_chunk_tokens, minimum=64, maximum=65_536
             ),
+            cuda_graphs=env.boolean("CUDA_GRAPHS", defaults.cuda_graphs),
             command_prefix=env.text("COMMAND_PREFIX", defaults.command_prefix),
             dev_guild_id=env.optional_int("DEV_GUILD_ID", minimum=1),
             sync_commands=env.boolean("SYNC_COMMANDS", defaults.sync_commands),
@@ -224,6 +226,7 @@ class Settings:
             batch_window_ms=self.batch_window_ms,
             kv_cache=self.kv_cache,
             prefill_chunk_tokens=self.prefill_chunk_tokens,
+            cuda_graphs=self.cuda_graphs,
         )
 
     def remote_config(self) -> RemoteConfig:

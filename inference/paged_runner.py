@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from inference.block_pool import BLOCK_TOKENS, BlockPool
+from inference.decode_step import DecodeInputs, DecodeRow, DecodeStep
 from inference.errors import EngineUnavailable, OutOfMemory
 from inference.loading import LoadedModel
 from inference.paged_cache import (
@@ -87,31 +88,6 @@ class _Entry:
     emits: bool  # the logits of its last token give the row its next token
 
 
-class _DecodeInputs:
-    """A decode step's inputs at fixed addresses: each step writes into the first rows of these."""
-
-    def __init__(self, max_rows: int, blocks_per_row: int, device: torch.device) -> None:
-        self.ids = torch.zeros(1, max_rows, dtype=torch.long, device=device)
-        self.positions = torch.zeros(1, max_rows, dtype=torch.long, device=device)
-        self.slots = torch.zeros(max_rows, dtype=torch.long, device=device)
-        self.lengths = torch.zeros(max_rows, dtype=torch.int32, device=device)
-        self.cu_seq_q = torch.arange(max_rows + 1, dtype=torch.int32, device=device)  # one query per row
-        self.cu_seq_k = torch.zeros(max_rows + 1, dtype=torch.int32, device=device)
-        self.block_table = torch.zeros(max_rows, blocks_per_row, dtype=torch.int32, device=device)
-        self.table_owners: tuple[int, ...] = ()  # whose blocks the table holds now, row by row
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [
-            self.ids,
-            self.positions,
-            self.slots,
-            self.lengths,
-            self.cu_seq_q,
-            self.cu_seq_k,
-            self.block_table,
-        ]
-
-
 class PagedRunner(RunnerBase):
     def __init__(self, loaded: LoadedModel, config: EngineConfig):
         super().__init__(loaded, config)
@@ -124,13 +100,29 @@ class PagedRunner(RunnerBase):
         self.kv_heads = model_config.num_key_value_heads or heads
         self.head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
         self.num_layers = model_config.num_hidden_layers
-        self.storage = self._allocate(num_blocks)
+        # One block more than the pool hands out: the scratch block that padding rows of a step use.
+        self.storage = self._allocate(num_blocks + 1)
         self.pool = BlockPool(num_blocks, self.block_tokens)
         self.kernel = kernel_for(loaded)
         self.sliding_window = getattr(model_config, "sliding_window", None)
         self.rows: dict[int, _PagedRow] = {}  # in order of admission
-        self.decode_inputs = _DecodeInputs(config.max_batch_size, self.blocks_per_row, loaded.device)
+        self.decode_inputs = DecodeInputs(
+            config.max_batch_size, self.blocks_per_row, num_blocks, self.block_tokens, loaded.device
+        )
         use_language_attention(loaded.model, ATTENTION_NAME)
+        self.decode_step = DecodeStep(
+            loaded.model,
+            self.storage,
+            self.decode_inputs,
+            self.kernel,
+            self.sliding_window,
+            self.blocks_per_row * self.block_tokens,
+        )
+        if config.cuda_graphs and loaded.device.type == "cuda":
+            with torch.inference_mode():
+                problem = self.decode_step.capture(config.max_batch_size)
+            if problem is not None:
+                log.warning("CUDA graphs are off, decoding runs eagerly: the capture failed (%s)", problem)
         log.info(
             "KV cache: %.1f GiB allocated once, %d blocks of %d tokens (TOKEN_BUDGET=%d, MAX_BATCH_SIZE=%d); "
             "prompts prefilled %d tokens per step (PREFILL_CHUNK_TOKENS); attention: %s",
@@ -150,7 +142,7 @@ class PagedRunner(RunnerBase):
 
     @property
     def cache_bytes(self) -> int:
-        return self.pool.num_blocks * self.block_tokens * self.bytes_per_token
+        return (self.pool.num_blocks + 1) * self.block_tokens * self.bytes_per_token
 
     def _allocate(self, num_blocks: int) -> PagedStorage:
         """The storage, or :class:`CacheDoesNotFit` with the TOKEN_BUDGET that would fit."""
@@ -267,14 +259,15 @@ class PagedRunner(RunnerBase):
         return entries
 
     def _run(self, entries: list[_Entry]) -> list[Event]:
-        only_decoding = all(not entry.row.prefilling for entry in entries)
-        inputs = self._decode_inputs(entries) if only_decoding else self._packed_inputs(entries)
-        logits = self.loaded.model(
-            use_cache=False,
-            long_rope=any(entry.row.long_rope for entry in entries),
-            **inputs,
-        ).logits[0]
-        tokens = logits.argmax(-1).tolist()
+        if all(not entry.row.prefilling for entry in entries):  # only decoding: the static step
+            tokens = self.decode_step.run([self._decode_row(entry.row) for entry in entries])
+        else:
+            logits = self.loaded.model(
+                use_cache=False,
+                long_rope=any(entry.row.long_rope for entry in entries),
+                **self._packed_inputs(entries),
+            ).logits[0]
+            tokens = logits.argmax(-1).tolist()
         for entry in entries:
             entry.row.next_position += entry.count
             if entry.row.prefilling and entry.emits:  # its whole prompt is in the cache now
@@ -291,47 +284,10 @@ class PagedRunner(RunnerBase):
             **tensors,
         )
 
-    def _decode_inputs(self, entries: list[_Entry]) -> dict:
-        """Every row decodes one token: the inputs are written into the fixed buffers."""
-        buffers, rows = self.decode_inputs, len(entries)
-        owners = tuple(entry.row.request_id for entry in entries)
-        if owners != buffers.table_owners:  # the batch changed: rewrite the block table in place
-            buffers.block_table[:rows].copy_(self._block_table(entries), non_blocking=True)
-            buffers.table_owners = owners
-        lengths = [entry.start + 1 for entry in entries]
-        host = torch.tensor(
-            [
-                [entry.row.last_token for entry in entries],
-                [entry.start for entry in entries],
-                [
-                    slots_of(entry.row.table, entry.start, entry.start + 1, self.block_tokens)[0]
-                    for entry in entries
-                ],
-                lengths,
-                list(itertools.accumulate(lengths))[:rows],
-            ],
-            dtype=torch.long,
-        )
-        buffers.ids[0, :rows].copy_(host[0], non_blocking=True)
-        buffers.positions[0, :rows].copy_(host[1], non_blocking=True)
-        buffers.slots[:rows].copy_(host[2], non_blocking=True)
-        buffers.lengths[:rows].copy_(host[3], non_blocking=True)
-        buffers.cu_seq_k[1 : rows + 1].copy_(host[4], non_blocking=True)
-        batch = self._batch(
-            entries,
-            {
-                "slots": buffers.slots[:rows],
-                "cu_seq_q": buffers.cu_seq_q[: rows + 1],
-                "cu_seq_k": buffers.cu_seq_k[: rows + 1],
-                "lengths": buffers.lengths[:rows],
-                "block_table": buffers.block_table[:rows],
-            },
-        )
-        return {
-            "input_ids": buffers.ids[:, :rows],
-            "position_ids": buffers.positions[:, :rows],
-            "paged_batch": batch,
-        }
+    def _decode_row(self, row: _PagedRow) -> DecodeRow:
+        position = row.next_position
+        slot = slots_of(row.table, position, position + 1, self.block_tokens)[0]
+        return DecodeRow(row.request_id, row.last_token, position, slot, row.table)
 
     def _packed_inputs(self, entries: list[_Entry]) -> dict:
         """Decoding rows and prompt chunks side by side in one sequence (shapes vary: fresh tensors)."""

@@ -118,6 +118,7 @@ class EngineConfig:
     batch_window_ms: float = 15.0  # how long an idle engine waits to gather a burst into one batch
     kv_cache: str = "auto"  # auto | paged (allocated once, in blocks) | growing (the earlier path)
     prefill_chunk_tokens: int = 2048  # paged: prompt tokens prefilled per step beside the running answers
+    cuda_graphs: bool = True  # paged, on CUDA: replay decoding steps from CUDA graphs captured at start-up
 
 
 class Engine(Protocol):

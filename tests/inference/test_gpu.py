@@ -88,3 +88,33 @@ def test_the_paged_kernel_answers_like_the_growing_cache_in_bf16():
     assert paged.tokens[1][0] == growing.tokens[1][0]
     first = [recorder.logits[1][0].float() for recorder in recorders]
     torch.testing.assert_close(first[0], first[1], atol=0.05 * float(first[1].abs().max()), rtol=0)
+
+
+def test_decoding_from_cuda_graphs_answers_like_eager_steps():
+    """Graph-captured decoding steps (issue 10) against the same steps run eagerly, batch of three."""
+    from inference.loading import load
+    from inference.paged_runner import PagedRunner
+    from tests.inference.test_paged_runner import Recorder, image
+
+    requests = [
+        Request(Task.DESCRIBE, (image(300, 500, 2),), question="What is this?"),
+        Request(Task.OCR, (image(90, 60, 1),)),
+        Request(Task.DESCRIBE, (image(200, 120, 3),)),
+    ]
+    recorders = []
+    for graphs in (True, False):
+        config = EngineConfig(
+            model_id=str(TINY_CHECKPOINT),
+            device="cuda",
+            dtype="bfloat16",
+            max_new_tokens=16,
+            cuda_graphs=graphs,
+        )
+        runner = PagedRunner(load(config), config)
+        assert bool(runner.decode_step.graphs) is graphs
+        recorder = Recorder(runner)
+        recorder.step([(i + 1, runner.prepare(r)) for i, r in enumerate(requests)])
+        recorder.finish()
+        recorders.append(recorder)
+    for rid in (1, 2, 3):
+        assert recorders[0].tokens[rid] == recorders[1].tokens[rid]

@@ -1,0 +1,78 @@
+"""The paged runner's static decoding step (issue 10): padded to a bucket it answers exactly as unpadded,
+its padding touches only the scratch block, and a capture that cannot happen leaves eager steps.
+
+CUDA graphs themselves need a GPU (tests/inference/test_gpu.py); on the CPU the same step runs eagerly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference.decode_step import buckets_up_to
+from tests.inference.test_paged_runner import Recorder, alone, growing, paged, same_answers
+
+
+def test_buckets_cover_every_batch_size_up_to_the_maximum():
+    assert buckets_up_to(1) == (1,)
+    assert buckets_up_to(8) == (1, 2, 4, 8)
+    assert buckets_up_to(20) == (1, 2, 4, 8, 16, 20)
+    assert buckets_up_to(32) == (1, 2, 4, 8, 16, 24, 32)
+    assert buckets_up_to(100) == (1, 2, 4, 8, 16, 24, 32, 64, 96, 100)
+
+
+def test_steps_padded_to_a_bucket_answer_as_unpadded(requests):
+    """Three rows run as a bucket of four (and two as two, one as one) as a captured graph would."""
+    padded = Recorder(paged(prefill_chunk_tokens=4096, max_batch_size=8))
+    runner = padded.runner
+    runner.decode_step.buckets = (1, 4, 8)
+    scratch = runner.decode_inputs.scratch_block
+    owned_before = [layer[:scratch].clone() for layer in runner.storage.keys]
+    padded.step([(i + 1, runner.prepare(request)) for i, request in enumerate(requests[:2])])
+    padded.step([(3, runner.prepare(requests[0]))])
+    held = {block for row in runner.rows.values() for block in row.table}
+    sizes = []
+    runner.loaded.model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: sizes.append(kwargs["input_ids"].shape[1]) if "input_ids" in kwargs else None,
+        with_kwargs=True,
+    )
+    padded.step()
+    padded.step(abort=[2])
+    padded.finish()
+    assert sizes[:2] == [4, 4]  # three rows ran as a bucket of four, then two rows as four
+    for rid, request in ((1, requests[0]), (2, requests[1]), (3, requests[0])):
+        reference = alone(growing, request)
+        if rid == 2:  # aborted after a few tokens: what it got is the start of its answer alone
+            assert padded.tokens[2] == reference.tokens[1][: len(padded.tokens[2])]
+        else:
+            same_answers(padded, rid, reference, 1)
+    # Padding rows wrote into the scratch block only: the blocks nobody held are as they were.
+    for before, layer in zip(owned_before, runner.storage.keys):
+        for block in set(range(scratch)) - held:
+            assert torch.equal(before[block], layer[block])
+    assert not torch.equal(runner.storage.keys[0][scratch], torch.zeros_like(runner.storage.keys[0][scratch]))
+
+
+def test_a_capture_that_cannot_happen_leaves_eager_steps(requests, caplog):
+    runner = paged()
+    step = runner.decode_step
+    assert step.capture(8) == "the plain attention kernel sizes its work on the host"
+    step.kernel = "triton"  # as if it ran here: the capture itself fails on a machine without CUDA
+    problem = step.capture(8)
+    assert problem and not step.graphs and step.buckets == ()
+    step.kernel = "plain"
+    recorder = Recorder(runner)
+    recorder.step([(1, runner.prepare(requests[0]))])
+    recorder.finish()
+    same_answers(recorder, 1, alone(growing, requests[0]), 1)
+
+
+@pytest.fixture(scope="module")
+def requests():
+    from inference.types import Request, Task
+    from tests.inference.test_paged_runner import image
+
+    return [
+        Request(Task.DESCRIBE, (image(90, 60, 1),), question="What is this?"),
+        Request(Task.OCR, (image(300, 500, 2),)),
+    ]

@@ -356,6 +356,9 @@ class Engines:
             made.append(FixedLengthRunner(self.setup.loaded, config))
             return made[-1]
 
+        gc.collect()  # the previous way's runner, now unreferenced, and its cache go first
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         self.memory.start_phase()
         engine = LocalEngine(config, runner_factory=factory)
         await engine.start()

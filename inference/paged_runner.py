@@ -361,8 +361,10 @@ def kernel_for(loaded: LoadedModel) -> str:
 
 
 def free_device_memory(device: torch.device) -> int | None:
-    """Free bytes on a CUDA device; None elsewhere (no check is made)."""
+    """Bytes a new allocation can have on a CUDA device: free on the device, plus what PyTorch holds in its
+    cache but no tensor uses (it hands that out first). None elsewhere (no check is made)."""
     if device.type != "cuda":
         return None
     free, _ = torch.cuda.mem_get_info(device)
-    return int(free)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free + max(cached, 0))

@@ -46,7 +46,7 @@ def buckets_up_to(max_rows: int) -> tuple[int, ...]:
 class DecodeRow:
     """What one answering row feeds a decoding step."""
 
-    owner: int  # its request id (the block table is rewritten only when the owners change)
+    owner: int  # its request id (the block table is rewritten only when owners or tables change)
     token: int  # the token it decodes
     position: int  # that token's position: also the keys the row has before this step
     slot: int  # the cache slot its new key and value go to
@@ -71,7 +71,7 @@ class DecodeInputs:
             (max_rows, blocks_per_row), scratch_block, dtype=torch.int32, device=device
         )
         self.tokens = torch.zeros(max_rows, dtype=torch.long, device=device)  # the step's output
-        self.table_owners: tuple[int, ...] | None = None  # whose blocks the table holds, row by row
+        self.table_owners: tuple | None = None  # whose blocks the table holds, row by row, and which
 
     def tensors(self) -> list[torch.Tensor]:
         return [
@@ -88,7 +88,7 @@ class DecodeInputs:
     def fill(self, rows: Sequence[DecodeRow], bucket: int) -> list[int]:
         """Write ``rows`` into the buffers, padded up to ``bucket`` rows; returns each row's key count."""
         padding = bucket - len(rows)
-        owners = tuple(row.owner for row in rows) + (-1,) * padding
+        owners = tuple((row.owner, row.table) for row in rows) + (None,) * padding
         if owners != self.table_owners:  # the batch changed: rewrite the block table in place
             table = torch.full((bucket, self.block_table.shape[1]), self.scratch_block, dtype=torch.int32)
             for index, row in enumerate(rows):

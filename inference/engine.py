@@ -153,7 +153,8 @@ class LocalEngine:
         if loaded is None:
             return {}
         dtype = str(loaded.dtype).removeprefix("torch.")
-        text = f"{loaded.device}, {dtype}, {loaded.attn_implementation} attention"
+        attention = getattr(self._runner, "attention_text", None) or f"{loaded.attn_implementation} attention"
+        text = f"{loaded.device}, {dtype}, {attention}"
         memory = None
         if loaded.device.type == "cuda":
             import torch  # the runner has it loaded already

@@ -135,6 +135,12 @@ class PagedRunner(RunnerBase):
             KERNEL_TEXT[self.kernel],
         )
 
+    @property
+    def attention_text(self) -> str:
+        """How the model attends, for the owner's status (e.g. paged KV cache, triton kernel, CUDA graphs)."""
+        graphs = ", CUDA graphs" if self.decode_step.graphs else ""
+        return f"paged KV cache, {self.kernel} attention kernel{graphs}"
+
     # -- start-up ------------------------------------------------------------------------------
     @property
     def bytes_per_token(self) -> int:

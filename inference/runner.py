@@ -242,6 +242,11 @@ class ModelRunner(RunnerBase):
         self.batch = _Batch()
 
     @property
+    def attention_text(self) -> str:
+        """How the model attends, for the owner's status: e.g. ``sdpa attention``."""
+        return f"{self.loaded.attn_implementation} attention"
+
+    @property
     def running_ids(self) -> list[int]:
         return [row.request_id for row in self.batch.rows]
 

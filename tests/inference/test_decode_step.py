@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.decode_step import buckets_up_to
+from inference.decode_step import DecodeInputs, DecodeRow, buckets_up_to
 from tests.inference.test_paged_runner import Recorder, alone, growing, paged, same_answers
 
 
@@ -51,6 +51,17 @@ def test_steps_padded_to_a_bucket_answer_as_unpadded(requests):
         for block in set(range(scratch)) - held:
             assert torch.equal(before[block], layer[block])
     assert not torch.equal(runner.storage.keys[0][scratch], torch.zeros_like(runner.storage.keys[0][scratch]))
+
+
+def test_the_block_table_is_rewritten_when_a_row_holds_other_blocks():
+    """Also for the same request id (a runner reset and used again): the tables decide, not the ids."""
+    inputs = DecodeInputs(max_rows=4, blocks_per_row=3, scratch_block=9, block_tokens=16, device="cpu")
+    inputs.fill([DecodeRow(owner=1, token=5, position=20, slot=3 * 16 + 4, table=(2, 3))], bucket=2)
+    assert inputs.block_table[:2].tolist() == [[2, 3, 9], [9, 9, 9]]  # the padding row: scratch only
+    inputs.fill([DecodeRow(owner=1, token=5, position=20, slot=8 * 16 + 4, table=(7, 8))], bucket=2)
+    assert inputs.block_table[:2].tolist() == [[7, 8, 9], [9, 9, 9]]
+    assert inputs.slots[:2].tolist() == [8 * 16 + 4, 9 * 16]
+    assert inputs.lengths[:2].tolist() == [21, 1] and inputs.cu_seq_k[:3].tolist() == [0, 21, 22]
 
 
 def test_a_capture_that_cannot_happen_leaves_eager_steps(requests, caplog):

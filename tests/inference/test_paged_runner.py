@@ -209,7 +209,7 @@ def test_a_decoding_step_reads_its_inputs_from_fixed_addresses(requests):
         assert kwargs["position_ids"].data_ptr() == buffers.positions.data_ptr()
         for name in ("slots", "lengths", "cu_seq_q", "cu_seq_k", "block_table"):
             assert getattr(batch, name).data_ptr() == getattr(buffers, name).data_ptr(), name
-    assert buffers.table_owners == (1, 2)
+    assert [owner for owner, _ in buffers.table_owners] == [1, 2]
 
 
 def test_every_prompt_token_is_prefilled_once_and_images_are_encoded_once(requests):
@@ -444,3 +444,11 @@ def test_a_kernel_is_used_only_if_it_passes_its_start_up_check(
     assert len(warnings) == len(problems)  # each said once, with its reason
     for warning, problem in zip(warnings, problems):
         assert problem in warning
+
+
+def test_the_owner_sees_how_the_model_attends():
+    from inference.engine import LocalEngine
+
+    engine = LocalEngine(tiny(kv_cache="paged"))
+    engine._runner = paged()
+    assert engine.stats().hardware == "cpu, float32, paged KV cache, plain attention kernel"

@@ -1,9 +1,27 @@
 #!/usr/bin/env bash
-# On the lent GPU machine (see scripts/gpu-wheels.sh): install the carried wheels beside its PyTorch, then run
-# bench/gpu_suite.sh with its outputs under $OUT (or bench-results/ when OUT is unset).
+# On the lent GPU machine (see scripts/gpu-wheels.sh): install the carried wheels beside its PyTorch, run
+# bench/gpu_suite.sh, then put what came out where the device tool brings files back ($OUT, which takes at most
+# 8 files): results.jsonl (every step's JSON line, named) and bench.tgz (every step's JSON and log).
+# Without OUT (any other GPU machine) the results stay in bench-results/.
 set -u
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "installing the carried wheels failed" >&2; exit 1; }
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-bash bench/gpu_suite.sh "${OUT:-bench-results}/bench" "$@"
+results=${OUT:+/tmp/bench-results}
+results=${results:-bench-results}
+bash bench/gpu_suite.sh "$results" "$@"
+if [ -n "${OUT:-}" ]; then
+    python3 - "$results" > "$OUT/results.jsonl" <<'PY'
+import json, pathlib, sys
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    lines = path.read_text().strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (ValueError, IndexError):  # a step that printed no JSON line (env, tests): its text as it is
+        result = "\n".join(lines)
+    print(json.dumps({"step": path.stem, "result": result}))
+PY
+    tar czf "$OUT/bench.tgz" -C "$results" .
+    ls -la "$OUT"
+fi

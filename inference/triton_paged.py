@@ -2,10 +2,12 @@
 
 PyTorch's own FlashAttention reads a block table only from PyTorch 2.12 on (``varlen_attn``). This
 kernel needs only Triton, which ships with PyTorch on Linux with CUDA, so the paged cache copies
-nothing on older PyTorch releases too. One program per (row, head) walks the row's keys ``TILE``
-tokens at a time through its block table, with an online softmax in float32. Its grid and
-arguments depend only on tensor shapes, never on lengths read back to the host, so a CUDA graph can
-capture it.
+nothing on older PyTorch releases too. Programs walk a row's keys ``TILE`` tokens at a time through
+its block table, with an online softmax in float32. With few rows (one person asking), one program per
+(row, head) would leave most of the GPU idle while each walks thousands of keys, so several programs
+share a (row, head), each a stretch of its keys, and their partial results are merged
+("flash-decoding"). The grid and arguments depend only on tensor shapes, never on lengths read back
+to the host, so a CUDA graph can capture it.
 
 The tests run it on the CPU with Triton's interpreter (``TRITON_INTERPRET=1``) against the plain kernel.
 """
@@ -17,6 +19,7 @@ import triton
 import triton.language as tl
 
 TILE = 64  # keys read per loop iteration of a program
+MAX_SPLITS = 16  # programs sharing one (row, head) at most
 
 
 @triton.jit
@@ -25,6 +28,8 @@ def _paged_decode_kernel(
     k_ptr,
     v_ptr,
     out_ptr,
+    part_acc_ptr,
+    part_stats_ptr,
     table_ptr,
     lengths_ptr,
     q_row_stride,
@@ -46,9 +51,11 @@ def _paged_decode_kernel(
     DIM: tl.constexpr,  # HEAD_DIM rounded up to a power of two
     TILE_TOKENS: tl.constexpr,
     WINDOWED: tl.constexpr,
+    SPLITS: tl.constexpr,  # programs sharing one (row, head): each takes a stretch of its keys
 ):
     row = tl.program_id(0)
     head = tl.program_id(1)
+    split = tl.program_id(2)
     kv_head = head // GROUP
     length = tl.load(lengths_ptr + row)
     dims = tl.arange(0, DIM)
@@ -58,15 +65,18 @@ def _paged_decode_kernel(
     start = length * 0  # an int32 like length, so that the loop below carries one type
     if WINDOWED:
         start = tl.maximum(length - window, 0)
+    # This program's stretch of keys: whole tiles, the last stretch shorter (or empty).
+    stretch = tl.cdiv(tl.cdiv(length - start, SPLITS), TILE_TOKENS) * TILE_TOKENS
+    first = start + split * stretch
+    stop = tl.minimum(first + stretch, length)
     best = tl.zeros([1], dtype=tl.float32) - float("inf")
     total = tl.zeros([1], dtype=tl.float32)
     acc = tl.zeros([DIM], dtype=tl.float32)
-    # A while loop rather than range(start, length, ...): Triton's interpreter cannot pass a loaded
+    # A while loop rather than range(first, stop, ...): Triton's interpreter cannot pass a loaded
     # length to range() with NumPy 2, and compiled it is the same loop.
-    first = start
-    while first < length:
+    while first < stop:
         tokens = first + tl.arange(0, TILE_TOKENS)
-        token_ok = tokens < length
+        token_ok = tokens < stop
         block = tl.load(table_ptr + row * table_row_stride + tokens // BLOCK_TOKENS, mask=token_ok, other=0)
         block = block.to(tl.int64)
         offset = tokens % BLOCK_TOKENS
@@ -84,8 +94,32 @@ def _paged_decode_kernel(
         total = total * rescale + tl.sum(weights, axis=0)
         best = new_best
         first += TILE_TOKENS
-    out = acc / total
-    tl.store(out_ptr + row * out_row_stride + head * out_head_stride + dims, out, mask=dim_ok)
+    if SPLITS == 1:
+        out = acc / total
+        tl.store(out_ptr + row * out_row_stride + head * out_head_stride + dims, out, mask=dim_ok)
+    else:  # partial results, merged by merge_splits (an empty stretch leaves best -inf and total 0)
+        part = (row * tl.num_programs(1) + head) * SPLITS + split
+        tl.store(part_acc_ptr + part * DIM + dims, acc)
+        tl.store(part_stats_ptr + part * 2 + tl.arange(0, 1), best)
+        tl.store(part_stats_ptr + part * 2 + 1 + tl.arange(0, 1), total)
+
+
+def splits_for(rows: int, heads: int, device: torch.device) -> int:
+    """How many programs share a (row, head): enough for about two programs per multiprocessor."""
+    if device.type != "cuda":
+        return 1
+    processors = torch.cuda.get_device_properties(device).multi_processor_count
+    wanted = -(-2 * processors // (rows * heads))
+    return 1 if wanted <= 1 else min(MAX_SPLITS, triton.next_power_of_2(wanted))
+
+
+def merge_splits(part_acc: torch.Tensor, part_stats: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Softmax-merge the partial results ``[rows, heads, splits, ...]`` of the programs of a row and head."""
+    best, total = part_stats[..., 0], part_stats[..., 1]
+    top = best.amax(-1, keepdim=True)
+    weight = torch.exp(best - top)  # an empty stretch (best -inf) weighs 0
+    merged = (part_acc[..., :head_dim] * weight[..., None]).sum(-2)
+    return merged / (total * weight).sum(-1)[..., None]
 
 
 def paged_decode(
@@ -96,22 +130,30 @@ def paged_decode(
     lengths: torch.Tensor,
     scale: float,
     window: int | None = None,
+    splits: int | None = None,
 ) -> torch.Tensor:
     """``q`` ``[rows, heads, head_dim]``: each row's one query against its first ``lengths[row]`` keys.
 
     ``keys``/``values`` are the pool ``[blocks, block_tokens, kv_heads, head_dim]``; ``block_table``
-    ``[rows, blocks per row]`` int32. Returns ``[rows, heads, head_dim]`` in ``q``'s dtype.
+    ``[rows, blocks per row]`` int32. ``splits`` programs share each (row, head) (default: enough to fill
+    the GPU, :func:`splits_for`). Returns ``[rows, heads, head_dim]`` in ``q``'s dtype.
     """
     rows, heads, head_dim = q.shape
     _, block_tokens, kv_heads, _ = keys.shape
     out = torch.empty_like(q)
     if rows == 0:
         return out
-    _paged_decode_kernel[(rows, heads)](
+    splits = splits or splits_for(rows, heads, q.device)
+    dim = triton.next_power_of_2(head_dim)
+    part_acc = torch.empty(rows, heads, splits, dim, dtype=torch.float32, device=q.device)
+    part_stats = torch.empty(rows, heads, splits, 2, dtype=torch.float32, device=q.device)
+    _paged_decode_kernel[(rows, heads, splits)](
         q,
         keys,
         values,
         out,
+        part_acc,
+        part_stats,
         block_table,
         lengths,
         q.stride(0),
@@ -130,8 +172,11 @@ def paged_decode(
         GROUP=heads // kv_heads,
         BLOCK_TOKENS=block_tokens,
         HEAD_DIM=head_dim,
-        DIM=triton.next_power_of_2(head_dim),
+        DIM=dim,
         TILE_TOKENS=TILE,
         WINDOWED=bool(window),
+        SPLITS=splits,
     )
+    if splits > 1:
+        out.copy_(merge_splits(part_acc, part_stats, head_dim))
     return out

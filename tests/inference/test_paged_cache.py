@@ -198,6 +198,37 @@ def test_the_triton_kernel_keeps_the_sliding_window(interpreted_triton):
         torch.testing.assert_close(out[row : row + 1].transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
 
 
+@triton_here
+@pytest.mark.parametrize("splits", [1, 3, 4])
+@pytest.mark.parametrize("window", [None, 40])
+def test_the_triton_kernel_splits_a_rows_keys_between_programs(interpreted_triton, splits, window):
+    """Several programs per row and head, each a stretch of keys, merged: the same as one program alone.
+
+    Rows of 300, 17 and 1 keys: with 3 or 4 splits some stretches are empty (one tile covers all)."""
+    from inference.paged_cache import _gather_decode
+    from inference.triton_paged import paged_decode
+
+    generator = torch.Generator().manual_seed(splits)
+    keys, values = (torch.randn(60, BLOCK, 2, 8, generator=generator) for _ in range(2))
+    table = torch.randperm(60, generator=generator).reshape(3, 20).int()
+    lengths = torch.tensor([300, 17, 1], dtype=torch.int32)
+    query = torch.randn(3, 4, 8, generator=generator)
+    batch = PagedBatch(
+        storage=None,
+        slots=None,
+        cu_seq_q=None,
+        cu_seq_k=None,
+        lengths=lengths,
+        block_table=table,
+        q_lengths=[1, 1, 1],
+        k_lengths=lengths.tolist(),
+        sliding_window=window,
+    )
+    expected = _gather_decode(query, keys, values, table, lengths, 300, batch, 0.3)
+    out = paged_decode(query, keys, values, table, lengths, 0.3, window, splits=splits)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the in-place kernels run on CUDA GPUs only")
 @pytest.mark.parametrize("kernel", ["fused", "triton"])
 def test_the_in_place_kernels_equal_the_reference_on_a_gpu(kernel):

@@ -38,7 +38,7 @@ def test_the_triton_kernel_under_the_interpreter():
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "2 passed" in done.stdout
+    assert "8 passed" in done.stdout
 
 
 @pytest.mark.parametrize("capability", [80, 90])  # Ampere (A100, RTX 30xx), Hopper (H100, H200)
@@ -56,9 +56,12 @@ def test_the_triton_kernel_compiles_for_nvidia_gpus(capability):
     pointers |= {"table_ptr": "*i32", "lengths_ptr": "*i32"}
     strides = [name for name in _paged_decode_kernel.arg_names if name.endswith("_stride")]
     constants = {"GROUP": 1, "BLOCK_TOKENS": 256, "HEAD_DIM": 96, "DIM": 128, "TILE_TOKENS": TILE}
-    for windowed in (False, True):
+    pointers |= {"part_acc_ptr": "*fp32", "part_stats_ptr": "*fp32"}
+    for windowed, splits in ((False, 1), (True, 1), (False, 8)):
         signature = {**pointers, **dict.fromkeys(strides, "i32"), "scale": "fp32", "window": "i32"}
-        signature |= dict.fromkeys([*constants, "WINDOWED"], "constexpr")
-        source = ASTSource(_paged_decode_kernel, signature, {**constants, "WINDOWED": windowed})
+        signature |= dict.fromkeys([*constants, "WINDOWED", "SPLITS"], "constexpr")
+        source = ASTSource(
+            _paged_decode_kernel, signature, {**constants, "WINDOWED": windowed, "SPLITS": splits}
+        )
         compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
         assert compiled.asm["cubin"]  # machine code, not only PTX: ptxas accepted it

@@ -190,7 +190,7 @@ class DecodeStep:
         except Exception as error:  # any failure: decode eagerly, as before
             self.graphs.clear()
             self._graph_logits.clear()
-            return f"{type(error).__name__}: {error}"[:300]
+            return f"the capture failed ({type(error).__name__}: {error})"[:300]
         self.buckets = buckets
         log.info(
             "CUDA graphs: %d decoding steps captured (batch buckets %s) in %.1f s, %.2f GiB (CUDA_GRAPHS)",

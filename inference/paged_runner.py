@@ -1,4 +1,4 @@
-"""The paged runner (``KV_CACHE=paged``, the default): one KV cache for the whole batch, allocated once.
+"""The paged runner (``KV_CACHE=paged``; ``auto`` picks it on NVIDIA GPUs): one KV cache, allocated once.
 
     start-up   weights ──► PagedStorage (TOKEN_BUDGET tokens + one partial block per row, in blocks)
     join       BlockPool.reserve(prompt + answer tokens) ──► the row's block table; nothing else moves
@@ -118,11 +118,6 @@ class PagedRunner(RunnerBase):
             self.sliding_window,
             self.blocks_per_row * self.block_tokens,
         )
-        if config.cuda_graphs and loaded.device.type == "cuda":
-            with torch.inference_mode():
-                problem = self.decode_step.capture(config.max_batch_size)
-            if problem is not None:
-                log.warning("CUDA graphs are off, decoding runs eagerly: the capture failed (%s)", problem)
         log.info(
             "KV cache: %.1f GiB allocated once, %d blocks of %d tokens (TOKEN_BUDGET=%d, MAX_BATCH_SIZE=%d); "
             "prompts prefilled %d tokens per step (PREFILL_CHUNK_TOKENS); attention: %s",
@@ -134,6 +129,11 @@ class PagedRunner(RunnerBase):
             config.prefill_chunk_tokens,
             KERNEL_TEXT[self.kernel],
         )
+        if config.cuda_graphs and loaded.device.type == "cuda":
+            with torch.inference_mode():
+                problem = self.decode_step.capture(config.max_batch_size)
+            if problem is not None:
+                log.warning("CUDA graphs are off, decoding steps run eagerly: %s", problem)
 
     @property
     def attention_text(self) -> str:
@@ -173,8 +173,8 @@ class PagedRunner(RunnerBase):
 
     def _does_not_fit_text(self, needed: int, free: int) -> str:
         usable = max(free - ACTIVATION_HEADROOM, 0)
-        partial_blocks = self.config.max_batch_size * self.block_tokens
-        fits = (usable // self.bytes_per_token - partial_blocks) // self.block_tokens * self.block_tokens
+        extra = (self.config.max_batch_size + 1) * self.block_tokens  # partial blocks and the scratch block
+        fits = (usable // self.bytes_per_token - extra) // self.block_tokens * self.block_tokens
         head = (
             f"The KV cache for TOKEN_BUDGET={self.config.token_budget} and MAX_BATCH_SIZE="
             f"{self.config.max_batch_size} needs {needed / GIB:.1f} GiB, but {free / GIB:.1f} GiB of GPU "

@@ -351,13 +351,13 @@ def test_a_cache_too_large_for_the_gpu_ends_the_start_with_the_budget_that_fits(
     )
     with pytest.raises(CacheDoesNotFit) as error:
         PagedRunner(loaded, config)
-    fits = (40 * 1024**2 // per_token - 32 * 256) // 256 * 256
+    fits = (40 * 1024**2 // per_token - 33 * 256) // 256 * 256  # 32 partial blocks and the scratch block
     assert str(error.value) == (
         "The KV cache for TOKEN_BUDGET=98304 and MAX_BATCH_SIZE=32 needs 0.1 GiB, but 2.0 GiB of GPU memory "
         "is free after the weights"
         f" (2 GiB of it is kept for activations): set TOKEN_BUDGET to at most {fits}."
     )
-    assert fits == 32_768
+    assert fits == 32_512
     monkeypatch.setattr("inference.paged_runner.free_device_memory", lambda _device: 2 * 1024**3)
     with pytest.raises(CacheDoesNotFit, match="use QUANTIZATION=4bit, a smaller NUM_CROPS or a larger GPU"):
         PagedRunner(loaded, config)

@@ -176,6 +176,7 @@ def paged_decode(
         TILE_TOKENS=TILE,
         WINDOWED=bool(window),
         SPLITS=splits,
+        enable_fp_fusion=True,  # Triton's default so far, said explicitly (newer releases ask)
     )
     if splits > 1:
         out.copy_(merge_splits(part_acc, part_stats, head_dim))

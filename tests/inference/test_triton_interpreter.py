@@ -63,5 +63,7 @@ def test_the_triton_kernel_compiles_for_nvidia_gpus(capability):
         source = ASTSource(
             _paged_decode_kernel, signature, {**constants, "WINDOWED": windowed, "SPLITS": splits}
         )
-        compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
+        compiled = triton.compile(
+            source, target=GPUTarget("cuda", capability, 32), options={"enable_fp_fusion": True}
+        )
         assert compiled.asm["cubin"]  # machine code, not only PTX: ptxas accepted it

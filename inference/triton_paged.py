@@ -14,6 +14,8 @@ The tests run it on the CPU with Triton's interpreter (``TRITON_INTERPRET=1``) a
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -104,12 +106,17 @@ def _paged_decode_kernel(
         tl.store(part_stats_ptr + part * 2 + 1 + tl.arange(0, 1), total)
 
 
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    # Asked once per device, before any graph capture (the first call comes from an eager step).
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def splits_for(rows: int, heads: int, device: torch.device) -> int:
     """How many programs share a (row, head): enough for about two programs per multiprocessor."""
     if device.type != "cuda":
         return 1
-    processors = torch.cuda.get_device_properties(device).multi_processor_count
-    wanted = -(-2 * processors // (rows * heads))
+    wanted = -(-2 * _multiprocessors(device) // (rows * heads))
     return 1 if wanted <= 1 else min(MAX_SPLITS, triton.next_power_of_2(wanted))
 
 

@@ -26,6 +26,7 @@ start-up check, :func:`choose_kernel`):
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,8 +122,10 @@ def kernel_runs_here(kernel: str, device: torch.device, dtype: torch.dtype) -> b
     if dtype not in (torch.float16, torch.bfloat16):
         return False
     try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (PyTorch 2.10 and newer)
+        from torch.nn.attention.varlen import varlen_attn  # PyTorch 2.10 and newer
     except ImportError:
+        return False
+    if "block_table" not in inspect.signature(varlen_attn).parameters:  # block tables: PyTorch 2.12 and newer
         return False
     return torch.cuda.get_device_capability(device)[0] >= 8
 

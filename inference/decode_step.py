@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from inference.paged_cache import GIB, PagedBatch, PagedStorage
+from inference.paged_cache import GIB, PagedBatch, PagedStorage, block_table_tensor
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,8 @@ class DecodeInputs:
         padding = bucket - len(rows)
         owners = tuple((row.owner, row.table) for row in rows) + (None,) * padding
         if owners != self.table_owners:  # the batch changed: rewrite the block table in place
-            table = torch.full((bucket, self.block_table.shape[1]), self.scratch_block, dtype=torch.int32)
-            for index, row in enumerate(rows):
-                table[index, : len(row.table)] = torch.tensor(row.table, dtype=torch.int32)
+            tables = [row.table for row in rows] + [()] * padding
+            table = block_table_tensor(tables, self.block_table.shape[1], fill=self.scratch_block)
             self.block_table[:bucket].copy_(table, non_blocking=True)
             self.table_owners = owners
         # A padding row decodes token 0 at position 0 into the scratch slot and sees only that key.

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,6 +101,27 @@ class PagedBatch:
     @property
     def max_k(self) -> int:
         return max(self.k_lengths)
+
+    @functools.cached_property
+    def single_queries(self) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """The rows that decode one token in a pass that also holds prompt chunks, once per pass (not per
+        layer): their row indices, where their query lies in the packed sequence, and the longest of them."""
+        starts = [0, *itertools.accumulate(self.q_lengths)]
+        singles = [row for row, count in enumerate(self.q_lengths) if count == 1]
+        if not singles:
+            return None
+        device = self.lengths.device
+        rows = torch.tensor(singles, device=device)
+        at = torch.tensor([starts[row] for row in singles], device=device)
+        return rows, at, max(self.k_lengths[row] for row in singles)
+
+
+def block_table_tensor(tables: Sequence[Sequence[int]], width: int, fill: int = 0) -> torch.Tensor:
+    """Each row's blocks, padded to ``width`` with ``fill``: an int32 ``[rows, width]`` tensor on the CPU."""
+    table = torch.full((len(tables), width), fill, dtype=torch.int32)
+    for index, blocks in enumerate(tables):
+        table[index, : len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
+    return table
 
 
 def slots_of(table: Sequence[int], start: int, stop: int, block_tokens: int) -> list[int]:
@@ -261,23 +283,18 @@ def _by_rows(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch
     if batch.max_q == 1:  # a pass that only decodes: every row, as they are
         return decode(q, keys, values, batch.block_table, batch.lengths, max(batch.k_lengths), batch, scale)
     out = torch.empty_like(q)
-    starts = [0]
-    for count in batch.q_lengths:
-        starts.append(starts[-1] + count)
-    singles = [row for row, count in enumerate(batch.q_lengths) if count == 1]
-    if singles:
-        rows = torch.tensor(singles, device=q.device)
-        at = torch.tensor([starts[row] for row in singles], device=q.device)
-        longest = max(batch.k_lengths[row] for row in singles)
+    if batch.single_queries is not None:
+        rows, at, longest = batch.single_queries
         out[at] = decode(
             q[at], keys, values, batch.block_table[rows], batch.lengths[rows], longest, batch, scale
         )
+    start = 0
     for row, count in enumerate(batch.q_lengths):
         if count > 1:
-            start = starts[row]
             out[start : start + count] = _row_attention(
                 q[start : start + count], keys, values, batch, row, scale
             )
+        start += count
     return out
 
 

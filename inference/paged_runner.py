@@ -31,6 +31,7 @@ from inference.paged_cache import (
     GIB,
     PagedBatch,
     PagedStorage,
+    block_table_tensor,
     choose_kernel,
     slots_of,
 )
@@ -212,7 +213,7 @@ class PagedRunner(RunnerBase):
         self.rows.pop(request_id, None)
         self.pool.release(request_id)
 
-    def _finish(self, request_ids: set[int]) -> None:
+    def _drop(self, request_ids: set[int]) -> None:
         for request_id in request_ids:
             self._leave(request_id)
 
@@ -323,7 +324,9 @@ class PagedRunner(RunnerBase):
                 "cu_seq_q": on_device([0, *q_ends]),
                 "cu_seq_k": on_device([0, *itertools.accumulate(k_lengths)]),
                 "lengths": on_device(k_lengths),
-                "block_table": self._block_table(entries).to(device, non_blocking=True),
+                "block_table": block_table_tensor(
+                    [entry.row.table for entry in entries], self.blocks_per_row
+                ).to(device, non_blocking=True),
             },
         )
         return {
@@ -345,12 +348,6 @@ class PagedRunner(RunnerBase):
                 prompt.input_ids[None].to(device), pixel_values, image_sizes
             )[0]
         return row.embeds
-
-    def _block_table(self, entries: list[_Entry]) -> torch.Tensor:
-        table = torch.zeros(len(entries), self.blocks_per_row, dtype=torch.int32)
-        for index, entry in enumerate(entries):
-            table[index, : len(entry.row.table)] = torch.tensor(entry.row.table, dtype=torch.int32)
-        return table
 
 
 def kernel_for(loaded: LoadedModel) -> str:

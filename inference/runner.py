@@ -17,6 +17,7 @@ Two runners share that shape (``KV_CACHE`` picks one, :func:`make_runner`):
 
 from __future__ import annotations
 
+import abc
 import logging
 from dataclasses import dataclass, field
 
@@ -135,7 +136,7 @@ def _cache_tensors(cache: GrowingCache) -> list[tuple[torch.Tensor, torch.Tensor
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-class RunnerBase:
+class RunnerBase(abc.ABC):
     """What every runner shares: preparing requests, and turning new tokens into text and events."""
 
     def __init__(self, loaded: LoadedModel, config: EngineConfig):
@@ -213,7 +214,7 @@ class RunnerBase:
             torch.cuda.empty_cache()
 
     def _accept(self, rows: list[_Row], tokens: list[int]) -> list[Event]:
-        """Record one new token per row; finished rows leave the batch (:meth:`_finish`)."""
+        """Record one new token per row; finished rows leave the batch (:meth:`_drop`)."""
         events, done = [], set()
         for row, token in zip(rows, tokens):
             stop = token in self.stop_ids
@@ -226,11 +227,12 @@ class RunnerBase:
             if finished:
                 done.add(row.request_id)
         if done:
-            self._finish(done)
+            self._drop(done)
         return events
 
-    def _finish(self, request_ids: set[int]) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _drop(self, request_ids: set[int]) -> None:
+        """Take these requests out of the batch and free what they hold."""
 
 
 class ModelRunner(RunnerBase):
@@ -361,9 +363,6 @@ class ModelRunner(RunnerBase):
         for row in batch.rows:
             row.next_position += 1
         return self._accept(batch.rows, logits.argmax(-1).tolist())
-
-    def _finish(self, request_ids: set[int]) -> None:
-        self._drop(request_ids)
 
 
 def use_language_attention(model, name: str) -> None:

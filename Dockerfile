@@ -10,6 +10,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     METRICS_HOST=0.0.0.0
 
 WORKDIR /app
+# Triton (it comes with PyTorch's CUDA wheel) compiles a small launcher for our paged-attention kernel with a
+# C compiler at first use; the slim image has none. Python's headers are part of this image already.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 # PyTorch first, in its own layer: the largest download, and the one that changes least.
 RUN pip install --no-cache-dir "torch>=2.6"
 COPY pyproject.toml README.md ./

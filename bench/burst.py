@@ -2,21 +2,20 @@
 
     python bench/burst.py                      # real size (random weights) on a CUDA GPU; tiny otherwise
     python bench/burst.py --tiny --running 2 --newcomers 8
-    python bench/burst.py --kv-cache paged     # one KV cache only
+    python bench/burst.py --tiny --images 4 --num-crops 16   # newcomers with four images each
+    python bench/burst.py --ways graphs,eager  # decoding from CUDA graphs and eagerly, side by side
 
 ``--running`` people are being answered (long answers); once each of them has a few tokens, ``--newcomers``
-more people ask at the same moment (one image each, the bot's describe prompt). For each KV cache in turn,
-on the same model:
+more people ask at the same moment (one image each, the bot's describe prompt). For each way in turn, on
+the same model:
 
 - ``gap_ms``: the time between two tokens of a running answer, for every pair of tokens around the
   burst (from the moment the newcomers ask until the last of them has its first token): p50/p99/max.
-  With the paged cache a newcomer's prompt goes in ``PREFILL_CHUNK_TOKENS`` at a time beside the
-  running answers; with the growing cache all newcomers are prefilled together while the running
-  answers wait;
+  A newcomer's prompt goes in ``PREFILL_CHUNK_TOKENS`` at a time beside the running answers;
 - ``steady_gap_ms``: the same before the burst (one decoding step), for scale;
 - ``newcomer_first_token_ms``: from the burst to each newcomer's first token: p50/p95/max;
-- ``join_leave_ms``: time spent adding requests to the batch and removing them (the growing cache's
-  rebuilds, the paged cache's block bookkeeping), waiting for the device in each: total, max, count;
+- ``join_leave_ms``: time spent adding requests to the batch and removing them (the block bookkeeping),
+  waiting for the device in each: total, max, count;
 - ``tok_s``: all tokens generated during the measured run, divided by its time; peak memory.
 
 The model card's way is not measured here: it answers one person at a time, so a running answer never
@@ -42,14 +41,15 @@ from bench.engine import PeakMemory, device_name, run_benchmark, synthetic_image
 from bench.serving import percentiles_ms, versions
 from bench.throughput import (
     IMAGE_SIZE,
-    KV_CACHES,
     Engines,
     Setup,
     build_loaded,
     model_inputs,
     model_parser,
+    parse_ways,
     run_ours,
 )
+from inference.block_pool import BLOCK_TOKENS
 from inference.engine import LocalEngine
 from inference.prompts import build_prompt
 from inference.types import EngineConfig, Request, Task
@@ -68,21 +68,23 @@ log = logging.getLogger("bench.burst")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = model_parser(__doc__)
     parser.add_argument("--running", type=int, default=None, help="answers already running (tiny 2, real 4)")
+    parser.add_argument(
+        "--running-tokens", type=int, default=None, help="each running answer's length (tiny 96, real 384)"
+    )
     parser.add_argument("--newcomers", type=int, default=None, help="people asking at once (tiny 8, real 32)")
     parser.add_argument("--num-crops", type=int, default=None, help="HD crops per image (tiny 4, real 16)")
+    parser.add_argument("--images", type=int, default=1, help="images per newcomer (more: compare)")
     parser.add_argument("--prefill-chunk-tokens", type=int, default=None, help="PREFILL_CHUNK_TOKENS (2048)")
     parser.add_argument(
-        "--kv-cache",
-        default="paged,growing",
-        help="ways, in order: paged, paged-eager, growing (default paged,growing)",
+        "--ways",
+        default="graphs",
+        help="ways, in order: graphs (CUDA graphs where they run), eager (default graphs)",
     )
     args = parser.parse_args(argv)
-    for name in ("running", "newcomers", "num_crops", "prefill_chunk_tokens"):
+    for name in ("running", "newcomers", "num_crops", "prefill_chunk_tokens", "images", "running_tokens"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    args.kv_cache = [mode.strip() for mode in args.kv_cache.split(",") if mode.strip()]
-    if not args.kv_cache or not set(args.kv_cache) <= set(KV_CACHES):
-        parser.error("--kv-cache takes paged, paged-eager and growing, separated by commas")
+    args.ways = parse_ways(parser, args.ways)
     args.levels = [1]  # what build_loaded's sizing expects of throughput's options
     args.max_new_tokens = args.max_batch_size = None
     return args
@@ -91,17 +93,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build(args: argparse.Namespace) -> tuple[Setup, dict]:
     size, loaded = build_loaded(args)
     running, newcomers, running_tokens, new_tokens, crops = DEFAULTS[size]
+    running_tokens = args.running_tokens or running_tokens
     shape = {
         "running": args.running or running,
         "newcomers": args.newcomers or newcomers,
         "running_tokens": running_tokens,
         "newcomer_tokens": new_tokens,
+        "newcomer_images": args.images,
     }
     loaded.processor.image_processor.num_crops = args.num_crops or crops
     image, prompt = synthetic_image(*IMAGE_SIZE), build_prompt(Task.DESCRIBE, 1)
     prompt_tokens = int(
         model_inputs(loaded.processor, prompt, image, torch.device("cpu"))["input_ids"].shape[1]
     )
+    newcomer = newcomer_request(image, args.images, 0, new_tokens)
+    newcomer_prompt = loaded.processor(
+        text=build_prompt(newcomer.task, len(newcomer.images)), images=list(newcomer.images)
+    )["input_ids"]
+    shape["newcomer_prompt_tokens"] = len(newcomer_prompt[0])
     people = shape["running"] + shape["newcomers"]
     config = EngineConfig(
         model_id=str(loaded.source),
@@ -112,11 +121,21 @@ def build(args: argparse.Namespace) -> tuple[Setup, dict]:
         request_timeout_s=3600.0,
         max_queued=people,
         max_batch_size=people,
-        token_budget=shape["running"] * (prompt_tokens + running_tokens)
-        + shape["newcomers"] * (prompt_tokens + new_tokens),
+        token_budget=shape["running"] * in_blocks(prompt_tokens + running_tokens)
+        + shape["newcomers"] * in_blocks(shape["newcomer_prompt_tokens"] + new_tokens),
         prefill_chunk_tokens=args.prefill_chunk_tokens or EngineConfig.prefill_chunk_tokens,
     )
     return Setup(size, loaded, config, image, prompt, prompt_tokens), shape
+
+
+def in_blocks(tokens: int) -> int:
+    """The cache one request reserves: whole blocks."""
+    return -(-tokens // BLOCK_TOKENS) * BLOCK_TOKENS
+
+
+def newcomer_request(image, images: int, user: int, new_tokens: int) -> Request:
+    task = Task.COMPARE if images > 1 else Task.DESCRIBE
+    return Request(task, (image,) * images, user_id=user, max_new_tokens=new_tokens)
 
 
 async def answer(engine: LocalEngine, request: Request) -> None:
@@ -124,10 +143,10 @@ async def answer(engine: LocalEngine, request: Request) -> None:
         pass
 
 
-async def measure(engines: Engines, kv_cache: str, shape: dict) -> dict:
+async def measure(engines: Engines, way: str, shape: dict) -> dict:
     setup = engines.setup
-    async with engines.engine(kv_cache) as (engine, runner):
-        log.info("warm-up (%s KV cache)", kv_cache)
+    async with engines.engine(way) as (engine, runner):
+        log.info("warm-up (%s)", way)
         await run_ours(engine, runner, setup, WARMUP_REQUESTS, WARMUP_TOKENS)
         times, runner.join_leave_s[:] = runner.token_times, []
         times.clear()
@@ -142,7 +161,7 @@ async def measure(engines: Engines, kv_cache: str, shape: dict) -> dict:
         log.info("%d answers running; %d newcomers ask now", len(running_ids), shape["newcomers"])
         burst_at = time.perf_counter()
         newcomers = [
-            Request(Task.DESCRIBE, (setup.image,), user_id=i, max_new_tokens=shape["newcomer_tokens"])
+            newcomer_request(setup.image, shape["newcomer_images"], i, shape["newcomer_tokens"])
             for i in range(shape["newcomers"])
         ]
         await asyncio.gather(*running, *(answer(engine, request) for request in newcomers))
@@ -172,15 +191,15 @@ async def measure(engines: Engines, kv_cache: str, shape: dict) -> dict:
         "new_tokens": tokens,
         "wall_s": round(wall_s, 3),
         "tok_s": round(tokens / wall_s, 2),
-        "peak_memory_mib": engines.peak_mib.get(kv_cache),
+        "peak_memory_mib": engines.peak_mib.get(way),
     }
 
 
-async def measure_all(engines: Engines, kv_caches: list[str], shape: dict) -> dict:
+async def measure_all(engines: Engines, ways: list[str], shape: dict) -> dict:
     results = {}
-    for kv_cache in kv_caches:
-        results[kv_cache] = await measure(engines, kv_cache, shape)
-        log.info("%s: longest gap %.1f ms", kv_cache, results[kv_cache]["gap_ms"]["max"])
+    for way in ways:
+        results[way] = await measure(engines, way, shape)
+        log.info("%s: longest gap %.1f ms", way, results[way]["gap_ms"]["max"])
     return results
 
 
@@ -190,10 +209,10 @@ def run(args: argparse.Namespace) -> dict:
     memory = PeakMemory(loaded.device)
     engines = Engines(setup, memory)
     started = time.perf_counter()
-    by_kv_cache = asyncio.run(measure_all(engines, args.kv_cache, shape))
+    by_way = asyncio.run(measure_all(engines, args.ways, shape))
     memory.end_phase()
     applies = setup.size == "real" and loaded.device.type == "cuda"
-    paged = by_kv_cache.get("paged")
+    first = by_way[args.ways[0]]
     return {
         "bench": "burst",
         "size": setup.size,
@@ -210,12 +229,12 @@ def run(args: argparse.Namespace) -> dict:
             "prefill_chunk_tokens": config.prefill_chunk_tokens,
             "batch_window_ms": config.batch_window_ms,
         },
-        "by_kv_cache": by_kv_cache,
+        "by_way": by_way,
         "target": {
             "gap_max_ms": TARGET_GAP_MS,
             "applies_to": "real size on a GPU, 32 newcomers, 16 crops",
             "this_run_applies": applies,
-            "met": (paged["gap_ms"]["max"] <= TARGET_GAP_MS) if applies and paged else None,
+            "met": (first["gap_ms"]["max"] <= TARGET_GAP_MS) if applies else None,
         },
         "peak_memory_kind": memory.kind,
         "run_s": round(time.perf_counter() - started, 1),

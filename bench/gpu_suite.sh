@@ -40,12 +40,12 @@ for step in "${steps[@]}"; do
         burst) run_step burst 80 "$py" bench/burst.py --real-size ;;
         # Decoding steps against the memory-bandwidth limit, three ways, and graphs against eager steps.
         profile) run_step profile 90 "$py" bench/step_profile.py --real-size --steps 16 ;;
-        # Paged with CUDA graphs, the same eagerly, and the growing cache; the model card's way at 1 and 8 users
+        # Decoding from CUDA graphs and eagerly; the model card's way at 1 and 8 users
         # (it answers one person after another, so its rate does not change with more waiting; the speed-up
         # above 8 uses it).
         throughput16) run_step throughput16 170 "$py" bench/throughput.py --real-size --num-crops 16 \
-            --kv-cache paged,paged-eager,growing --card-levels 1,8 ;;
-        throughput4) run_step throughput4 60 "$py" bench/throughput.py --real-size --num-crops 4 --kv-cache paged \
+            --ways graphs,eager --card-levels 1,8 ;;
+        throughput4) run_step throughput4 60 "$py" bench/throughput.py --real-size --num-crops 4 --ways graphs \
             --card-levels 1 ;;
         engine) run_step engine 300 "$py" bench/engine.py ;;
         looplag) run_step looplag 300 "$py" bench/loop_lag.py --real-size ;;

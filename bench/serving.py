@@ -1,6 +1,6 @@
 """Helpers shared by the serving benchmarks (``loop_lag.py`` and ``throughput.py``). Benchmark-only.
 
-- :class:`FixedLengthRunner`: the real runner (``KV_CACHE`` picks which) with its stop tokens switched
+- :class:`FixedLengthRunner`: the real runner with its stop tokens switched
   off, so every answer is exactly ``max_new_tokens`` long whatever random weights pick (fair, steady
   load), and with the clocks the serving figures need;
 - :class:`InlineExecutor` and :class:`OnLoopEngine`: the same ``LocalEngine`` with the work it
@@ -21,33 +21,33 @@ import numpy as np
 import torch
 import transformers
 
+from inference.decoding import Event
 from inference.engine import LocalEngine
 from inference.loading import LoadedModel
-from inference.runner import Event, ModelRunner, Prepared, make_runner
+from inference.prepare import Prepared
+from inference.runner import ModelRunner
 from inference.types import EngineConfig
 
 MS = 1000.0
 
 
 class FixedLengthRunner:
-    """A runner (either ``KV_CACHE``) that never stops at an end token: each answer has exactly its
-    max_new_tokens.
+    """The runner, never stopping at an end token: each answer has exactly its max_new_tokens.
 
     It also counts the tokens it generated, notes when each request got tokens (``token_times``, for
     the gap a running answer sees) and times the runner's joins and leaves (``join_leave_s``: the
-    growing cache's rebuilds, the paged cache's block bookkeeping), waiting for the device in each so
+    block bookkeeping), waiting for the device in each so
     the time is the work's and not just its launch. Everything else goes to the runner it wraps.
     """
 
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
-        runner = make_runner(loaded, config)
+        runner = ModelRunner(loaded, config)
         runner.stop_ids = set()
         self.runner = runner
         self.tokens_generated = 0
         self.token_times: dict[int, list[float]] = defaultdict(list)
         self.join_leave_s: list[float] = []
-        names = ("_merge", "_drop") if isinstance(runner, ModelRunner) else ("_join", "_leave")
-        for name in names:
+        for name in ("_join", "_leave"):
             setattr(runner, name, self._timed(getattr(runner, name), loaded.device))
 
     def _timed(self, method: Callable, device: torch.device) -> Callable:

@@ -2,9 +2,10 @@
 
     python bench/step_profile.py               # real size on CUDA (tiny without CUDA)
     python bench/step_profile.py --tiny --batch-sizes 1,4 --steps 8
-    python bench/step_profile.py --kv-cache paged --profile
+    python bench/step_profile.py --ways graphs --profile
 
-For each KV cache (``--kv-cache``, default both) and batch size B: B copies of the throughput benchmark's
+For each way (``--ways``: ``graphs``, decoding from CUDA graphs where they run, and ``eager``; default
+both) and batch size B: B copies of the throughput benchmark's
 request join the runner and are stepped until every one has its first token (``prefill_ms``; the paged
 runner prefills in chunks), then ``--steps`` decoding steps are timed one by one (a step ends in
 ``.tolist()``, so each time includes the GPU's work).
@@ -38,9 +39,9 @@ from transformers import DynamicCache
 
 from bench.engine import run_benchmark, synchronize
 from bench.serving import FixedLengthRunner, versions
-from bench.throughput import KV_CACHES, build_setup, engine_way, model_inputs, model_parser
+from bench.throughput import build_setup, engine_way, model_inputs, model_parser, parse_ways
 from inference.paged_cache import PagedStorage
-from inference.runner import Prepared
+from inference.prepare import Prepared
 from inference.types import Request, Task
 
 log = logging.getLogger("bench.step_profile")
@@ -52,9 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-crops", type=int, default=None)
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument(
-        "--kv-cache", default="paged,paged-eager,growing", help="ways to time: paged, paged-eager, growing"
-    )
+    parser.add_argument("--ways", default="graphs,eager", help="ways to time: graphs, eager")
     parser.add_argument(
         "--check-tokens", type=int, default=32, help="tokens per row for the graphs-vs-eager check"
     )
@@ -63,9 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.levels = [int(b) for b in args.batch_sizes.split(",")]
     args.max_new_tokens = args.steps + 8
     args.max_batch_size = max(args.levels)
-    args.kv_cache = [mode.strip() for mode in args.kv_cache.split(",") if mode.strip()]
-    if not args.kv_cache or not set(args.kv_cache) <= set(KV_CACHES):
-        parser.error("--kv-cache takes paged, paged-eager and growing, separated by commas")
+    args.ways = parse_ways(parser, args.ways)
     return args
 
 
@@ -178,8 +175,8 @@ def graphs_against_eager(setup, batch: int, steps: int) -> dict:
     """The same prompts decoded from CUDA graphs and eagerly: the share of greedy tokens that agree, and
     the largest logit difference over the steps before the first disagreement (after it, the rows'
     contexts differ and their logits are no longer comparable)."""
-    graphs, graph_tokens, graph_logits = decode_run(setup, "paged", batch, steps)
-    _, eager_tokens, eager_logits = decode_run(setup, "paged-eager", batch, steps)
+    graphs, graph_tokens, graph_logits = decode_run(setup, "graphs", batch, steps)
+    _, eager_tokens, eager_logits = decode_run(setup, "eager", batch, steps)
     agree = graph_tokens == eager_tokens
     first_difference = int((~agree).any(1).float().argmax()) if not bool(agree.all()) else steps
     difference = (graph_logits[:first_difference] - eager_logits[:first_difference]).abs()
@@ -246,15 +243,15 @@ def run(args: argparse.Namespace) -> dict:
     log.info("graphs against eager steps: %d rows, %d steps", min(8, max(args.levels)), args.check_tokens)
     result["graphs_against_eager"] = graphs_against_eager(setup, min(8, max(args.levels)), args.check_tokens)
     context = setup.prompt_tokens + args.steps // 2  # keys a row has, on average, while it is timed
-    for kv_cache in args.kv_cache:
-        runner = FixedLengthRunner(loaded, engine_way(setup.config, kv_cache))
-        result["runner"][kv_cache] = {}
+    for way in args.ways:
+        runner = FixedLengthRunner(loaded, engine_way(setup.config, way))
+        result["runner"][way] = {}
         for batch in args.levels:
-            log.info("%s KV cache, batch %d", kv_cache, batch)
+            log.info("%s, batch %d", way, batch)
             timing = {"batch": batch, **time_runner_steps(setup, runner, batch, args.steps, args.profile)}
             read = weights + batch * context * per_token
-            result["runner"][kv_cache][str(batch)] = against_limit(timing, read, bandwidth)
-        del runner  # the paged cache goes before the next runner allocates its own
+            result["runner"][way][str(batch)] = against_limit(timing, read, bandwidth)
+        del runner  # its KV cache goes before the next runner allocates its own
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -4,16 +4,16 @@
                                                # the tiny test checkpoint when there is no CUDA GPU
     python bench/throughput.py --tiny          # the tiny checkpoint, whatever the machine
     python bench/throughput.py --levels 1,8,16,32 --max-new-tokens 128 --num-crops 16
-    python bench/throughput.py --kv-cache paged --card-levels 1,8    # fewer runs, for a short GPU slot
+    python bench/throughput.py --ways graphs --card-levels 1,8    # fewer runs, for a short GPU slot
 
 For each level N, N requests (N different users, one image each, the bot's describe prompt) are made
 at the same moment, in several ways, one after the other in the same process:
 
 - ours: ``LocalEngine.stream`` for all N at once (fair scheduler, continuous batching on the model
-  thread), exactly as the bot calls it, in each way ``--kv-cache`` names: ``paged`` (the paged cache,
-  decoding from CUDA graphs where they run), ``paged-eager`` (the same, stepping eagerly), ``growing``
-  (the earlier cache). The first is ``ours``; the others appear under their names, with
-  ``speedup_over`` each;
+  thread), exactly as the bot calls it, in each way ``--ways`` names: ``graphs`` (decoding from CUDA
+  graphs where they run and pass their start-up check: the default) and ``eager`` (the same runner
+  stepping eagerly). The first is ``ours``; the others appear under their names, with ``speedup_over``
+  each;
 - the model card's way: the same N requests one after another, each
   ``model.generate(**processor(prompt, [image]), ...)`` then ``batch_decode``, as Microsoft's model card
   shows; request k waits for the k-1 before it, so its latency counts their time too.
@@ -59,6 +59,7 @@ from bench.engine import (
     synthetic_image,
 )
 from bench.serving import FixedLengthRunner, percentiles_ms, versions
+from inference.block_pool import BLOCK_TOKENS
 from inference.engine import LocalEngine
 from inference.errors import InferenceError
 from inference.loading import LoadedModel, resolve_attention, resolve_device, resolve_dtype
@@ -67,16 +68,20 @@ from inference.runner import use_language_attention
 from inference.types import EngineConfig, Request, Task
 
 DEFAULT_LEVELS = (1, 8, 16, 32)
-# The engine's ways, by name: the paged cache with CUDA graphs (the default), the same stepping eagerly,
-# and the growing cache (the path before the paged one).
-KV_CACHES = ("paged", "paged-eager", "growing")
+# The engine's ways, by name: decoding from CUDA graphs where they run (the default), and eagerly.
+WAYS = ("graphs", "eager")
 
 
 def engine_way(config: EngineConfig, way: str) -> EngineConfig:
-    """``config`` set up for one of :data:`KV_CACHES`."""
-    if way == "paged-eager":
-        return dataclasses.replace(config, kv_cache="paged", cuda_graphs=False)
-    return dataclasses.replace(config, kv_cache=way, cuda_graphs=True)
+    """``config`` set up for one of :data:`WAYS`."""
+    return dataclasses.replace(config, cuda_graphs=way == "graphs")
+
+
+def parse_ways(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    ways = [way.strip() for way in text.split(",") if way.strip()]
+    if not ways or not set(ways) <= set(WAYS) or len(set(ways)) < len(ways):
+        parser.error("--ways takes graphs and eager, separated by commas")
+    return ways
 
 
 DEFAULT_MAX_NEW_TOKENS = {"tiny": 64, "real": 128}
@@ -122,9 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-batch-size", type=int, default=None, help="engine batch size (default: top level)"
     )
     parser.add_argument(
-        "--kv-cache",
-        default="paged,growing",
-        help="the engine's way(s), in order: paged (with CUDA graphs where they run), paged-eager, growing",
+        "--ways",
+        default="graphs",
+        help="the engine's way(s), in order: graphs (CUDA graphs where they run), eager",
     )
     parser.add_argument(
         "--card-levels", default=None, help="levels to run the model card's way at (default: all)"
@@ -136,13 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     if not set(args.card_levels) <= set(args.levels):
         parser.error("--card-levels must be some of --levels")
-    args.kv_cache = [mode.strip() for mode in args.kv_cache.split(",") if mode.strip()]
-    if (
-        not args.kv_cache
-        or not set(args.kv_cache) <= set(KV_CACHES)
-        or len(set(args.kv_cache)) < len(args.kv_cache)
-    ):
-        parser.error("--kv-cache takes paged, paged-eager and growing, separated by commas")
+    args.ways = parse_ways(parser, args.ways)
     for name in ("max_new_tokens", "num_crops", "max_batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
@@ -198,7 +197,7 @@ def engine_config(
         request_timeout_s=REQUEST_TIMEOUT_S,
         max_queued=max(args.levels),
         max_batch_size=batch_size,
-        token_budget=batch_size * (prompt_tokens + max_new_tokens),
+        token_budget=batch_size * -(-(prompt_tokens + max_new_tokens) // BLOCK_TOKENS) * BLOCK_TOKENS,
     )
 
 
@@ -341,15 +340,15 @@ def summary(timings: list[Timing], tokens: int, wall_s: float) -> dict:
 
 
 class Engines:
-    """One engine per KV cache in turn, on the same model; each one's runner and its peak memory."""
+    """One engine per way in turn, on the same model; each one's runner and its peak memory."""
 
     def __init__(self, setup: Setup, memory: PeakMemory) -> None:
         self.setup, self.memory = setup, memory
         self.peak_mib: dict[str, float | None] = {}
 
     @contextlib.asynccontextmanager
-    async def engine(self, kv_cache: str):
-        config = engine_way(self.setup.config, kv_cache)
+    async def engine(self, way: str):
+        config = engine_way(self.setup.config, way)
         made: list[FixedLengthRunner] = []
 
         def factory(_config: EngineConfig) -> FixedLengthRunner:
@@ -366,26 +365,26 @@ class Engines:
             yield engine, made[0]
         finally:
             await engine.stop()
-            self.peak_mib[kv_cache] = self.memory.end_phase()
+            self.peak_mib[way] = self.memory.end_phase()
             made.clear()  # the paged cache goes with its runner, before the next engine allocates its own
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
 
-async def measure_ours(engines: Engines, kv_cache: str, levels: list[int]) -> dict[int, dict]:
-    async with engines.engine(kv_cache) as (engine, runner):
-        log.info("warm-up (%s KV cache)", kv_cache)
+async def measure_ours(engines: Engines, way: str, levels: list[int]) -> dict[int, dict]:
+    async with engines.engine(way) as (engine, runner):
+        log.info("warm-up (%s)", way)
         await run_ours(engine, runner, engines.setup, WARMUP_REQUESTS, WARMUP_TOKENS)
         results = {}
         for users in levels:
-            log.info("%d concurrent: ours, %s KV cache", users, kv_cache)
+            log.info("%d concurrent: ours, %s", users, way)
             results[users] = await run_ours(engine, runner, engines.setup, users)
         return results
 
 
 async def measure_levels(setup: Setup, args: argparse.Namespace, engines: Engines) -> list[dict]:
-    ours = {kv_cache: await measure_ours(engines, kv_cache, args.levels) for kv_cache in args.kv_cache}
+    ours = {way: await measure_ours(engines, way, args.levels) for way in args.ways}
     engines.memory.start_phase()
     run_model_card(setup, 1, WARMUP_TOKENS)
     card = {}
@@ -396,7 +395,7 @@ async def measure_levels(setup: Setup, args: argparse.Namespace, engines: Engine
     results = []
     for users in args.levels:
         basis = users if users in card else max(card)
-        first, others = args.kv_cache[0], args.kv_cache[1:]
+        first, others = args.ways[0], args.ways[1:]
         level = {"concurrency": users, "ours": ours[first][users], "ours_way": first}
         level.update({way: ours[way][users] for way in others})
         level["model_card"] = card.get(users)
@@ -459,7 +458,7 @@ def run(args: argparse.Namespace) -> dict:
             "batch_window_ms": config.batch_window_ms,
             "prefill_chunk_tokens": config.prefill_chunk_tokens,
         },
-        "kv_cache": args.kv_cache,
+        "ways": args.ways,
         "levels": levels,
         "speedup_by_level": {str(level["concurrency"]): level["speedup"] for level in levels},
         "target": target(setup, levels),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import json
 import os
 import re
 import sqlite3
@@ -17,13 +18,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.settings import Settings
+from inference.block_pool import BLOCK_TOKENS
+from inference.cache_size import (
+    CPU_TOKEN_CAP,
+    CacheDoesNotFit,
+    CacheShape,
+    auto_token_budget,
+    available_ram,
+    cpu_usable_bytes,
+    explicit_budget_problem,
+    full_request_tokens,
+    gpu_usable_bytes,
+)
 from inference.types import PUBLISHED_WEIGHT_BYTES
 
 GB = 10**9  # as the README counts
 # The weights' share of their bf16 size per mode (README, "GPU memory": 8.3, 4.7 and 3.2 GB).
 WEIGHTS_SHARE = {"none": 1.0, "8bit": 4.7 / 8.3, "4bit": 3.2 / 8.3}
 KV_BYTES_PER_TOKEN = 32 * 2 * 3072 * 2  # layers x (keys, values) x width x bf16
-ACTIVATIONS_BYTES = 1.5 * GB  # prefill of one 16-crop image, with margin
+# Activations' peak: the vision tower on MAX_IMAGES images at 16 crops and one 2,048-token prefill chunk. An
+# estimate until a GPU measures it; the start measures it itself (a warm-up) before sizing the cache.
+ACTIVATIONS_BYTES = int(0.6 * 1024**3)
+DEFAULT_NUM_CROPS = 16  # the published Phi-3-vision's preprocessor setting
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
 
 
@@ -123,29 +139,119 @@ def check_device(
             return Finding("device", "warn", f"{device}: free memory unknown")
         free, total = free_total
         weights = model_bytes(settings) * WEIGHTS_SHARE[settings.quantization]
-        need = weights + settings.token_budget * KV_BYTES_PER_TOKEN + ACTIVATIONS_BYTES
         name = torch.cuda.get_device_name(device)
         text = (
-            f"{name}: {free / GB:.1f} of {total / GB:.1f} GB free; QUANTIZATION={settings.quantization} and "
-            f"TOKEN_BUDGET={settings.token_budget} need about {need / GB:.1f} GB"
+            f"{name}: {free / GB:.1f} of {total / GB:.1f} GB free; the weights take about "
+            f"{weights / GB:.1f} GB (QUANTIZATION={settings.quantization})"
         )
         if free < weights + ACTIVATIONS_BYTES:
             return Finding("device", "fail", text + ": the model does not fit; use QUANTIZATION=8bit or 4bit")
-        if free < need:
-            fits = int((free - weights - ACTIVATIONS_BYTES) / KV_BYTES_PER_TOKEN) // 1024 * 1024
-            return Finding(
-                "device", "warn", text + f" when the batch is full: lower TOKEN_BUDGET to {fits} to be safe"
-            )
-        return Finding("device", "ok", text)
+        return _kv_cache_finding(settings, text, gpu_free_after_weights=int(free - weights), gpu_total=total)
     if device.type == "mps":
         return Finding("device", "ok", "Apple GPU (mps); bf16 weights need ~8.3 GB of unified memory")
-    ram, need = _available_ram(), 2 * model_bytes(settings)  # float32 on a CPU
+    ram, need = available_ram(), 2 * model_bytes(settings)  # float32 on a CPU
     text = f"CPU only: answers take minutes; the model needs ~{need / GB:.1f} GB of RAM in float32"
-    if ram is not None:
-        text += f" ({ram / GB:.1f} GB available)"
-        if ram < need:
-            return Finding("device", "fail", text + ": not enough memory")
-    return Finding("device", "warn", text)
+    if ram is None:
+        return Finding("device", "warn", text)
+    text += f" ({ram / GB:.1f} GB available)"
+    if ram < need:
+        return Finding("device", "fail", text + ": not enough memory")
+    finding = _kv_cache_finding(settings, text, ram_free_after_weights=int(ram - need))
+    return Finding("device", "warn" if finding.verdict == "ok" else finding.verdict, finding.detail)
+
+
+def _kv_cache_finding(
+    settings: Settings,
+    text: str,
+    *,
+    gpu_free_after_weights: int | None = None,
+    gpu_total: int = 0,
+    ram_free_after_weights: int | None = None,
+) -> Finding:
+    """What the start will make of TOKEN_BUDGET here, with the start's own words when it would refuse."""
+    on_gpu = gpu_free_after_weights is not None
+    shape = CacheShape(kv_bytes_per_token(settings, on_gpu), BLOCK_TOKENS)
+    full = full_request_tokens(settings.num_crops or DEFAULT_NUM_CROPS, settings.max_new_tokens)
+    if settings.token_budget is not None:
+        problem = None
+        if on_gpu:
+            problem = explicit_budget_problem(shape, settings.token_budget, gpu_free_after_weights)
+        if problem is not None:
+            return Finding("device", "fail", f"{text}. {problem}")
+        return Finding("device", "ok", f"{text}; KV cache: TOKEN_BUDGET={settings.token_budget} tokens fit")
+    try:
+        if on_gpu:
+            usable = gpu_usable_bytes(
+                total=gpu_total,
+                free=gpu_free_after_weights,
+                activation_peak=ACTIVATIONS_BYTES,
+                fraction=settings.gpu_memory_fraction,
+            )
+            where = f"GPU_MEMORY_FRACTION={settings.gpu_memory_fraction} of the GPU after the weights"
+            budget = auto_token_budget(shape, usable_bytes=usable, full_request_tokens=full, where=where)
+        else:
+            budget = auto_token_budget(
+                shape,
+                usable_bytes=cpu_usable_bytes(ram_free_after_weights),
+                full_request_tokens=full,
+                where="half the free RAM",
+                cap=CPU_TOKEN_CAP,
+            )
+    except CacheDoesNotFit as error:
+        return Finding("device", "fail", f"{text}. {error}")
+    people = min(budget // (-(-full // BLOCK_TOKENS) * BLOCK_TOKENS), settings.max_batch_size)
+    return Finding(
+        "device",
+        "ok",
+        f"{text}; KV cache (TOKEN_BUDGET=auto): about {budget} tokens, room for {people} people at once "
+        "(the start measures it exactly)",
+    )
+
+
+def check_triton(settings: Settings) -> Finding | None:
+    """On an NVIDIA GPU: can Triton build our decode kernel's launcher (a C compiler, Python's headers)?"""
+    import importlib.util
+    import shutil
+    import sysconfig
+
+    import torch
+
+    if settings.device not in ("auto",) and not settings.device.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        return None
+    fallback = (
+        "the start-up check then refuses the Triton kernel and decoding uses PyTorch's fused kernel "
+        "(PyTorch 2.12 and newer) or the plain one (slower at many users)"
+    )
+    if importlib.util.find_spec("triton") is None:
+        return Finding("triton", "warn", f"Triton is not installed: {fallback}")
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    needs = (("a C compiler", compiler), ("Python's headers", headers.is_file()))
+    missing = [what for what, there in needs if not there]
+    if missing:
+        return Finding(
+            "triton",
+            "warn",
+            f"Triton cannot build its kernel launcher without {' and '.join(missing)} (Debian/Ubuntu: "
+            f"apt-get install gcc python3-dev): {fallback}",
+        )
+    return Finding("triton", "ok", f"its kernel launcher can be built ({compiler}, {headers.parent})")
+
+
+def kv_bytes_per_token(settings: Settings, on_gpu: bool) -> int:
+    """Keys and values of one token in every layer: from a local checkpoint's config.json, else the published
+    model's; two bytes a value on a GPU (and with DTYPE=bfloat16/float16), four on a CPU in float32."""
+    value_bytes = 2 if on_gpu or settings.dtype in ("bfloat16", "float16") else 4
+    config_file = Path(settings.model_id).expanduser() / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+        heads = config["num_attention_heads"]
+        per_layer = (config.get("num_key_value_heads") or heads) * (config["hidden_size"] // heads)
+        return 2 * config["num_hidden_layers"] * per_layer * value_bytes
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return KV_BYTES_PER_TOKEN // 2 * value_bytes
 
 
 def model_bytes(settings: Settings) -> float:
@@ -154,13 +260,6 @@ def model_bytes(settings: Settings) -> float:
     if local.is_dir():
         return float(sum(path.stat().st_size for path in local.glob("*.safetensors")))
     return float(PUBLISHED_WEIGHT_BYTES.get(settings.model_id, 8.3 * GB))
-
-
-def _available_ram() -> int | None:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_remote(settings: Settings) -> Finding:
@@ -207,4 +306,7 @@ def run_checks(settings: Settings, *, device: bool = True) -> list[Finding]:
         findings.append(check_model(settings))
         if device:
             findings.append(check_device(settings))
+            triton = check_triton(settings)
+            if triton is not None:
+                findings.append(triton)
     return findings

@@ -23,12 +23,12 @@ DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "eager")
-KV_CACHES = ("auto", "paged", "growing")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 BACKENDS = ("local", "remote")
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 MAX_IMAGES_LIMIT = 16
+MIN_TOKEN_BUDGET = 1024  # the same floor as inference.cache_size's
 BYTES_PER_MB = 1024 * 1024
 DEFAULT_DATABASE_PATH = "data/bot.sqlite3"
 REMOTE_URL_MISSING = (
@@ -96,9 +96,9 @@ class Settings:
     request_timeout_s: float = 180.0
     max_queued: int = 32
     max_batch_size: int = 8
-    token_budget: int = 24_576
+    token_budget: int | None = None  # None: auto, sized from the memory left after the weights
+    gpu_memory_fraction: float = 0.9
     batch_window_ms: float = 15.0
-    kv_cache: str = "auto"
     prefill_chunk_tokens: int = 2048
     cuda_graphs: bool = True
     # Discord wiring
@@ -175,9 +175,11 @@ class Settings:
             request_timeout_s=env.number("REQUEST_TIMEOUT_S", defaults.request_timeout_s, minimum=1),
             max_queued=env.integer("MAX_QUEUED", defaults.max_queued, minimum=0),
             max_batch_size=env.integer("MAX_BATCH_SIZE", defaults.max_batch_size, minimum=1, maximum=256),
-            token_budget=env.integer("TOKEN_BUDGET", defaults.token_budget, minimum=1024),
+            token_budget=env.parse("TOKEN_BUDGET", defaults.token_budget, _token_budget),
+            gpu_memory_fraction=env.number(
+                "GPU_MEMORY_FRACTION", defaults.gpu_memory_fraction, minimum=0.1, maximum=0.99
+            ),
             batch_window_ms=env.number("BATCH_WINDOW_MS", defaults.batch_window_ms, minimum=0, maximum=5000),
-            kv_cache=env.choice("KV_CACHE", defaults.kv_cache, KV_CACHES),
             prefill_chunk_tokens=env.integer(
                 "PREFILL_CHUNK_TOKENS", defaults.prefill_chunk_tokens, minimum=64, maximum=65_536
             ),
@@ -223,8 +225,8 @@ class Settings:
             max_queued=self.max_queued,
             max_batch_size=self.max_batch_size,
             token_budget=self.token_budget,
+            gpu_memory_fraction=self.gpu_memory_fraction,
             batch_window_ms=self.batch_window_ms,
-            kv_cache=self.kv_cache,
             prefill_chunk_tokens=self.prefill_chunk_tokens,
             cuda_graphs=self.cuda_graphs,
         )
@@ -258,6 +260,17 @@ def _check_together(settings: Settings, env: _Reader) -> None:
                 f"SHARD_IDS={env.text('SHARD_IDS', '')!r} is not valid: "
                 f"with SHARD_COUNT={count} the shard IDs run from 0 to {count - 1}"
             )
+
+
+def _token_budget(raw: str) -> int | None:
+    """``auto`` (None: sized at start-up from the memory left) or a whole number of tokens, at least 1024."""
+    if raw.strip().lower() == "auto":
+        return None
+    try:
+        tokens = int(_digits(raw))
+    except ValueError:
+        raise ValueError("use auto or a whole number of tokens") from None
+    return _bounded(tokens, MIN_TOKEN_BUDGET, None)
 
 
 def _shard_count(raw: str) -> int | Literal["auto"]:

@@ -1,4 +1,4 @@
-"""The paged runner's decoding step at fixed addresses, replayed from CUDA graphs where it can (issue 10).
+"""The runner's decoding step at fixed addresses, replayed from CUDA graphs where it can.
 
     answering rows ──► DecodeInputs.fill: each row's token, position, slot and length written in place
                        into buffers allocated once; rows past the batch, up to its bucket, are padding
@@ -14,7 +14,8 @@ the buffers and the buckets. Graphs are captured at start-up, once the cache exi
 (1, 2, 4, 8, 16, 24, 32 and multiples of 32, up to ``MAX_BATCH_SIZE``), all in one memory pool.
 
 Where graphs cannot be used (no CUDA, ``CUDA_GRAPHS=false``, an attention kernel that reads lengths
-on the host, a failed capture, logged once with the reason) the step runs eagerly, unpadded.
+on the host, a failed capture, logged once with the reason) the step runs eagerly, unpadded. Captured
+graphs are used only after :meth:`DecodeStep.verify` has replayed each against an eager step.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from inference.paged_cache import GIB, PagedBatch, PagedStorage, block_table_tensor
+from inference.self_check import verify_graphs
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +132,8 @@ class DecodeStep:
         self.kernel, self.sliding_window = kernel, sliding_window
         self.max_keys = max_keys  # the most keys a row can have: what a captured step is sized for
         self.buckets: tuple[int, ...] = ()  # set when steps are padded to buckets (graphs, or a test)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._graph_logits: dict[int, torch.Tensor] = {}  # each graph's logits, where its replays write
+        # Per bucket: replays the captured step and returns its logits (where the replays write them).
+        self.graphs: dict[int, Callable[[], torch.Tensor]] = {}
         self.logits: torch.Tensor | None = None  # the last step's logits (the benchmarks compare them)
 
     def bucket_for(self, rows: int) -> int:
@@ -141,15 +143,14 @@ class DecodeStep:
         """One greedy token for each row."""
         bucket = self.bucket_for(len(rows))
         lengths = self.inputs.fill(rows, bucket)
-        graph = self.graphs.get(bucket)
-        if graph is not None:
-            graph.replay()
-            self.logits = self._graph_logits[bucket]
+        replay = self.graphs.get(bucket)
+        if replay is not None:
+            self.logits = replay()
         else:
             self._forward(bucket, lengths)
         return self.inputs.tokens[: len(rows)].tolist()
 
-    def _forward(self, bucket: int, lengths: list[int]) -> None:
+    def _forward(self, bucket: int, lengths: list[int]) -> torch.Tensor:
         inputs = self.inputs
         batch = PagedBatch(
             storage=self.storage,
@@ -172,6 +173,10 @@ class DecodeStep:
         ).logits[0]
         self.logits = logits
         inputs.tokens[:bucket].copy_(logits.argmax(-1))
+        return logits
+
+    def can_capture(self) -> bool:
+        return self.inputs.ids.device.type == "cuda" and self.kernel in GRAPH_KERNELS
 
     def capture(self, max_rows: int) -> str | None:
         """Capture a graph per bucket, largest first, in one memory pool; None, or why it failed."""
@@ -188,7 +193,6 @@ class DecodeStep:
             torch.cuda.synchronize(device)
         except Exception as error:  # any failure: decode eagerly, as before
             self.graphs.clear()
-            self._graph_logits.clear()
             return f"the capture failed ({type(error).__name__}: {error})"[:300]
         self.buckets = buckets
         log.info(
@@ -212,6 +216,50 @@ class DecodeStep:
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool):
-            self._forward(bucket, lengths)
-        self.graphs[bucket] = graph
-        self._graph_logits[bucket] = self.logits
+            logits = self._forward(bucket, lengths)
+
+        def replay() -> torch.Tensor:
+            graph.replay()
+            return logits
+
+        self.graphs[bucket] = replay
+
+    def verify(self, num_blocks: int) -> str | None:
+        """Replay every captured bucket against the same step run eagerly (:func:`verify_graphs`), on rows
+        planted in blocks ``0 .. num_blocks - 1`` filled with random keys and values; None when all agree.
+
+        No request holds a block yet, and a request's prefill writes every key it later reads, so the
+        planted values are never seen by anyone.
+        """
+        block_tokens = self.storage.block_tokens
+        device = self.inputs.ids.device
+        planted_blocks = min(num_blocks, max(self.graphs, default=0) + 5)  # the blocks the rows below read
+        keys_values = torch.Generator(device=device).manual_seed(0)
+        for layer in self.storage.keys + self.storage.values:
+            layer[:planted_blocks].normal_(generator=keys_values)
+        generator = torch.Generator().manual_seed(0)
+        vocab = int(self.model.config.vocab_size)
+        planted: dict[int, list[DecodeRow]] = {}
+
+        def fill(bucket: int) -> None:
+            rows = []
+            for i in range(bucket):
+                # Each row's new key goes to its own slot: the offsets within a block differ row by row.
+                position = min(block_tokens * (i % 4) + i % block_tokens, self.max_keys - 1)
+                table = tuple((i + j) % num_blocks for j in range(position // block_tokens + 1))
+                slot = table[-1] * block_tokens + position % block_tokens
+                token = int(torch.randint(vocab, (), generator=generator))
+                rows.append(DecodeRow(-1 - i, token, position, slot, table))
+            planted[bucket] = rows
+            self.inputs.fill(rows, bucket)
+
+        def eager(bucket: int) -> torch.Tensor:
+            return self._forward(bucket, [row.position + 1 for row in planted[bucket]])
+
+        def tokens(bucket: int) -> list[int]:
+            return self.inputs.tokens[:bucket].tolist()
+
+        try:
+            return verify_graphs(self.graphs, eager, fill, tokens, self.storage.keys[0].dtype)
+        finally:
+            self.inputs.table_owners = None  # the next real step rewrites the block table

@@ -3,6 +3,8 @@
     stream(request) ──► prepare on a CPU thread (prompt, images -> tensors)
                     ──► Scheduler.add (bounded, fair)      ──► "busy" at once when full
     driver task     ──► Scheduler.admit ──► ModelRunner.step on the model thread (batched)
+
+The scheduler's token budget is the runner's: set at start-up, when the KV cache has been sized.
                     ──► text pieces routed to each request's own queue
 
 One thread owns the model. The driver task exists only while there is work,
@@ -23,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from inference.block_pool import BLOCK_TOKENS
 from inference.errors import (
     BUSY_TEXT,
     MODEL_FAILED_TEXT,
@@ -58,9 +61,9 @@ TOO_LARGE_TEXT = N_(
 
 def _default_runner_factory(config: EngineConfig):
     from inference.loading import load
-    from inference.runner import make_runner
+    from inference.runner import ModelRunner
 
-    return make_runner(load(config), config)
+    return ModelRunner(load(config), config)
 
 
 @dataclass
@@ -112,8 +115,12 @@ class LocalEngine:
         self._runner = None
         self._model_thread: ThreadPoolExecutor | None = None
         self._prep_threads: ThreadPoolExecutor | None = None
+        # Until the runner exists its budget is unknown; nothing is admitted before that.
         self.scheduler = Scheduler(
-            self.config.max_batch_size, self.config.max_queued, self.config.token_budget
+            self.config.max_batch_size,
+            self.config.max_queued,
+            self.config.token_budget or 1,
+            block_tokens=BLOCK_TOKENS,
         )
         self._channels: dict[int, _Channel] = {}
         self._aborted: list[int] = []
@@ -176,6 +183,7 @@ class LocalEngine:
         loop = asyncio.get_running_loop()
         try:
             self._runner = await loop.run_in_executor(self._model_thread, self._runner_factory, self.config)
+            self.scheduler.token_budget = self._runner.token_budget
         except InferenceError:
             await self._shutdown_threads()
             raise

@@ -230,14 +230,6 @@ def load(config: EngineConfig) -> LoadedModel:
     memory = ""
     if device.type == "cuda":
         memory = f", {torch.cuda.memory_allocated(device) / 1e9:.1f} GB of GPU memory in use"
-    log.info(
-        "Model ready on %s (%s, %s attention%s); batches of up to %d answers within %d KV-cache tokens "
-        "(MAX_BATCH_SIZE, TOKEN_BUDGET)",
-        device,
-        str(dtype).removeprefix("torch."),
-        attn,
-        memory,
-        config.max_batch_size,
-        config.token_budget,
-    )
+    dtype_name = str(dtype).removeprefix("torch.")
+    log.info("Model ready on %s (%s, %s attention%s)", device, dtype_name, attn, memory)
     return LoadedModel(model, processor, device, dtype, attn, source)

@@ -11,8 +11,8 @@ chunk of its prompt for a row being prefilled) lie side by side in a batch of on
 they are written (``lengths``), where each new key goes (``slots``) and which blocks each row holds
 (``block_table``). :func:`paged_attention`, registered with transformers as :data:`ATTENTION_NAME`,
 writes the new keys and values into their slots and lets every query see its own row's keys only,
-up to itself, with one of three kernels (:data:`KERNELS`, the first that runs here and passes its
-start-up check, :func:`choose_kernel`):
+up to itself, with one of three kernels (:data:`KERNELS`; the fastest of those that run here and agree
+with ``plain`` at the model's own shapes is chosen at start-up, :mod:`inference.self_check`):
 
 - ``fused``: PyTorch's FlashAttention with a block table (``varlen_attn``, PyTorch 2.12 and newer, CUDA
   compute capability 8+, bf16/fp16): every row at once, keys read where they lie;
@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,11 +35,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-log = logging.getLogger(__name__)
-
 ATTENTION_NAME = "phi3v_paged"
 GIB = 1024**3
-KERNELS = ("fused", "triton", "plain")  # in order of preference
+KERNELS = ("fused", "triton", "plain")
 
 
 class PagedStorage:
@@ -130,7 +127,7 @@ def slots_of(table: Sequence[int], start: int, stop: int, block_tokens: int) -> 
 
 
 def kernel_runs_here(kernel: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether ``kernel`` exists for this device and dtype (:func:`kernel_problem` then checks it works)."""
+    """Whether ``kernel`` exists for this device and dtype (the start-up self-check then tries it)."""
     if kernel == "plain":
         return True
     if device.type != "cuda":
@@ -152,87 +149,6 @@ def kernel_runs_here(kernel: str, device: torch.device, dtype: torch.dtype) -> b
     return torch.cuda.get_device_capability(device)[0] >= 8
 
 
-@functools.cache
-def kernel_problem(
-    kernel: str, device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
-) -> str | None:
-    """Run ``kernel`` on a small random pass and compare it with the plain kernel.
-
-    None when they agree; else what went wrong, in a line for the log. It runs once per shape (a few
-    milliseconds), so that a kernel PyTorch offers but this GPU, driver or head size cannot run is found
-    at start-up rather than by every request.
-    """
-    block_tokens = 256
-    storage = PagedStorage(
-        num_layers=1,
-        num_blocks=4,
-        block_tokens=block_tokens,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        dtype=dtype,
-        device=device,
-    )
-    generator = torch.Generator(device=device).manual_seed(0)
-    # Row 0 holds blocks 2 then 0 and prefills 300 tokens; rows 1 and 2 decode one token each.
-    q_lengths, k_lengths, tables = [300, 1, 1], [300, 41, 290], [[2, 0], [3, 1], [1, 3]]
-    written = [slots_of(table, 0, length, block_tokens) for table, length in zip(tables, k_lengths)]
-
-    def on(values, kind=torch.int32):
-        return torch.tensor(values, dtype=kind, device=device)
-
-    def batch(kernel: str) -> PagedBatch:
-        return PagedBatch(
-            storage=storage,
-            slots=on(written[0] + written[1][-1:] + written[2][-1:], torch.long),
-            cu_seq_q=on([0, 300, 301, 302]),
-            cu_seq_k=on([0, 300, 341, 631]),
-            lengths=on(k_lengths),
-            block_table=on(tables),
-            q_lengths=q_lengths,
-            k_lengths=k_lengths,
-            kernel=kernel,
-        )
-
-    every = sorted(set(written[0]) | set(written[1]) | set(written[2]))
-    keys, values = (
-        torch.randn(len(every), kv_heads, head_dim, generator=generator, device=device).to(dtype)
-        for _ in range(2)
-    )
-    storage.write(0, on(every, torch.long), keys, values)
-    query = torch.randn(302, heads, head_dim, generator=generator, device=device).to(dtype)
-    run = {"fused": _fused, "triton": _by_rows, "plain": _by_rows}[kernel]
-    try:
-        out = run(query, storage.keys[0], storage.values[0], batch(kernel), head_dim**-0.5).float()
-    except Exception as error:  # any failure means: do not use it
-        return f"{type(error).__name__}: {error}"[:300]
-    plain = _by_rows(query, storage.keys[0], storage.values[0], batch("plain"), head_dim**-0.5).float()
-    difference = float((out - plain).abs().max())
-    if not difference <= 0.02 * float(plain.abs().max()):
-        return f"it differs from the plain kernel by {difference:.3g}"
-    return None
-
-
-def choose_kernel(device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int) -> str:
-    """The first of :data:`KERNELS` that runs here and passes its check (a failure is logged once)."""
-    for kernel in KERNELS:
-        if not kernel_runs_here(kernel, device, dtype):
-            continue
-        problem = (
-            None if kernel == "plain" else kernel_problem(kernel, device, dtype, heads, kv_heads, head_dim)
-        )
-        if problem is None:
-            return kernel
-        if (kernel, problem) not in _REPORTED:
-            _REPORTED.add((kernel, problem))
-            log.warning(
-                "The %s paged attention kernel failed its start-up check (%s): not used.", kernel, problem
-            )
-    return "plain"
-
-
-_REPORTED: set[tuple[str, str]] = set()
-
-
 def paged_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -251,9 +167,13 @@ def paged_attention(
     q = query[0].transpose(0, 1)  # [tokens, heads, head_dim]
     batch.storage.write(module.layer_idx, batch.slots, key[0].transpose(0, 1), value[0].transpose(0, 1))
     keys, values = batch.storage.keys[module.layer_idx], batch.storage.values[module.layer_idx]
+    return attend(q, keys, values, batch, scaling).unsqueeze(0), None  # [1, tokens, heads, head_dim]
+
+
+def attend(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.Tensor:
+    """``q`` ``[tokens, heads, head_dim]`` against the keys already written, with ``batch.kernel``."""
     kernel = _fused if batch.kernel == "fused" else _by_rows
-    out = kernel(q, keys, values, batch, scaling)
-    return out.unsqueeze(0), None  # [1, tokens, heads, head_dim], as transformers expects
+    return kernel(q, keys, values, batch, scaling)
 
 
 def _fused(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.Tensor:
@@ -333,6 +253,18 @@ def _row_attention(row_q, keys, values, batch: PagedBatch, row: int, scale: floa
     ]
     row_k = keys.flatten(0, 1).index_select(0, slots).transpose(0, 1)
     row_v = values.flatten(0, 1).index_select(0, slots).transpose(0, 1)
+    if q_len == k_len and not (batch.sliding_window and batch.sliding_window < k_len):
+        # A prompt's first chunk: plain causal attention, which sdpa runs without building a mask (on the
+        # CPU its fused kernel, instead of the one that materialises every score).
+        out = F.scaled_dot_product_attention(
+            row_q.transpose(0, 1)[None],
+            row_k[None],
+            row_v[None],
+            is_causal=True,
+            scale=scale,
+            enable_gqa=True,
+        )
+        return out[0].transpose(0, 1)
     # Query i sits at position k_len - q_len + i and sees keys up to itself (and within the window).
     query_at = torch.arange(k_len - q_len, k_len, device=row_q.device)[:, None]
     key_at = torch.arange(k_len, device=row_q.device)[None, :]

@@ -1,143 +1,101 @@
-"""The synchronous model runners. One worker thread owns the runner; nothing here is async.
+"""The synchronous model runner, the same on every device. One worker thread owns it; nothing here is async.
 
-Every runner has two jobs:
-- ``prepare(request)``: prompt + image preprocessing on the CPU. Needs only the
-  processor, so it may run on another thread while the model works.
-- ``step(admit, abort)``: one iteration of continuous batching: aborted rows leave, admitted
-  requests join, and the model runs once. Returns what each request gained: a piece of text,
-  and whether it has finished.
+    start-up   weights loaded ──► attention kernels checked against the plain one, the fastest correct
+               chosen (inference/self_check.py) ──► the KV cache sized (TOKEN_BUDGET, or what memory is
+               left: inference/cache_size.py) and allocated once, in blocks ──► on CUDA, decoding steps
+               captured as graphs and replayed against eager steps before they are used
+    join       BlockPool.reserve(prompt + answer tokens) ──► the row's block table; nothing else moves
+    each step  one packed forward pass: a token for every answering row
+               + up to PREFILL_CHUNK_TOKENS of newcomers' prompts (images encoded once, before their
+                 first chunk) ──► paged attention writes each new key in its slot, reads each row's blocks
+    leave      BlockPool.release: the blocks are free for the next request
 
-Two runners share that shape (``KV_CACHE`` picks one, :func:`make_runner`):
-- :class:`~inference.paged_runner.PagedRunner` (the default on recent NVIDIA GPUs): a KV cache allocated
-  once in blocks, prompts prefilled in chunks beside the running answers (docs/kv-cache.md);
-- :class:`ModelRunner` (the default elsewhere): the earlier path. Newly admitted
-  requests are prefilled together and merged into the running batch (the KV caches are left-padded
-  to a common length and rebuilt), and every running sequence decodes one greedy token.
+A running answer therefore waits at most one chunk and one step while newcomers arrive, and a join or
+a leave copies nothing. The tensors of a step that only decodes live at fixed addresses (the block
+table is rewritten in place only when the batch changes), which CUDA graphs need (decode_step.py).
+LongRoPE stays exact: the scheduler never mixes requests of different rope regimes, and a chunk of a
+prompt past the switch is told to use the long factors, as the whole prompt would (docs/kv-cache.md).
 """
 
 from __future__ import annotations
 
-import abc
+import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+from PIL import Image
 
+from inference.block_pool import BLOCK_TOKENS, BlockPool
+from inference.cache_size import (
+    CPU_TOKEN_CAP,
+    GIB,
+    CacheDoesNotFit,
+    CacheShape,
+    auto_token_budget,
+    available_ram,
+    cpu_usable_bytes,
+    explicit_budget_problem,
+    full_request_tokens,
+    gpu_usable_bytes,
+)
+from inference.decode_step import DecodeInputs, DecodeRow, DecodeStep
+from inference.decoding import STOP_TOKENS, Event, IncrementalDecoder
 from inference.errors import OutOfMemory
-from inference.kv_cache import GrowingCache, rebuild
 from inference.loading import LoadedModel
-from inference.prompts import build_prompt, check_image_count, droppable_turns
+from inference.paged_cache import ATTENTION_NAME, PagedBatch, PagedStorage, block_table_tensor, slots_of
+from inference.prepare import Prepared, Preparer
+from inference.self_check import KernelChoice, choose_kernel, is_fatal
 from inference.text import N_
-from inference.types import EngineConfig, Request
+from inference.types import EngineConfig, Request, Task
 
 log = logging.getLogger(__name__)
 
-# Phi-3 ends an answer with <|end|>; <|endoftext|> also stops it.
-STOP_TOKENS = ("<|end|>", "<|endoftext|>")
 OOM_NEW_TEXT = N_("The GPU ran out of memory for this request. Try fewer or smaller images.")
 OOM_RUNNING_TEXT = N_("The GPU ran out of memory while answering. Please try again.")
-# Messages of errors after which CUDA refuses all further work in this process.
-FATAL_DEVICE_ERRORS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS")
 
-
-@dataclass
-class Prepared:
-    """A request turned into model inputs (CPU tensors), ready to be prefilled."""
-
-    input_ids: torch.Tensor  # [S]
-    pixel_values: torch.Tensor | None  # [N, K, 3, 336, 336]; None for a prompt without images
-    image_sizes: torch.Tensor | None  # [N, 2]
-    max_new_tokens: int
-    left_out: int = 0  # old exchanges of a conversation left out to fit the token budget
-
-    @property
-    def prompt_tokens(self) -> int:
-        return int(self.input_ids.shape[0])
-
-
-@dataclass
-class Event:
-    request_id: int
-    text: str = ""
-    finished: bool = False
-    error: Exception | None = None
-    new_tokens: int = 0
-
-
-class IncrementalDecoder:
-    """Token ids in, newly completed text out, decoding only the last few tokens at each push.
-
-    Each push decodes a short window: the tokens already shown by the last piece (kept as
-    context, because a tokenizer drops the leading space of a sequence's first token) plus the
-    tokens not shown yet; the text past the context's own is new. So the cost per token stays
-    flat however long the answer or its current line grows. A half-decoded multi-byte character
-    (a trailing U+FFFD) is held back until its last byte arrives.
-    """
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.context_start = 0  # the window decoded at each push starts here
-        self.unread_start = 0  # tokens from here on have not been shown yet
-
-    def push(self, token_id: int | None, final: bool = False) -> str:
-        if token_id is not None:
-            self.ids.append(token_id)
-        context = self._decode(self.context_start, self.unread_start)
-        text = self._decode(self.context_start, len(self.ids))
-        if (not final and text.endswith("\ufffd")) or len(text) <= len(context):
-            return ""
-        self.context_start, self.unread_start = self.unread_start, len(self.ids)
-        return text[len(context) :]
-
-    def _decode(self, start: int, end: int) -> str:
-        if start == end:
-            return ""
-        return self.tokenizer.decode(self.ids[start:end], skip_special_tokens=True)
+KERNEL_TEXT = {
+    "fused": "PyTorch's FlashAttention, reading the blocks in place",
+    "triton": "a Triton kernel reading the blocks in place (prompt chunks: gathered row by row)",
+    "plain": "gathered row by row",
+}
 
 
 @dataclass
 class _Row:
+    """A request in the batch. ``next_position`` counts the tokens it has in the cache."""
+
     request_id: int
     max_new_tokens: int
     next_position: int
     decoder: IncrementalDecoder
+    table: tuple[int, ...] = ()  # its blocks, in token order
+    prompt: Prepared | None = None  # until the whole prompt is in the cache
+    embeds: torch.Tensor | None = None  # the prompt's embeddings (images included) while it is prefilled
+    long_rope: bool = False  # its prompt is past LongRoPE's switch: every pass uses the long factors
     last_token: int = 0
     generated: int = 0
 
-
-@dataclass
-class _Batch:
-    rows: list[_Row] = field(default_factory=list)
-    cache: GrowingCache | None = None
-    attention_mask: torch.Tensor | None = None  # [B, L]: 0 where a row is left-padded
-    padded: bool = False  # some row has padding, so the model needs the mask
-
-    @classmethod
-    def of(cls, rows: list[_Row], cache: GrowingCache, attention_mask: torch.Tensor) -> _Batch:
-        # Checked once per change of the batch, not per step (it waits for the device).
-        return cls(rows, cache, attention_mask, padded=not bool(attention_mask.all()))
-
-    def model_mask(self) -> torch.Tensor | None:
-        """The mask to give the model: none when no row is padded (sdpa then needs no mask at all)."""
-        return self.attention_mask if self.padded else None
+    @property
+    def prefilling(self) -> bool:
+        return self.prompt is not None
 
 
-def _left_pad(tensor: torch.Tensor, length: int, dim: int, value: int = 0) -> torch.Tensor:
-    missing = length - tensor.shape[dim]
-    if missing <= 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_full(shape, value), tensor], dim=dim)
+@dataclass(frozen=True)
+class _Entry:
+    """One row's part of a packed pass: ``count`` new tokens at positions ``start`` onwards."""
+
+    row: _Row
+    start: int
+    count: int
+    emits: bool  # the logits of its last token give the row its next token
 
 
-def _cache_tensors(cache: GrowingCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
+class ModelRunner:
+    """``prepare(request)`` turns a request into tensors (any thread); ``step(admit, abort)`` runs one
+    iteration of continuous batching on the model thread and returns what each request gained."""
 
-
-class RunnerBase(abc.ABC):
-    """What every runner shares: preparing requests, and turning new tokens into text and events."""
+    is_fatal = staticmethod(is_fatal)
 
     def __init__(self, loaded: LoadedModel, config: EngineConfig):
         self.loaded = loaded
@@ -145,77 +103,329 @@ class RunnerBase(abc.ABC):
         tokenizer = loaded.processor.tokenizer
         self.tokenizer = tokenizer
         self.stop_ids = {tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS}
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        model_config = loaded.model.config
+        heads = model_config.num_attention_heads
+        self.kv_heads = model_config.num_key_value_heads or heads
+        self.head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
+        self.num_layers = model_config.num_hidden_layers
+        self.sliding_window = getattr(model_config, "sliding_window", None)
+        self.block_tokens = BLOCK_TOKENS
+        self.kernel_choice: KernelChoice = choose_kernel(
+            loaded.device,
+            loaded.dtype,
+            heads=heads,
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            sliding_window=self.sliding_window,
+            max_rows=config.max_batch_size,
+        )
+        self.kernel = self.kernel_choice.name
+        use_language_attention(loaded.model, ATTENTION_NAME)
+        self.rows: dict[int, _Row] = {}  # in order of admission
+        self.full_request_tokens = full_request_tokens(
+            loaded.processor.image_processor.num_crops, config.max_new_tokens
+        )
+        self.token_budget = self._size_budget()
+        self.preparer = Preparer(loaded.processor, config, self.token_budget, self.block_tokens)
+        self._allocate_cache(self.token_budget)
+        log.info(
+            "KV cache: %d tokens (%s), %.1f GiB allocated once in %d blocks of %d; room for %d people at "
+            "once with an image at %d crops and a %d-token answer each (MAX_BATCH_SIZE=%d); prompts "
+            "prefilled %d tokens per step",
+            self.token_budget,
+            "TOKEN_BUDGET" if config.token_budget is not None else "TOKEN_BUDGET=auto",
+            self.cache_bytes / GIB,
+            self.pool.num_blocks + 1,
+            self.block_tokens,
+            self.people,
+            loaded.processor.image_processor.num_crops,
+            config.max_new_tokens,
+            config.max_batch_size,
+            config.prefill_chunk_tokens,
+        )
+        checked = self.kernel_choice.summary()
+        log.info(
+            "Attention kernel: %s, %s%s",
+            self.kernel,
+            KERNEL_TEXT[self.kernel],
+            f" (checked on {loaded.device} against the plain kernel: {checked})" if checked else "",
+        )
+        self.graphs_checked = False  # decoding steps replay CUDA graphs that passed their check
+        if config.cuda_graphs and self.decode_step.can_capture():
+            self._capture_graphs()
 
-    # -- requests ------------------------------------------------------------------------------
+    # -- requests (any thread) -----------------------------------------------------------------
     @property
     def rope_switch(self) -> int:
         return int(self.loaded.model.config.original_max_position_embeddings)
 
     def validate(self, request: Request) -> None:
-        check_image_count(len(request.images), self.config.max_images)
-
-    def max_new_tokens(self, request: Request) -> int:
-        asked = request.max_new_tokens or self.config.max_new_tokens
-        return max(1, min(asked, self.config.max_new_tokens))
+        self.preparer.validate(request)
 
     def prepare(self, request: Request) -> Prepared:
-        """Turn a request into model inputs; a conversation too long for the budget loses old exchanges.
+        return self.preparer.prepare(request)
 
-        The oldest follow-up exchanges go first (the first one, with the images, always stays); if
-        even that does not fit, the scheduler refuses the request as too large.
-        """
-        self.validate(request)
-        max_new_tokens = self.max_new_tokens(request)
+    # -- start-up ------------------------------------------------------------------------------
+    @property
+    def cache_shape(self) -> CacheShape:
+        bytes_per_token = PagedStorage.bytes_per_token(
+            self.num_layers, self.kv_heads, self.head_dim, self.loaded.dtype
+        )
+        return CacheShape(bytes_per_token, self.block_tokens)
 
-        def prompt(left_out: int) -> str:
-            return build_prompt(
-                request.task,
-                len(request.images),
-                request.question,
-                request.history,
-                markdown=request.markdown,
-                left_out=left_out,
-            )
+    @property
+    def cache_bytes(self) -> int:
+        return (self.pool.num_blocks + 1) * self.block_tokens * self.cache_shape.bytes_per_token
 
-        left_out, text = 0, prompt(0)
-        inputs = self.loaded.processor(text=text, images=list(request.images), return_tensors="pt")
-        total = int(inputs["input_ids"].shape[1])
-        if total + max_new_tokens > self.config.token_budget and request.history:
-            # The images add the same tokens whatever the text, so only the text is counted again.
-            image_tokens = total - self._text_tokens(text)
-            for left_out in range(1, droppable_turns(request.history) + 1):
-                text = prompt(left_out)
-                if image_tokens + self._text_tokens(text) + max_new_tokens <= self.config.token_budget:
-                    break
-            inputs = self.loaded.processor(text=text, images=list(request.images), return_tensors="pt")
-        return Prepared(
-            input_ids=inputs["input_ids"][0],
-            pixel_values=inputs["pixel_values"],
-            image_sizes=inputs["image_sizes"],
-            max_new_tokens=max_new_tokens,
-            left_out=left_out,
+    @property
+    def people(self) -> int:
+        """Full requests (an image at the most crops, the longest answer) the cache holds at once."""
+        # Requests hold whole blocks.
+        full = self.pool.blocks_for(self.full_request_tokens) * self.block_tokens
+        return min(self.token_budget // full, self.config.max_batch_size)
+
+    @property
+    def attention_text(self) -> str:
+        """How the model attends, for the owner's status."""
+        timing = f" ({self.kernel_choice.time_ms:.2f} ms)" if self.kernel_choice.time_ms is not None else ""
+        graphs = ", CUDA graphs (checked)" if self.graphs_checked else ""
+        return (
+            f"paged KV cache of {self.token_budget} tokens (room for {self.people}), "
+            f"{self.kernel} attention kernel{timing}{graphs}"
         )
 
-    def _text_tokens(self, prompt: str) -> int:
-        return len(self.loaded.processor.tokenizer(prompt)["input_ids"])
+    def _size_budget(self) -> int:
+        """``TOKEN_BUDGET`` as set, checked against free GPU memory; or, for ``auto``, what memory is left."""
+        config, device, shape = self.config, self.loaded.device, self.cache_shape
+        if config.token_budget is not None:
+            if device.type == "cuda":
+                free, _ = gpu_memory(device)
+                problem = explicit_budget_problem(shape, config.token_budget, free)
+                if problem is not None:
+                    raise CacheDoesNotFit(problem)
+            return config.token_budget
+        if device.type == "cuda":
+            activation_peak = self._warm_up()
+            free, total = gpu_memory(device)
+            usable = gpu_usable_bytes(
+                total=total, free=free, activation_peak=activation_peak, fraction=config.gpu_memory_fraction
+            )
+            where = (
+                f"GPU_MEMORY_FRACTION={config.gpu_memory_fraction} of the GPU's {total / GIB:.1f} GiB, after "
+                f"the weights and a warm-up that peaked at {activation_peak / GIB:.1f} GiB of activations"
+            )
+            return auto_token_budget(
+                shape, usable_bytes=usable, full_request_tokens=self.full_request_tokens, where=where
+            )
+        free_ram = available_ram()
+        return auto_token_budget(
+            shape,
+            usable_bytes=cpu_usable_bytes(free_ram),
+            full_request_tokens=self.full_request_tokens,
+            where="half the free RAM" if free_ram is not None else "memory",
+            cap=CPU_TOKEN_CAP,
+        )
 
-    @staticmethod
-    def is_fatal(error: BaseException) -> bool:
-        """True for an error after which the device cannot be trusted (a CUDA error poisons the context)."""
-        accelerator_error = getattr(torch, "AcceleratorError", None)
-        if accelerator_error is not None and isinstance(error, accelerator_error):
-            return True
-        text = str(error)
-        return isinstance(error, RuntimeError) and any(mark in text for mark in FATAL_DEVICE_ERRORS)
+    def _allocate_cache(self, token_budget: int) -> None:
+        """The storage, its pool and the decoding step's buffers for ``token_budget`` tokens."""
+        # One request may reserve the whole budget; reservations are whole blocks (the scheduler rounds up).
+        self.blocks_per_row = -(-token_budget // self.block_tokens)
+        num_blocks = self.blocks_per_row
+        # One block more than the pool hands out: the scratch block that padding rows of a step use.
+        self.storage = self._new_storage(num_blocks + 1)
+        self.pool = BlockPool(num_blocks, self.block_tokens)
+        self.decode_inputs = DecodeInputs(
+            self.config.max_batch_size, self.blocks_per_row, num_blocks, self.block_tokens, self.loaded.device
+        )
+        self.decode_step = DecodeStep(
+            self.loaded.model,
+            self.storage,
+            self.decode_inputs,
+            self.kernel,
+            self.sliding_window,
+            self.blocks_per_row * self.block_tokens,
+        )
+
+    def _new_storage(self, num_blocks: int) -> PagedStorage:
+        try:
+            return PagedStorage(
+                num_layers=self.num_layers,
+                num_blocks=num_blocks,
+                block_tokens=self.block_tokens,
+                kv_heads=self.kv_heads,
+                head_dim=self.head_dim,
+                dtype=self.loaded.dtype,
+                device=self.loaded.device,
+            )
+        except torch.OutOfMemoryError:
+            self._free_memory()
+            free, _ = gpu_memory(self.loaded.device)
+            budget = self.config.token_budget or num_blocks * self.block_tokens
+            problem = explicit_budget_problem(self.cache_shape, budget, free)
+            raise CacheDoesNotFit(problem or "The KV cache could not be allocated: out of memory.") from None
+
+    def _warm_up(self) -> int:
+        """On CUDA, before the cache exists: the largest prompt the settings allow (``MAX_IMAGES`` images at
+        the most crops, through the vision tower) and one prefill chunk of it through the language model, on
+        a cache just large enough for that chunk. Returns the activations' peak in bytes."""
+        device = self.loaded.device
+        chunk = self.config.prefill_chunk_tokens
+        images = self.config.max_images
+        side = 336 * max(1, int(self.loaded.processor.image_processor.num_crops**0.5))
+        request = Request(
+            Task.COMPARE if images > 1 else Task.DESCRIBE,
+            tuple(Image.new("RGB", (side, side), (127, 127, 127)) for _ in range(images)),
+            max_new_tokens=1,
+        )
+        prepared = Preparer(self.loaded.processor, self.config, token_budget=1 << 30).prepare(request)
+        count = min(chunk, prepared.prompt_tokens)
+        self._allocate_cache(count)
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        row = _Row(
+            0,
+            1,
+            next_position=0,
+            decoder=IncrementalDecoder(self.tokenizer),
+            table=tuple(range(self.blocks_per_row)),
+            prompt=prepared,
+        )
+        with torch.inference_mode():
+            self.loaded.model(use_cache=False, **self._packed_inputs([_Entry(row, 0, count, emits=True)]))
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        del row
+        self.storage = self.pool = self.decode_inputs = self.decode_step = None
+        self._free_memory()
+        log.info(
+            "Warm-up: %d images at %d crops and a %d-token prefill chunk peaked at %.2f GiB of activations",
+            images,
+            self.loaded.processor.image_processor.num_crops,
+            count,
+            peak / GIB,
+        )
+        return int(peak)
+
+    def _capture_graphs(self) -> None:
+        """Capture the decoding steps as CUDA graphs, then replay each against an eager step before use."""
+        with torch.inference_mode():
+            problem = self.decode_step.capture(self.config.max_batch_size)
+            if problem is not None:
+                log.warning("CUDA graphs are off, decoding steps run eagerly: %s", problem)
+                return
+            problem = self.decode_step.verify(self.pool.num_blocks)
+        if problem is not None:
+            self.decode_step.graphs.clear()
+            self._free_memory()
+            log.error(
+                "CUDA graphs failed their start-up check and are off; decoding steps run eagerly: %s", problem
+            )
+            return
+        self.graphs_checked = True
+        log.info(
+            "CUDA graphs: every batch bucket (%s) replayed like an eager step: same tokens, same logits",
+            ", ".join(map(str, sorted(self.decode_step.graphs))),
+        )
 
     def _free_memory(self) -> None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+    # -- the batch -----------------------------------------------------------------------------
+    @property
+    def running_ids(self) -> list[int]:
+        return list(self.rows)
+
+    def reset(self) -> None:
+        for request_id in list(self.rows):
+            self._leave(request_id)
+
+    def _join(self, request_id: int, prepared: Prepared) -> None:
+        # The scheduler keeps the reservations, rounded up to whole blocks, within the budget, and the pool
+        # holds the budget's blocks, so this cannot run short (PoolExhausted would be a bug).
+        self.pool.reserve(request_id, prepared.prompt_tokens + prepared.max_new_tokens)
+        self.rows[request_id] = _Row(
+            request_id,
+            prepared.max_new_tokens,
+            next_position=0,
+            decoder=IncrementalDecoder(self.tokenizer),
+            table=tuple(self.pool.table(request_id)),
+            prompt=prepared,
+            long_rope=prepared.prompt_tokens > self.rope_switch,
+        )
+
+    def _leave(self, request_id: int) -> None:
+        self.rows.pop(request_id, None)
+        self.pool.release(request_id)
+
+    @torch.inference_mode()
+    def step(self, admit: list[tuple[int, Prepared]], abort: list[int]) -> list[Event]:
+        """Aborted rows leave, admitted ones join; then one pass: every answering row decodes a token,
+        and newcomers' prompts advance by up to ``prefill_chunk_tokens`` (a newcomer whose prompt is
+        complete gets its first token in the same pass).
+
+        Out of GPU memory in a pass that prefills: the newcomers in it fail, the running answers go on
+        (nothing of theirs changed: their new keys are written again next step). In a pass that only
+        decodes: every request in it fails and the runner starts clean.
+        """
+        for request_id in abort:
+            self._leave(request_id)
+        for request_id, prepared in admit:
+            self._join(request_id, prepared)
+        if not self.rows:
+            return []
+        entries = self._plan()
+        try:
+            return self._run(entries)
+        except torch.OutOfMemoryError:
+            self._free_memory()
+            newcomers = [entry.row for entry in entries if entry.row.prefilling]
+            if newcomers:
+                for row in newcomers:
+                    self._leave(row.request_id)
+                return [
+                    Event(row.request_id, error=OutOfMemory(OOM_NEW_TEXT), finished=True) for row in newcomers
+                ]
+            victims = self.running_ids
+            self.reset()
+            return [Event(rid, error=OutOfMemory(OOM_RUNNING_TEXT), finished=True) for rid in victims]
+
+    def _plan(self) -> list[_Entry]:
+        """This pass: one token for every answering row, then prompt chunks in order of admission."""
+        entries = [
+            _Entry(row, row.next_position, 1, True) for row in self.rows.values() if not row.prefilling
+        ]
+        budget = self.config.prefill_chunk_tokens
+        for row in self.rows.values():
+            if budget <= 0:
+                break
+            if row.prefilling:
+                left = row.prompt.prompt_tokens - row.next_position
+                count = min(budget, left)
+                entries.append(_Entry(row, row.next_position, count, emits=count == left))
+                budget -= count
+        return entries
+
+    def _run(self, entries: list[_Entry]) -> list[Event]:
+        if all(not entry.row.prefilling for entry in entries):  # only decoding: the static step
+            tokens = self.decode_step.run([self._decode_row(entry.row) for entry in entries])
+        else:
+            logits = self.loaded.model(
+                use_cache=False,
+                long_rope=any(entry.row.long_rope for entry in entries),
+                **self._packed_inputs(entries),
+            ).logits[0]
+            tokens = logits.argmax(-1).tolist()
+        for entry in entries:
+            entry.row.next_position += entry.count
+            if entry.row.prefilling and entry.emits:  # its whole prompt is in the cache now
+                entry.row.prompt = entry.row.embeds = None
+        return self._accept([entry.row for entry in entries if entry.emits], tokens)
+
     def _accept(self, rows: list[_Row], tokens: list[int]) -> list[Event]:
-        """Record one new token per row; finished rows leave the batch (:meth:`_drop`)."""
-        events, done = [], set()
+        """Record one new token per row; finished rows leave the batch."""
+        events = []
         for row, token in zip(rows, tokens):
             stop = token in self.stop_ids
             if not stop:
@@ -225,148 +435,72 @@ class RunnerBase(abc.ABC):
             row.last_token = token
             events.append(Event(row.request_id, piece, finished, new_tokens=row.generated))
             if finished:
-                done.add(row.request_id)
-        if done:
-            self._drop(done)
+                self._leave(row.request_id)
         return events
 
-    @abc.abstractmethod
-    def _drop(self, request_ids: set[int]) -> None:
-        """Take these requests out of the batch and free what they hold."""
+    def _decode_row(self, row: _Row) -> DecodeRow:
+        position = row.next_position
+        slot = slots_of(row.table, position, position + 1, self.block_tokens)[0]
+        return DecodeRow(row.request_id, row.last_token, position, slot, row.table)
 
-
-class ModelRunner(RunnerBase):
-    """The growing-cache runner (``KV_CACHE=growing``): prefill together, merge by rebuilding the cache."""
-
-    def __init__(self, loaded: LoadedModel, config: EngineConfig):
-        super().__init__(loaded, config)
-        use_language_attention(loaded.model, loaded.attn_implementation)
-        self.batch = _Batch()
-
-    @property
-    def attention_text(self) -> str:
-        """How the model attends, for the owner's status: e.g. ``sdpa attention``."""
-        return f"{self.loaded.attn_implementation} attention"
-
-    @property
-    def running_ids(self) -> list[int]:
-        return [row.request_id for row in self.batch.rows]
-
-    def reset(self) -> None:
-        self.batch = _Batch()
-
-    @torch.inference_mode()
-    def step(self, admit: list[tuple[int, Prepared]], abort: list[int]) -> list[Event]:
-        """Drop aborted rows; then prefill the admitted requests, or decode one token for every row.
-
-        Out of GPU memory: if only the newcomers' prefill failed, only they get the error;
-        if the running batch was touched (its cache half-rebuilt or half-extended), every
-        request in it ends with the error too, and the runner starts clean.
-        """
-        alive = [rid for rid in self.running_ids if rid not in set(abort)]
-        admitted = [rid for rid, _ in admit]
-        try:
-            if abort:
-                self._drop(set(abort))
-            if admit:  # prefill only: the newcomers' first tokens go out now, not after a decode step
-                return self._prefill(admit)
-            return self._decode() if self.batch.rows else []
-        except torch.OutOfMemoryError:
-            self._free_memory()
-            if admit and self.running_ids == alive:
-                return [Event(rid, error=OutOfMemory(OOM_NEW_TEXT), finished=True) for rid in admitted]
-            self.reset()
-            victims = alive + admitted
-            return [Event(rid, error=OutOfMemory(OOM_RUNNING_TEXT), finished=True) for rid in victims]
-
-    def _prefill(self, admit: list[tuple[int, Prepared]]) -> list[Event]:
+    def _packed_inputs(self, entries: list[_Entry]) -> dict:
+        """Decoding rows and prompt chunks side by side in one sequence (shapes vary: fresh tensors)."""
         device, model = self.loaded.device, self.loaded.model
-        longest = max(p.prompt_tokens for _, p in admit)
-        ids = torch.stack([_left_pad(p.input_ids, longest, 0, self.pad_id) for _, p in admit])
-        mask = torch.stack(
-            [_left_pad(torch.ones(p.prompt_tokens, dtype=torch.long), longest, 0) for _, p in admit]
-        )
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = GrowingCache()
-        logits = model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device) if not mask.all() else None,
-            position_ids=positions.to(device),
-            pixel_values=torch.cat([p.pixel_values for _, p in admit]).to(device, self.loaded.dtype),
-            image_sizes=torch.cat([p.image_sizes for _, p in admit]).to(device),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1]
-        rows = [
-            _Row(rid, p.max_new_tokens, p.prompt_tokens, IncrementalDecoder(self.tokenizer))
-            for rid, p in admit
+        pieces = []
+        for entry in entries:
+            if entry.row.prefilling:
+                pieces.append(self._prompt_embeds(entry.row)[entry.start : entry.start + entry.count])
+            else:
+                token = torch.tensor([entry.row.last_token], device=device)
+                pieces.append(model.get_input_embeddings()(token))
+        positions = [p for e in entries for p in range(e.start, e.start + e.count)]
+        slots = [
+            s for e in entries for s in slots_of(e.row.table, e.start, e.start + e.count, self.block_tokens)
         ]
-        self._merge(rows, cache, mask.to(device))
-        return self._accept(rows, logits.argmax(-1).tolist())
+        q_ends = list(itertools.accumulate(entry.count for entry in entries))
+        k_lengths = [entry.start + entry.count for entry in entries]
+        keep = [end - 1 for end, entry in zip(q_ends, entries) if entry.emits]
 
-    def _merge(self, rows: list[_Row], cache: GrowingCache, mask: torch.Tensor) -> None:
-        batch = self.batch
-        if not batch.rows:
-            self.batch = _Batch.of(rows, cache, mask)
-            return
-        length = max(batch.attention_mask.shape[1], mask.shape[1])
-        newcomers = _cache_tensors(cache)
+        def on_device(values, dtype=torch.int32):
+            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
-        def merge_layer(index: int, keys: torch.Tensor, values: torch.Tensor):
-            new_keys, new_values = newcomers[index]
-            return (
-                torch.cat([_left_pad(keys, length, 2), _left_pad(new_keys, length, 2)]),
-                torch.cat([_left_pad(values, length, 2), _left_pad(new_values, length, 2)]),
-            )
-
-        self.batch = _Batch()  # while the cache is rebuilt the old batch is not usable
-        self.batch = _Batch.of(
-            batch.rows + rows,
-            rebuild(batch.cache, merge_layer),
-            torch.cat([_left_pad(batch.attention_mask, length, 1), _left_pad(mask, length, 1)]),
+        batch = PagedBatch(
+            storage=self.storage,
+            slots=on_device(slots, torch.long),
+            cu_seq_q=on_device([0, *q_ends]),
+            cu_seq_k=on_device([0, *itertools.accumulate(k_lengths)]),
+            lengths=on_device(k_lengths),
+            block_table=block_table_tensor([entry.row.table for entry in entries], self.blocks_per_row).to(
+                device, non_blocking=True
+            ),
+            q_lengths=[entry.count for entry in entries],
+            k_lengths=k_lengths,
+            kernel=self.kernel,
+            sliding_window=self.sliding_window,
         )
+        return {
+            "inputs_embeds": torch.cat(pieces)[None],
+            "position_ids": on_device([positions], torch.long),
+            "logits_to_keep": on_device(keep, torch.long),
+            "paged_batch": batch,
+        }
 
-    def _drop(self, request_ids: set[int]) -> None:
-        keep = [i for i, row in enumerate(self.batch.rows) if row.request_id not in request_ids]
-        if len(keep) == len(self.batch.rows):
-            return
-        if not keep:
-            self.reset()
-            return
-        index = torch.tensor(keep, device=self.batch.attention_mask.device)
-        mask = self.batch.attention_mask.index_select(0, index)
-        # Columns that are padding for every remaining row can go (frees cache memory).
-        first = int(mask.any(0).nonzero()[0])
-
-        def keep_rows(_: int, keys: torch.Tensor, values: torch.Tensor):
-            return keys.index_select(0, index)[:, :, first:], values.index_select(0, index)[:, :, first:]
-
-        rows, cache = [self.batch.rows[i] for i in keep], self.batch.cache
-        self.batch = _Batch()
-        self.batch = _Batch.of(rows, rebuild(cache, keep_rows), mask[:, first:])
-
-    def _decode(self) -> list[Event]:
-        batch, device = self.batch, self.loaded.device
-        ids = torch.tensor([[row.last_token] for row in batch.rows], device=device)
-        positions = torch.tensor([[row.next_position] for row in batch.rows], device=device)
-        batch.attention_mask = torch.cat(
-            [batch.attention_mask, batch.attention_mask.new_ones(len(batch.rows), 1)], dim=1
-        )
-        logits = self.loaded.model(
-            input_ids=ids,
-            attention_mask=batch.model_mask(),
-            position_ids=positions,
-            cache=batch.cache,
-            use_cache=True,
-        ).logits[:, -1]
-        for row in batch.rows:
-            row.next_position += 1
-        return self._accept(batch.rows, logits.argmax(-1).tolist())
+    def _prompt_embeds(self, row: _Row) -> torch.Tensor:
+        """The prompt's embeddings, images included: the vision tower runs once, before the first chunk."""
+        if row.embeds is None:
+            prompt, device = row.prompt, self.loaded.device
+            pixel_values = image_sizes = None
+            if prompt.pixel_values is not None:
+                pixel_values = prompt.pixel_values.to(device, self.loaded.dtype)
+                image_sizes = prompt.image_sizes.to(device)
+            row.embeds = self.loaded.model.model.embed_with_images(
+                prompt.input_ids[None].to(device), pixel_values, image_sizes
+            )[0]
+        return row.embeds
 
 
 def use_language_attention(model, name: str) -> None:
-    """The language model attends with ``name`` (each runner sets its own); the vision tower keeps its."""
+    """The language model attends with ``name``; the vision tower keeps its own attention."""
     if model.config._attn_implementation == name:
         return
     tower = model.model.vision_embed_tokens.img_processor
@@ -375,22 +509,9 @@ def use_language_attention(model, name: str) -> None:
     tower.set_attn_implementation(tower_attention)
 
 
-def make_runner(loaded: LoadedModel, config: EngineConfig) -> RunnerBase:
-    """The runner ``config.kv_cache`` names: ``paged``, ``growing``, or ``auto`` (the default): paged where
-    an attention kernel reads its blocks in place (CUDA: PyTorch's FlashAttention or our Triton kernel,
-    each checked at start-up), growing elsewhere, where the paged cache's plain kernel would copy the
-    keys it reads at every layer of every step."""
-    from inference.paged_runner import PagedRunner, kernel_for
-
-    kv_cache = config.kv_cache
-    if kv_cache == "auto":
-        kv_cache = "paged" if kernel_for(loaded) != "plain" else "growing"
-        log.info(
-            "KV_CACHE=auto: the %s KV cache on %s (%s)",
-            kv_cache,
-            loaded.device,
-            str(loaded.dtype).removeprefix("torch."),
-        )
-    if kv_cache == "growing":
-        return ModelRunner(loaded, config)
-    return PagedRunner(loaded, config)
+def gpu_memory(device: torch.device) -> tuple[int, int]:
+    """(free, total) bytes of a CUDA device, counting what PyTorch caches but no tensor uses as free (it
+    hands that out first)."""
+    free, total = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free + max(cached, 0)), int(total)

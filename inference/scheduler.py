@@ -9,7 +9,7 @@
   newcomer does not wait behind someone already being served; ``positions``
   tells each request its place.
 - Batched: up to ``max_batch_size`` sequences decode together, as long as their
-  KV-cache reservations (prompt + new tokens) fit ``token_budget``.
+  KV-cache reservations (prompt + new tokens, in whole blocks of ``block_tokens``) fit ``token_budget``.
 - Exact: Phi-3's LongRoPE picks short or long factors from the longest sequence
   in a forward pass, so a sequence only shares a batch with sequences that use
   the same factors for their whole life; one that would cross the switch runs
@@ -78,6 +78,7 @@ class Scheduler:
         max_waiting: int = 64,
         token_budget: int = 64_000,
         max_background_waiting: int | None = None,
+        block_tokens: int = 1,
     ):
         if max_batch_size < 1 or max_waiting < 0 or token_budget < 1:
             raise ValueError("max_batch_size and token_budget must be positive, max_waiting not negative")
@@ -86,6 +87,7 @@ class Scheduler:
         background = max_waiting if max_background_waiting is None else max_background_waiting
         self.max_background_waiting = background
         self.token_budget = token_budget
+        self.block_tokens = block_tokens  # the KV cache is handed out in blocks: reservations round up
         self._queues: dict[QueueKey, deque[Ticket]] = {}  # (class, user) -> waiting tickets, arrival order
         self._running: dict[int, Ticket] = {}
         self._served_at: dict[QueueKey, int] = {}  # (class, user) -> tick of their latest admission
@@ -113,10 +115,9 @@ class Scheduler:
         return bool(self._running) or bool(self._queues)  # background work included
 
     def add(self, ticket: Ticket) -> None:
-        if ticket.reserved_tokens > self.token_budget:
-            raise TooLarge(
-                f"needs {ticket.reserved_tokens} tokens of cache; the budget is {self.token_budget}"
-            )
+        if self.reserved(ticket) > self.token_budget:
+            needed = self.reserved(ticket)
+            raise TooLarge(f"needs {needed} tokens of cache; the budget is {self.token_budget}")
         if self.is_full(ticket.priority):
             raise QueueFull(f"{self.waiting_in(ticket.priority)} requests of this kind are already waiting")
         self._queues.setdefault(_key(ticket), deque()).append(ticket)
@@ -170,7 +171,11 @@ class Scheduler:
             regime = batch[0].regime
             if regime is RopeRegime.CROSSING or ticket.regime is not regime:
                 return False
-        return sum(t.reserved_tokens for t in batch) + ticket.reserved_tokens <= self.token_budget
+        return sum(self.reserved(t) for t in batch) + self.reserved(ticket) <= self.token_budget
+
+    def reserved(self, ticket: Ticket) -> int:
+        """The cache a request holds while it runs: its tokens, rounded up to whole blocks."""
+        return -(-ticket.reserved_tokens // self.block_tokens) * self.block_tokens
 
     def admit(self) -> list[Ticket]:
         """Move the waiting requests that can join the running batch now into it, fairly; return them."""

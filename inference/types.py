@@ -114,11 +114,13 @@ class EngineConfig:
     request_timeout_s: float = 180.0
     max_queued: int = 32  # requests waiting for a slot; more are refused at once as "busy"
     max_batch_size: int = 8  # sequences decoded together
-    token_budget: int = 24_576  # KV-cache tokens (prompt + answer) reserved across the running batch
+    # KV-cache tokens (prompt + answer) the running batch may reserve; None: sized at start-up from what
+    # memory is left after the weights (gpu_memory_fraction of a GPU; a share of free RAM on the CPU)
+    token_budget: int | None = None
+    gpu_memory_fraction: float = 0.9  # with token_budget None: the share of the GPU the process may fill
     batch_window_ms: float = 15.0  # how long an idle engine waits to gather a burst into one batch
-    kv_cache: str = "auto"  # auto | paged (allocated once, in blocks) | growing (the earlier path)
-    prefill_chunk_tokens: int = 2048  # paged: prompt tokens prefilled per step beside the running answers
-    cuda_graphs: bool = True  # paged, on CUDA: replay decoding steps from CUDA graphs captured at start-up
+    prefill_chunk_tokens: int = 2048  # prompt tokens prefilled per step beside the running answers
+    cuda_graphs: bool = True  # on CUDA: decoding steps replayed from graphs captured and checked at start-up
 
 
 class Engine(Protocol):

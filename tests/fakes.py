@@ -257,6 +257,7 @@ class ScriptedRunner:
 
     def __init__(self, config):
         self.config = config
+        self.token_budget = config.token_budget or 24_576  # the real runner sizes "auto" from memory
         self.step_errors: list[Exception] = []  # raised by the next steps, one each
         self.generated: dict[int, int] = {}
         self.reset_threads: list[str] = []
@@ -269,9 +270,9 @@ class ScriptedRunner:
         self.dropped: list[int] = []
 
     def validate(self, request):
-        from inference.runner import ModelRunner
+        from inference.prompts import check_image_count
 
-        ModelRunner.validate(self, request)
+        check_image_count(len(request.images), self.config.max_images)
 
     def prepare(self, request):
         self.validate(request)
@@ -286,16 +287,16 @@ class ScriptedRunner:
         self.rows.clear()
 
     def is_fatal(self, error):
-        from inference.runner import ModelRunner
+        from inference.self_check import is_fatal
 
-        return ModelRunner.is_fatal(error)
+        return is_fatal(error)
 
     @property
     def running_ids(self):
         return list(self.rows)
 
     def step(self, admit, abort):
-        from inference.runner import Event
+        from inference.decoding import Event
 
         self.hold.wait(10)
         time.sleep(self.step_seconds)

@@ -20,7 +20,7 @@ RUNS = {
         {"engine", "idle"},
     ),
     "throughput.py": (["--tiny", "--levels", "1,2", "--max-new-tokens", "2"], {"levels", "speedup_by_level"}),
-    "burst.py": (["--tiny", "--running", "1", "--newcomers", "2"], {"by_kv_cache", "target"}),
+    "burst.py": (["--tiny", "--running", "1", "--newcomers", "2"], {"by_way", "target"}),
     "load.py": (
         ["--people", "6", "--requests", "12", "--channels", "2"],
         {

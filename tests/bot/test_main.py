@@ -149,12 +149,13 @@ def test_check_says_how_big_the_first_download_is(capsys, monkeypatch, tmp_path)
 @pytest.mark.parametrize(
     ("free_gb", "verdict", "advice"),
     [
-        (60, "ok", ""),
-        (20, "warn", "lower TOKEN_BUDGET to 25600 to be safe"),  # the weights fit, a full batch would not
+        (60, "ok", "KV cache: TOKEN_BUDGET=98304 tokens fit"),
+        # the weights fit, the cache would not: the start's own words
+        (20, "fail", "set TOKEN_BUDGET to at most 23808, or TOKEN_BUDGET=auto."),
         (8, "fail", "use QUANTIZATION=8bit or 4bit"),  # not even the weights
     ],
 )
-def test_the_gpu_memory_is_weighed_against_the_chosen_mode(free_gb, verdict, advice):
+def test_an_explicit_token_budget_is_weighed_against_the_gpu(free_gb, verdict, advice):
     settings = Settings(device="cuda", quantization="none", token_budget=98_304)  # ~8.3 + ~38.7 GB
     with (
         patch("torch.cuda.is_available", return_value=True),
@@ -162,6 +163,45 @@ def test_the_gpu_memory_is_weighed_against_the_chosen_mode(free_gb, verdict, adv
     ):
         finding = doctor.check_device(settings, cuda_free=lambda: (free_gb * doctor.GB, 80 * doctor.GB))
     assert finding.verdict == verdict and advice in finding.detail
+
+
+GIB = 1024**3
+
+
+@pytest.mark.parametrize(
+    ("card_gib", "quantization", "verdict", "detail"),
+    [
+        (16, "none", "ok", "KV cache (TOKEN_BUDGET=auto): about "),
+        (8, "8bit", "ok", "room for 1 people at once"),
+        (6, "4bit", "ok", "room for 1 people at once"),
+        (10, "none", "fail", "one request with an image at the most crops and the longest answer needs 3045"),
+    ],
+)
+def test_token_budget_auto_is_predicted_for_the_card(card_gib, quantization, verdict, detail):
+    settings = Settings(device="cuda", quantization=quantization)
+    free = int(card_gib * GIB - 0.5 * GIB)  # the CUDA context is in use already
+    with (
+        patch("torch.cuda.is_available", return_value=True),
+        patch("torch.cuda.get_device_name", return_value="Some GPU"),
+    ):
+        finding = doctor.check_device(settings, cuda_free=lambda: (free, card_gib * GIB))
+    assert finding.verdict == verdict, finding.detail
+    assert detail in finding.detail
+
+
+def test_check_predicts_the_token_budget_the_cpu_start_takes(monkeypatch):
+    from inference.loading import load
+    from inference.runner import ModelRunner
+
+    settings = Settings(model_id=TINY_MODEL, device="cpu")
+    after_load = 20 * 1024**2
+    monkeypatch.setattr("inference.runner.available_ram", lambda: after_load)
+    runner = ModelRunner(load(settings.engine_config()), settings.engine_config())
+    weights = 2 * doctor.model_bytes(settings)  # what --check counts for the weights in float32
+    monkeypatch.setattr("bot.doctor.available_ram", lambda: int(after_load + weights))
+    finding = doctor.check_device(settings)
+    assert f"KV cache (TOKEN_BUDGET=auto): about {runner.token_budget} tokens" in finding.detail
+    assert finding.verdict == "warn"  # the CPU always warns: answers take minutes
 
 
 def test_env_file_is_read_and_a_missing_one_is_one_line(capsys, tmp_path, monkeypatch):

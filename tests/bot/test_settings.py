@@ -122,6 +122,9 @@ def test_blank_values_mean_default():
         ("SHARD_COUNT", "many", "auto or a whole number"),
         ("SHARD_COUNT", "0", "at least 1"),
         ("SHARD_IDS", "1,two", "'two' is not a shard ID"),
+        ("TOKEN_BUDGET", "lots", "use auto or a whole number of tokens"),
+        ("TOKEN_BUDGET", "512", "at least 1024"),
+        ("GPU_MEMORY_FRACTION", "1.5", "at most 0.99"),
     ],
 )
 def test_bad_values_name_the_setting_and_say_what_is_expected(name, value, hint):
@@ -130,6 +133,17 @@ def test_bad_values_name_the_setting_and_say_what_is_expected(name, value, hint)
     message = str(caught.value)
     assert message.startswith(f"{name}={value!r} is not valid")
     assert hint in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "budget"), [("auto", None), ("AUTO", None), ("8192", 8192), ("16_384", 16384)]
+)
+def test_token_budget_is_auto_or_a_number_of_tokens(raw, budget):
+    settings = Settings.from_env({"TOKEN_BUDGET": raw, "GPU_MEMORY_FRACTION": "0.8"})
+    assert settings.token_budget == budget
+    assert settings.engine_config().token_budget == budget
+    assert settings.engine_config().gpu_memory_fraction == 0.8
+    assert Settings.from_env({}).token_budget is None  # auto by default
 
 
 def test_token_never_shows_in_repr_or_str():

@@ -1,4 +1,4 @@
-"""The paged runner's static decoding step (issue 10): padded to a bucket it answers exactly as unpadded,
+"""The runner's static decoding step: padded to a bucket it answers exactly as unpadded,
 its padding touches only the scratch block, and a capture that cannot happen leaves eager steps.
 
 CUDA graphs themselves need a GPU (tests/inference/test_gpu.py); on the CPU the same step runs eagerly.
@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from inference.decode_step import DecodeInputs, DecodeRow, buckets_up_to
-from tests.inference.test_paged_runner import Recorder, alone, growing, paged, same_answers
+from tests.inference.test_runner import Recorder, alone, paged, reference, same_answers
+
+__all__ = ["reference"]  # the fixture: transformers' generate on the same weights
 
 
 def test_buckets_cover_every_batch_size_up_to_the_maximum():
@@ -21,7 +23,7 @@ def test_buckets_cover_every_batch_size_up_to_the_maximum():
     assert buckets_up_to(100) == (1, 2, 4, 8, 16, 24, 32, 64, 96, 100)
 
 
-def test_steps_padded_to_a_bucket_answer_as_unpadded(requests):
+def test_steps_padded_to_a_bucket_answer_as_unpadded(requests, reference):
     """Three rows run as a bucket of four (and two as two, one as one) as a captured graph would."""
     padded = Recorder(paged(prefill_chunk_tokens=4096, max_batch_size=8))
     runner = padded.runner
@@ -41,11 +43,11 @@ def test_steps_padded_to_a_bucket_answer_as_unpadded(requests):
     padded.finish()
     assert sizes[:2] == [4, 4]  # three rows ran as a bucket of four, then two rows as four
     for rid, request in ((1, requests[0]), (2, requests[1]), (3, requests[0])):
-        reference = alone(growing, request)
+        expected = reference.answer(request)
         if rid == 2:  # aborted after a few tokens: what it got is the start of its answer alone
-            assert padded.tokens[2] == reference.tokens[1][: len(padded.tokens[2])]
+            assert padded.tokens[2] == expected.tokens[1][: len(padded.tokens[2])]
         else:
-            same_answers(padded, rid, reference, 1)
+            same_answers(padded, rid, expected, 1)
     # Padding rows wrote into the scratch block only: the blocks nobody held are as they were.
     for before, layer in zip(owned_before, runner.storage.keys):
         for block in set(range(scratch)) - held:
@@ -64,7 +66,7 @@ def test_the_block_table_is_rewritten_when_a_row_holds_other_blocks():
     assert inputs.lengths[:2].tolist() == [21, 1] and inputs.cu_seq_k[:3].tolist() == [0, 21, 22]
 
 
-def test_a_capture_that_cannot_happen_leaves_eager_steps(requests, caplog):
+def test_a_capture_that_cannot_happen_leaves_eager_steps(requests, reference):
     runner = paged()
     step = runner.decode_step
     assert step.capture(8) == "the plain attention kernel sizes its work on the host"
@@ -72,16 +74,14 @@ def test_a_capture_that_cannot_happen_leaves_eager_steps(requests, caplog):
     problem = step.capture(8)
     assert problem and not step.graphs and step.buckets == ()
     step.kernel = "plain"
-    recorder = Recorder(runner)
-    recorder.step([(1, runner.prepare(requests[0]))])
-    recorder.finish()
-    same_answers(recorder, 1, alone(growing, requests[0]), 1)
+    assert not step.can_capture()  # no CUDA here: the runner never tries
+    same_answers(alone(runner, requests[0]), 1, reference.answer(requests[0]), 1)
 
 
 @pytest.fixture(scope="module")
 def requests():
     from inference.types import Request, Task
-    from tests.inference.test_paged_runner import image
+    from tests.inference.test_runner import image
 
     return [
         Request(Task.DESCRIBE, (image(90, 60, 1),), question="What is this?"),

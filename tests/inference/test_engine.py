@@ -93,12 +93,8 @@ async def test_the_serving_path_answers_what_plain_generate_answers(engine):
     assert served.text == expected.strip()
 
 
-KV_CACHES = pytest.mark.parametrize("kv_cache", ["paged", "growing"])
-
-
-@KV_CACHES
-async def test_batched_answers_equal_answers_run_alone(kv_cache):
-    engine = LocalEngine(tiny_config(max_new_tokens=10, batch_window_ms=50, kv_cache=kv_cache))
+async def test_batched_answers_equal_answers_run_alone():
+    engine = LocalEngine(tiny_config(max_new_tokens=10, batch_window_ms=50))
     await engine.start()
     try:
         requests = [
@@ -121,12 +117,9 @@ async def test_batched_answers_equal_answers_run_alone(kv_cache):
         await engine.stop()
 
 
-@KV_CACHES
-async def test_requests_arriving_mid_answer_join_the_running_batch(kv_cache):
-    # Paged: the newcomer's prompt goes in 500 tokens at a time while the first answer goes on.
-    engine = LocalEngine(
-        tiny_config(max_new_tokens=12, batch_window_ms=0, kv_cache=kv_cache, prefill_chunk_tokens=500)
-    )
+async def test_requests_arriving_mid_answer_join_the_running_batch():
+    # The newcomer's prompt goes in 500 tokens at a time while the first answer goes on.
+    engine = LocalEngine(tiny_config(max_new_tokens=12, batch_window_ms=0, prefill_chunk_tokens=500))
     await engine.start()
     try:
         first = Request(Task.DESCRIBE, (fixture_image("square_336.png"),), user_id=1)
@@ -142,9 +135,8 @@ async def test_requests_arriving_mid_answer_join_the_running_batch(kv_cache):
         await engine.stop()
 
 
-@KV_CACHES
-async def test_closing_the_stream_stops_generation_early(kv_cache):
-    engine = LocalEngine(tiny_config(max_new_tokens=400, kv_cache=kv_cache))
+async def test_closing_the_stream_stops_generation_early():
+    engine = LocalEngine(tiny_config(max_new_tokens=400))
     await engine.start()
     try:
         stream = engine.stream(Request(Task.DESCRIBE, (IMAGE,)))
@@ -492,8 +484,16 @@ async def test_the_engine_keeps_figures_for_the_owner():
 
 
 async def test_the_real_engine_reports_its_hardware(engine):
+    from inference.cache_size import CPU_TOKEN_CAP
+
     stats = engine.stats()
-    assert stats.hardware == "cpu, float32, sdpa attention" and stats.memory_bytes is None
+    budget = engine._runner.token_budget
+    assert budget == engine.scheduler.token_budget and budget <= CPU_TOKEN_CAP
+    people = min(budget // 2560, 8)  # 16 crops and an 8-token answer: 10 blocks each
+    assert stats.hardware == (
+        f"cpu, float32, paged KV cache of {budget} tokens (room for {people}), plain attention kernel"
+    )
+    assert stats.memory_bytes is None
 
 
 async def test_a_follow_up_batched_with_others_equals_the_follow_up_alone(engine):

@@ -62,12 +62,11 @@ async def test_engine_batches_on_the_gpu_like_alone():
         await engine.stop()
 
 
-def test_the_paged_kernel_answers_like_the_growing_cache_in_bf16():
-    """The in-place paged kernel, prompts in chunks, against the growing cache's sdpa (issue 9)."""
+def test_the_runner_answers_like_generate_in_bf16():
+    """The kernel the start-up check chose (in place, prompts in chunks) against transformers' generate."""
     from inference.loading import load
-    from inference.paged_runner import PagedRunner
     from inference.runner import ModelRunner
-    from tests.inference.test_paged_runner import Recorder, image
+    from tests.inference.test_runner import Recorder, generate, image
 
     config = EngineConfig(
         model_id=str(TINY_CHECKPOINT),
@@ -77,24 +76,39 @@ def test_the_paged_kernel_answers_like_the_growing_cache_in_bf16():
         prefill_chunk_tokens=700,
     )
     request = Request(Task.DESCRIBE, (image(300, 500, 2),), question="What is this?")
-    recorders = []
-    for runner_class in (PagedRunner, ModelRunner):
-        recorder = Recorder(runner_class(load(config), config))
-        recorder.step([(1, recorder.runner.prepare(request))])
-        recorder.finish()
-        recorders.append(recorder)
-    paged, growing = recorders
-    assert paged.runner.kernel in ("fused", "triton")  # keys read in place, no gather
-    assert paged.tokens[1][0] == growing.tokens[1][0]
-    first = [recorder.logits[1][0].float() for recorder in recorders]
+    runner = ModelRunner(load(config), config)
+    assert runner.kernel in ("fused", "triton")  # keys read in place, no gather
+    runner.stop_ids = set()
+    recorder = Recorder(runner)
+    prepared = runner.prepare(request)
+    recorder.step([(1, prepared)])
+    recorder.finish()
+    tokens, logits = generate(load(config).model, prepared)
+    assert recorder.tokens[1][0] == tokens[0]
+    first = recorder.logits[1][0].float(), logits[0].float()
     torch.testing.assert_close(first[0], first[1], atol=0.05 * float(first[1].abs().max()), rtol=0)
 
 
+def test_the_start_up_check_passes_at_the_published_shape():
+    from inference.self_check import choose_kernel
+
+    choice = choose_kernel(
+        torch.device("cuda"),
+        torch.bfloat16,
+        heads=32,
+        kv_heads=32,
+        head_dim=96,
+        sliding_window=131072,
+        max_rows=32,
+    )
+    assert choice.name in ("fused", "triton") and not choice.refused, choice.summary()
+
+
 def test_decoding_from_cuda_graphs_answers_like_eager_steps():
-    """Graph-captured decoding steps (issue 10) against the same steps run eagerly, batch of three."""
+    """Graph-captured decoding steps, checked at start-up, against the same steps run eagerly."""
     from inference.loading import load
-    from inference.paged_runner import PagedRunner
-    from tests.inference.test_paged_runner import Recorder, image
+    from inference.runner import ModelRunner
+    from tests.inference.test_runner import Recorder, image
 
     requests = [
         Request(Task.DESCRIBE, (image(300, 500, 2),), question="What is this?"),
@@ -110,8 +124,8 @@ def test_decoding_from_cuda_graphs_answers_like_eager_steps():
             max_new_tokens=16,
             cuda_graphs=graphs,
         )
-        runner = PagedRunner(load(config), config)
-        assert bool(runner.decode_step.graphs) is graphs
+        runner = ModelRunner(load(config), config)
+        assert bool(runner.decode_step.graphs) is graphs and runner.graphs_checked is graphs
         recorder = Recorder(runner)
         recorder.step([(i + 1, runner.prepare(r)) for i, r in enumerate(requests)])
         recorder.finish()

@@ -232,13 +232,10 @@ def test_the_triton_kernel_splits_a_rows_keys_between_programs(interpreted_trito
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the in-place kernels run on CUDA GPUs only")
 @pytest.mark.parametrize("kernel", ["fused", "triton"])
 def test_the_in_place_kernels_equal_the_reference_on_a_gpu(kernel):
-    from inference.paged_cache import kernel_problem, kernel_runs_here
+    from inference.paged_cache import kernel_runs_here
 
     device = torch.device("cuda")
     if not kernel_runs_here(kernel, device, torch.bfloat16):
         pytest.skip(f"the {kernel} kernel does not exist here (PyTorch or GPU too old, or no Triton)")
     # FlashAttention's block tables need blocks of a multiple of 256 tokens; prompts then span several.
     check_against_reference(device, torch.bfloat16, kernel, atol=2e-2, block=256, scale=12)
-    # The start-up check passes at the published model's shape (32 heads of 96) and the tiny one's.
-    assert kernel_problem(kernel, device, torch.bfloat16, 32, 32, 96) is None
-    assert kernel_problem(kernel, device, torch.bfloat16, 4, 4, 16) is None

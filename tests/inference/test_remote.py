@@ -23,6 +23,7 @@ from PIL import Image
 
 from inference import (
     EngineBusy,
+    EngineConfig,
     EngineUnavailable,
     InvalidRequest,
     ModelNotFound,
@@ -277,13 +278,13 @@ async def test_describe_and_ocr_send_the_task_instruction(vllm, make_engine):
 # -- validation (same words as the local engine) -----------------------------------------------
 @pytest.mark.parametrize("count", [0, 5])
 async def test_image_count_is_checked_with_the_local_engines_words(vllm, make_engine, count):
-    from inference.runner import ModelRunner
+    from inference.prepare import Preparer
 
     engine = await make_engine(max_images=4)
     request = Request(Task.DESCRIBE, (IMAGE,) * count)
-    local = type("Runner", (), {"config": type("Config", (), {"max_images": 4})()})()
+    local = Preparer(processor=None, config=EngineConfig(max_images=4), token_budget=24_576)
     with pytest.raises(InvalidRequest) as expected:
-        ModelRunner.validate(local, request)
+        local.validate(request)
 
     with pytest.raises(InvalidRequest) as caught:
         await collect(engine, request)

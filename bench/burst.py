@@ -59,7 +59,7 @@ DEFAULTS = {  # size -> running, newcomers, running answer tokens, newcomer answ
     "real": (4, 32, 384, 128, 16),
 }
 TOKENS_BEFORE_BURST = 8  # each running answer has this many tokens when the burst arrives
-TARGET_GAP_MS = 150.0  # issue 9: at real size on a GPU, 32 newcomers, 16 crops
+TARGET_GAP_MS = 150.0  # at real size on a GPU, 32 newcomers, 16 crops
 WARMUP_REQUESTS, WARMUP_TOKENS = 2, 4
 
 log = logging.getLogger("bench.burst")

@@ -29,6 +29,7 @@ from inference.cache_size import (
     explicit_budget_problem,
     full_request_tokens,
     gpu_usable_bytes,
+    people_text,
 )
 from inference.types import PUBLISHED_WEIGHT_BYTES
 
@@ -203,8 +204,8 @@ def _kv_cache_finding(
     return Finding(
         "device",
         "ok",
-        f"{text}; KV cache (TOKEN_BUDGET=auto): about {budget} tokens, room for {people} people at once "
-        "(the start measures it exactly)",
+        f"{text}; KV cache (TOKEN_BUDGET=auto): about {budget} tokens, room for {people_text(people)} at "
+        "once (the start measures it exactly)",
     )
 
 

@@ -120,6 +120,11 @@ def gpu_usable_bytes(*, total: int, free: int, activation_peak: int, fraction: f
 PROMPT_TEXT_TOKENS = 24  # the describe prompt's own tokens around the image (18), with a margin
 
 
+def people_text(count: int) -> str:
+    """``1 person``, ``3 people``: for the log, /status and --check."""
+    return f"{count} person" if count == 1 else f"{count} people"
+
+
 def image_tokens(num_crops: int) -> int:
     side = max(1, int(num_crops**0.5))
     return (side * side + 1) * 144 + (side + 1) * 12 + 1

@@ -38,6 +38,7 @@ from inference.cache_size import (
     explicit_budget_problem,
     full_request_tokens,
     gpu_usable_bytes,
+    people_text,
 )
 from inference.decode_step import DecodeInputs, DecodeRow, DecodeStep
 from inference.decoding import STOP_TOKENS, Event, IncrementalDecoder
@@ -129,15 +130,15 @@ class ModelRunner:
         self.preparer = Preparer(loaded.processor, config, self.token_budget, self.block_tokens)
         self._allocate_cache(self.token_budget)
         log.info(
-            "KV cache: %d tokens (%s), %.1f GiB allocated once in %d blocks of %d; room for %d people at "
-            "once with an image at %d crops and a %d-token answer each (MAX_BATCH_SIZE=%d); prompts "
-            "prefilled %d tokens per step",
+            "KV cache: %d tokens (%s), %.1f GiB allocated once in %d blocks of %d; room for %s at once "
+            "with an image at %d crops and a %d-token answer each (MAX_BATCH_SIZE=%d); prompts prefilled %d "
+            "tokens per step",
             self.token_budget,
             "TOKEN_BUDGET" if config.token_budget is not None else "TOKEN_BUDGET=auto",
             self.cache_bytes / GIB,
             self.pool.num_blocks + 1,
             self.block_tokens,
-            self.people,
+            people_text(self.people),
             loaded.processor.image_processor.num_crops,
             config.max_new_tokens,
             config.max_batch_size,
@@ -151,6 +152,7 @@ class ModelRunner:
             f" (checked on {loaded.device} against the plain kernel: {checked})" if checked else "",
         )
         self.graphs_checked = False  # decoding steps replay CUDA graphs that passed their check
+        self.graphs_refused = False  # graphs were captured but failed their check: decoding is eager
         if config.cuda_graphs and self.decode_step.can_capture():
             self._capture_graphs()
 
@@ -189,6 +191,8 @@ class ModelRunner:
         """How the model attends, for the owner's status."""
         timing = f" ({self.kernel_choice.time_ms:.2f} ms)" if self.kernel_choice.time_ms is not None else ""
         graphs = ", CUDA graphs (checked)" if self.graphs_checked else ""
+        if self.graphs_refused:
+            graphs = ", CUDA graphs off (they failed their start-up check)"
         return (
             f"paged KV cache of {self.token_budget} tokens (room for {self.people}), "
             f"{self.kernel} attention kernel{timing}{graphs}"
@@ -317,6 +321,7 @@ class ModelRunner:
             problem = self.decode_step.verify(self.pool.num_blocks)
         if problem is not None:
             self.decode_step.graphs.clear()
+            self.graphs_refused = True
             self._free_memory()
             log.error(
                 "CUDA graphs failed their start-up check and are off; decoding steps run eagerly: %s", problem

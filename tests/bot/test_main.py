@@ -172,8 +172,8 @@ GIB = 1024**3
     ("card_gib", "quantization", "verdict", "detail"),
     [
         (16, "none", "ok", "KV cache (TOKEN_BUDGET=auto): about "),
-        (8, "8bit", "ok", "room for 1 people at once"),
-        (6, "4bit", "ok", "room for 1 people at once"),
+        (8, "8bit", "ok", "room for 1 person at once"),
+        (6, "4bit", "ok", "room for 1 person at once"),
         (10, "none", "fail", "one request with an image at the most crops and the longest answer needs 3045"),
     ],
 )
@@ -300,3 +300,31 @@ def test_check_reads_the_database_without_changing_it(capsys, tmp_path):
     damaged.write_bytes(b"not a database" * 100)
     assert entry.main({**base, "DATABASE_PATH": str(damaged)}, ["--check"]) == entry.EXIT_CHECK_FAILED
     assert "[FAIL] database: The database file" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("compiler", "verdict", "words"),
+    [
+        ("/usr/bin/cc", "ok", "its kernel launcher can be built (/usr/bin/cc"),
+        (None, "warn", "Triton cannot build its kernel launcher without a C compiler"),
+    ],
+)
+def test_check_says_whether_triton_can_build_its_launcher_on_an_nvidia_gpu(
+    monkeypatch, compiler, verdict, words
+):
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr("shutil.which", lambda name: compiler)
+    with patch("torch.cuda.is_available", return_value=True):
+        finding = doctor.check_triton(Settings(device="auto"))
+    assert finding is not None and finding.verdict == verdict and words in finding.detail
+    if verdict == "warn":
+        assert "apt-get install gcc python3-dev" in finding.detail and "plain one" in finding.detail
+    with patch("torch.cuda.is_available", return_value=False):
+        assert doctor.check_triton(Settings(device="auto")) is None  # no NVIDIA GPU: nothing to say
+    assert doctor.check_triton(Settings(device="cpu")) is None
+
+
+def test_the_image_brings_a_c_compiler_for_triton():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    install = next(line for line in dockerfile.splitlines() if "apt-get install" in line)
+    assert "gcc" in install.split() and "libc6-dev" in install.split()

@@ -608,6 +608,7 @@ def test_graphs_that_differ_from_eager_steps_are_dropped_with_one_error(
     with caplog.at_level(logging.INFO, logger="inference.runner"):
         runner = paged(max_batch_size=4)
     assert not runner.graphs_checked and runner.decode_step.graphs == {}
+    assert runner.attention_text.endswith("CUDA graphs off (they failed their start-up check)")
     [error] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert error.getMessage().startswith(
         "CUDA graphs failed their start-up check and are off; decoding steps run"

@@ -20,15 +20,13 @@ from pathlib import Path
 from bot.settings import Settings
 from inference.block_pool import BLOCK_TOKENS
 from inference.cache_size import (
-    CPU_TOKEN_CAP,
     CacheDoesNotFit,
     CacheShape,
-    auto_token_budget,
     available_ram,
-    cpu_usable_bytes,
+    cpu_budget,
     explicit_budget_problem,
     full_request_tokens,
-    gpu_usable_bytes,
+    gpu_budget,
     people_text,
 )
 from inference.types import PUBLISHED_WEIGHT_BYTES
@@ -182,22 +180,16 @@ def _kv_cache_finding(
         return Finding("device", "ok", f"{text}; KV cache: TOKEN_BUDGET={settings.token_budget} tokens fit")
     try:
         if on_gpu:
-            usable = gpu_usable_bytes(
+            budget = gpu_budget(
+                shape,
                 total=gpu_total,
                 free=gpu_free_after_weights,
                 activation_peak=ACTIVATIONS_BYTES,
                 fraction=settings.gpu_memory_fraction,
-            )
-            where = f"GPU_MEMORY_FRACTION={settings.gpu_memory_fraction} of the GPU after the weights"
-            budget = auto_token_budget(shape, usable_bytes=usable, full_request_tokens=full, where=where)
-        else:
-            budget = auto_token_budget(
-                shape,
-                usable_bytes=cpu_usable_bytes(ram_free_after_weights),
                 full_request_tokens=full,
-                where="half the free RAM",
-                cap=CPU_TOKEN_CAP,
             )
+        else:
+            budget = cpu_budget(shape, free_ram=ram_free_after_weights, full_request_tokens=full)
     except CacheDoesNotFit as error:
         return Finding("device", "fail", f"{text}. {error}")
     people = min(budget // (-(-full // BLOCK_TOKENS) * BLOCK_TOKENS), settings.max_batch_size)

@@ -72,6 +72,35 @@ def auto_token_budget(
     )
 
 
+def gpu_budget(
+    shape: CacheShape,
+    *,
+    total: int,
+    free: int,
+    activation_peak: int,
+    fraction: float,
+    full_request_tokens: int,
+) -> int:
+    """``TOKEN_BUDGET=auto`` on a GPU (:func:`gpu_usable_bytes`), or :class:`CacheDoesNotFit`."""
+    usable = gpu_usable_bytes(total=total, free=free, activation_peak=activation_peak, fraction=fraction)
+    where = (
+        f"GPU_MEMORY_FRACTION={fraction} of the GPU's {total / GIB:.1f} GiB, after the weights and "
+        f"{activation_peak / GIB:.1f} GiB of activations"
+    )
+    return auto_token_budget(shape, usable_bytes=usable, full_request_tokens=full_request_tokens, where=where)
+
+
+def cpu_budget(shape: CacheShape, *, free_ram: int | None, full_request_tokens: int) -> int:
+    """``TOKEN_BUDGET=auto`` on the CPU: half the RAM free after the weights, at most ``CPU_TOKEN_CAP``."""
+    return auto_token_budget(
+        shape,
+        usable_bytes=cpu_usable_bytes(free_ram),
+        full_request_tokens=full_request_tokens,
+        where="half the free RAM",
+        cap=CPU_TOKEN_CAP,
+    )
+
+
 def explicit_budget_problem(shape: CacheShape, token_budget: int, free_bytes: int) -> str | None:
     """Why an explicit ``TOKEN_BUDGET`` does not fit in ``free_bytes`` of GPU memory (None when it does)."""
     needed = shape.bytes_for(token_budget)

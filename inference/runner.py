@@ -28,16 +28,14 @@ from PIL import Image
 
 from inference.block_pool import BLOCK_TOKENS, BlockPool
 from inference.cache_size import (
-    CPU_TOKEN_CAP,
     GIB,
     CacheDoesNotFit,
     CacheShape,
-    auto_token_budget,
     available_ram,
-    cpu_usable_bytes,
+    cpu_budget,
     explicit_budget_problem,
     full_request_tokens,
-    gpu_usable_bytes,
+    gpu_budget,
     people_text,
 )
 from inference.decode_step import DecodeInputs, DecodeRow, DecodeStep
@@ -211,24 +209,15 @@ class ModelRunner:
         if device.type == "cuda":
             activation_peak = self._warm_up()
             free, total = gpu_memory(device)
-            usable = gpu_usable_bytes(
-                total=total, free=free, activation_peak=activation_peak, fraction=config.gpu_memory_fraction
+            return gpu_budget(
+                shape,
+                total=total,
+                free=free,
+                activation_peak=activation_peak,
+                fraction=config.gpu_memory_fraction,
+                full_request_tokens=self.full_request_tokens,
             )
-            where = (
-                f"GPU_MEMORY_FRACTION={config.gpu_memory_fraction} of the GPU's {total / GIB:.1f} GiB, after "
-                f"the weights and a warm-up that peaked at {activation_peak / GIB:.1f} GiB of activations"
-            )
-            return auto_token_budget(
-                shape, usable_bytes=usable, full_request_tokens=self.full_request_tokens, where=where
-            )
-        free_ram = available_ram()
-        return auto_token_budget(
-            shape,
-            usable_bytes=cpu_usable_bytes(free_ram),
-            full_request_tokens=self.full_request_tokens,
-            where="half the free RAM" if free_ram is not None else "memory",
-            cap=CPU_TOKEN_CAP,
-        )
+        return cpu_budget(shape, free_ram=available_ram(), full_request_tokens=self.full_request_tokens)
 
     def _allocate_cache(self, token_budget: int) -> None:
         """The storage, its pool and the decoding step's buffers for ``token_budget`` tokens."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import gettext
 import io
+import logging
 from pathlib import Path
 
 import discord
@@ -23,6 +24,8 @@ from babel.messages.pofile import read_po
 from discord import app_commands
 
 from inference.text import Text
+
+log = logging.getLogger(__name__)
 
 LOCALES_DIR = Path(__file__).parent / "locales"
 DOMAIN = "messages"
@@ -40,6 +43,10 @@ def translations(language: str) -> gettext.NullTranslations:
     """The compiled catalog of a language (English, or one without a catalog: as written)."""
     path = catalog_path(language)
     if not path.exists():
+        if language in LANGUAGES.values():  # shipped with the bot: an install that lost it is broken
+            log.error(
+                "The %s translations are missing (%s): replies in that language stay English", language, path
+            )
         return gettext.NullTranslations()
     with path.open("rb") as po:
         catalog = read_po(po, locale=language)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 import re
 import string
@@ -117,3 +118,18 @@ def test_english_and_unknown_locales_read_as_written():
     ).startswith("Looking")
     assert render(Text("Stopped by {name}.", {"name": "x"}), "fr") == "Stopped by x."
     assert render(Text("Stopped by {name}.", {"name": "x"}), None) == "Stopped by x."
+
+
+def test_a_missing_shipped_catalog_is_an_error_in_the_log_not_silence(monkeypatch, tmp_path, caplog):
+    from bot import i18n
+    from inference.errors import BUSY_TEXT
+
+    monkeypatch.setattr(i18n, "LOCALES_DIR", tmp_path)  # as an install that lost its package data
+    i18n.translations.cache_clear()
+    try:
+        with caplog.at_level(logging.ERROR, logger="bot.i18n"):
+            assert i18n.render(BUSY_TEXT, "vi") == str(BUSY_TEXT)  # English, still readable
+    finally:
+        i18n.translations.cache_clear()
+    [record] = caplog.records
+    assert record.getMessage().startswith("The vi translations are missing")

@@ -1,4 +1,4 @@
-"""Image intake shared by every way images come in (the bot, the command line tool). PIL only."""
+"""Image intake shared by every way images come in (the bot, the command line tool). Pillow and NumPy."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 import math
 import warnings
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inference.errors import InvalidRequest
@@ -29,8 +30,30 @@ class UnreadableImage(InvalidRequest):
         super().__init__(reason)
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_eight_bits(image: Image.Image) -> Image.Image:
+    """A grayscale image of more than 8 bits a value (a 16-bit PNG opens as ``I;16`` or ``I``; ``F`` is
+    float) as 8-bit ``L``, its range scaled as a viewer shows it. Pillow's own ``convert`` clips every value
+    above 255, which turns a 16-bit picture almost white. Other modes are returned as they are."""
+    if image.mode not in (*SIXTEEN_BIT_MODES, "I", "F"):
+        return image
+    values = np.asarray(image).astype(np.float64)
+    if image.mode in SIXTEEN_BIT_MODES:
+        scale = 255 / 65535
+    elif image.mode == "F":
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0  # 0-1 floats, else already 0-255
+    else:  # signed 32-bit integers: a 16-bit range as Pillow opens 16-bit PNGs, or the whole positive range
+        top = values.max() if values.size else 0
+        scale = 1.0 if top <= 255 else 255 / 65535 if top <= 65535 else 255 / (2**31 - 1)
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
+
+
 def flatten_to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited onto white (the model was trained without alpha)."""
+    """RGB, with any transparency composited onto white (the model was trained without alpha), and values of
+    more than 8 bits scaled, not clipped (:func:`to_eight_bits`)."""
+    image = to_eight_bits(image)
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
     if not has_alpha:
         return image.convert("RGB")

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -84,6 +86,30 @@ class DatabaseUnavailable(Exception):
     """The database cannot be used; ``str()`` is one line saying why and what to do."""
 
 
+def folder_text(path: str, error: OSError) -> str:
+    return (
+        f"The folder for the database file {path} cannot be made ({error.strerror}). "
+        "Set DATABASE_PATH to a file in a folder the bot may write."
+    )
+
+
+def folder_problem(path: str) -> str | None:
+    """Why the folder of a database file that does not exist yet could not be made, in :meth:`Database.open`'s
+    words; None when it could. Nothing is left behind: a trial folder is made in the nearest existing parent
+    and removed again."""
+    folder = Path(path).parent
+    if folder.is_dir():
+        if os.access(folder, os.W_OK | os.X_OK):
+            return None
+        return describe_failure(path, sqlite3.OperationalError("unable to open database file"))
+    parent = next((p for p in folder.parents if p.exists()), Path("."))
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".phi3v-bot-check-"))
+    except OSError as error:
+        return folder_text(path, error)
+    return None
+
+
 def describe_failure(path: str, error: sqlite3.Error) -> str:
     text = str(error).lower()
     if "locked" in text or "busy" in text:
@@ -122,10 +148,7 @@ class Database:
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as error:
-                raise DatabaseUnavailable(
-                    f"The folder for the database file {path} cannot be made ({error.strerror}). "
-                    "Set DATABASE_PATH to a file in a folder the bot may write."
-                ) from None
+                raise DatabaseUnavailable(folder_text(path, error)) from None
         connection: aiosqlite.Connection | None = None
         try:
             connection = await aiosqlite.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)

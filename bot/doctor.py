@@ -75,6 +75,12 @@ def check_token(settings: Settings) -> Finding:
     )
 
 
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def hub_cache_dir() -> Path:
     from huggingface_hub import constants
 
@@ -95,6 +101,10 @@ def check_model(settings: Settings) -> Finding:
     cached = _cached_bytes(model_id)
     if cached:
         return Finding("model", "ok", f"{model_id} is downloaded ({cached / GB:.1f} GB in {hub_cache_dir()})")
+    if hub_offline():
+        from inference.loading import not_downloaded_text
+
+        return Finding("model", "fail", not_downloaded_text(model_id))
     size = PUBLISHED_WEIGHT_BYTES.get(model_id)
     how_big = f"~{size / GB:.1f} GB" if size else "its size is unknown offline"
     return Finding(
@@ -126,11 +136,11 @@ def check_device(
     import torch
 
     from inference import InvalidRequest
-    from inference.loading import resolve_device
+    from inference.loading import resolve_choices
 
-    try:
-        device = resolve_device(settings.device)
-    except InvalidRequest as error:  # an unknown or missing device, said plainly
+    try:  # what the start decides before loading anything, refused in the start's own words
+        device, *_ = resolve_choices(settings.engine_config())
+    except InvalidRequest as error:
         return Finding("device", "fail", str(error))
     if device.type == "cuda":
         free_total = (cuda_free or (lambda: torch.cuda.mem_get_info(device)))()
@@ -267,15 +277,15 @@ def check_remote(settings: Settings) -> Finding:
 
 def check_database(settings: Settings) -> Finding:
     """Read the database file without changing it: damaged, locked, or from a newer bot? (None yet: fine.)"""
-    from bot.database import IN_MEMORY, MIGRATIONS, VERSION_SQL, describe_failure
+    from bot.database import IN_MEMORY, MIGRATIONS, VERSION_SQL, describe_failure, folder_problem
 
     path = Path(settings.database_path)
     if settings.database_path == IN_MEMORY:
         return Finding("database", "warn", "in memory: conversations and settings are lost at every restart")
     if not path.exists():
-        folder = next((parent for parent in path.parents if parent.exists()), Path("."))
-        if not os.access(folder, os.W_OK):
-            return Finding("database", "fail", f"{path} cannot be created: {folder} is not writable")
+        problem = folder_problem(str(path))
+        if problem is not None:
+            return Finding("database", "fail", problem)
         return Finding("database", "ok", f"{path} will be created at the first start")
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)) as connection:

@@ -116,6 +116,14 @@ def _say_download(model_id: str) -> None:
     )
 
 
+def not_downloaded_text(model_id: str) -> str:
+    return (
+        f"{model_id} is not in the local Hugging Face cache and cannot be downloaded "
+        "(offline, or HF_HUB_OFFLINE=1). Connect once to download it, "
+        "or point MODEL_ID / --model at a local folder."
+    )
+
+
 def resolve_checkpoint(model_id: str) -> Path:
     """A local folder as it is, or a hub id downloaded (with a progress bar) into the HF cache.
 
@@ -140,11 +148,7 @@ def resolve_checkpoint(model_id: str) -> Path:
             _say_download(model_id)
         return Path(snapshot_download(model_id, allow_patterns=CHECKPOINT_FILES))
     except LocalEntryNotFoundError as exc:
-        raise ModelNotFound(
-            f"{model_id} is not in the local Hugging Face cache and cannot be downloaded "
-            "(offline, or HF_HUB_OFFLINE=1). Connect once to download it, "
-            "or point MODEL_ID / --model at a local folder."
-        ) from exc
+        raise ModelNotFound(not_downloaded_text(model_id)) from exc
     except RepositoryNotFoundError as exc:
         raise ModelNotFound(
             f"No model called {model_id!r} on the Hugging Face hub (check the spelling)."
@@ -192,14 +196,20 @@ def _loading_bar(show: bool) -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
+def resolve_choices(config: EngineConfig) -> tuple[torch.device, torch.dtype, str, object]:
+    """Device, precision, attention and quantization: what :func:`load` decides before reading any file, with
+    the same :class:`InvalidRequest` when a setting cannot work here (``python -m bot --check`` asks too)."""
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    attn = resolve_attention(config.attn_implementation, device)
+    return device, dtype, attn, quantization_config(config.quantization, dtype, device)
+
+
 def load(config: EngineConfig) -> LoadedModel:
     """Load the model and processor described by ``config`` (blocking; run it off the event loop)."""
     from inference import phi3v
 
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    attn = resolve_attention(config.attn_implementation, device)
-    quant = quantization_config(config.quantization, dtype, device)
+    device, dtype, attn, quant = resolve_choices(config)
     if device.type == "cpu":
         log.warning(
             "Running on the CPU: expect minutes per answer, and about twice the checkpoint's size in RAM "

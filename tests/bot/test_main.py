@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 from unittest.mock import patch
 
 import aiohttp
@@ -160,6 +161,8 @@ def test_an_explicit_token_budget_is_weighed_against_the_gpu(free_gb, verdict, a
     with (
         patch("torch.cuda.is_available", return_value=True),
         patch("torch.cuda.get_device_name", return_value="Some GPU"),
+        patch("torch.cuda.is_bf16_supported", return_value=True),
+        patch("inference.loading.quantization_config", return_value=None),  # as if bitsandbytes were here
     ):
         finding = doctor.check_device(settings, cuda_free=lambda: (free_gb * doctor.GB, 80 * doctor.GB))
     assert finding.verdict == verdict and advice in finding.detail
@@ -183,6 +186,8 @@ def test_token_budget_auto_is_predicted_for_the_card(card_gib, quantization, ver
     with (
         patch("torch.cuda.is_available", return_value=True),
         patch("torch.cuda.get_device_name", return_value="Some GPU"),
+        patch("torch.cuda.is_bf16_supported", return_value=True),
+        patch("inference.loading.quantization_config", return_value=None),  # as if bitsandbytes were here
     ):
         finding = doctor.check_device(settings, cuda_free=lambda: (free, card_gib * GIB))
     assert finding.verdict == verdict, finding.detail
@@ -328,3 +333,82 @@ def test_the_image_brings_a_c_compiler_for_triton():
     dockerfile = (ROOT / "Dockerfile").read_text()
     install = next(line for line in dockerfile.splitlines() if "apt-get install" in line)
     assert "gcc" in install.split() and "libc6-dev" in install.split()
+
+
+class DiscordStandIn:
+    """Discord's side of a start, without the network: the login and the application's details are answered
+    here, and connecting (the gateway) is only noted. Everything the bot does before that is real."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.connected = False
+        stand_in = self
+
+        async def static_login(http, token):
+            return {"id": "1", "username": "bot", "discriminator": "0", "avatar": None, "bot": True}
+
+        async def application_info(client):
+            return SimpleNamespace(id=1, interactions_endpoint_url=None, flags=discord.ApplicationFlags())
+
+        async def connect(client, *, reconnect=True):
+            stand_in.connected = True
+
+        monkeypatch.setattr(discord.http.HTTPClient, "static_login", static_login)
+        monkeypatch.setattr(discord.Client, "application_info", application_info)
+        monkeypatch.setattr(discord.Client, "connect", connect)
+
+
+BAD_SETTINGS = {
+    "database folder that cannot be made": {"DATABASE_PATH": "/proc/no-such/bot.sqlite3"},
+    "4-bit weights without CUDA": {"QUANTIZATION": "4bit"},
+    "flash attention without CUDA": {"ATTN_IMPLEMENTATION": "flash_attention_2"},
+    "a CUDA device on a machine without one": {"DEVICE": "cuda"},
+    "offline with the model not downloaded": {
+        "MODEL_ID": "microsoft/Phi-3-vision-128k-instruct",
+        "OFFLINE": "1",
+    },
+}
+
+
+@pytest.mark.parametrize("case", BAD_SETTINGS)
+def test_check_and_the_real_start_refuse_bad_settings_in_the_same_words(case, monkeypatch, tmp_path, capsys):
+    """The real start (database, engine, up to connecting; Discord's side a stand-in) and --check on the same
+    settings: both refuse, and --check's [FAIL] line carries the start's own words."""
+    from huggingface_hub import constants
+
+    environ = {
+        "DISCORD_TOKEN": FAKE_TOKEN,
+        "MODEL_ID": TINY_MODEL,
+        "DEVICE": "cpu",
+        "DATABASE_PATH": str(tmp_path / "data" / "bot.sqlite3"),
+        "SYNC_COMMANDS": "false",
+        "LOG_LEVEL": "WARNING",
+    }
+    environ.update(BAD_SETTINGS[case])
+    if environ.pop("OFFLINE", None):
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    discord_side = DiscordStandIn(monkeypatch)
+    assert entry.main(environ, []) == entry.EXIT_STARTUP
+    started = capsys.readouterr().err.strip().splitlines()[-1]
+    assert not discord_side.connected
+    words = started.removeprefix("Could not start the model: ")
+
+    assert entry.main(environ, ["--check"]) == entry.EXIT_CHECK_FAILED
+    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[FAIL]")]
+    assert len(failed) == 1 and failed[0].endswith(words), (failed, words)
+
+
+def test_the_real_start_with_good_settings_reaches_discord(monkeypatch, tmp_path, capsys):
+    """The stand-in lets a good start through: the table's refusals are the settings', not the harness's."""
+    environ = {
+        "DISCORD_TOKEN": FAKE_TOKEN,
+        "MODEL_ID": TINY_MODEL,
+        "DEVICE": "cpu",
+        "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
+        "SYNC_COMMANDS": "false",
+        "LOG_LEVEL": "WARNING",
+    }
+    discord_side = DiscordStandIn(monkeypatch)
+    assert entry.main(environ, []) == entry.EXIT_OK
+    assert discord_side.connected
+    assert entry.main(environ, ["--check"]) == entry.EXIT_OK

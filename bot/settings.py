@@ -15,7 +15,7 @@ from yarl import URL
 from inference import EngineConfig
 from inference.images import DEFAULT_MAX_PIXELS
 from inference.remote import RemoteConfig
-from inference.types import DEFAULT_MODEL_ID
+from inference.types import DEFAULT_MODEL_ID, MAX_NEW_TOKENS_LIMIT
 
 # Where Discord serves uploads. Anything else is never downloaded.
 DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
@@ -170,7 +170,9 @@ class Settings:
                 "ATTN_IMPLEMENTATION", defaults.attn_implementation, ATTN_IMPLEMENTATIONS
             ),
             num_crops=env.optional_int("NUM_CROPS", minimum=1, maximum=16),
-            max_new_tokens=env.integer("MAX_NEW_TOKENS", defaults.max_new_tokens, minimum=1, maximum=4096),
+            max_new_tokens=env.integer(
+                "MAX_NEW_TOKENS", defaults.max_new_tokens, minimum=1, maximum=MAX_NEW_TOKENS_LIMIT
+            ),
             max_images=env.integer("MAX_IMAGES", defaults.max_images, minimum=1, maximum=MAX_IMAGES_LIMIT),
             request_timeout_s=env.number("REQUEST_TIMEOUT_S", defaults.request_timeout_s, minimum=1),
             max_queued=env.integer("MAX_QUEUED", defaults.max_queued, minimum=0),

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from inference.errors import InferenceError
+from inference.errors import BUSY_TEXT, MODEL_UNAVAILABLE_TEXT, TOO_LARGE_TEXT, InferenceError
 from inference.images import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
 from inference.process import exit_process
 from inference.prompts import MIN_COMPARE_IMAGES
-from inference.types import EngineConfig, Request, Task
+from inference.types import MAX_NEW_TOKENS_LIMIT, EngineConfig, Request, Task
 
 DEFAULT_MODEL = EngineConfig.model_id
 
@@ -72,7 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"tiles per image, 1-{MAX_NUM_CROPS} (default: the checkpoint's)",
     )
     common.add_argument(
-        "--max-new-tokens", type=int_between(1), default=512, help="longest answer, in tokens"
+        "--max-new-tokens",
+        type=int_between(1, MAX_NEW_TOKENS_LIMIT),
+        default=512,
+        help=f"longest answer, in tokens (1-{MAX_NEW_TOKENS_LIMIT})",
     )
     common.add_argument("-v", "--verbose", action="store_true", help="show loading progress")
     tasks = parser.add_subparsers(dest="task", required=True, parser_class=OneLineParser)
@@ -89,6 +92,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 class CliError(Exception):
     pass
+
+
+# What the engine says to a Discord server's members, said to the one person at this terminal instead.
+FOR_THE_TERMINAL = {
+    str(TOO_LARGE_TEXT): "this request does not fit in the KV cache this machine has room for: use fewer or "
+    "smaller images, --num-crops 4 or a smaller --max-new-tokens",
+    str(MODEL_UNAVAILABLE_TEXT): "the model stopped working; the messages above say why",
+    str(BUSY_TEXT): "the engine is busy; try again",
+}
 
 
 def open_image(path_text: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -144,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(answer(args))
     except (CliError, InferenceError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {FOR_THE_TERMINAL.get(str(exc), str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("Stopped.", file=sys.stderr)

@@ -32,6 +32,7 @@ from inference.errors import (
     MODEL_UNAVAILABLE_TEXT,
     NOT_READY_TEXT,
     SHUTTING_DOWN_TEXT,
+    TOO_LARGE_TEXT,
     EngineBusy,
     EngineStopping,
     EngineUnavailable,
@@ -43,7 +44,6 @@ from inference.errors import (
     timed_out_text,
 )
 from inference.scheduler import QueueFull, Scheduler, Ticket, TooLarge, rope_regime
-from inference.text import N_
 from inference.types import EngineConfig, EngineStats, Request, Result
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,6 @@ PREP_THREADS = max(1, min(4, (os.cpu_count() or 1) // 4))
 # Model steps that may fail in a row before the engine gives up on the model (a broken GPU would
 # otherwise fail every request forever); one success resets the count.
 MAX_STEP_FAILURES = 3
-TOO_LARGE_TEXT = N_(
-    "This request is too large for the server's memory settings. Try fewer or smaller images."
-)
 
 
 def _default_runner_factory(config: EngineConfig):

@@ -15,6 +15,9 @@ SHUTTING_DOWN_TEXT = N_("The bot is shutting down; please ask again later.")
 BUSY_TEXT = N_("I'm busy with other requests right now. Please try again shortly.")
 MODEL_FAILED_TEXT = N_("The model failed while answering. Please try again.")
 MODEL_UNAVAILABLE_TEXT = N_("The model is unavailable right now; the bot's owner has been told.")
+TOO_LARGE_TEXT = N_(
+    "This request is too large for the server's memory settings. Try fewer or smaller images."
+)
 
 
 def timed_out_text(seconds: float) -> Text:

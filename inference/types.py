@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 
 DEFAULT_MODEL_ID = "microsoft/Phi-3-vision-128k-instruct"
+MAX_NEW_TOKENS_LIMIT = 4096  # the longest answer any front end (bot settings, command line) may ask for
 # Bytes of the published checkpoints' weights (bf16), from their model.safetensors.index.json.
 PUBLISHED_WEIGHT_BYTES = {
     "microsoft/Phi-3-vision-128k-instruct": 8_293_242_880,

@@ -114,7 +114,7 @@ def test_a_truncated_image_is_damaged(capsys, tmp_path):
         ("--num-crops", "0", "0 is out of range (from 1 to 16)"),
         ("--num-crops", "99", "99 is out of range (from 1 to 16)"),
         ("--num-crops", "four", "'four' is not a whole number"),
-        ("--max-new-tokens", "0", "0 is out of range (at least 1)"),
+        ("--max-new-tokens", "0", "0 is out of range (from 1 to 4096)"),
     ],
 )
 def test_values_out_of_range_are_one_line(capsys, option, value, message):
@@ -159,3 +159,23 @@ def test_ctrl_c_during_a_slow_load_ends_within_two_seconds_without_a_traceback()
         process.kill()
     assert code == 130 and took < 2.0, (code, took, err)
     assert "Traceback" not in err and err.strip() == "Stopped."
+
+
+def test_max_new_tokens_is_capped_like_the_bots_before_anything_loads(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["describe", IMAGE, "--model", str(TINY_CHECKPOINT), "--max-new-tokens", "24000"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: argument --max-new-tokens: 24000 is out of range (from 1 to 4096)")
+
+
+def test_an_engine_refusal_is_worded_for_the_person_at_the_terminal(capsys, monkeypatch):
+    from inference.errors import TOO_LARGE_TEXT, InvalidRequest
+
+    async def too_large(args):
+        raise InvalidRequest(TOO_LARGE_TEXT)
+
+    monkeypatch.setattr("inference.__main__.answer", too_large)
+    assert main(["describe", IMAGE, *MODEL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "server" not in err and err.startswith("error: this request does not fit in the KV cache")

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
+
+import discord
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,3 +32,86 @@ def test_readme_names_the_two_setup_commands_and_ci_runs_the_test_one():
     assert re.search(r"^run:", makefile, flags=re.MULTILINE) and re.search(
         r"^test:", makefile, flags=re.MULTILINE
     )
+
+
+def readme_block(after: str, kind: str) -> list[str]:
+    """The lines of the first ```kind block after the text ``after`` in the README."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"```{kind}\n", readme.index(after)) + len(kind) + 4
+    return readme[start : readme.index("```", start)].strip().splitlines()
+
+
+def test_the_readmes_command_line_examples_run_as_written(tmp_path):
+    """Each example, from the repository root, with the interpreter of this run for `.venv/bin/python`."""
+    examples = readme_block("Check the model without Discord", "bash")
+    assert len(examples) == 4
+    for example in examples:
+        words = shlex.split(example)
+        assert words[0] == ".venv/bin/python"
+        done = subprocess.run(
+            [sys.executable, *words[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"{example}\n{done.stderr[-2000:]}"
+        assert done.stdout.strip(), example
+
+
+def test_the_readmes_sample_start_matches_what_the_start_logs(monkeypatch, tmp_path, caplog):
+    """The sample first start's lines (for a GPU) against a real start here (the CPU, the tiny checkpoint,
+    Discord's side a stand-in): the same loggers and messages, and as many app commands synced."""
+    import logging
+
+    import bot.__main__ as entry
+    from tests.bot.test_main import FAKE_TOKEN, TINY_MODEL, DiscordStandIn
+
+    DiscordStandIn(monkeypatch)
+    synced = []
+
+    async def sync(tree, *, guild=None):
+        synced.append(tree.get_commands())
+        return tree.get_commands()
+
+    monkeypatch.setattr(discord.app_commands.CommandTree, "sync", sync)
+    environ = {
+        "DISCORD_TOKEN": FAKE_TOKEN,
+        "MODEL_ID": TINY_MODEL,
+        "DEVICE": "cpu",
+        "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
+    }
+    with caplog.at_level(logging.INFO):
+        assert entry.main(environ, []) == entry.EXIT_OK
+    logged = {(r.name, r.getMessage()) for r in caplog.records}
+    sample = [line for line in readme_block("A good first start on a GPU", "text") if line.startswith("…")]
+    on_a_gpu_only = ("Downloading", "Warm-up", "CUDA graphs", "Logged in")  # no download, GPU or gateway here
+    for line in sample:
+        name, message = re.match(r"… INFO +(\S+) \[-\]: (.*)$", line).groups()
+        if message.startswith(on_a_gpu_only):
+            continue
+        opening = message.split(":")[0].split()[
+            0
+        ]  # the first word: the rest names this GPU, its paths, figures
+        assert any(n == name and m.split(":")[0].split()[0] == opening for n, m in logged), line
+    [commands] = synced
+    synced_line = next(line for line in sample if "Synced" in line)
+    assert f"Synced {len(commands)} app commands" in synced_line
+
+
+def test_the_readmes_sample_check_lists_what_check_checks():
+    from unittest.mock import patch
+
+    from bot import doctor
+    from bot.settings import Settings
+
+    sample = readme_block("python -m bot --check` says whether the machine is ready", "text")
+    items = [
+        re.match(r"\[(?:ok  |warn|FAIL)\] (\w+):", line).group(1) for line in sample if line.startswith("[")
+    ]
+    with (
+        patch("torch.cuda.is_available", return_value=True),
+        patch("torch.cuda.is_bf16_supported", return_value=True),
+        patch("torch.cuda.get_device_name", return_value="Some GPU"),
+        patch("torch.cuda.mem_get_info", return_value=(23.7e9, 25.4e9)),
+        patch("bot.doctor._cached_bytes", return_value=0),
+    ):
+        findings = doctor.run_checks(Settings(device="cuda"))
+    assert items == [finding.item for finding in findings]
+    assert sample[-1] == "Ready to start."

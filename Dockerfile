@@ -1,5 +1,6 @@
 # The bot on an NVIDIA host: docker compose up -d (see compose.yaml and the README, "Docker").
-# The host needs the NVIDIA driver and the NVIDIA Container Toolkit; PyTorch's wheel brings the CUDA runtime.
+# The host needs the NVIDIA driver (580 or newer) and the NVIDIA Container Toolkit; PyTorch's wheel brings the
+# CUDA runtime.
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,13 +16,16 @@ WORKDIR /app
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
+# Every package at the version constraints.txt pins (scripts/lock.sh; the tests run the same versions): PyTorch's
+# CUDA 13.0 build from PyPI, which needs NVIDIA driver 580 or newer on the host.
+COPY constraints.txt ./
 # PyTorch first, in its own layer: the largest download, and the one that changes least.
-RUN pip install --no-cache-dir "torch>=2.6"
+RUN pip install --no-cache-dir -c constraints.txt torch
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY cogs ./cogs
 COPY inference ./inference
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir -c constraints.txt .
 
 # The model cache and the bot's database live in /data, a volume that outlives the container.
 RUN useradd --create-home --uid 1000 bot && mkdir -p /data && chown bot /data

@@ -10,11 +10,11 @@ PY := $(VENV)/bin/python
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 28
 
-$(VENV)/.installed-run$(EXTRAS): pyproject.toml scripts/setup-venv.sh
+$(VENV)/.installed-run$(EXTRAS): pyproject.toml constraints.txt scripts/setup-venv.sh
 	bash scripts/setup-venv.sh $(VENV) $(EXTRAS)
 	touch $@
 
-$(VENV)/.installed-dev$(EXTRAS): pyproject.toml scripts/setup-venv.sh
+$(VENV)/.installed-dev$(EXTRAS): pyproject.toml constraints.txt scripts/setup-venv.sh
 	bash scripts/setup-venv.sh $(VENV) dev$(if $(EXTRAS),$(comma)$(EXTRAS))
 	touch $@ $(VENV)/.installed-run$(EXTRAS)
 

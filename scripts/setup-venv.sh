@@ -8,11 +8,14 @@
 #   - macOS: the default build (CPU and Apple's Metal, ~80 MB);
 #   - any other machine (CPU-only Linux, ...): the CPU build from PyTorch's own CPU index (~200 MB); if that
 #     index cannot be reached, the default index, with a warning, because on Linux that is the CUDA build.
-# TORCH_CPU_VERSION pins the version for the CPU build; PYTHON picks the interpreter (3.11 or newer).
+# Every package is installed within constraints.txt (scripts/lock.sh), the versions the Docker image ships, so the
+# tests run what ships; PyTorch is the release it pins (its CPU build here, its CUDA build in the image).
+# PYTHON picks the interpreter (3.11 or newer).
 set -euo pipefail
 venv=${1:-.venv}
 extras=${2:-}
-TORCH_CPU_VERSION=${TORCH_CPU_VERSION:-2.13.0}
+constraints="$(cd "$(dirname "$0")/.." && pwd)/constraints.txt"
+TORCH_CPU_VERSION=$(sed -n 's/^torch==//p' "$constraints")
 TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 python=${PYTHON:-python3}
 system=${SETUP_UNAME:-$(uname -s)}
@@ -50,11 +53,11 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   case "$torch_build" in
     cuda)
       echo "Installing PyTorch with CUDA (about 2.5 GB) ..."
-      "${pip[@]}" install --progress-bar on "torch>=2.6"
+      "${pip[@]}" install --progress-bar on -c "$constraints" torch
       ;;
     default)
       echo "Installing PyTorch ..."
-      "${pip[@]}" install --progress-bar on "torch>=2.6"
+      "${pip[@]}" install --progress-bar on -c "$constraints" torch
       ;;
     cpu)
       echo "Installing PyTorch $TORCH_CPU_VERSION for the CPU from $TORCH_CPU_INDEX (about 200 MB) ..."
@@ -72,4 +75,4 @@ fi
 target="."
 [ -n "$extras" ] && target=".[$extras]"
 echo "Installing the project ($target) ..."
-"${pip[@]}" install -q -e "$target"
+"${pip[@]}" install -q -c "$constraints" -e "$target"

@@ -139,7 +139,7 @@ def check_device(
     from inference.loading import resolve_choices
 
     try:  # what the start decides before loading anything, refused in the start's own words
-        device, *_ = resolve_choices(settings.engine_config())
+        device, dtype, *_ = resolve_choices(settings.engine_config())
     except InvalidRequest as error:
         return Finding("device", "fail", str(error))
     if device.type == "cuda":
@@ -155,17 +155,24 @@ def check_device(
         )
         if free < weights + ACTIVATIONS_BYTES:
             return Finding("device", "fail", text + ": the model does not fit; use QUANTIZATION=8bit or 4bit")
-        return _kv_cache_finding(settings, text, gpu_free_after_weights=int(free - weights), gpu_total=total)
+        return _kv_cache_finding(
+            settings, text, value_bytes=2, gpu_free_after_weights=int(free - weights), gpu_total=total
+        )
     if device.type == "mps":
         return Finding("device", "ok", "Apple GPU (mps); bf16 weights need ~8.3 GB of unified memory")
-    ram, need = available_ram(), 2 * model_bytes(settings)  # float32 on a CPU
-    text = f"CPU only: answers take minutes; the model needs ~{need / GB:.1f} GB of RAM in float32"
+    # float32, or bf16 where the CPU computes it: DTYPE=auto decides as at the start. Checkpoints are in bf16.
+    value_bytes = dtype.itemsize
+    ram, need = available_ram(), value_bytes / 2 * model_bytes(settings)
+    precision = str(dtype).removeprefix("torch.")
+    text = f"CPU only: answers take minutes; the model needs ~{need / GB:.1f} GB of RAM in {precision}"
     if ram is None:
         return Finding("device", "warn", text)
     text += f" ({ram / GB:.1f} GB available)"
     if ram < need:
         return Finding("device", "fail", text + ": not enough memory")
-    finding = _kv_cache_finding(settings, text, ram_free_after_weights=int(ram - need))
+    finding = _kv_cache_finding(
+        settings, text, value_bytes=value_bytes, ram_free_after_weights=int(ram - need)
+    )
     return Finding("device", "warn" if finding.verdict == "ok" else finding.verdict, finding.detail)
 
 
@@ -173,13 +180,14 @@ def _kv_cache_finding(
     settings: Settings,
     text: str,
     *,
+    value_bytes: int,
     gpu_free_after_weights: int | None = None,
     gpu_total: int = 0,
     ram_free_after_weights: int | None = None,
 ) -> Finding:
     """What the start will make of TOKEN_BUDGET here, with the start's own words when it would refuse."""
     on_gpu = gpu_free_after_weights is not None
-    shape = CacheShape(kv_bytes_per_token(settings, on_gpu), BLOCK_TOKENS)
+    shape = CacheShape(kv_bytes_per_token(settings, value_bytes), BLOCK_TOKENS)
     full = full_request_tokens(settings.num_crops or DEFAULT_NUM_CROPS, settings.max_new_tokens)
     if settings.token_budget is not None:
         problem = None
@@ -243,10 +251,9 @@ def check_triton(settings: Settings) -> Finding | None:
     return Finding("triton", "ok", f"its kernel launcher can be built ({compiler}, {headers.parent})")
 
 
-def kv_bytes_per_token(settings: Settings, on_gpu: bool) -> int:
+def kv_bytes_per_token(settings: Settings, value_bytes: int) -> int:
     """Keys and values of one token in every layer: from a local checkpoint's config.json, else the published
-    model's; two bytes a value on a GPU (and with DTYPE=bfloat16/float16), four on a CPU in float32."""
-    value_bytes = 2 if on_gpu or settings.dtype in ("bfloat16", "float16") else 4
+    model's; ``value_bytes`` a value (2 in bf16 or fp16, 4 in float32)."""
     config_file = Path(settings.model_id).expanduser() / "config.json"
     try:
         config = json.loads(config_file.read_text())

@@ -55,6 +55,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (Intel AMX, or AVX-512 BF16 on Intel and AMD), as PyTorch
+    detects it: there bf16 is several times faster than float32 and halves the memory; elsewhere it is
+    emulated and slower."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, check, lambda: False)()) for check in checks)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     name = (name or "auto").lower()
     if name == "auto":
@@ -62,7 +70,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if device.type == "mps":
             return torch.float16
-        return torch.float32
+        return torch.bfloat16 if cpu_computes_bf16() else torch.float32
     table = {
         "bfloat16": torch.bfloat16,
         "bf16": torch.bfloat16,

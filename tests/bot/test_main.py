@@ -202,7 +202,8 @@ def test_check_predicts_the_token_budget_the_cpu_start_takes(monkeypatch):
     after_load = 20 * 1024**2
     monkeypatch.setattr("inference.runner.available_ram", lambda: after_load)
     runner = ModelRunner(load(settings.engine_config()), settings.engine_config())
-    weights = 2 * doctor.model_bytes(settings)  # what --check counts for the weights in float32
+    # What --check counts for the weights: the checkpoint's bf16 size, doubled in float32.
+    weights = runner.loaded.dtype.itemsize / 2 * doctor.model_bytes(settings)
     monkeypatch.setattr("bot.doctor.available_ram", lambda: int(after_load + weights))
     finding = doctor.check_device(settings)
     assert f"KV cache (TOKEN_BUDGET=auto): about {runner.token_budget} tokens" in finding.detail

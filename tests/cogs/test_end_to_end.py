@@ -20,7 +20,8 @@ pytestmark = pytest.mark.simcord(settle_timeout=120)
 
 @pytest.fixture
 async def real_engine():
-    engine = LocalEngine(EngineConfig(model_id=str(TINY_CHECKPOINT), device="cpu", max_new_tokens=6))
+    config = EngineConfig(model_id=str(TINY_CHECKPOINT), device="cpu", dtype="float32", max_new_tokens=6)
+    engine = LocalEngine(config)
     await engine.start()
     yield engine
     await engine.stop()

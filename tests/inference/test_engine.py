@@ -37,7 +37,9 @@ IMAGE = Image.new("RGB", (120, 80), (200, 30, 30))
 
 
 def tiny_config(**overrides) -> EngineConfig:
-    settings = {"model_id": str(TINY_CHECKPOINT), "device": "cpu", "max_new_tokens": 8, **overrides}
+    # float32 on every CPU (DTYPE=auto would be bf16 on one with AMX): answers are compared exactly
+    settings = {"model_id": str(TINY_CHECKPOINT), "device": "cpu", "dtype": "float32", "max_new_tokens": 8}
+    settings.update(overrides)
     return EngineConfig(**settings)
 
 

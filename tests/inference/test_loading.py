@@ -29,9 +29,24 @@ def test_default_configuration_runs_the_published_model():
 def test_auto_device_and_precision_on_a_cpu_machine():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU; the CPU defaults are what is checked here")
+    from inference.loading import cpu_computes_bf16
+
     assert resolve_device("auto") == CPU
-    assert resolve_dtype("auto", CPU) == torch.float32
+    assert resolve_dtype("auto", CPU) == (torch.bfloat16 if cpu_computes_bf16() else torch.float32)
     assert resolve_attention("auto", CPU) == "sdpa"
+
+
+@pytest.mark.parametrize(
+    "amx, avx512_bf16, expected",
+    [(True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, torch.float32)],
+)
+def test_auto_precision_on_the_cpu_is_bf16_only_where_the_cpu_computes_it(
+    monkeypatch, amx, avx512_bf16, expected
+):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert resolve_dtype("auto", CPU) == expected
+    assert resolve_dtype("float32", CPU) == torch.float32  # an explicit choice always wins
 
 
 def test_explicit_choices():
@@ -139,7 +154,9 @@ def test_a_cached_model_is_not_announced(monkeypatch, tmp_path, caplog):
 def test_loading_ends_with_one_line_that_sums_it_up_and_warns_on_the_cpu(caplog):
     from inference.loading import load
 
-    config = EngineConfig(model_id=str(TINY_CHECKPOINT), device="cpu", max_batch_size=8, token_budget=24_576)
+    config = EngineConfig(
+        model_id=str(TINY_CHECKPOINT), device="cpu", dtype="float32", max_batch_size=8, token_budget=24_576
+    )
     with caplog.at_level(logging.INFO, logger="inference.loading"):
         load(config)
     ready = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Model ready")]

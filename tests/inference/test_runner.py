@@ -32,8 +32,12 @@ NEW_TOKENS = 12
 
 
 def tiny(**overrides) -> EngineConfig:
-    settings = dict(
-        model_id=str(TINY_CHECKPOINT), device="cpu", attn_implementation="sdpa", max_new_tokens=NEW_TOKENS
+    settings = dict(  # float32 on every CPU: the comparisons are exact to 1e-4
+        model_id=str(TINY_CHECKPOINT),
+        device="cpu",
+        dtype="float32",
+        attn_implementation="sdpa",
+        max_new_tokens=NEW_TOKENS,
     )
     return EngineConfig(**(settings | overrides))
 

@@ -21,6 +21,7 @@ RUNS = {
     ),
     "throughput.py": (["--tiny", "--levels", "1,2", "--max-new-tokens", "2"], {"levels", "speedup_by_level"}),
     "burst.py": (["--tiny", "--running", "1", "--newcomers", "2"], {"by_way", "target"}),
+    "precision.py": (["--tokens", "2", "--images", "1"], {"first_token_same", "identical_prefix_tokens"}),
     "load.py": (
         ["--people", "6", "--requests", "12", "--channels", "2"],
         {

@@ -396,7 +396,7 @@ def test_check_and_the_real_start_refuse_bad_settings_in_the_same_words(case, mo
 
     assert entry.main(environ, ["--check"]) == entry.EXIT_CHECK_FAILED
     failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[FAIL]")]
-    # (the published model's case may also fail the device line where RAM is short: that is the start's word too)
+    # The published model's case may also fail the device line where RAM is short (the start's words too).
     assert any(line.endswith(words) for line in failed), (failed, words)
 
 

@@ -198,17 +198,17 @@ class ModelRunner:
 
     def _size_budget(self) -> int:
         """``TOKEN_BUDGET`` as set, checked against free GPU memory; or, for ``auto``, what memory is left."""
-        config, device, shape = self.config, self.loaded.device, self.cache_shape
+        config, shape, memory = self.config, self.cache_shape, gpu_memory_of(self.loaded.device)
         if config.token_budget is not None:
-            if device.type == "cuda":
-                free, _ = gpu_memory(device)
+            if memory is not None:
+                free, _ = memory.free_and_total()
                 problem = explicit_budget_problem(shape, config.token_budget, free)
                 if problem is not None:
                     raise CacheDoesNotFit(problem)
             return config.token_budget
-        if device.type == "cuda":
-            activation_peak = self._warm_up()
-            free, total = gpu_memory(device)
+        if memory is not None:
+            activation_peak = self._warm_up(memory)
+            free, total = memory.free_and_total()
             return gpu_budget(
                 shape,
                 total=total,
@@ -252,16 +252,16 @@ class ModelRunner:
             )
         except torch.OutOfMemoryError:
             self._free_memory()
-            free, _ = gpu_memory(self.loaded.device)
+            memory = gpu_memory_of(self.loaded.device)
+            free = memory.free_and_total()[0] if memory is not None else 0
             budget = self.config.token_budget or num_blocks * self.block_tokens
             problem = explicit_budget_problem(self.cache_shape, budget, free)
             raise CacheDoesNotFit(problem or "The KV cache could not be allocated: out of memory.") from None
 
-    def _warm_up(self) -> int:
+    def _warm_up(self, memory: GpuMemory) -> int:
         """On CUDA, before the cache exists: the largest prompt the settings allow (``MAX_IMAGES`` images at
         the most crops, through the vision tower) and one prefill chunk of it through the language model, on
         a cache just large enough for that chunk. Returns the activations' peak in bytes."""
-        device = self.loaded.device
         chunk = self.config.prefill_chunk_tokens
         images = self.config.max_images
         side = 336 * max(1, int(self.loaded.processor.image_processor.num_crops**0.5))
@@ -273,9 +273,7 @@ class ModelRunner:
         prepared = Preparer(self.loaded.processor, self.config, token_budget=1 << 30).prepare(request)
         count = min(chunk, prepared.prompt_tokens)
         self._allocate_cache(count)
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
+        base = memory.start_peak()
         row = _Row(
             0,
             1,
@@ -286,8 +284,7 @@ class ModelRunner:
         )
         with torch.inference_mode():
             self.loaded.model(use_cache=False, **self._packed_inputs([_Entry(row, 0, count, emits=True)]))
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
+        peak = memory.peak() - base
         del row
         self.storage = self.pool = self.decode_inputs = self.decode_step = None
         self._free_memory()
@@ -503,9 +500,31 @@ def use_language_attention(model, name: str) -> None:
     tower.set_attn_implementation(tower_attention)
 
 
-def gpu_memory(device: torch.device) -> tuple[int, int]:
-    """(free, total) bytes of a CUDA device, counting what PyTorch caches but no tensor uses as free (it
-    hands that out first)."""
-    free, total = torch.cuda.mem_get_info(device)
-    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return int(free + max(cached, 0)), int(total)
+class GpuMemory:
+    """What the runner reads of a CUDA device's memory (tests stand in for it to run the warm-up on a CPU)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def free_and_total(self) -> tuple[int, int]:
+        """(free, total) bytes, counting what PyTorch caches but no tensor uses as free (it hands that out
+        first)."""
+        free, total = torch.cuda.mem_get_info(self.device)
+        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return int(free + max(cached, 0)), int(total)
+
+    def start_peak(self) -> int:
+        """Start measuring a peak; returns the bytes allocated now."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return int(torch.cuda.memory_allocated(self.device))
+
+    def peak(self) -> int:
+        """The most bytes allocated since :meth:`start_peak`, once the device has finished its work."""
+        torch.cuda.synchronize(self.device)
+        return int(torch.cuda.max_memory_allocated(self.device))
+
+
+def gpu_memory_of(device: torch.device) -> GpuMemory | None:
+    """The memory the runner sizes its cache by: a CUDA device's; None elsewhere (RAM is read instead)."""
+    return GpuMemory(device) if device.type == "cuda" else None

@@ -415,12 +415,59 @@ def test_an_explicit_token_budget_is_kept_and_the_engine_schedules_within_it():
     asyncio.run(engine.stop())
 
 
+class FakeGpuMemory:
+    """A GPU's memory as the runner reads it, so the warm-up and the sizing run here on the CPU."""
+
+    def __init__(self, total: int, in_use: int, activations: int) -> None:
+        self.total, self.in_use, self.activations = total, in_use, activations
+        self.measured = 0
+
+    def free_and_total(self) -> tuple[int, int]:
+        return self.total - self.in_use, self.total
+
+    def start_peak(self) -> int:
+        self.measured += 1
+        return self.in_use
+
+    def peak(self) -> int:
+        return self.in_use + self.activations
+
+
+def test_token_budget_auto_on_a_gpu_warms_up_then_takes_the_fraction_left(
+    monkeypatch, caplog, requests, reference
+):
+    gib = 1024**3
+    memory = FakeGpuMemory(total=int(0.5 * gib), in_use=int(0.1 * gib), activations=int(0.05 * gib))
+    monkeypatch.setattr("inference.runner.gpu_memory_of", lambda device: memory)
+    tower_calls = []
+    loaded = load(tiny())
+    loaded.model.model.vision_embed_tokens.register_forward_hook(lambda *_: tower_calls.append(1))
+    with caplog.at_level(logging.INFO, logger="inference.runner"):
+        runner = ModelRunner(loaded, tiny(max_images=4))
+    runner.stop_ids = set()
+    assert memory.measured == 1 and len(tower_calls) == 1  # four images at 16 crops, through the tower once
+    per_token = 2 * 2 * 4 * 16 * 4
+    usable = 0.9 * memory.total - memory.in_use - memory.activations
+    assert runner.token_budget == (int(usable // (256 * per_token)) - 1) * 256
+    warm_up = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Warm-up")]
+    assert warm_up == [
+        "Warm-up: 4 images at 16 crops and a 2048-token prefill chunk peaked at 0.05 GiB of activations"
+    ]
+    assert runner.storage.keys[0].shape[0] == runner.token_budget // 256 + 1  # the warm-up's cache is gone
+    same_answers(alone(runner, requests[0]), 1, reference.answer(requests[0]), 1)
+
+    memory.total = int(0.15 * gib)  # 0.9 of it is less than what is in use: not one request fits
+    with pytest.raises(
+        CacheDoesNotFit, match="GPU_MEMORY_FRACTION=0.9 of the GPU's 0.1 GiB, after the weights"
+    ):
+        ModelRunner(load(tiny()), tiny(max_images=4))
+
+
 def test_the_allocation_failing_ends_the_start_with_one_line(monkeypatch):
     def full(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(PagedStorage, "__init__", full)
-    monkeypatch.setattr("inference.runner.gpu_memory", lambda _device: (0, 0))
     with pytest.raises(CacheDoesNotFit, match="set TOKEN_BUDGET|use QUANTIZATION"):
         ModelRunner(load(tiny()), tiny(token_budget=4096))
 

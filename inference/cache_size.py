@@ -9,6 +9,7 @@ runner share it and tests can give it any card.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,12 +120,10 @@ def explicit_budget_problem(shape: CacheShape, token_budget: int, free_bytes: in
 
 def available_ram() -> int | None:
     """Bytes of RAM a new allocation can have (Linux's MemAvailable), or None where it cannot be read."""
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):  # not Linux: ask the C library below
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

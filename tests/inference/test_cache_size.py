@@ -12,11 +12,10 @@ from inference.cache_size import (
     GIB,
     CacheDoesNotFit,
     CacheShape,
-    auto_token_budget,
-    cpu_usable_bytes,
+    cpu_budget,
     explicit_budget_problem,
     full_request_tokens,
-    gpu_usable_bytes,
+    gpu_budget,
     image_tokens,
 )
 from inference.prompts import build_prompt
@@ -32,8 +31,14 @@ FULL = full_request_tokens(16, 512)
 def budget_on(card_gib: float, weights_bytes: float) -> int:
     total = int(card_gib * GIB)
     free = int(total - CONTEXT - weights_bytes)
-    usable = gpu_usable_bytes(total=total, free=free, activation_peak=WARM_UP_PEAK, fraction=0.9)
-    return auto_token_budget(PUBLISHED, usable_bytes=usable, full_request_tokens=FULL, where="the card")
+    return gpu_budget(
+        PUBLISHED,
+        total=total,
+        free=free,
+        activation_peak=WARM_UP_PEAK,
+        fraction=0.9,
+        full_request_tokens=FULL,
+    )
 
 
 @pytest.mark.parametrize(
@@ -82,26 +87,12 @@ def test_an_explicit_budget_that_does_not_fit_names_the_largest_that_does():
 
 def test_on_the_cpu_half_the_free_ram_is_used_and_capped():
     shape = CacheShape(bytes_per_token=2 * 32 * 32 * 96 * 4, block_tokens=256)  # float32
-    small = auto_token_budget(
-        shape,
-        usable_bytes=cpu_usable_bytes(6 * GIB),
-        full_request_tokens=FULL,
-        where="RAM",
-        cap=CPU_TOKEN_CAP,
-    )
+    small = cpu_budget(shape, free_ram=6 * GIB, full_request_tokens=FULL)
     assert small == (3 * GIB // (256 * shape.bytes_per_token) - 1) * 256
-    large = auto_token_budget(
-        shape,
-        usable_bytes=cpu_usable_bytes(64 * GIB),
-        full_request_tokens=FULL,
-        where="RAM",
-        cap=CPU_TOKEN_CAP,
-    )
-    assert large == CPU_TOKEN_CAP
-    unknown = auto_token_budget(
-        shape, usable_bytes=cpu_usable_bytes(None), full_request_tokens=FULL, where="RAM", cap=CPU_TOKEN_CAP
-    )
-    assert unknown == CPU_TOKEN_CAP
+    assert cpu_budget(shape, free_ram=64 * GIB, full_request_tokens=FULL) == CPU_TOKEN_CAP
+    assert cpu_budget(shape, free_ram=None, full_request_tokens=FULL) == CPU_TOKEN_CAP  # RAM unknown: the cap
+    with pytest.raises(CacheDoesNotFit, match="in half the free RAM"):
+        cpu_budget(shape, free_ram=2 * GIB, full_request_tokens=FULL)
 
 
 @pytest.mark.parametrize("crops", [1, 4, 9, 16])

@@ -64,7 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     common.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     common.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
-    common.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"])
+    common.add_argument(
+        "--quantization",
+        default="auto",
+        choices=["auto", "none", "4bit", "8bit"],
+        help="auto: 8bit on a CPU (faster), none on a GPU",
+    )
     common.add_argument(
         "--num-crops",
         type=int_between(1, MAX_NUM_CROPS),

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 
 DEFAULT_MODEL_ID = "microsoft/Phi-3-vision-128k-instruct"
+DEFAULT_REQUEST_TIMEOUT_S = 180.0  # a request's time limit, waiting included, where the model is fast
+TYPICAL_ANSWER_TOKENS = 100  # the answer estimates of time speak of
 MAX_NEW_TOKENS_LIMIT = 4096  # the longest answer any front end (bot settings, command line) may ask for
 # Bytes of the published checkpoints' weights (bf16), from their model.safetensors.index.json.
 PUBLISHED_WEIGHT_BYTES = {
@@ -107,12 +109,12 @@ class EngineConfig:
     model_id: str = DEFAULT_MODEL_ID
     device: str = "auto"  # auto | cuda | cuda:N | mps | cpu
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
-    quantization: str = "none"  # none | 4bit | 8bit (bitsandbytes, CUDA only)
+    quantization: str = "auto"  # auto (8bit on a CPU, none elsewhere) | none | 4bit | 8bit
     attn_implementation: str = "auto"  # auto | flash_attention_2 | sdpa | eager
     num_crops: int | None = None  # None: the checkpoint's preprocessor_config value
     max_new_tokens: int = 512
     max_images: int = 4
-    request_timeout_s: float = 180.0
+    request_timeout_s: float | None = None  # None: auto (DEFAULT_REQUEST_TIMEOUT_S, longer on a slow CPU)
     max_queued: int = 32  # requests waiting for a slot; more are refused at once as "busy"
     max_batch_size: int = 8  # sequences decoded together
     # KV-cache tokens (prompt + answer) the running batch may reserve; None: sized at start-up from what
@@ -152,4 +154,9 @@ class Engine(Protocol):
 
     async def generate(self, request: Request) -> Result:
         """Run the request to the end and return the whole answer."""
+        ...
+
+    def wait_s(self, position: int) -> float | None:
+        """Roughly how many seconds the request at ``position`` in line (1 = next) waits before its answer
+        starts, or None when the engine cannot tell."""
         ...

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import struct
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +35,23 @@ TEST_SETTINGS = Settings(
     cdn_hosts=DISCORD_CDN_HOSTS | {SIMCORD_CDN_HOST},
     database_path=":memory:",
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def hf_home(tmp_path_factory):
+    """What is kept beside the Hugging Face cache (the tiny checkpoint's 8-bit weights, rounded at each first
+    load on a CPU) goes to a folder of the test run's, here and in the processes the tests start."""
+    from huggingface_hub import constants
+
+    home = tmp_path_factory.mktemp("hf-home")
+    before_env, before = os.environ.get("HF_HOME"), constants.HF_HOME
+    os.environ["HF_HOME"], constants.HF_HOME = str(home), str(home)
+    yield home
+    constants.HF_HOME = before
+    if before_env is None:
+        os.environ.pop("HF_HOME", None)
+    else:
+        os.environ["HF_HOME"] = before_env
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -21,7 +21,20 @@ RUNS = {
     ),
     "throughput.py": (["--tiny", "--levels", "1,2", "--max-new-tokens", "2"], {"levels", "speedup_by_level"}),
     "burst.py": (["--tiny", "--running", "1", "--newcomers", "2"], {"by_way", "target"}),
-    "precision.py": (["--tokens", "2", "--images", "1"], {"first_token_same", "identical_prefix_tokens"}),
+    "precision.py": (["--tokens", "2", "--images", "1", "--ways", "8bit"], {"by_way"}),
+    "cpu.py": (
+        [
+            "--checkpoint",
+            "tests/fixtures/phi3v-tiny/checkpoint",
+            "--crops",
+            "4",
+            "--tokens",
+            "3",
+            "--ways",
+            "8bit",
+        ],
+        {"by_way", "memory_bandwidth_gb_s", "flags"},
+    ),
     "load.py": (
         ["--people", "6", "--requests", "12", "--channels", "2"],
         {

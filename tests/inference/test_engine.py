@@ -38,7 +38,13 @@ IMAGE = Image.new("RGB", (120, 80), (200, 30, 30))
 
 def tiny_config(**overrides) -> EngineConfig:
     # float32 on every CPU (DTYPE=auto would be bf16 on one with AMX): answers are compared exactly
-    settings = {"model_id": str(TINY_CHECKPOINT), "device": "cpu", "dtype": "float32", "max_new_tokens": 8}
+    settings = {
+        "model_id": str(TINY_CHECKPOINT),
+        "device": "cpu",
+        "dtype": "float32",
+        "quantization": "none",
+        "max_new_tokens": 8,
+    }
     settings.update(overrides)
     return EngineConfig(**settings)
 

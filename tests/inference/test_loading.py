@@ -106,6 +106,16 @@ def test_checkpoint_folders(tmp_path):
     assert quantization_config("none", torch.float16, CPU) is None
 
 
+def test_automatic_quantization_is_8bit_on_a_cpu_and_none_elsewhere():
+    from inference.loading import CpuInt8, resolve_quantization
+
+    assert resolve_quantization("auto", CPU) == "8bit"
+    assert isinstance(quantization_config("auto", torch.float32, CPU), CpuInt8)
+    assert resolve_quantization("auto", torch.device("cuda")) == "none"
+    assert resolve_quantization("auto", torch.device("mps")) == "none"
+    assert resolve_quantization("NONE", CPU) == "none"
+
+
 def test_the_weight_loading_bar_shows_only_when_debugging(capsys, caplog):
     from transformers.utils import logging as transformers_logging
 
@@ -160,5 +170,8 @@ def test_loading_ends_with_one_line_that_sums_it_up_and_warns_on_the_cpu(caplog)
     with caplog.at_level(logging.INFO, logger="inference.loading"):
         load(config)
     ready = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Model ready")]
-    assert ready == ["Model ready on cpu (float32, sdpa attention)"]
-    assert any(r.levelname == "WARNING" and "minutes per answer" in r.getMessage() for r in caplog.records)
+    # QUANTIZATION=auto on the CPU: the language model in 8 bits.
+    assert ready == ["Model ready on cpu (float32, the language model's weights in 8 bits, sdpa attention)"]
+    assert any(
+        r.levelname == "WARNING" and "tens of seconds to minutes" in r.getMessage() for r in caplog.records
+    )

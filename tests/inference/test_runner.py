@@ -32,10 +32,11 @@ NEW_TOKENS = 12
 
 
 def tiny(**overrides) -> EngineConfig:
-    settings = dict(  # float32 on every CPU: the comparisons are exact to 1e-4
+    settings = dict(  # float32 weights on every CPU: the comparisons are exact to 1e-4
         model_id=str(TINY_CHECKPOINT),
         device="cpu",
         dtype="float32",
+        quantization="none",
         attn_implementation="sdpa",
         max_new_tokens=NEW_TOKENS,
     )

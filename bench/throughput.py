@@ -62,9 +62,14 @@ from bench.serving import FixedLengthRunner, percentiles_ms, versions
 from inference.block_pool import BLOCK_TOKENS
 from inference.engine import LocalEngine
 from inference.errors import InferenceError
-from inference.loading import LoadedModel, resolve_attention, resolve_device, resolve_dtype
+from inference.loading import (
+    LoadedModel,
+    resolve_attention,
+    resolve_device,
+    resolve_dtype,
+    use_language_attention,
+)
 from inference.prompts import build_prompt
-from inference.runner import use_language_attention
 from inference.types import EngineConfig, Request, Task
 
 DEFAULT_LEVELS = (1, 8, 16, 32)

@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.settings import Settings
 from inference.block_pool import BLOCK_TOKENS
@@ -31,8 +32,14 @@ from inference.cache_size import (
 )
 from inference.types import PUBLISHED_WEIGHT_BYTES
 
+if TYPE_CHECKING:
+    from inference.pace import Pace
+
 GB = 10**9  # as the README counts
 # The weights' share of their bf16 size per mode (README, "GPU memory": 8.3, 4.7 and 3.2 GB).
+# The language model's linear layers' share of Phi-3-vision's weights (3.62 of 4.15 billion): what 8-bit
+# rounds on the CPU; the vision tower, embeddings and lm_head keep the model's precision.
+LINEAR_SHARE = 0.872
 WEIGHTS_SHARE = {"none": 1.0, "8bit": 4.7 / 8.3, "4bit": 3.2 / 8.3}
 KV_BYTES_PER_TOKEN = 32 * 2 * 3072 * 2  # layers x (keys, values) x width x bf16
 # Activations' peak: the vision tower on MAX_IMAGES images at 16 crops and one 2,048-token prefill chunk. An
@@ -130,48 +137,97 @@ def _cached_bytes(model_id: str) -> int:
     return 0
 
 
+def checkpoint_crops(settings: Settings) -> int:
+    """The crops the checkpoint asks for: a local folder's ``preprocessor_config.json``, else the
+    published 16."""
+    config_file = Path(settings.model_id).expanduser() / "preprocessor_config.json"
+    try:
+        return int(json.loads(config_file.read_text()).get("num_crops", DEFAULT_NUM_CROPS))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return DEFAULT_NUM_CROPS
+
+
+def cpu_pace(settings: Settings) -> Pace | None:
+    """On the CPU, what the start will measure, estimated from products at the model's shapes (a second or
+    two); None elsewhere, or when the device settings cannot work (the device line says why)."""
+    from inference import InvalidRequest, pace
+    from inference.loading import resolve_choices, resolve_quantization
+
+    try:
+        device, dtype, *_ = resolve_choices(settings.engine_config())
+    except InvalidRequest:
+        return None
+    if device.type != "cpu":
+        return None
+    return pace.from_products(dtype, int8=resolve_quantization(settings.quantization, device) == "8bit")
+
+
+def crops_at_start(settings: Settings, estimate: Pace | None) -> int:
+    """The crops the start will read pictures at: ``NUM_CROPS``, the checkpoint's, or fewer on a slow CPU."""
+    from inference import pace
+
+    if estimate is None:
+        return settings.num_crops or checkpoint_crops(settings)
+    return pace.crops_for(estimate, settings.num_crops, checkpoint_crops(settings))
+
+
 def check_device(
-    settings: Settings, *, cuda_free: Callable[[], tuple[int, int] | None] | None = None
+    settings: Settings,
+    *,
+    cuda_free: Callable[[], tuple[int, int] | None] | None = None,
+    estimate: Pace | None = None,
 ) -> Finding:
     import torch
 
     from inference import InvalidRequest
-    from inference.loading import resolve_choices
+    from inference.loading import resolve_choices, resolve_quantization
 
     try:  # what the start decides before loading anything, refused in the start's own words
         device, dtype, *_ = resolve_choices(settings.engine_config())
     except InvalidRequest as error:
         return Finding("device", "fail", str(error))
+    quantization = resolve_quantization(settings.quantization, device)
     if device.type == "cuda":
         free_total = (cuda_free or (lambda: torch.cuda.mem_get_info(device)))()
         if free_total is None:
             return Finding("device", "warn", f"{device}: free memory unknown")
         free, total = free_total
-        weights = model_bytes(settings) * WEIGHTS_SHARE[settings.quantization]
+        weights = model_bytes(settings) * WEIGHTS_SHARE[quantization]
         name = torch.cuda.get_device_name(device)
         text = (
             f"{name}: {free / GB:.1f} of {total / GB:.1f} GB free; the weights take about "
-            f"{weights / GB:.1f} GB (QUANTIZATION={settings.quantization})"
+            f"{weights / GB:.1f} GB (QUANTIZATION={quantization})"
         )
         if free < weights + ACTIVATIONS_BYTES:
             return Finding("device", "fail", text + ": the model does not fit; use QUANTIZATION=8bit or 4bit")
         return _kv_cache_finding(
-            settings, text, value_bytes=2, gpu_free_after_weights=int(free - weights), gpu_total=total
+            settings,
+            text,
+            crops=crops_at_start(settings, None),
+            value_bytes=2,
+            gpu_free_after_weights=int(free - weights),
+            gpu_total=total,
         )
     if device.type == "mps":
         return Finding("device", "ok", "Apple GPU (mps); bf16 weights need ~8.3 GB of unified memory")
     # float32, or bf16 where the CPU computes it: DTYPE=auto decides as at the start. Checkpoints are in bf16.
     value_bytes = dtype.itemsize
-    ram, need = available_ram(), value_bytes / 2 * model_bytes(settings)
     precision = str(dtype).removeprefix("torch.")
-    text = f"CPU only: answers take minutes; the model needs ~{need / GB:.1f} GB of RAM in {precision}"
+    ram, need = available_ram(), value_bytes / 2 * model_bytes(settings)
+    if quantization == "8bit":  # loaded in bf16, then the language model's layers become int8
+        need = model_bytes(settings) * (LINEAR_SHARE / 2 + (1 - LINEAR_SHARE) * value_bytes / 2)
+        precision = f"8-bit, {precision} elsewhere"
+    text = f"CPU only: answers take minutes; the model needs ~{need / GB:.1f} GB of RAM ({precision})"
+    if quantization == "8bit" and ram is not None and ram < model_bytes(settings):
+        return Finding("device", "fail", f"{text}, and ~{model_bytes(settings) / GB:.1f} GB while loading")
     if ram is None:
         return Finding("device", "warn", text)
     text += f" ({ram / GB:.1f} GB available)"
     if ram < need:
         return Finding("device", "fail", text + ": not enough memory")
+    crops = crops_at_start(settings, estimate or cpu_pace(settings))
     finding = _kv_cache_finding(
-        settings, text, value_bytes=value_bytes, ram_free_after_weights=int(ram - need)
+        settings, text, crops=crops, value_bytes=value_bytes, ram_free_after_weights=int(ram - need)
     )
     return Finding("device", "warn" if finding.verdict == "ok" else finding.verdict, finding.detail)
 
@@ -180,6 +236,7 @@ def _kv_cache_finding(
     settings: Settings,
     text: str,
     *,
+    crops: int,
     value_bytes: int,
     gpu_free_after_weights: int | None = None,
     gpu_total: int = 0,
@@ -188,7 +245,7 @@ def _kv_cache_finding(
     """What the start will make of TOKEN_BUDGET here, with the start's own words when it would refuse."""
     on_gpu = gpu_free_after_weights is not None
     shape = CacheShape(kv_bytes_per_token(settings, value_bytes), BLOCK_TOKENS)
-    full = full_request_tokens(settings.num_crops or DEFAULT_NUM_CROPS, settings.max_new_tokens)
+    full = full_request_tokens(crops, settings.max_new_tokens)
     if settings.token_budget is not None:
         problem = None
         if on_gpu:
@@ -207,7 +264,12 @@ def _kv_cache_finding(
                 full_request_tokens=full,
             )
         else:
-            budget = cpu_budget(shape, free_ram=ram_free_after_weights, full_request_tokens=full)
+            budget = cpu_budget(
+                shape,
+                free_ram=ram_free_after_weights,
+                full_request_tokens=full,
+                max_rows=settings.max_batch_size,
+            )
     except CacheDoesNotFit as error:
         return Finding("device", "fail", f"{text}. {error}")
     people = min(budget // (-(-full // BLOCK_TOKENS) * BLOCK_TOKENS), settings.max_batch_size)
@@ -217,6 +279,24 @@ def _kv_cache_finding(
         f"{text}; KV cache (TOKEN_BUDGET=auto): about {budget} tokens, room for {people_text(people)} at "
         "once (the start measures it exactly)",
     )
+
+
+def check_cpu_speed(settings: Settings, estimate: Pace | None) -> Finding | None:
+    """On the CPU: roughly how long a one-picture answer takes here (``estimate``, from :func:`cpu_pace`;
+    the start measures the real weights)."""
+    from inference import pace
+
+    if estimate is None:
+        return None
+    crops, asked = crops_at_start(settings, estimate), checkpoint_crops(settings)
+    text = f"roughly, {estimate.summary(crops, settings.max_new_tokens)}"
+    if settings.request_timeout_s is None:
+        text += (
+            f"; REQUEST_TIMEOUT_S=auto: {estimate.request_timeout_s(crops, settings.max_new_tokens):.0f} s"
+        )
+    if crops != (settings.num_crops or asked):
+        text += f"; NUM_CROPS={crops}: {pace.fewer_crops_text(estimate, asked, crops)}"
+    return Finding("speed", "ok", text)
 
 
 def check_triton(settings: Settings) -> Finding | None:
@@ -315,8 +395,9 @@ def run_checks(settings: Settings, *, device: bool = True) -> list[Finding]:
     else:
         findings.append(check_model(settings))
         if device:
-            findings.append(check_device(settings))
-            triton = check_triton(settings)
-            if triton is not None:
-                findings.append(triton)
+            estimate = cpu_pace(settings)
+            findings.append(check_device(settings, estimate=estimate))
+            for finding in (check_triton(settings), check_cpu_speed(settings, estimate)):
+                if finding is not None:
+                    findings.append(finding)
     return findings

@@ -159,7 +159,7 @@ async def run_job(
     check_turn_count(len(history) + 1)
     chosen = choose_images(sources, task, max_images=bot.settings.max_images, no_image_text=no_image_text)
     check_sources(chosen, bot.image_limits)
-    answer_time_limit(reply, bot.settings.request_timeout_s)  # too late? refused before acknowledging
+    answer_time_limit(reply)  # too late? refused before acknowledging
     private = isinstance(reply.surface, InteractionSurface) and reply.surface.ephemeral
     reply.controls = Controls(
         job_id=job_id,
@@ -178,7 +178,7 @@ async def run_job(
                 images=images,
                 question=question,
                 user_id=requester.user_id,
-                timeout_s=answer_time_limit(reply, bot.settings.request_timeout_s),
+                timeout_s=answer_time_limit(reply),
                 history=history,
                 markdown=markdown,
             )
@@ -186,7 +186,10 @@ async def run_job(
             def tell_trimmed(count: int) -> None:
                 reply.notes.append(trimmed_note(count))
 
-            pieces = bot.engine.stream(request, on_position=reply.place_in_line, on_trimmed=tell_trimmed)
+            def tell_place(position: int) -> None:
+                reply.place_in_line(position, bot.engine.wait_s(position))
+
+            pieces = bot.engine.stream(request, on_position=tell_place, on_trimmed=tell_trimmed)
             answer = await reply.stream(pieces)
         except ReplyGone as gone:
             log.info("Stopped a job whose answer can no longer be shown: %s", gone)
@@ -200,8 +203,9 @@ async def run_job(
         await bot.conversations.remember(await reply.message_ids(), answered)
 
 
-def answer_time_limit(reply: Reply, request_timeout_s: float) -> float | None:
-    """How long the engine may take so that the answer can still be shown, or None for no extra bound.
+def answer_time_limit(reply: Reply) -> float | None:
+    """How long the engine may take so that the answer can still be shown, or None for no bound beyond the
+    engine's own (``REQUEST_TIMEOUT_S``).
 
     Only a private interaction answer is bound: a public one moves to a channel message when the
     interaction token runs out. Raises :class:`AnswerWindowClosed` when too little time is left.
@@ -212,7 +216,7 @@ def answer_time_limit(reply: Reply, request_timeout_s: float) -> float | None:
     left = surface.seconds_left()
     if left < MIN_ANSWER_TIME_S:
         raise AnswerWindowClosed()
-    return min(left, request_timeout_s)
+    return left
 
 
 def is_private(bot: VisionBot, task: Task, guild_id: int | None) -> bool:

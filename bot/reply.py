@@ -53,7 +53,15 @@ HANDED_OVER_TEXT = N_(
 )
 
 
-def queue_text(position: int) -> Text:
+def queue_text(position: int, wait_s: float | None = None) -> Text:
+    """A place in line, with the wait in minutes when it is a minute or more (the engine's estimate)."""
+    if wait_s is not None and wait_s >= 60:
+        return T(
+            "You're #{position} in line; I'll start on it in about {minutes} min. "
+            "\N{HOURGLASS WITH FLOWING SAND}",
+            position=position,
+            minutes=round(wait_s / 60),
+        )
     return T(
         "You're #{position} in line; I'll start on it as soon as I can. \N{HOURGLASS WITH FLOWING SAND}",
         position=position,
@@ -444,6 +452,7 @@ class Reply:
         self._last_preview: float | None = None
         self._position_shown: int | None = None
         self._position_wanted: int | None = None
+        self._wait_s: float | None = None
         self._position_task: asyncio.Task | None = None
         # Told (reply, loop time) when a public interaction answer must move to a channel message.
         self.on_handover_due: Callable[[Reply, float], None] | None = None
@@ -481,8 +490,10 @@ class Reply:
         ):
             self.on_handover_due(self, asyncio.get_running_loop().time() + surface.seconds_left())
 
-    def place_in_line(self, position: int) -> None:
-        """The engine's callback: ``position`` >= 1 while waiting, 0 once the answer starts."""
+    def place_in_line(self, position: int, wait_s: float | None = None) -> None:
+        """The engine's callback: ``position`` >= 1 while waiting, 0 once the answer starts; ``wait_s`` the
+        engine's estimate of the wait, shown with the next change of place."""
+        self._wait_s = wait_s
         if position < 1:
             self._answering = True
             return
@@ -496,7 +507,7 @@ class Reply:
         while not self._answering and self._position_wanted != self._position_shown:
             position = self._position_wanted
             try:
-                shown = await self._preview([self._render(queue_text(position))])
+                shown = await self._preview([self._render(queue_text(position, self._wait_s))])
             except ReplyGone:
                 return
             if not shown:

@@ -15,13 +15,13 @@ from yarl import URL
 from inference import EngineConfig
 from inference.images import DEFAULT_MAX_PIXELS
 from inference.remote import RemoteConfig
-from inference.types import DEFAULT_MODEL_ID, MAX_NEW_TOKENS_LIMIT
+from inference.types import DEFAULT_MODEL_ID, DEFAULT_REQUEST_TIMEOUT_S, MAX_NEW_TOKENS_LIMIT
 
 # Where Discord serves uploads. Anything else is never downloaded.
 DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-QUANTIZATIONS = ("none", "4bit", "8bit")
+QUANTIZATIONS = ("auto", "none", "4bit", "8bit")
 ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "eager")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 BACKENDS = ("local", "remote")
@@ -88,12 +88,12 @@ class Settings:
     model_id: str = DEFAULT_MODEL_ID
     device: str = "auto"
     dtype: str = "auto"
-    quantization: str = "none"
+    quantization: str = "auto"
     attn_implementation: str = "auto"
     num_crops: int | None = None
     max_new_tokens: int = 512
     max_images: int = 4
-    request_timeout_s: float = 180.0
+    request_timeout_s: float | None = None  # None: auto (180 s, longer on a slow CPU)
     max_queued: int = 32
     max_batch_size: int = 8
     token_budget: int | None = None  # None: auto, sized from the memory left after the weights
@@ -174,7 +174,7 @@ class Settings:
                 "MAX_NEW_TOKENS", defaults.max_new_tokens, minimum=1, maximum=MAX_NEW_TOKENS_LIMIT
             ),
             max_images=env.integer("MAX_IMAGES", defaults.max_images, minimum=1, maximum=MAX_IMAGES_LIMIT),
-            request_timeout_s=env.number("REQUEST_TIMEOUT_S", defaults.request_timeout_s, minimum=1),
+            request_timeout_s=env.parse("REQUEST_TIMEOUT_S", defaults.request_timeout_s, _request_timeout),
             max_queued=env.integer("MAX_QUEUED", defaults.max_queued, minimum=0),
             max_batch_size=env.integer("MAX_BATCH_SIZE", defaults.max_batch_size, minimum=1, maximum=256),
             token_budget=env.parse("TOKEN_BUDGET", defaults.token_budget, _token_budget),
@@ -243,7 +243,7 @@ class Settings:
             model=self.remote_model,
             max_new_tokens=self.max_new_tokens,
             max_images=self.max_images,
-            request_timeout_s=self.request_timeout_s,
+            request_timeout_s=self.request_timeout_s or DEFAULT_REQUEST_TIMEOUT_S,
             retries=self.remote_retries,
             max_concurrent=self.remote_max_concurrent,
         )
@@ -273,6 +273,17 @@ def _token_budget(raw: str) -> int | None:
     except ValueError:
         raise ValueError("use auto or a whole number of tokens") from None
     return _bounded(tokens, MIN_TOKEN_BUDGET, None)
+
+
+def _request_timeout(raw: str) -> float | None:
+    """``auto`` (None: 180 s, or what the longest answer needs on a slow CPU) or seconds, at least 1."""
+    if raw.strip().lower() == "auto":
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError("use auto or a number of seconds") from None
+    return _bounded(seconds, 1, None)
 
 
 def _shard_count(raw: str) -> int | Literal["auto"]:

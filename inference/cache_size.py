@@ -91,14 +91,22 @@ def gpu_budget(
     return auto_token_budget(shape, usable_bytes=usable, full_request_tokens=full_request_tokens, where=where)
 
 
-def cpu_budget(shape: CacheShape, *, free_ram: int | None, full_request_tokens: int) -> int:
-    """``TOKEN_BUDGET=auto`` on the CPU: half the RAM free after the weights, at most ``CPU_TOKEN_CAP``."""
+def cpu_budget(
+    shape: CacheShape, *, free_ram: int | None, full_request_tokens: int, max_rows: int | None = None
+) -> int:
+    """``TOKEN_BUDGET=auto`` on the CPU: half the RAM free after the weights, at most ``CPU_TOKEN_CAP`` and at
+    most what ``max_rows`` full requests hold at once (``MAX_BATCH_SIZE``; no more can run): a CPU pays for
+    every token of cache in start-up time and in RAM other programs on a small server need."""
+    cap = CPU_TOKEN_CAP
+    if max_rows is not None:
+        per_request = -(-full_request_tokens // shape.block_tokens) * shape.block_tokens
+        cap = min(cap, max(max_rows, 1) * per_request)
     return auto_token_budget(
         shape,
         usable_bytes=cpu_usable_bytes(free_ram),
         full_request_tokens=full_request_tokens,
         where="half the free RAM",
-        cap=CPU_TOKEN_CAP,
+        cap=cap,
     )
 
 

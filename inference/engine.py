@@ -44,7 +44,14 @@ from inference.errors import (
     timed_out_text,
 )
 from inference.scheduler import QueueFull, Scheduler, Ticket, TooLarge, rope_regime
-from inference.types import EngineConfig, EngineStats, Request, Result
+from inference.types import (
+    DEFAULT_REQUEST_TIMEOUT_S,
+    TYPICAL_ANSWER_TOKENS,
+    EngineConfig,
+    EngineStats,
+    Request,
+    Result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,7 @@ PREP_THREADS = max(1, min(4, (os.cpu_count() or 1) // 4))
 # Model steps that may fail in a row before the engine gives up on the model (a broken GPU would
 # otherwise fail every request forever); one success resets the count.
 MAX_STEP_FAILURES = 3
+ANSWER_TIME_WEIGHT = 0.3  # how much the latest answer moves the measured answer time
 
 
 def _default_runner_factory(config: EngineConfig):
@@ -72,6 +80,7 @@ class _Channel:
     position: int | None = None
     prepared: object = None
     new_tokens: int = 0
+    answering_since: float | None = None  # the event loop's time when it was admitted
 
     def tell_position(self, position: int) -> None:
         if position != self.position:
@@ -130,6 +139,7 @@ class LocalEngine:
         self._step_failures = 0
         self._totals = EngineStats()
         self.dead_reason: str | None = None
+        self._answer_s: float | None = None  # how long an answer runs, recent ones weighing most
         # Called once (on the event loop) when the engine gives up on the model.
         self.on_dead: Callable[[str], None] | None = None
 
@@ -228,7 +238,7 @@ class LocalEngine:
         if self.scheduler.is_full(request.priority):
             raise EngineBusy(BUSY_TEXT)
         loop = asyncio.get_running_loop()
-        time_limit = request.time_limit(self.config.request_timeout_s)
+        time_limit = request.time_limit(self.request_timeout_s)
         deadline = loop.time() + time_limit
         request_id = next(self._ids)
         self._channels[request_id] = channel
@@ -318,6 +328,7 @@ class LocalEngine:
                     self.scheduler.finish(ticket.request_id)
                     continue
                 channel.tell_position(0)
+                channel.answering_since = loop.time()
                 admit.append((ticket.request_id, channel.prepared))
                 channel.prepared = None
             aborted, self._aborted = self._aborted, []
@@ -407,8 +418,42 @@ class LocalEngine:
                 self._deliver(event.request_id, event.error or _DONE)
                 if event.error is None:
                     totals.answers_finished += 1
+                    self._measure_answer(channel)
                 elif isinstance(event.error, OutOfMemory):
                     totals.out_of_memory += 1
+
+    def _measure_answer(self, channel: _Channel | None) -> None:
+        if channel is None or channel.answering_since is None:
+            return
+        seconds = asyncio.get_running_loop().time() - channel.answering_since
+        if self._answer_s is None:
+            self._answer_s = seconds
+        else:
+            self._answer_s += ANSWER_TIME_WEIGHT * (seconds - self._answer_s)
+
+    def wait_s(self, position: int) -> float | None:
+        """Roughly how long the request at ``position`` (1 = next) waits before its answer starts: as many
+        answers must end first, and the running ones end at the pace measured so far (the answers finished
+        lately, or before any, the start's speed measurement on a CPU). None when there is nothing to go
+        by."""
+        answer_s = self._answer_s
+        pace = self._runner.pace if self._runner is not None else None
+        if answer_s is None and pace is not None:
+            answer_s = pace.answer_s(self._runner.num_crops, TYPICAL_ANSWER_TOKENS)
+        if answer_s is None or position < 1:
+            return None
+        return position * answer_s / max(len(self.scheduler.running), 1)
+
+    @property
+    def request_timeout_s(self) -> float:
+        """How long one request may take, waiting included: ``REQUEST_TIMEOUT_S``, or for ``auto`` 180 s
+        where the model is fast, and on a CPU what its measured speed needs (``Pace.request_timeout_s``)."""
+        if self.config.request_timeout_s is not None:
+            return self.config.request_timeout_s
+        pace = self._runner.pace if self._runner is not None else None
+        if pace is None:
+            return DEFAULT_REQUEST_TIMEOUT_S
+        return pace.request_timeout_s(self._runner.num_crops, self.config.max_new_tokens)
 
     def _deliver(self, request_id: int, item) -> None:
         channel = self._channels.get(request_id)

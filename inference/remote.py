@@ -294,6 +294,10 @@ class RemoteEngine:
         tokens = progress.completion_tokens if progress.completion_tokens is not None else progress.pieces
         return Result("".join(pieces).strip(), tokens, time.perf_counter() - started)
 
+    def wait_s(self, position: int) -> float | None:
+        """The server keeps its own line and does not say how long it is: no estimate."""
+        return None
+
     def stream(
         self,
         request: Request,

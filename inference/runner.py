@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from inference import pace
 from inference.block_pool import BLOCK_TOKENS, BlockPool
 from inference.cache_size import (
     GIB,
@@ -41,7 +42,8 @@ from inference.cache_size import (
 from inference.decode_step import DecodeInputs, DecodeRow, DecodeStep
 from inference.decoding import STOP_TOKENS, Event, IncrementalDecoder
 from inference.errors import OutOfMemory
-from inference.loading import LoadedModel
+from inference.loading import LoadedModel, use_language_attention
+from inference.pace import Pace
 from inference.paged_cache import ATTENTION_NAME, PagedBatch, PagedStorage, block_table_tensor, slots_of
 from inference.prepare import Prepared, Preparer
 from inference.self_check import KernelChoice, choose_kernel, is_fatal
@@ -119,6 +121,10 @@ class ModelRunner:
             max_rows=config.max_batch_size,
         )
         self.kernel = self.kernel_choice.name
+        self.pace: Pace | None = None  # measured on a CPU, where limits and waits depend on it
+        if loaded.device.type == "cpu":
+            self.pace = pace.measure(loaded.model, loaded.dtype)
+            self._fit_crops_to_cpu(config)
         use_language_attention(loaded.model, ATTENTION_NAME)
         self.rows: dict[int, _Row] = {}  # in order of admission
         self.full_request_tokens = full_request_tokens(
@@ -154,7 +160,25 @@ class ModelRunner:
         if config.cuda_graphs and self.decode_step.can_capture():
             self._capture_graphs()
 
+    def _fit_crops_to_cpu(self, config: EngineConfig) -> None:
+        """On a CPU too slow for the checkpoint's crops, unless ``NUM_CROPS`` is set: fewer, and say so."""
+        image_processor = self.loaded.processor.image_processor
+        crops = pace.crops_for(self.pace, config.num_crops, image_processor.num_crops)
+        if crops != image_processor.num_crops:
+            log.warning(
+                "NUM_CROPS=%d on this CPU: %s",
+                crops,
+                pace.fewer_crops_text(self.pace, image_processor.num_crops, crops),
+            )
+            image_processor.num_crops = crops
+        log.info("Speed on this CPU (measured): %s", self.pace.summary(crops, config.max_new_tokens))
+
     # -- requests (any thread) -----------------------------------------------------------------
+    @property
+    def num_crops(self) -> int:
+        """The most crops a picture is read at (the checkpoint's, ``NUM_CROPS``, or fewer on a slow CPU)."""
+        return int(self.loaded.processor.image_processor.num_crops)
+
     @property
     def rope_switch(self) -> int:
         return int(self.loaded.model.config.original_max_position_embeddings)
@@ -217,7 +241,12 @@ class ModelRunner:
                 fraction=config.gpu_memory_fraction,
                 full_request_tokens=self.full_request_tokens,
             )
-        return cpu_budget(shape, free_ram=available_ram(), full_request_tokens=self.full_request_tokens)
+        return cpu_budget(
+            shape,
+            free_ram=available_ram(),
+            full_request_tokens=self.full_request_tokens,
+            max_rows=self.config.max_batch_size,
+        )
 
     def _allocate_cache(self, token_budget: int) -> None:
         """The storage, its pool and the decoding step's buffers for ``token_budget`` tokens."""
@@ -488,16 +517,6 @@ class ModelRunner:
                 prompt.input_ids[None].to(device), pixel_values, image_sizes
             )[0]
         return row.embeds
-
-
-def use_language_attention(model, name: str) -> None:
-    """The language model attends with ``name``; the vision tower keeps its own attention."""
-    if model.config._attn_implementation == name:
-        return
-    tower = model.model.vision_embed_tokens.img_processor
-    tower_attention = tower.config._attn_implementation
-    model.set_attn_implementation({"": name, "vision_config": tower_attention})
-    tower.set_attn_implementation(tower_attention)
 
 
 class GpuMemory:

@@ -44,6 +44,7 @@ class FakeEngine:
         self.stopped = False
         self.closed_streams = 0
         self.places_in_line: list[int] = []  # reported to on_position (then a hold, if any), then 0
+        self.wait_estimate_s: float | None = None  # what wait_s answers for every place in line
         self.left_out_next = 0  # old exchanges the next follow-up "leaves out", told to on_trimmed
         self._gate: asyncio.Event | None = None
         self._gate_env: Any = None
@@ -51,6 +52,9 @@ class FakeEngine:
         self._stopping: asyncio.Event | None = None
         self.on_dead: Callable[[str], None] | None = None
         self.dead_reason: str | None = None
+
+    def wait_s(self, position: int) -> float | None:
+        return self.wait_estimate_s
 
     def hold(self, env: Any, *, after_pieces: int = 0) -> None:
         """Make requests wait (as a declared simcord external wait) until :meth:`release`.
@@ -254,6 +258,8 @@ class ScriptedRunner:
     """
 
     rope_switch = 4096
+    pace = None  # a GPU's: no speed measured at start
+    num_crops = 16
 
     def __init__(self, config):
         self.config = config

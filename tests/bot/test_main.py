@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -111,9 +112,40 @@ def test_check_passes_for_a_good_set_up_and_never_prints_the_token(capsys):
     assert "[ok  ] token: has the shape of a bot token for application 123456789012345678" in out
     assert f"[ok  ] model: local folder {TINY_MODEL}" in out
     assert "CPU only" in out
+    # How long an answer takes here, from products at the published model's shapes timed on this CPU.
+    assert re.search(r"\[ok  \] speed: roughly, one picture at \d+ crops: first words after ~\d+ s", out)
+    assert "REQUEST_TIMEOUT_S=auto: " in out
     assert FAKE_TOKEN not in out and FAKE_TOKEN.split(".")[2] not in out
     assert code == entry.EXIT_OK
     assert out.strip().splitlines()[-1] == "Ready to start."
+
+
+def test_the_speed_estimate_names_the_crops_a_slow_cpu_uses_and_the_limit_it_sets():
+    from inference import pace
+
+    slow = pace.Pace(crop_s=2.0, prompt_token_s=0.05, token_s=0.5)
+    finding = doctor.check_cpu_speed(Settings(model_id=TINY_MODEL, device="cpu", max_new_tokens=512), slow)
+    assert finding.item == "speed" and finding.verdict == "ok"
+    assert slow.summary(pace.CPU_CROPS, 512) in finding.detail
+    assert f"REQUEST_TIMEOUT_S=auto: {slow.request_timeout_s(pace.CPU_CROPS, 512):.0f} s" in finding.detail
+    assert f"NUM_CROPS={pace.CPU_CROPS}: a picture at 16 crops would take" in finding.detail
+    told = Settings(model_id=TINY_MODEL, device="cpu", num_crops=16, request_timeout_s=900)
+    told_finding = doctor.check_cpu_speed(told, slow)
+    assert "at 16 crops" in told_finding.detail
+    assert "NUM_CROPS=" not in told_finding.detail and "REQUEST_TIMEOUT_S" not in told_finding.detail
+    assert doctor.cpu_pace(Settings(model_id=TINY_MODEL, device="cpu", quantization="4bit")) is None
+
+
+def test_on_a_slow_cpu_check_counts_the_cache_at_the_crops_the_start_will_use(monkeypatch):
+    from inference import pace
+    from inference.cache_size import full_request_tokens
+
+    slow = pace.Pace(crop_s=2.0, prompt_token_s=0.05, token_s=0.5)
+    settings = Settings(model_id=TINY_MODEL, device="cpu", max_batch_size=2)
+    monkeypatch.setattr("bot.doctor.available_ram", lambda: 64 * 1024**3)
+    per_request = -(-full_request_tokens(pace.CPU_CROPS, settings.max_new_tokens) // 256) * 256
+    finding = doctor.check_device(settings, estimate=slow)  # MAX_BATCH_SIZE people at 4 crops, no more
+    assert f"about {2 * per_request} tokens, room for 2 people" in finding.detail
 
 
 @pytest.mark.parametrize(
@@ -198,7 +230,7 @@ def test_check_predicts_the_token_budget_the_cpu_start_takes(monkeypatch):
     from inference.loading import load
     from inference.runner import ModelRunner
 
-    settings = Settings(model_id=TINY_MODEL, device="cpu")
+    settings = Settings(model_id=TINY_MODEL, device="cpu", quantization="none")  # full float32 weights
     after_load = 20 * 1024**2
     monkeypatch.setattr("inference.runner.available_ram", lambda: after_load)
     runner = ModelRunner(load(settings.engine_config()), settings.engine_config())

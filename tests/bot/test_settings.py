@@ -7,6 +7,7 @@ import pytest
 from bot.settings import DEFAULT_MODEL_ID, DISCORD_CDN_HOSTS, Secret, Settings, SettingsError
 from inference import EngineConfig
 from inference.remote import RemoteConfig
+from inference.types import DEFAULT_REQUEST_TIMEOUT_S
 
 TOKEN = "MTIzNDU2Nzg5.secret-token-value"
 
@@ -15,7 +16,7 @@ def test_defaults_with_an_empty_environment():
     settings = Settings.from_env({})
     assert settings == Settings()
     assert settings.model_id == DEFAULT_MODEL_ID
-    assert settings.quantization == "none"
+    assert settings.quantization == "auto"
     assert settings.num_crops is None
     assert settings.max_new_tokens == 512
     assert settings.max_images == 4
@@ -125,6 +126,8 @@ def test_blank_values_mean_default():
         ("TOKEN_BUDGET", "lots", "use auto or a whole number of tokens"),
         ("TOKEN_BUDGET", "512", "at least 1024"),
         ("GPU_MEMORY_FRACTION", "1.5", "at most 0.99"),
+        ("REQUEST_TIMEOUT_S", "soon", "use auto or a number of seconds"),
+        ("REQUEST_TIMEOUT_S", "0", "at least 1"),
     ],
 )
 def test_bad_values_name_the_setting_and_say_what_is_expected(name, value, hint):
@@ -144,6 +147,15 @@ def test_token_budget_is_auto_or_a_number_of_tokens(raw, budget):
     assert settings.engine_config().token_budget == budget
     assert settings.engine_config().gpu_memory_fraction == 0.8
     assert Settings.from_env({}).token_budget is None  # auto by default
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("auto", None), ("Auto", None), ("90", 90.0), ("2.5", 2.5)])
+def test_the_request_limit_is_auto_or_seconds_and_a_remote_server_gets_the_default_for_auto(raw, seconds):
+    settings = Settings.from_env({"REQUEST_TIMEOUT_S": raw, "REMOTE_URL": "http://localhost:8000/v1"})
+    assert settings.request_timeout_s == seconds
+    assert settings.engine_config().request_timeout_s == seconds  # the local engine decides for auto
+    assert settings.remote_config().request_timeout_s == (seconds or DEFAULT_REQUEST_TIMEOUT_S)
+    assert Settings.from_env({}).request_timeout_s is None  # auto by default
 
 
 def test_token_never_shows_in_repr_or_str():

@@ -54,6 +54,18 @@ async def test_a_waiting_request_is_told_its_place_in_line(world, fake_engine):
     assert result.response.content == fake_engine.default_answer
 
 
+async def test_a_long_wait_in_line_is_told_in_minutes(world, fake_engine):
+    fake_engine.places_in_line = [2]
+    fake_engine.wait_estimate_s = 610.0  # a slow CPU's engine: about ten minutes for two answers ahead
+    fake_engine.hold(world.env)
+    result = await world.member.slash(world.channel, "describe", image=("cat.png", image_bytes()))
+    assert result.response.content == str(queue_text(2, 610.0))
+    assert "about 10 min" in result.response.content
+    fake_engine.release()
+    await world.env.settle()
+    assert result.response.content == fake_engine.default_answer
+
+
 async def test_the_answer_streams_into_the_message_before_it_is_complete(world, fake_engine):
     fake_engine.piece_size = 10
     fake_engine.hold(world.env, after_pieces=2)

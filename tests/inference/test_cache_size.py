@@ -95,6 +95,16 @@ def test_on_the_cpu_half_the_free_ram_is_used_and_capped():
         cpu_budget(shape, free_ram=2 * GIB, full_request_tokens=FULL)
 
 
+def test_on_the_cpu_the_cache_holds_no_more_than_max_batch_size_full_requests():
+    shape = CacheShape(bytes_per_token=2 * 32 * 32 * 96 * 4, block_tokens=256)
+    per_request = -(-FULL // 256) * 256  # whole blocks
+    assert cpu_budget(shape, free_ram=64 * GIB, full_request_tokens=FULL, max_rows=2) == 2 * per_request
+    assert cpu_budget(shape, free_ram=64 * GIB, full_request_tokens=FULL, max_rows=64) == CPU_TOKEN_CAP
+    assert cpu_budget(shape, free_ram=6 * GIB, full_request_tokens=FULL, max_rows=64) == cpu_budget(
+        shape, free_ram=6 * GIB, full_request_tokens=FULL
+    )  # the RAM is the tighter bound
+
+
 @pytest.mark.parametrize("crops", [1, 4, 9, 16])
 def test_a_full_request_counts_what_the_processor_makes_of_an_image_at_the_most_crops(crops):
     processor = phi3v.Phi3VProcessor.from_pretrained(OFFICIAL, num_crops=crops)

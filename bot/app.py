@@ -111,8 +111,7 @@ class VisionBot(commands.Bot):
         self.metrics = Metrics(self.engine_stats)
         self.replies.on_closed = self.metrics.reply_closed
         self.add_command(sync_command)
-        if hasattr(engine, "on_dead"):
-            engine.on_dead = self._engine_died
+        engine.on_dead = self._engine_died
 
     async def setup_hook(self) -> None:
         # The database first: a damaged file stops the start in seconds, not after the model loaded.
@@ -165,8 +164,7 @@ class VisionBot(commands.Bot):
 
     def engine_stats(self) -> EngineStats | None:
         """The engine's figures, if it keeps any (the local engine does)."""
-        stats = getattr(self.engine, "stats", None)
-        return stats() if stats is not None else None
+        return self.engine.stats()
 
     def _engine_died(self, reason: str) -> None:
         """The engine gave up on the model: show it in the bot's status (the log already says why)."""
@@ -204,9 +202,8 @@ class VisionBot(commands.Bot):
         log.info(
             "Logged in as %s (%s) in %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds)
         )
-        reason = getattr(self.engine, "dead_reason", None)
-        if reason is not None:
-            self._engine_died(reason)
+        if self.engine.dead_reason is not None:
+            self._engine_died(self.engine.dead_reason)
 
 
 class ShardedVisionBot(VisionBot, commands.AutoShardedBot):

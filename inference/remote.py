@@ -46,7 +46,7 @@ from inference.errors import (
 )
 from inference.prompts import check_image_count, conversation
 from inference.text import N_
-from inference.types import DEFAULT_MODEL_ID, Priority, Request, Result
+from inference.types import DEFAULT_MODEL_ID, EngineStats, Priority, Request, Result
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -193,6 +193,8 @@ class RemoteEngine:
         self._background_slots = asyncio.Semaphore(max(1, self.config.max_concurrent // 4))
         self._responses: set[aiohttp.ClientResponse] = set()
         self._closing = False
+        self.dead_reason: str | None = None  # never set: the server's failures fail one request at a time
+        self.on_dead: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
         return f"RemoteEngine({display_url(self.config.base_url)!r}, model={self.config.model!r})"
@@ -293,6 +295,10 @@ class RemoteEngine:
         pieces = [piece async for piece in self._stream(request, progress)]
         tokens = progress.completion_tokens if progress.completion_tokens is not None else progress.pieces
         return Result("".join(pieces).strip(), tokens, time.perf_counter() - started)
+
+    def stats(self) -> EngineStats | None:
+        """None: the server keeps the figures (vLLM serves its own metrics)."""
+        return None
 
     def wait_s(self, position: int) -> float | None:
         """The server keeps its own line and does not say how long it is: no estimate."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -126,8 +126,17 @@ class EngineConfig:
     cuda_graphs: bool = True  # on CUDA: decoding steps replayed from graphs captured and checked at start-up
 
 
+@runtime_checkable
 class Engine(Protocol):
-    """What the bot needs from an inference backend."""
+    """What the bot needs from an inference backend: all of it, so the bot never probes for a part."""
+
+    # Why the engine gave up on its model for good (None while it serves), and whom it tells, once, on the
+    # event loop. A remote engine never gives up: its server's failures fail one request at a time.
+    dead_reason: str | None
+    on_dead: Callable[[str], None] | None
+
+    def stats(self) -> EngineStats | None:
+        """The owner's figures, or None for an engine that keeps none (a remote server keeps its own)."""
 
     async def start(self) -> None:
         """Load the model (may take minutes); raise ``EngineUnavailable`` on failure."""

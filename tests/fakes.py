@@ -12,6 +12,7 @@ from typing import Any
 
 from inference import EngineBusy, Request, Result
 from inference.errors import BUSY_TEXT, SHUTTING_DOWN_TEXT, EngineStopping
+from inference.types import EngineStats
 
 DEFAULT_ANSWER = "A small red square on a white background."
 
@@ -55,6 +56,9 @@ class FakeEngine:
 
     def wait_s(self, position: int) -> float | None:
         return self.wait_estimate_s
+
+    def stats(self) -> EngineStats | None:
+        return None  # tests that need figures give the fake a stats function of their own
 
     def hold(self, env: Any, *, after_pieces: int = 0) -> None:
         """Make requests wait (as a declared simcord external wait) until :meth:`release`.

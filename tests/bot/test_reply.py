@@ -64,12 +64,12 @@ class RecordingSurface:
         self.files: list[bytes] = []
         self.added = 0
         self.failures: dict[str, list[BaseException]] = {}
-        self.delay_s = 0.0
+        self.answering: asyncio.Event | None = None  # when set up: Discord answers each call once it is set
         self.views: list[object] = []  # the buttons each acknowledgement or main-message edit carried
 
     async def record(self, kind: str, content: str) -> None:
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        if self.answering is not None:
+            await self.answering.wait()
         queued = self.failures.get(kind.split()[0])
         if queued:
             raise queued.pop(0)
@@ -221,15 +221,17 @@ async def test_the_final_state_is_written_once_and_never_overwritten():
 
 
 async def test_a_place_in_line_edit_in_flight_lands_before_the_final_state():
-    # The race of the old code: a "#3 in line" edit still on its way when the bot stops.
+    # A "#3 in line" edit still on its way to Discord when the bot stops must not land after the final state.
     reply, surface, _ = make_reply()
-    surface.delay_s = 0.01  # Discord answers each call after a moment
+    surface.answering = asyncio.Event()  # Discord holds every call until told to answer
     reply.place_in_line(3)
     await asyncio.sleep(0)  # the edit is on its way
     finishing = asyncio.create_task(reply.finish(Outcome.STOPPED, "The bot is shutting down."))
     reply.place_in_line(2)  # a late announcement while stopping
+    await asyncio.sleep(0)
+    assert not finishing.done()  # the final state waits for the edit in flight
+    surface.answering.set()
     await finishing
-    await asyncio.sleep(0.05)
     assert surface.events[-1] == ("show", "The bot is shutting down.")
     assert str(queue_text(2)) not in [content for _, content in surface.events]
 

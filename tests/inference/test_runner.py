@@ -493,7 +493,7 @@ def breaking_kernel(*args):
 
 
 def drops_a_key(q, keys, values, table, lengths, longest, batch, scale):
-    """Almost right: rows of a few hundred keys lose their newest one (the old check let this through)."""
+    """Almost right: rows of a few hundred keys lose their newest one (a check of short rows misses it)."""
     shorter = lengths - ((lengths > 100) & (lengths < 1000)).int()
     return paged_cache._gather_decode(q, keys, values, table, shorter, longest, batch, scale)
 

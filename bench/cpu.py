@@ -215,6 +215,50 @@ async def one_way(args: argparse.Namespace) -> dict:
     return result
 
 
+async def longest_answer(args: argparse.Namespace) -> dict:
+    """In a process of its own: every setting at its default (QUANTIZATION, DTYPE, NUM_CROPS and
+    REQUEST_TIMEOUT_S auto), one describe answer as long as the engine allows; does it finish in time, and
+    what wait would the next person be told?"""
+    from inference.engine import LocalEngine
+    from inference.errors import RequestTimedOut
+    from inference.runner import ModelRunner
+    from inference.types import EngineConfig, Request, Task
+
+    def factory(engine_config: EngineConfig) -> ModelRunner:
+        from inference.loading import load
+
+        runner = ModelRunner(load(engine_config), engine_config)
+        runner.stop_ids = set()  # as long as allowed
+        return runner
+
+    config = EngineConfig(model_id=str(args.checkpoint))
+    engine = LocalEngine(config, runner_factory=factory)
+    await engine.start()
+    runner = engine._runner
+    result = {
+        "settings": "defaults",
+        "num_crops": runner.num_crops,
+        "max_new_tokens": config.max_new_tokens,
+        "request_timeout_s": engine.request_timeout_s,
+        "start_estimate_s": round(runner.pace.answer_s(runner.num_crops, config.max_new_tokens), 1),
+        "told_before_any_answer_s": round(engine.wait_s(1), 1),
+    }
+    started, first = time.perf_counter(), None
+    try:
+        async for _piece in engine.stream(Request(Task.DESCRIBE, (synthetic_image(IMAGE_SIDE, IMAGE_SIDE),))):
+            first = first or time.perf_counter() - started
+        result["finished"] = True
+    except RequestTimedOut:
+        result["finished"] = False
+    result["first_text_s"] = round(first, 1) if first else None
+    result["answer_s"] = round(time.perf_counter() - started, 1)
+    result["tokens"] = engine.stats().tokens_generated
+    result["told_after_it_s"] = round(engine.wait_s(1), 1)
+    await engine.stop()
+    say(f"longest answer: {result}")
+    return result
+
+
 def matmul_table() -> list[dict]:
     """One 3072x16384 product (the model's largest) per precision and library at 1, 4 and 512 rows."""
     import copy
@@ -283,11 +327,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=100, help="the describe answer's length")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a bf16 checkpoint built before")
     parser.add_argument("--matmul", action="store_true", help="also the 3072x16384 product table")
-    parser.add_argument("--one", choices=list(WAYS), help=argparse.SUPPRESS)  # the child process
+    parser.add_argument(
+        "--longest",
+        action="store_true",
+        help="also one answer as long as allowed, every setting at its default",
+    )
+    parser.add_argument("--one", choices=[*WAYS, "longest"], help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
     args.crops = [int(n) for n in args.crops.split(",") if n]
     if args.one:
-        print(json.dumps(asyncio.run(one_way(args))))
+        print(json.dumps(asyncio.run(longest_answer(args) if args.one == "longest" else one_way(args))))
         return
     from inference.loading import cpu_computes_bf16
 
@@ -318,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
             say(f"building a random bf16 checkpoint in {checkpoint}")
             build_checkpoint(checkpoint)
         by_way = {}
-        for way in ways:
+        for way in [*ways, *(["longest"] if args.longest else [])]:
             say(f"{way}: starting")
             command = [
                 sys.executable,
@@ -337,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
                 by_way[way] = {"error": f"exit status {done.returncode}"}
                 continue
             figures = json.loads(done.stdout.strip().splitlines()[-1])
+            if way == "longest":
+                result["longest_answer"] = figures
+                continue
             read_s = figures["weights_read_per_token_gib"] * GIB / bandwidth
             figures["step_at_bandwidth_limit_s"] = round(read_s, 3)
             figures["step_vs_limit"] = round(read_s / figures["token_s_one_person"], 2)

@@ -31,6 +31,7 @@ from inference.types import DEFAULT_REQUEST_TIMEOUT_S, TYPICAL_ANSWER_TOKENS
 # tokens).
 SLOW_FIRST_TEXT_S = 30.0
 CPU_CROPS = 4
+TIMEOUT_FACTOR = 3  # REQUEST_TIMEOUT_S=auto on a CPU: this many times the longest answer's estimate
 PROMPT_CHUNK_TOKENS = 512  # rows enough for the prompt path (8-bit switches at 192) and to spread its set-up
 TILE = 336  # a crop's side in pixels
 
@@ -51,9 +52,12 @@ class Pace:
         return self.first_text_s(num_crops) + new_tokens * self.token_s
 
     def request_timeout_s(self, num_crops: int, max_new_tokens: int) -> float:
-        """``REQUEST_TIMEOUT_S=auto`` here: twice the longest answer (room to wait for one person ahead), and
-        never less than where the model is fast."""
-        return max(DEFAULT_REQUEST_TIMEOUT_S, float(round(2 * self.answer_s(num_crops, max_new_tokens))))
+        """``REQUEST_TIMEOUT_S=auto`` here: three times the longest answer as estimated (the estimate leaves
+        out attention over a long history, measured to add ~50% at a full answer on two cores, and a person
+        ahead may take as long again), and never less than where the model is fast."""
+        return max(
+            DEFAULT_REQUEST_TIMEOUT_S, float(round(TIMEOUT_FACTOR * self.answer_s(num_crops, max_new_tokens)))
+        )
 
     def summary(self, num_crops: int, max_new_tokens: int) -> str:
         """For the log and --check: one image's first words, a typical and the longest answer."""

@@ -30,8 +30,8 @@ def test_an_answer_is_its_crops_its_prompt_and_its_tokens():
     assert SLOW.answer_s(4, 100) == pytest.approx(SLOW.first_text_s(4) + 100 * 0.5)
 
 
-def test_the_automatic_request_limit_is_twice_the_longest_answer_and_never_below_the_default():
-    assert SLOW.request_timeout_s(4, 512) == round(2 * SLOW.answer_s(4, 512))
+def test_the_automatic_request_limit_is_three_times_the_longest_answer_and_never_below_the_default():
+    assert SLOW.request_timeout_s(4, 512) == round(3 * SLOW.answer_s(4, 512))
     assert SLOW.request_timeout_s(4, 512) > DEFAULT_REQUEST_TIMEOUT_S
     assert FAST.request_timeout_s(16, 512) == DEFAULT_REQUEST_TIMEOUT_S
 
@@ -58,7 +58,7 @@ def test_the_runner_on_a_slow_cpu_reads_fewer_crops_and_says_so(monkeypatch, cap
     monkeypatch.setattr(pace, "measure", lambda model, dtype: SLOW)
     with caplog.at_level(logging.INFO, logger="inference.runner"):
         runner = ModelRunner(load(tiny()), tiny())
-    assert runner.pace is SLOW and runner.num_crops == CPU_CROPS
+    assert runner.pace.crop_s == SLOW.crop_s and runner.num_crops == CPU_CROPS
     assert runner.loaded.processor.image_processor.num_crops == CPU_CROPS
     assert f"NUM_CROPS={CPU_CROPS} on this CPU" in caplog.text
     assert "Speed on this CPU (measured): one picture at 4 crops" in caplog.text
@@ -105,3 +105,24 @@ async def test_the_wait_in_line_comes_from_the_pace_then_from_answers_measured(s
 def test_pace_from_products_is_positive_and_slower_for_a_token_than_for_a_prompt_token():
     estimate = pace.from_products(torch.float32, int8=False)
     assert 0 < estimate.prompt_token_s < estimate.token_s and estimate.crop_s > 0
+
+
+def test_the_start_times_a_real_answering_step_and_leaves_nothing_behind(monkeypatch):
+    from inference import runner as runner_module
+
+    monkeypatch.setattr(
+        pace, "measure", lambda model, dtype: Pace(crop_s=0.01, prompt_token_s=0.0, token_s=0.0)
+    )
+    steps = []
+    real_step = runner_module.ModelRunner.step
+    monkeypatch.setattr(
+        runner_module.ModelRunner,
+        "step",
+        lambda self, admit, abort: steps.append(1) or real_step(self, admit, abort),
+    )
+    runner = ModelRunner(load(tiny()), tiny())
+    assert runner.pace.token_s > 0  # the layers said 0: the real steps took time
+    assert (
+        len(steps) == 1 + 1 + runner_module.CALIBRATION_STEPS + 1
+    )  # the prompt, a warm-up, timed, the leave
+    assert runner.rows == {} and runner.pool.free_blocks == runner.pool.num_blocks  # all given back

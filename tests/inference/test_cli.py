@@ -140,6 +140,12 @@ cli()
 """
 
 
+def in_a_terminal() -> None:
+    """Ctrl-C as a terminal delivers it: a shell runs background jobs (a CI script's `cmd &`) with SIGINT
+    ignored, and a process started from one inherits that; the command line is started from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_a_slow_load_ends_within_two_seconds_without_a_traceback():
     process = subprocess.Popen(
         [sys.executable, "-c", CTRL_C_DRIVER, IMAGE, str(TINY_CHECKPOINT)],
@@ -147,6 +153,7 @@ def test_ctrl_c_during_a_slow_load_ends_within_two_seconds_without_a_traceback()
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=in_a_terminal,
     )
     try:
         assert process.stderr.readline().strip() == "loading"  # the load has started in its thread

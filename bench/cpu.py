@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import shutil
@@ -47,25 +48,22 @@ def say(text: str) -> None:
     print(f"[cpu] {text}", file=sys.stderr, flush=True)
 
 
-def cpu_flags() -> list[str]:
-    try:
+def cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` in /proc/cpuinfo (Linux), or None."""
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni")
-                return [flag for flag in line.split(":", 1)[1].split() if flag in wanted]
-    except OSError:
-        pass
-    return []
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> list[str]:
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni")
+    return [flag for flag in (cpuinfo("flags") or "").split() if flag in wanted]
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    return cpuinfo("model name") or "unknown"
 
 
 def build_checkpoint(folder: Path) -> None:

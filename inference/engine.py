@@ -437,9 +437,8 @@ class LocalEngine:
         lately, or before any, the start's speed measurement on a CPU). None when there is nothing to go
         by."""
         answer_s = self._answer_s
-        pace = self._runner.pace if self._runner is not None else None
-        if answer_s is None and pace is not None:
-            answer_s = pace.answer_s(self._runner.num_crops, TYPICAL_ANSWER_TOKENS)
+        if answer_s is None and self._pace is not None:
+            answer_s = self._pace.answer_s(self._runner.num_crops, TYPICAL_ANSWER_TOKENS)
         if answer_s is None or position < 1:
             return None
         return position * answer_s / max(len(self.scheduler.running), 1)
@@ -450,10 +449,14 @@ class LocalEngine:
         where the model is fast, and on a CPU what its measured speed needs (``Pace.request_timeout_s``)."""
         if self.config.request_timeout_s is not None:
             return self.config.request_timeout_s
-        pace = self._runner.pace if self._runner is not None else None
-        if pace is None:
+        if self._pace is None:
             return DEFAULT_REQUEST_TIMEOUT_S
-        return pace.request_timeout_s(self._runner.num_crops, self.config.max_new_tokens)
+        return self._pace.request_timeout_s(self._runner.num_crops, self.config.max_new_tokens)
+
+    @property
+    def _pace(self):
+        """The runner's measured speed (a CPU's), or None: none measured, or no runner yet."""
+        return self._runner.pace if self._runner is not None else None
 
     def _deliver(self, request_id: int, item) -> None:
         channel = self._channels.get(request_id)

@@ -50,8 +50,10 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdFilter())  # "[i123…]": the request a line belongs to
-    # discord.py's gateway chatter is noisy at DEBUG; keep it at INFO unless asked for.
-    logging.getLogger("discord").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    # discord.py's gateway chatter is noisy at DEBUG, and the openai client's DEBUG lines carry whole
+    # request bodies (people's images): both stay at INFO (which has the client's retries) at any LOG_LEVEL.
+    for noisy in ("discord", "openai", "httpx2", "httpcore2"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
 
 
 async def run(bot: VisionBot, token: str) -> None:

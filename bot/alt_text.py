@@ -19,7 +19,7 @@ from bot.database import Database
 from bot.errors import UserFacingError
 from bot.gather import looks_like_image
 from bot.i18n import render
-from inference.text import N_, T
+from bot.text import N_, T
 
 ALT_TEXT_TOKENS = 96  # one or two sentences
 MAX_ALT_TEXT_CHARS = 300

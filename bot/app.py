@@ -15,6 +15,7 @@ from bot.alt_text import OptOuts
 from bot.context import VisionContext
 from bot.conversation import Conversations
 from bot.database import Database
+from bot.engine_errors import SHUTTING_DOWN_TEXT
 from bot.errors import send_error_to_context, send_error_to_interaction
 from bot.i18n import CatalogTranslator
 from bot.images import Fetcher, HttpFetcher, ImageLimits
@@ -25,7 +26,6 @@ from bot.reply import Replies
 from bot.server_settings import ServerPolicy, ServerSettings, server_policy
 from bot.settings import Settings
 from inference import Engine, EngineStats
-from inference.errors import SHUTTING_DOWN_TEXT
 from inference.remote import display_url
 
 log = logging.getLogger(__name__)

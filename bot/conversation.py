@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from bot.database import Database
 from bot.errors import UserFacingError
 from bot.images import ImageSource
+from bot.text import N_, T
 from inference import Task, Turn
-from inference.text import N_, T
 
 log = logging.getLogger(__name__)
 

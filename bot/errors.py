@@ -18,11 +18,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.engine_errors import UNEXPECTED_ERROR_TEXT, engine_error_text
 from bot.i18n import text_of
 from bot.reply import Outcome
-from inference import EngineBusy, InferenceError, InvalidRequest
-from inference.errors import EngineStopping
-from inference.text import N_, T, Text
+from bot.text import N_, T, Text
+from inference.errors import EngineBusy, EngineStopping, InferenceError, InvalidRequest
 
 if TYPE_CHECKING:
     from bot.app import VisionBot
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UNEXPECTED_ERROR_TEXT = N_("Something went wrong, the error was logged.")
 FORBIDDEN_TEXT = N_("I'm missing a Discord permission I need to answer here (send messages, attach files).")
 NOT_OWNER_TEXT = N_("Only the bot's owner can use this command.")
 SERVER_ONLY_TEXT = N_("This command only works in a server.")
@@ -130,11 +129,11 @@ def explain(error: BaseException) -> Explanation | None:
         case UserFacingError():
             return Explanation(text_of(error), private=error.private)
         case EngineBusy() | InvalidRequest():
-            return Explanation(text_of(error), private=False)
+            return Explanation(engine_error_text(error), private=False)
         case EngineStopping():
-            return Explanation(text_of(error), Outcome.STOPPED, private=False)
+            return Explanation(engine_error_text(error), Outcome.STOPPED, private=False)
         case InferenceError():
-            return Explanation(text_of(error) or UNEXPECTED_ERROR_TEXT, Outcome.FAILURE, private=False)
+            return Explanation(engine_error_text(error), Outcome.FAILURE, private=False)
         case commands.NotOwner():
             return Explanation(NOT_OWNER_TEXT)
         case commands.CommandOnCooldown() | app_commands.CommandOnCooldown():

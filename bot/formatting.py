@@ -5,7 +5,7 @@ Pure functions, no Discord calls: :mod:`bot.reply` decides when and where the pa
 
 from __future__ import annotations
 
-from inference.text import N_
+from bot.text import N_
 
 MESSAGE_LIMIT = 2000
 CODE_FENCE = "```"

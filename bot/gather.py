@@ -10,7 +10,7 @@ import discord
 
 from bot.errors import UserFacingError
 from bot.images import ImageSource, is_discord_upload
-from inference.text import N_
+from bot.text import N_
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from discord import app_commands
 
-from inference.text import Text
+from bot.text import Text
 
 log = logging.getLogger(__name__)
 

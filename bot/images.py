@@ -21,9 +21,10 @@ from urllib.parse import urlsplit
 import aiohttp
 from PIL import Image
 
+from bot.engine_errors import image_problem_text
 from bot.errors import ImageRejected
-from inference import images
-from inference.text import T, Text
+from bot.text import T, Text
+from inference import errors, images
 
 # Paths on the Discord CDN that hold uploaded files (not proxied external links).
 CDN_UPLOAD_PATH_PREFIXES = ("/attachments/", "/ephemeral-attachments/")
@@ -117,8 +118,8 @@ def decode_image(data: bytes, filename: str, *, max_pixels: int) -> Image.Image:
     """
     try:
         return images.decode_image(data, max_pixels=max_pixels)
-    except images.UnreadableImage as error:
-        raise ImageRejected(filename, error.reason) from None
+    except errors.UnreadableImage as error:
+        raise ImageRejected(filename, image_problem_text(error)) from None
 
 
 class HttpFetcher:

@@ -30,9 +30,9 @@ from bot.images import ImageSource, check_sources, fetch_images
 from bot.limits import Requester
 from bot.log_context import set_request_id
 from bot.reply import Controls, InteractionSurface, Outcome, Reply, ReplyGone
+from bot.text import N_, T, Text
 from inference import Request, Task, Turn
 from inference.prompts import MIN_COMPARE_IMAGES, check_turn_count, clean_question
-from inference.text import N_, T, Text
 
 if TYPE_CHECKING:
     from bot.app import VisionBot

@@ -12,8 +12,8 @@ import discord
 
 from bot.errors import Denied, OnCooldown, TooManyJobs
 from bot.settings import Settings
+from bot.text import N_, T, Text
 from inference import Task
-from inference.text import N_, T, Text
 
 DM_DENIED_TEXT = N_("I don't answer in direct messages; please use me in a server.")
 GUILD_DENIED_TEXT = N_("I'm not enabled in this server.")

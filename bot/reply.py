@@ -38,7 +38,7 @@ import discord
 from bot.formatting import EMPTY_ANSWER_TEXT, MESSAGE_LIMIT, format_answer
 from bot.i18n import render
 from bot.markdown import for_discord, tidy_markdown
-from inference.text import N_, T, Text
+from bot.text import N_, T, Text
 
 if TYPE_CHECKING:
     from bot.context import VisionContext

@@ -25,7 +25,7 @@ from bot.database import Database
 from bot.errors import UserFacingError
 from bot.limits import AccessPolicy
 from bot.settings import Settings
-from inference.text import N_
+from bot.text import N_
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from bot.i18n import render
 from bot.images import ImageSource, load_images
 from bot.jobs import answer_interaction
 from bot.task_cog import CONTEXTS, INSTALLS
+from bot.text import N_, T
 from inference import InferenceError, Priority, Request, Task
-from inference.text import N_, T
 
 if TYPE_CHECKING:
     from bot.app import VisionBot

@@ -24,8 +24,8 @@ from bot.errors import Denied, UserFacingError, reports_errors, send_error_to_in
 from bot.i18n import render
 from bot.jobs import answer_interaction, requester_of, stopped_by
 from bot.reply import Controls, Outcome
+from bot.text import N_
 from inference.prompts import MAX_QUESTION_CHARS, check_turn_count
-from inference.text import N_
 
 if TYPE_CHECKING:
     from bot.app import VisionBot

@@ -18,8 +18,8 @@ from bot.errors import UserFacingError
 from bot.gather import referenced_message, source_from_attachment, sources_from_messages
 from bot.jobs import answer_command, answer_interaction
 from bot.task_cog import TaskCog, everywhere, menu
+from bot.text import N_, T
 from inference import Task
-from inference.text import N_, T
 
 MENU_NAME = "Extract text"
 MARKDOWN_MENU_NAME = "Read as Markdown"

@@ -18,7 +18,7 @@ from bot.errors import Denied
 from bot.i18n import render
 from bot.server_settings import ServerChoices
 from bot.settings import Settings
-from inference.text import N_, T, Text
+from bot.text import N_, T, Text
 
 if TYPE_CHECKING:
     from bot.app import VisionBot

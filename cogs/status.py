@@ -10,7 +10,7 @@ from discord.ext import commands
 
 from bot.app import VisionBot, engine_text
 from bot.context import VisionContext
-from inference.text import N_
+from bot.text import N_
 
 OWNER_ONLY_TEXT = N_("Only the bot's owner can see its status.")
 

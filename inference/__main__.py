@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from inference.errors import BUSY_TEXT, MODEL_UNAVAILABLE_TEXT, TOO_LARGE_TEXT, InferenceError
-from inference.images import DEFAULT_MAX_PIXELS, UnreadableImage, decode_image
+from inference.errors import EngineBusy, EngineDead, InferenceError, TooLarge, UnreadableImage
+from inference.images import DEFAULT_MAX_PIXELS, decode_image
 from inference.process import exit_process
 from inference.prompts import MIN_COMPARE_IMAGES
 from inference.types import MAX_NEW_TOKENS_LIMIT, EngineConfig, Request, Task
@@ -99,13 +99,20 @@ class CliError(Exception):
     pass
 
 
-# What the engine says to a Discord server's members, said to the one person at this terminal instead.
-FOR_THE_TERMINAL = {
-    str(TOO_LARGE_TEXT): "this request does not fit in the KV cache this machine has room for: use fewer or "
-    "smaller images, --num-crops 4 or a smaller --max-new-tokens",
-    str(MODEL_UNAVAILABLE_TEXT): "the model stopped working; the messages above say why",
-    str(BUSY_TEXT): "the engine is busy; try again",
-}
+def for_the_terminal(error: Exception) -> str:
+    """An error in words for the one person at this terminal (the bot words them for a server's members)."""
+    match error:
+        case TooLarge():
+            return (
+                "this request does not fit in the KV cache this machine has room for: use fewer or "
+                "smaller images, --num-crops 4 or a smaller --max-new-tokens"
+            )
+        case EngineDead():
+            return "the model stopped working; the messages above say why"
+        case EngineBusy():
+            return "the engine is busy; try again"
+        case _:
+            return str(error)
 
 
 def open_image(path_text: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -122,7 +129,7 @@ def open_image(path_text: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     try:
         return decode_image(data, max_pixels=max_pixels)
     except UnreadableImage as error:
-        raise CliError(f"{path}: {error.reason}") from None
+        raise CliError(f"{path}: {error}") from None
 
 
 async def answer(args: argparse.Namespace) -> int:
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(answer(args))
     except (CliError, InferenceError) as exc:
-        print(f"error: {FOR_THE_TERMINAL.get(str(exc), str(exc))}", file=sys.stderr)
+        print(f"error: {for_the_terminal(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("Stopped.", file=sys.stderr)

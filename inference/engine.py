@@ -27,23 +27,18 @@ from dataclasses import dataclass, field
 
 from inference.block_pool import BLOCK_TOKENS
 from inference.errors import (
-    BUSY_TEXT,
-    MODEL_FAILED_TEXT,
-    MODEL_UNAVAILABLE_TEXT,
-    NOT_READY_TEXT,
-    SHUTTING_DOWN_TEXT,
-    TOO_LARGE_TEXT,
     EngineBusy,
+    EngineDead,
     EngineStopping,
     EngineUnavailable,
     InferenceError,
-    InvalidRequest,
     ModelFailed,
+    NotReady,
     OutOfMemory,
     RequestTimedOut,
-    timed_out_text,
+    TooLarge,
 )
-from inference.scheduler import QueueFull, Scheduler, Ticket, TooLarge, rope_regime
+from inference.scheduler import DoesNotFit, QueueFull, Scheduler, Ticket, rope_regime
 from inference.types import (
     DEFAULT_REQUEST_TIMEOUT_S,
     TYPICAL_ANSWER_TOKENS,
@@ -108,7 +103,7 @@ class _FailedEvent:
         self.request_id = request_id
         self.text = ""
         self.finished = True
-        self.error = ModelFailed(MODEL_FAILED_TEXT)
+        self.error = ModelFailed()
         self.new_tokens = 0
 
 
@@ -203,7 +198,7 @@ class LocalEngine:
         self._closing = True  # from here on no place in line is announced
         for request_id, channel in list(self._channels.items()):
             self._abort(request_id)
-            channel.pieces.put_nowait(EngineStopping(SHUTTING_DOWN_TEXT))
+            channel.pieces.put_nowait(EngineStopping())
         if self._driver is not None:
             await asyncio.gather(self._driver, return_exceptions=True)
         await self._shutdown_threads()
@@ -236,7 +231,7 @@ class LocalEngine:
         self._check_ready()
         self._runner.validate(request)
         if self.scheduler.is_full(request.priority):
-            raise EngineBusy(BUSY_TEXT)
+            raise EngineBusy()
         loop = asyncio.get_running_loop()
         time_limit = request.time_limit(self.request_timeout_s)
         deadline = loop.time() + time_limit
@@ -254,7 +249,7 @@ class LocalEngine:
                 try:
                     item = await asyncio.wait_for(channel.pieces.get(), timeout=max(remaining, 0))
                 except TimeoutError:
-                    raise RequestTimedOut(timed_out_text(time_limit)) from None
+                    raise RequestTimedOut(time_limit) from None
                 if item is _DONE:
                     finished = True
                     return
@@ -269,11 +264,11 @@ class LocalEngine:
 
     def _check_ready(self) -> None:
         if self.dead_reason is not None:
-            raise EngineUnavailable(MODEL_UNAVAILABLE_TEXT)
+            raise EngineDead(self.dead_reason)
         if self._closing:
-            raise EngineStopping(SHUTTING_DOWN_TEXT)
+            raise EngineStopping()
         if self._runner is None:
-            raise EngineUnavailable(NOT_READY_TEXT)
+            raise NotReady()
 
     def _enqueue(self, request_id: int, request: Request, channel: _Channel) -> None:
         prepared = channel.prepared
@@ -288,9 +283,9 @@ class LocalEngine:
         try:
             self.scheduler.add(ticket)
         except QueueFull:
-            raise EngineBusy(BUSY_TEXT) from None
-        except TooLarge:
-            raise InvalidRequest(TOO_LARGE_TEXT) from None
+            raise EngineBusy() from None
+        except DoesNotFit as exc:
+            raise TooLarge(exc.tokens, exc.capacity) from None
         self._announce_positions()
         self._needs_driver.set()
         if self._driver is None or self._driver.done():
@@ -360,7 +355,7 @@ class LocalEngine:
         log.error("The model is unavailable and the engine stops taking requests: %s", reason)
         for ticket in self.scheduler.waiting_order():  # those still being prepared fail when they queue
             self.scheduler.abort(ticket.request_id)
-            self._deliver(ticket.request_id, EngineUnavailable(MODEL_UNAVAILABLE_TEXT))
+            self._deliver(ticket.request_id, EngineDead(self.dead_reason))
         if self.on_dead is not None:
             try:
                 self.on_dead(reason)

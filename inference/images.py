@@ -9,25 +9,15 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from inference.errors import InvalidRequest
-from inference.text import T, Text
+from inference.errors import ImageProblem, UnreadableImage
 
 WHITE = (255, 255, 255)
 # Pillow format names we accept, decided by the file's content, never by its name.
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 SUPPORTED_FORMATS = "PNG, JPEG, WEBP, GIF, BMP"
-TOO_MANY_PIXELS = T("it has far too many pixels to open safely")
 # Phi-3-vision never needs more than this on a side (num_crops=16 => 4x4 tiles of 336, with margin).
 DRAFT_TARGET_SIDE = 2688
 DEFAULT_MAX_PIXELS = 40_000_000
-
-
-class UnreadableImage(InvalidRequest):
-    """A file that cannot be used as an image; ``reason`` says why in plain words ("it is ...")."""
-
-    def __init__(self, reason: Text) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -76,24 +66,15 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError:
-        raise UnreadableImage(TOO_MANY_PIXELS) from None
+        raise UnreadableImage(ImageProblem.DECOMPRESSION_BOMB) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise UnreadableImage(
-            T("it is not an image I can read ({formats})", formats=SUPPORTED_FORMATS)
-        ) from None
+        raise UnreadableImage(ImageProblem.NOT_AN_IMAGE, formats=SUPPORTED_FORMATS) from None
     with image:
         width, height = image.size
         if width < 1 or height < 1:
-            raise UnreadableImage(T("it has no pixels"))
+            raise UnreadableImage(ImageProblem.NO_PIXELS)
         if width * height > max_pixels:
-            raise UnreadableImage(
-                T(
-                    "it is {width}×{height} pixels; the limit is {limit:,} pixels in total",
-                    width=width,
-                    height=height,
-                    limit=max_pixels,
-                )
-            )
+            raise UnreadableImage(ImageProblem.TOO_MANY_PIXELS, width=width, height=height, limit=max_pixels)
         if image.format == "JPEG" and max(width, height) > DRAFT_TARGET_SIDE:
             scale = DRAFT_TARGET_SIDE / max(width, height)
             image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
@@ -102,7 +83,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             image.load()
             upright = ImageOps.exif_transpose(image)
         except Image.DecompressionBombError:
-            raise UnreadableImage(TOO_MANY_PIXELS) from None
+            raise UnreadableImage(ImageProblem.DECOMPRESSION_BOMB) from None
         except (OSError, ValueError, SyntaxError, EOFError):
-            raise UnreadableImage(T("the file is damaged or incomplete")) from None
+            raise UnreadableImage(ImageProblem.DAMAGED) from None
         return flatten_to_rgb(upright)

@@ -13,14 +13,20 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-from inference.errors import InvalidRequest
-from inference.text import N_, T
+from inference.errors import (
+    InvalidRequest,
+    NoImage,
+    QuestionNeeded,
+    QuestionTooLong,
+    TooFewImages,
+    TooManyImages,
+    TooManyTurns,
+)
 from inference.types import Task, Turn
 
 MAX_QUESTION_CHARS = 1000
 MIN_COMPARE_IMAGES = 2
 MAX_TURNS = 8  # questions in one conversation, the first included
-ATTACH_AN_IMAGE_TEXT = N_("Attach at least one image.")
 
 DESCRIBE = "Describe this image in detail."
 OCR = (
@@ -65,13 +71,7 @@ def clean_question(question: str | None) -> str | None:
     if not question:
         return None
     if len(question) > MAX_QUESTION_CHARS:
-        raise InvalidRequest(
-            T(
-                "The question is too long ({length} characters; the limit is {limit}).",
-                length=len(question),
-                limit=MAX_QUESTION_CHARS,
-            )
-        )
+        raise QuestionTooLong(len(question), MAX_QUESTION_CHARS)
     return question
 
 
@@ -84,11 +84,9 @@ def image_tags(count: int, labelled: bool = False) -> str:
 def check_image_count(count: int, max_images: int) -> None:
     """The limits every engine puts on how many images one request carries."""
     if count < 1:
-        raise InvalidRequest(ATTACH_AN_IMAGE_TEXT)
+        raise NoImage()
     if count > max_images:
-        raise InvalidRequest(
-            T("Too many images: {count} (at most {limit} per request).", count=count, limit=max_images)
-        )
+        raise TooManyImages(count, max_images)
 
 
 def instruction(task: Task, num_images: int, question: str | None = None, *, markdown: bool = False) -> str:
@@ -100,7 +98,7 @@ def instruction(task: Task, num_images: int, question: str | None = None, *, mar
     answer to be Markdown (tables, headings, lists).
     """
     if num_images < 1:
-        raise InvalidRequest(ATTACH_AN_IMAGE_TEXT)
+        raise NoImage()
     question = clean_question(question)
     if task is Task.DESCRIBE:
         return question or DESCRIBE
@@ -110,13 +108,7 @@ def instruction(task: Task, num_images: int, question: str | None = None, *, mar
         return ALT_TEXT
     if task is Task.COMPARE:
         if num_images < MIN_COMPARE_IMAGES:
-            raise InvalidRequest(
-                T(
-                    "Compare needs at least {minimum} images; got {count}.",
-                    minimum=MIN_COMPARE_IMAGES,
-                    count=num_images,
-                )
-            )
+            raise TooFewImages(num_images, MIN_COMPARE_IMAGES)
         text = COMPARE.format(count=num_images)
         if question:
             text += f" Then answer this question: {question}"
@@ -164,18 +156,13 @@ def droppable_turns(history: Sequence[Turn]) -> int:
 def check_turn_count(questions: int) -> None:
     """The limit every engine puts on a conversation's length (its questions, the first included)."""
     if questions > MAX_TURNS:
-        raise InvalidRequest(
-            T(
-                "This conversation has reached {limit} questions; start a new one with a fresh command.",
-                limit=MAX_TURNS,
-            )
-        )
+        raise TooManyTurns(MAX_TURNS)
 
 
 def _follow_up(question: str | None) -> str:
     cleaned = clean_question(question)
     if cleaned is None:
-        raise InvalidRequest(N_("A follow-up needs a question."))
+        raise QuestionNeeded()
     return cleaned
 
 

@@ -49,15 +49,12 @@ from inference.pace import Pace
 from inference.paged_cache import ATTENTION_NAME, PagedBatch, PagedStorage, block_table_tensor, slots_of
 from inference.prepare import Prepared, Preparer
 from inference.self_check import KernelChoice, choose_kernel, is_fatal
-from inference.text import N_
 from inference.types import EngineConfig, Request, Task
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_ROW = -1  # the start's own timing row (the engine numbers requests from 1)
 CALIBRATION_STEPS = 2
-OOM_NEW_TEXT = N_("The GPU ran out of memory for this request. Try fewer or smaller images.")
-OOM_RUNNING_TEXT = N_("The GPU ran out of memory while answering. Please try again.")
 
 KERNEL_TEXT = {
     "fused": "PyTorch's FlashAttention, reading the blocks in place",
@@ -433,11 +430,12 @@ class ModelRunner:
                 for row in newcomers:
                     self._leave(row.request_id)
                 return [
-                    Event(row.request_id, error=OutOfMemory(OOM_NEW_TEXT), finished=True) for row in newcomers
+                    Event(row.request_id, error=OutOfMemory(while_answering=False), finished=True)
+                    for row in newcomers
                 ]
             victims = self.running_ids
             self.reset()
-            return [Event(rid, error=OutOfMemory(OOM_RUNNING_TEXT), finished=True) for rid in victims]
+            return [Event(rid, error=OutOfMemory(while_answering=True), finished=True) for rid in victims]
 
     def _plan(self) -> list[_Entry]:
         """This pass: one token for every answering row, then prompt chunks in order of admission."""

@@ -64,8 +64,12 @@ class QueueFull(Exception):
     pass
 
 
-class TooLarge(Exception):
-    pass
+class DoesNotFit(Exception):
+    """A request that needs more cache than the whole budget."""
+
+    def __init__(self, tokens: int, capacity: int) -> None:
+        self.tokens, self.capacity = tokens, capacity
+        super().__init__(f"needs {tokens} tokens of cache; the budget is {capacity}")
 
 
 QueueKey = tuple[Priority, int | None]  # a class and a user: each has its own line
@@ -117,7 +121,7 @@ class Scheduler:
     def add(self, ticket: Ticket) -> None:
         if self.reserved(ticket) > self.token_budget:
             needed = self.reserved(ticket)
-            raise TooLarge(f"needs {needed} tokens of cache; the budget is {self.token_budget}")
+            raise DoesNotFit(needed, self.token_budget)
         if self.is_full(ticket.priority):
             raise QueueFull(f"{self.waiting_in(ticket.priority)} requests of this kind are already waiting")
         self._queues.setdefault(_key(ticket), deque()).append(ticket)
@@ -184,7 +188,7 @@ class Scheduler:
         for ticket in self.waiting_order():
             if not self._fits(ticket, batch):
                 if not batch:  # cannot happen: add() refuses tickets larger than the budget
-                    raise TooLarge(f"request {ticket.request_id} can never fit")
+                    raise DoesNotFit(self.reserved(ticket), self.token_budget)
                 # Strict fairness: the head of the line is not overtaken by a smaller or
                 # differently-shaped request; it goes first once the batch drains.
                 break

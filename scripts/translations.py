@@ -3,7 +3,7 @@
     python scripts/translations.py          # write bot/locales/messages.pot, update every messages.po
     python scripts/translations.py --check  # exit 1 if a catalog lacks a text or a translation
 
-The texts are every ``N_("...")`` and ``T("...")`` in bot/, cogs/ and inference/, and every command
+The texts are every ``N_("...")`` and ``T("...")`` in bot/ and cogs/, and every command
 name, description, option and choice in the command tree (msgctxt "command"). New texts arrive in
 each catalog untranslated; `make translations` then lists what is left to translate. Tests run the
 same check.
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bot.i18n import COMMAND_CONTEXT, DOMAIN, LANGUAGES, LOCALES_DIR, catalog_path  # noqa: E402
 
-SOURCE_DIRS = ("bot", "cogs", "inference")
+SOURCE_DIRS = ("bot", "cogs")
 KEYWORDS = {"N_": None, "T": None}  # the first argument of each is the English text
 
 

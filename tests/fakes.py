@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inference import EngineBusy, Request, Result
-from inference.errors import BUSY_TEXT, SHUTTING_DOWN_TEXT, EngineStopping
+from inference.errors import EngineStopping
 from inference.types import EngineStats
 
 DEFAULT_ANSWER = "A small red square on a white background."
@@ -81,7 +81,7 @@ class FakeEngine:
 
     def _raise_if_stopped(self) -> None:
         if self._stopping is not None and self._stopping.is_set():
-            raise EngineStopping(SHUTTING_DOWN_TEXT)
+            raise EngineStopping()
 
     def release(self) -> None:
         assert self._gate is not None
@@ -205,7 +205,7 @@ class SlottedFakeEngine(FakeEngine):
             return
         if len(self.line) >= self.max_waiting:
             self.busy_refusals += 1
-            raise EngineBusy(BUSY_TEXT)
+            raise EngineBusy()
         waiter = _Waiter(asyncio.Event(), on_position)
         self.line.append(waiter)
         self._announce()

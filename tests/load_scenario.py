@@ -39,8 +39,7 @@ from bot.reply import (
 )
 from bot.settings import DISCORD_CDN_HOSTS, Settings
 from inference import OutOfMemory
-from inference.errors import MODEL_FAILED_TEXT, ModelFailed
-from inference.runner import OOM_RUNNING_TEXT
+from inference.errors import ModelFailed
 from tests.fakes import Interrupted, SimcordCdnFetcher, SlottedFakeEngine
 
 SIMCORD_CDN_HOST = "cdn.simcord.invalid"
@@ -101,9 +100,9 @@ def answer_script(index: int, rng: random.Random) -> str | BaseException | Inter
     very_long = "\n".join(f"Answer {index}, detail {line}: " + "y" * 80 for line in range(80))
     match index % 20:
         case 3 | 13:  # a model step fails after the answer spilled into a second (and third) message
-            return Interrupted(very_long, ModelFailed(MODEL_FAILED_TEXT))
+            return Interrupted(very_long, ModelFailed())
         case 7:  # a model step fails before any text
-            return ModelFailed(MODEL_FAILED_TEXT)
+            return ModelFailed()
         case 5 | 15:
             return long_body
         case _:
@@ -224,7 +223,7 @@ async def _run(env, bot, engine, people, requests, channels, rng, image, started
         if tick == 8:
             env.backend.faults[:] = [f for f in env.backend.faults if f["status"] != 403]
         if tick in (10, 16):  # the running batch runs out of memory: everyone in it fails
-            faults.batch_out_of_memory += engine.fail_running(OutOfMemory(OOM_RUNNING_TEXT))
+            faults.batch_out_of_memory += engine.fail_running(OutOfMemory(while_answering=True))
         if tick == SHUTDOWN_TICK:
             faults.shutdown_at_tick = tick
             await bot.close()

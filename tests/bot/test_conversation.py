@@ -11,7 +11,8 @@ from bot.database import Database
 from bot.errors import Denied, UserFacingError
 from bot.images import ImageSource
 from bot.limits import OCR_DENIED_TEXT
-from inference import InvalidRequest, Task, Turn
+from inference import Task, Turn
+from inference.errors import TooManyTurns
 from inference.prompts import MAX_TURNS
 from tests.conftest import acknowledge_errors, bot_messages, image_bytes, reconfigure
 
@@ -79,7 +80,7 @@ async def test_a_conversation_ends_at_the_turn_limit(world, fake_engine):
     assert len(fake_engine.requests) == MAX_TURNS
     shown = await ask(world, "!describe one more?", reply_to=last)
     assert f"reached {MAX_TURNS} questions" in shown.content
-    assert acknowledge_errors(world.env) == [InvalidRequest]
+    assert acknowledge_errors(world.env) == [TooManyTurns]
 
 
 async def test_a_refusal_or_failure_is_not_remembered_as_an_answer(world, fake_engine):

@@ -6,6 +6,7 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
+from bot.engine_errors import BUSY_TEXT, MODEL_UNAVAILABLE_TEXT, OUT_OF_MEMORY_TEXT
 from bot.errors import (
     UNEXPECTED_ERROR_TEXT,
     Denied,
@@ -14,7 +15,7 @@ from bot.errors import (
     OnCooldown,
     explain,
 )
-from inference import EngineBusy, EngineUnavailable, OutOfMemory, RequestTimedOut
+from inference.errors import EngineBusy, EngineDead, OutOfMemory, TooManyImages
 
 
 def test_unknown_prefix_commands_are_ignored():
@@ -38,24 +39,25 @@ def test_rejected_images_name_the_file():
 
 
 @pytest.mark.parametrize(
-    "error",
+    ("error", "words"),
     [
-        OutOfMemory("The GPU ran out of memory; try a smaller image."),
-        EngineBusy("Busy, try again shortly."),
-        RequestTimedOut("That took too long."),
-        EngineUnavailable("The model is still loading."),
+        (OutOfMemory(while_answering=False), OUT_OF_MEMORY_TEXT[False]),
+        (EngineBusy(), BUSY_TEXT),
+        (EngineDead("CUDA error: an illegal memory access"), MODEL_UNAVAILABLE_TEXT),
+        (TooManyImages(5, 4), "Too many images: 5 (at most 4 per request)."),
     ],
 )
-def test_inference_errors_show_their_message(error):
+def test_inference_errors_are_worded_for_people(error, words):
     explanation = explain(error)
-    assert explanation.text == str(error)
+    assert str(explanation.text) == str(words)
+    assert "CUDA" not in str(explanation.text)  # the engine's detail stays in the log
     assert not explanation.unexpected
 
 
 def test_wrapped_errors_are_unwrapped():
     wrapped = app_commands.CommandInvokeError.__new__(app_commands.CommandInvokeError)
-    wrapped.original = OutOfMemory("Out of memory.")
-    assert explain(wrapped).text == "Out of memory."
+    wrapped.original = OutOfMemory(while_answering=True)
+    assert explain(wrapped).text == OUT_OF_MEMORY_TEXT[True]
     prefix_wrapped = commands.CommandInvokeError(NoImage("No image."))
     assert explain(prefix_wrapped).text == "No image."
 

@@ -15,7 +15,7 @@ import pytest
 from babel.messages.pofile import read_po
 
 from bot.i18n import COMMAND_CONTEXT, LANGUAGES, catalog_path, render
-from inference.text import Text
+from bot.text import Text
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -122,7 +122,7 @@ def test_english_and_unknown_locales_read_as_written():
 
 def test_a_missing_shipped_catalog_is_an_error_in_the_log_not_silence(monkeypatch, tmp_path, caplog):
     from bot import i18n
-    from inference.errors import BUSY_TEXT
+    from bot.engine_errors import BUSY_TEXT
 
     monkeypatch.setattr(i18n, "LOCALES_DIR", tmp_path)  # as an install that lost its package data
     i18n.translations.cache_clear()

@@ -11,7 +11,8 @@ from bot.images import ImageSource
 from bot.jobs import choose_images, clean_question
 from bot.limits import DM_DENIED_TEXT, GUILD_DENIED_TEXT
 from bot.reply import Outcome
-from inference import InvalidRequest, Task
+from inference import Task
+from inference.errors import QuestionTooLong
 from inference.prompts import MAX_QUESTION_CHARS
 from tests.conftest import acknowledge_errors, bot_messages, image_bytes, reconfigure
 
@@ -25,7 +26,7 @@ def test_questions_are_trimmed_and_blank_means_none():
     assert clean_question("  why?  ") == "why?"
     assert clean_question("   ") is None
     assert clean_question(None) is None
-    with pytest.raises(InvalidRequest, match="too long") as refused:
+    with pytest.raises(QuestionTooLong) as refused:
         clean_question("x" * (MAX_QUESTION_CHARS + 1))
     assert explain(refused.value).outcome is Outcome.REFUSAL
 

@@ -446,3 +446,18 @@ def test_the_real_start_with_good_settings_reaches_discord(monkeypatch, tmp_path
     assert entry.main(environ, []) == entry.EXIT_OK
     assert discord_side.connected
     assert entry.main(environ, ["--check"]) == entry.EXIT_OK
+
+
+def test_debug_logging_leaves_the_model_clients_at_info(monkeypatch):
+    import logging
+
+    from bot.__main__ import configure_logging
+
+    loggers = [logging.getLogger(name) for name in ("discord", "openai", "httpx2", "httpcore2")]
+    for logger in loggers:
+        monkeypatch.setattr(logger, "level", logger.level)  # put back after the test
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)  # pytest owns the root handlers
+
+    configure_logging("DEBUG")
+
+    assert {logger.level for logger in loggers} == {logging.INFO}  # openai's DEBUG lines carry the images

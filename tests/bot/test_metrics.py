@@ -22,7 +22,7 @@ def scrape(port: int) -> str:
 async def test_the_metrics_endpoint_counts_requests_by_task_and_outcome(world, fake_engine):
     bot = world.env.bot
     fake_engine.stats = lambda: EngineStats(waiting=3, running=2, tokens_generated=57, out_of_memory=1)
-    fake_engine.answer_next("An answer.", OutOfMemory("The GPU ran out of memory."))
+    fake_engine.answer_next("An answer.", OutOfMemory(while_answering=True))
     await world.member.slash(world.channel, "describe", image=PNG)
     await world.member.slash(world.channel, "describe", image=PNG)
     await world.member.send(world.channel, "!ocr", attachments=[PNG])

@@ -7,9 +7,9 @@ import discord
 import pytest
 
 from bot.app import MODEL_UNAVAILABLE_STATUS
+from bot.engine_errors import SHUTTING_DOWN_TEXT
 from bot.reply import HANDED_OVER_TEXT, INTERACTION_TOKEN_S, queue_text
 from inference import RequestTimedOut
-from inference.errors import SHUTTING_DOWN_TEXT
 from tests.conftest import acknowledge_errors, bot_messages, image_bytes
 from tests.fakes import Interrupted
 
@@ -52,7 +52,7 @@ async def test_shutdown_with_six_people_waiting_leaves_each_on_the_stop_message(
 
 @pytest.mark.parametrize("command", ["slash", "prefix"])
 async def test_a_failure_after_the_answer_spilled_leaves_no_half_answer(world, fake_engine, command):
-    fake_engine.answer_next(Interrupted(LONG_ANSWER, RequestTimedOut("That took too long; try again.")))
+    fake_engine.answer_next(Interrupted(LONG_ANSWER, RequestTimedOut(60)))
     fake_engine.piece_size = 1_000
     fake_engine.hold(world.env, after_pieces=3)  # 3,000 characters: two messages showing
     if command == "slash":
@@ -63,7 +63,8 @@ async def test_a_failure_after_the_answer_spilled_leaves_no_half_answer(world, f
     fake_engine.release()
     await world.env.settle()
 
-    assert [message.content for message in bot_messages(world.channel)] == ["That took too long; try again."]
+    shown = [message.content for message in bot_messages(world.channel)]
+    assert shown == ["The answer took longer than 60 seconds and was stopped."]
     deleted = [entry for entry in world.env.http_requests if entry.method == "DELETE"]
     assert len(deleted) == 1  # the continuation that showed the half answer
     assert acknowledge_errors(world.env) == [RequestTimedOut]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import discord
 import pytest
 
+from bot.engine_errors import OUT_OF_MEMORY_TEXT
 from bot.errors import UNEXPECTED_ERROR_TEXT, ImageRejected, NoImage
 from bot.formatting import MESSAGE_LIMIT
 from bot.jobs import NO_IMAGE_IN_COMMAND_TEXT, NO_IMAGE_IN_MESSAGE_TEXT, STOPPED_BY_DELETE_TEXT
@@ -122,19 +123,19 @@ async def test_slash_describe_refuses_a_decompression_bomb(world, fake_engine):
 
 
 async def test_an_engine_failure_is_reported_and_the_next_request_works(world, fake_engine):
-    fake_engine.answer_next(OutOfMemory("The GPU ran out of memory for this request; try a smaller image."))
+    fake_engine.answer_next(OutOfMemory(while_answering=False))
 
     failed = await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
     worked = await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
 
-    assert failed.response.content == "The GPU ran out of memory for this request; try a smaller image."
+    assert failed.response.content == OUT_OF_MEMORY_TEXT[False]
     assert worked.response.content == fake_engine.default_answer
     assert acknowledge_errors(world.env) == [OutOfMemory]
 
 
 @pytest.mark.parametrize("command", ["slash", "prefix"])
 async def test_a_failure_midway_through_the_answer_replaces_the_partial_text(world, fake_engine, command):
-    fake_engine.answer_next(Interrupted("The image shows", RequestTimedOut("That took too long; try again.")))
+    fake_engine.answer_next(Interrupted("The image shows", RequestTimedOut(60)))
 
     if command == "slash":
         result = await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
@@ -143,7 +144,7 @@ async def test_a_failure_midway_through_the_answer_replaces_the_partial_text(wor
         await world.member.send(world.channel, "!describe", attachments=[("a.png", image_bytes())])
         shown = bot_messages(world.channel)[-1].content
 
-    assert shown == "That took too long; try again."
+    assert shown == "The answer took longer than 60 seconds and was stopped."
     assert len(bot_messages(world.channel)) == 1
     assert fake_engine.closed_streams == 1
     assert acknowledge_errors(world.env) == [RequestTimedOut]

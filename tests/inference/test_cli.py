@@ -177,10 +177,10 @@ def test_max_new_tokens_is_capped_like_the_bots_before_anything_loads(capsys):
 
 
 def test_an_engine_refusal_is_worded_for_the_person_at_the_terminal(capsys, monkeypatch):
-    from inference.errors import TOO_LARGE_TEXT, InvalidRequest
+    from inference.errors import TooLarge
 
     async def too_large(args):
-        raise InvalidRequest(TOO_LARGE_TEXT)
+        raise TooLarge(30_000, 24_576)
 
     monkeypatch.setattr("inference.__main__.answer", too_large)
     assert main(["describe", IMAGE, *MODEL]) == 2

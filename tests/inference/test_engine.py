@@ -11,7 +11,6 @@ from inference import (
     EngineBusy,
     EngineConfig,
     EngineUnavailable,
-    InvalidRequest,
     LocalEngine,
     ModelNotFound,
     OutOfMemory,
@@ -21,13 +20,16 @@ from inference import (
     Task,
     Turn,
 )
-from inference.engine import MAX_STEP_FAILURES, TOO_LARGE_TEXT
+from inference.engine import MAX_STEP_FAILURES
 from inference.errors import (
-    BUSY_TEXT,
-    MODEL_FAILED_TEXT,
-    MODEL_UNAVAILABLE_TEXT,
+    EngineDead,
     EngineStopping,
     ModelFailed,
+    NoImage,
+    NotReady,
+    TooFewImages,
+    TooLarge,
+    TooManyImages,
 )
 from inference.loading import load
 from tests.fakes import ScriptedRunner
@@ -157,17 +159,17 @@ async def test_closing_the_stream_stops_generation_early():
 
 
 async def test_bad_requests_are_refused_before_queueing(engine):
-    with pytest.raises(InvalidRequest, match="at least one image"):
+    with pytest.raises(NoImage):
         await engine.generate(Request(Task.DESCRIBE, ()))
-    with pytest.raises(InvalidRequest, match="Too many images"):
+    with pytest.raises(TooManyImages):
         await engine.generate(Request(Task.COMPARE, (IMAGE,) * 5))
-    with pytest.raises(InvalidRequest, match="at least 2 images"):
+    with pytest.raises(TooFewImages):
         await engine.generate(Request(Task.COMPARE, (IMAGE,)))
     assert (await engine.generate(Request(Task.OCR, (IMAGE,)))).new_tokens > 0
 
 
 async def test_unstarted_engine_says_so():
-    with pytest.raises(EngineUnavailable, match="not loaded"):
+    with pytest.raises(NotReady):
         await LocalEngine(tiny_config()).generate(Request(Task.DESCRIBE, (IMAGE,)))
 
 
@@ -230,7 +232,7 @@ async def test_full_queue_answers_busy_at_once():
         await until(lambda: len(engine.scheduler.running) == 1)
         tasks += [asyncio.ensure_future(engine.generate(Request(Task.DESCRIBE, (IMAGE,)))) for _ in range(2)]
         await until(lambda: engine.scheduler.num_waiting == 2)
-        with pytest.raises(EngineBusy, match="busy"):
+        with pytest.raises(EngineBusy):
             await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
         runner.hold.set()
         assert [r.text for r in await asyncio.gather(*tasks)] == ["tok2 tok1 tok0"] * 3
@@ -303,7 +305,7 @@ async def test_stop_fails_open_requests_clearly():
     await until(engine.scheduler.has_work)
     engine._runner.hold.set()
     await engine.stop()
-    with pytest.raises(EngineUnavailable, match="shutting down"):
+    with pytest.raises(EngineStopping):
         await task
     with pytest.raises(EngineUnavailable):
         await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
@@ -318,7 +320,7 @@ async def test_a_failed_step_fails_its_requests_plainly_and_the_next_one_works(c
         engine._runner.step_errors.append(RuntimeError("index 7 out of range in self (internal detail)"))
         with pytest.raises(ModelFailed) as failed:
             await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
-        assert str(failed.value) == MODEL_FAILED_TEXT  # no exception text for the person
+        assert "internal detail" not in str(failed.value)  # the runner's exception stays in the log
         assert "internal detail" in caplog.text and "Traceback" in caplog.text  # all of it for the owner
         # the model thread, which owns the runner, reset it
         assert [name.startswith("phi3v-model") for name in engine._runner.reset_threads] == [True]
@@ -339,9 +341,9 @@ async def test_repeated_step_failures_make_the_engine_dead_and_say_so_once(caplo
                 await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
         assert not engine.ready
         assert len(deaths) == 1 and "in a row" in deaths[0]
-        with pytest.raises(EngineUnavailable) as refused:
+        with pytest.raises(EngineDead) as refused:
             await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
-        assert str(refused.value) == MODEL_UNAVAILABLE_TEXT
+        assert refused.value.reason == deaths[0]
         errors = [r for r in caplog.records if r.levelname == "ERROR" and "unavailable" in r.getMessage()]
         assert len(errors) == 1
     finally:
@@ -376,7 +378,7 @@ async def test_a_cuda_error_makes_the_engine_dead_at_once_and_fails_those_waitin
         runner.hold.set()
         with pytest.raises(ModelFailed):
             await running
-        with pytest.raises(EngineUnavailable, match="unavailable"):
+        with pytest.raises(EngineDead):
             await waiting
         assert len(deaths) == 1 and "unrecoverable" in deaths[0]
     finally:
@@ -412,9 +414,9 @@ async def _collect(engine: LocalEngine, user: int, seen: list[tuple[int, int]]) 
 async def test_a_prompt_larger_than_the_token_budget_is_refused_as_too_large():
     engine = await scripted(token_budget=5)  # the scripted prompt is 10 tokens
     try:
-        with pytest.raises(InvalidRequest) as refused:
+        with pytest.raises(TooLarge) as refused:
             await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))
-        assert str(refused.value) == TOO_LARGE_TEXT
+        assert refused.value.tokens > refused.value.capacity == 5
         assert engine.in_flight == 0
     finally:
         await engine.stop()
@@ -434,9 +436,8 @@ async def test_a_queue_that_fills_while_requests_are_prepared_answers_busy():
         ]
         await until(lambda: sum(task.done() for task in racing) == 1)
         [refused] = [task for task in racing if task.done()]
-        with pytest.raises(EngineBusy) as busy:
+        with pytest.raises(EngineBusy):
             refused.result()
-        assert str(busy.value) == BUSY_TEXT
         runner.hold.set()
         await running
         [waiting] = [task for task in racing if task is not refused]

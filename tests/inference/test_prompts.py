@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from inference import phi3v
-from inference.errors import InvalidRequest
+from inference.errors import InvalidRequest, NoImage, QuestionTooLong, TooFewImages
 from inference.prompts import (
     DESCRIBE,
     MAX_QUESTION_CHARS,
@@ -80,12 +80,12 @@ def test_ocr_ignores_no_question_and_describe_defaults():
     assert "Describe this image" in build_prompt(Task.DESCRIBE, 1, "   ")
 
 
-def test_bad_requests_are_refused_in_plain_words():
-    with pytest.raises(InvalidRequest, match="at least one image"):
+def test_bad_requests_are_refused():
+    with pytest.raises(NoImage):
         build_prompt(Task.DESCRIBE, 0)
-    with pytest.raises(InvalidRequest, match="at least 2 images"):
+    with pytest.raises(TooFewImages):
         build_prompt(Task.COMPARE, 1)
-    with pytest.raises(InvalidRequest, match="too long"):
+    with pytest.raises(QuestionTooLong):
         build_prompt(Task.DESCRIBE, 1, "x" * (MAX_QUESTION_CHARS + 1))
 
 

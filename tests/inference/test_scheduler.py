@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from inference.scheduler import QueueFull, RopeRegime, Scheduler, Ticket, TooLarge, rope_regime
+from inference.scheduler import DoesNotFit, QueueFull, RopeRegime, Scheduler, Ticket, rope_regime
 from inference.types import Priority
 
 _ids = itertools.count(1)
@@ -36,7 +36,7 @@ def test_queue_is_bounded():
 
 
 def test_a_request_larger_than_the_budget_is_refused_up_front():
-    with pytest.raises(TooLarge):
+    with pytest.raises(DoesNotFit):
         Scheduler(token_budget=1000).add(ticket(1, prompt=900, new=200))
 
 

@@ -21,7 +21,7 @@ LANGUAGES = ("vi", "da", "ro")
 RENDER = """
 import json, sys
 import bot.i18n as i18n
-from inference.errors import BUSY_TEXT
+from bot.engine_errors import BUSY_TEXT
 print(json.dumps({
     "file": i18n.__file__,
     "texts": {language: i18n.render(BUSY_TEXT, locale) for language, locale in

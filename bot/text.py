@@ -3,7 +3,7 @@
 Everything the bot shows a person is either a constant marked with :func:`N_` or a :func:`T` call
 (``T("Try again in {seconds} s.", seconds=5)``). Both are plain English until rendered in a language
 (bot/i18n.py looks the template up in the gettext catalogs); Babel finds them for the catalogs by
-these two names. Nothing here knows of Discord or of any language but English.
+these two names. Nothing here knows of Discord or of any language but English (bot/i18n.py renders them).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 import warnings
@@ -87,3 +88,21 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         except (OSError, ValueError, SyntaxError, EOFError):
             raise UnreadableImage(ImageProblem.DAMAGED) from None
         return flatten_to_rgb(upright)
+
+
+DATA_URL_FORMATS = ("auto", "png", "jpeg")
+LARGE_IMAGE_PIXELS = 1_000_000  # with "auto", larger pictures travel as JPEG (quality 95) rather than PNG
+JPEG_QUALITY = 95
+
+
+def data_url(image: Image.Image, image_format: str = "auto") -> str:
+    """One image as a ``data:`` URL (for a model server): PNG, or JPEG quality 95 for large photos (``auto``)."""
+    fmt = image_format
+    if fmt == "auto":
+        fmt = "jpeg" if image.width * image.height > LARGE_IMAGE_PIXELS else "png"
+    buffer = io.BytesIO()
+    if fmt == "jpeg":
+        image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        image.save(buffer, format="PNG")
+    return f"data:image/{fmt};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"

@@ -1,24 +1,15 @@
-"""An engine that asks an OpenAI-compatible chat server (such as ``vllm serve``) instead of a local model.
+"""An engine that asks an OpenAI-compatible chat server (such as ``vllm serve``) through the official
+``openai`` client: streaming, retries with back-off and ``Retry-After``, typed errors, ``models.list()``.
 
-    stream(request) ──► validate, build the instruction text (inference.prompts)
-                    ──► encode the images as data URLs on a worker thread
-                    ──► wait for one of ``max_concurrent`` slots (this process only)
-                    ──► the official ``openai`` client: chat.completions.create(stream=True)
-                    ──► text pieces
-
-Images travel inside the request as ``data:`` URLs; the server never fetches anything. The server
-applies Phi-3's chat template and inserts one ``<|image_N|>`` tag per image itself, so only the
-instruction text is sent. The client retries connection failures, 408/409/429 and 5xx answers
-(``retries`` times, with back-off and the server's ``Retry-After``); a stream that breaks before
-any text is tried again here, one that breaks after ends the answer. What stays ours: the slots,
-the image encoding and turning the client's errors into :mod:`inference.errors`. No torch here.
+What stays ours: the slots (``max_concurrent`` per process, a quarter for background work), the
+images as ``data:`` URLs (the server fetches nothing and inserts Phi-3's ``<|image_N|>`` tags itself),
+one more try when an answer stream breaks before any text, and the client's errors as
+:mod:`inference.errors`. No torch here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import logging
 import re
 import time
@@ -30,20 +21,8 @@ import openai
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 from yarl import URL
 
-from inference.errors import (
-    AnswerCutOff,
-    EngineBusy,
-    EngineStopping,
-    EngineUnavailable,
-    InferenceError,
-    ModelNotFound,
-    NotReady,
-    Refusal,
-    RequestTimedOut,
-    ServerFailed,
-    ServerRefused,
-    ServerUnreachable,
-)
+from inference import errors
+from inference.images import DATA_URL_FORMATS, data_url
 from inference.prompts import check_image_count, conversation
 from inference.types import DEFAULT_MODEL_ID, EngineStats, Priority, Request, Result
 
@@ -52,11 +31,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
 log = logging.getLogger(__name__)
-
-IMAGE_FORMATS = ("auto", "png", "jpeg")
-# With image_format "auto", pictures larger than this go as JPEG (quality 95) rather than PNG.
-LARGE_IMAGE_PIXELS = 1_000_000
-JPEG_QUALITY = 95
 
 _CONTEXT_LENGTH = re.compile(
     r"context (length|window)|maximum model length|max_model_len|too long|maximum context|"
@@ -90,8 +64,8 @@ class RemoteConfig:
                 f"base_url must be an http:// or https:// address, got {display_url(self.base_url)!r}"
             )
         object.__setattr__(self, "base_url", str(url))
-        if self.image_format not in IMAGE_FORMATS:
-            raise ValueError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}")
+        if self.image_format not in DATA_URL_FORMATS:
+            raise ValueError(f"image_format must be one of {', '.join(DATA_URL_FORMATS)}")
         if self.max_concurrent < 1 or self.retries < 0 or self.max_new_tokens < 1 or self.max_images < 1:
             raise ValueError("max_concurrent, max_new_tokens and max_images must be >= 1; retries >= 0")
 
@@ -107,21 +81,8 @@ def display_url(url: str) -> str:
     return str(parsed.with_user(None))
 
 
-def encode_image(image: Image.Image, image_format: str = "auto") -> str:
-    """One image as a ``data:`` URL: PNG, or JPEG quality 95 for large photos (``auto``)."""
-    fmt = image_format
-    if fmt == "auto":
-        fmt = "jpeg" if image.width * image.height > LARGE_IMAGE_PIXELS else "png"
-    buffer = io.BytesIO()
-    if fmt == "jpeg":
-        image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    else:
-        image.save(buffer, format="PNG")
-    return f"data:image/{fmt};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
-
-
-def encode_images(images: tuple[Image.Image, ...], image_format: str = "auto") -> list[str]:
-    return [encode_image(image, image_format) for image in images]
+def encode_images(images: tuple[Image.Image, ...], image_format: str) -> list[str]:
+    return [data_url(image, image_format) for image in images]
 
 
 class _BrokenBeforeText(Exception):
@@ -137,43 +98,38 @@ class _Progress:
     completion_tokens: int | None = None
 
     def tell_position(self, position: int) -> None:
-        if self.on_position is not None:
-            try:
+        try:
+            if self.on_position is not None:
                 self.on_position(position)
-            except Exception:  # a display callback must never break the request
-                log.exception("on_position callback failed")
+        except Exception:  # a display callback must never break the request
+            log.exception("on_position callback failed")
 
 
 class RemoteEngine:
     """Implements ``inference.types.Engine`` over an OpenAI-compatible chat-completions server.
 
-    The server keeps its own queue and does not publish it, so ``on_position`` is only ever called
-    with 0, once the server has accepted the request. Requests beyond ``max_concurrent`` wait in
-    this process for a free slot; that wait counts towards the request's time limit. Closing the
-    stream (or cancelling its reader) closes the HTTP connection, which makes vLLM stop generating.
+    The server keeps its own queue and does not publish it: ``on_position`` is called once, with 0,
+    when the server has accepted the request. Requests beyond ``max_concurrent`` wait here, within
+    their time limit. Closing the stream (or cancelling its reader) closes the HTTP connection, and
+    vLLM stops generating.
     """
 
     def __init__(self, config: RemoteConfig | None = None) -> None:
         self.config = config or RemoteConfig()
         self._client: openai.AsyncOpenAI | None = None
         self._slots = asyncio.Semaphore(self.config.max_concurrent)
-        # Background work (automatic alt text) may hold at most a quarter of the slots, so the rest are
-        # always there for people; the server's own queue decides the order after that.
+        # Background work (automatic alt text) holds at most a quarter of the slots: the rest stay for people.
         self._background_slots = asyncio.Semaphore(max(1, self.config.max_concurrent // 4))
         self._streams: set[AsyncStream[ChatCompletionChunk]] = set()
         self._closing = False
         self.dead_reason: str | None = None  # never set: the server's failures fail one request at a time
         self.on_dead: Callable[[str], None] | None = None
+        # Without a key, no Authorization header at all (a local vLLM needs none).
+        self._headers = None if self.config.api_key else {"Authorization": openai.omit}
 
     def __repr__(self) -> str:
         return f"RemoteEngine({display_url(self.config.base_url)!r}, model={self.config.model!r})"
 
-    @property
-    def _headers(self) -> dict[str, Any] | None:
-        """Without a key, no Authorization header at all (a local vLLM needs none)."""
-        return None if self.config.api_key else {"Authorization": openai.omit}
-
-    # -- lifecycle -----------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
         return self._client is not None and not self._closing
@@ -182,6 +138,17 @@ class RemoteEngine:
     def in_flight(self) -> int:
         """Answers being streamed right now."""
         return len(self._streams)
+
+    def stats(self) -> EngineStats | None:
+        """None: the server keeps the figures (vLLM serves its own metrics)."""
+        return None
+
+    def wait_s(self, position: int) -> float | None:
+        """The server keeps its own line and does not say how long it is: no estimate."""
+        return None
+
+    def max_new_tokens(self, request: Request) -> int:
+        return max(1, min(request.max_new_tokens or self.config.max_new_tokens, self.config.max_new_tokens))
 
     async def start(self) -> None:
         """Open the client and check that the server answers and serves the model."""
@@ -203,7 +170,7 @@ class RemoteEngine:
         log.info("Model server %s serves %s", display_url(self.config.base_url), self.config.model)
 
     async def stop(self) -> None:
-        """End open answers (their readers get ``EngineStopping``) and close the client."""
+        """End open answers (their readers get ``errors.EngineStopping``) and close the client."""
         self._closing = True
         for stream in list(self._streams):
             await stream.close()
@@ -216,11 +183,9 @@ class RemoteEngine:
         try:
             served = [model.id async for model in client.models.list(extra_headers=self._headers)]
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            raise EngineUnavailable(
-                f"The model server at {where} refused the API key (HTTP {exc.status_code})."
-            ) from None
+            problem = f"refused the API key (HTTP {exc.status_code})"
         except openai.NotFoundError:
-            raise EngineUnavailable(
+            raise errors.EngineUnavailable(
                 f"{where}/models was not found (HTTP 404). The address must be the server's "
                 "OpenAI-compatible root, for example http://127.0.0.1:8000/v1."
             ) from None
@@ -229,35 +194,24 @@ class RemoteEngine:
         except openai.APIConnectionError as exc:
             problem = f"is not reachable ({_describe(exc.__cause__ or exc)})"
         except (openai.OpenAIError, ValueError, TypeError, AttributeError):
-            raise EngineUnavailable(
-                f"The server at {where} did not answer like an OpenAI-compatible API (GET /models)."
-            ) from None
+            problem = "did not answer like an OpenAI-compatible API (GET /models)"
         else:
-            if self.config.model not in served:
-                listed = ", ".join(served) if served else "no models"
-                raise ModelNotFound(
-                    f"The model server at {where} does not serve {self.config.model!r} (it serves: {listed})."
-                )
-            return
-        raise EngineUnavailable(
-            f"The model server at {where} {problem}. Check that it is running and that the address is right."
+            if self.config.model in served:
+                return
+            raise errors.ModelNotFound(
+                f"The model server at {where} does not serve {self.config.model!r} "
+                f"(it serves: {', '.join(served) or 'no models'})."
+            )
+        raise errors.EngineUnavailable(
+            f"The model server at {where} {problem}. Check that it is running and the address."
         )
 
-    # -- requests ------------------------------------------------------------------------------
     async def generate(self, request: Request) -> Result:
         started = time.perf_counter()
         progress = _Progress()
-        pieces = [piece async for piece in self._stream(request, progress)]
+        text = "".join([piece async for piece in self._stream(request, progress)]).strip()
         tokens = progress.completion_tokens if progress.completion_tokens is not None else progress.pieces
-        return Result("".join(pieces).strip(), tokens, time.perf_counter() - started)
-
-    def stats(self) -> EngineStats | None:
-        """None: the server keeps the figures (vLLM serves its own metrics)."""
-        return None
-
-    def wait_s(self, position: int) -> float | None:
-        """The server keeps its own line and does not say how long it is: no estimate."""
-        return None
+        return Result(text, tokens, time.perf_counter() - started)
 
     def stream(
         self,
@@ -266,42 +220,33 @@ class RemoteEngine:
         on_trimmed: Callable[[int], None] | None = None,
     ) -> AsyncIterator[str]:
         # on_trimmed is never called: the server's tokenizer is not here to count a conversation's
-        # tokens, so one too long for the server's context is refused (ServerRefused) instead.
+        # tokens, so one too long for the server's context is refused (errors.ServerRefused) instead.
         return self._stream(request, _Progress(on_position))
-
-    def max_new_tokens(self, request: Request) -> int:
-        asked = request.max_new_tokens or self.config.max_new_tokens
-        return max(1, min(asked, self.config.max_new_tokens))
 
     async def _stream(self, request: Request, progress: _Progress) -> AsyncIterator[str]:
         client = self._client
-        if client is None:
-            raise NotReady()
-        if self._closing:
-            raise EngineStopping()
+        if client is None or self._closing:
+            raise errors.EngineStopping() if self._closing else errors.NotReady()
         check_image_count(len(request.images), self.config.max_images)
         turns = conversation(
             request.task, len(request.images), request.question, request.history, markdown=request.markdown
         )
         time_limit = request.time_limit(self.config.request_timeout_s)
         deadline = asyncio.get_running_loop().time() + time_limit
-        # Each await below has its own deadline: a timeout around the yields would cancel whatever
-        # the reader happens to be awaiting between two pieces.
-        background = request.priority is Priority.BACKGROUND
+        # Each await has its own deadline: one around the yields would cancel whatever the reader
+        # happens to be awaiting between two pieces.
+        slots = (
+            [self._background_slots, self._slots]
+            if request.priority is Priority.BACKGROUND
+            else [self._slots]
+        )
+        held: list[asyncio.Semaphore] = []
         try:
             async with asyncio.timeout_at(deadline):
                 urls = await asyncio.to_thread(encode_images, request.images, self.config.image_format)
-                if background:
-                    await self._background_slots.acquire()
-                try:
-                    await self._slots.acquire()
-                except BaseException:
-                    if background:
-                        self._background_slots.release()
-                    raise
-        except TimeoutError:
-            raise RequestTimedOut(time_limit) from None
-        try:
+                for slot in slots:
+                    await slot.acquire()
+                    held.append(slot)
             messages = _messages(urls, turns)
             del urls
             for attempt in range(self.config.retries + 1):
@@ -310,16 +255,14 @@ class RemoteEngine:
                         yield piece
                     return
                 except _BrokenBeforeText as failure:
+                    log.warning("The model server's answer broke before any text (%s)", failure)
                     if attempt == self.config.retries:
-                        log.warning("The model server's answer broke before any text, giving up: %s", failure)
-                        raise ServerUnreachable(str(failure)) from None
-                    log.warning("The model server's answer broke before any text (%s); trying again", failure)
-                except TimeoutError:
-                    raise RequestTimedOut(time_limit) from None
+                        raise errors.ServerUnreachable(str(failure)) from None
+        except TimeoutError:
+            raise errors.RequestTimedOut(time_limit) from None
         finally:
-            self._slots.release()
-            if background:
-                self._background_slots.release()
+            for slot in held:
+                slot.release()
 
     async def _attempt(
         self,
@@ -356,64 +299,50 @@ class RemoteEngine:
                     break
                 if chunk.usage is not None:
                     progress.completion_tokens = chunk.usage.completion_tokens
-                choice = chunk.choices[0] if chunk.choices else None
-                if choice is None:
-                    continue
-                finished = finished or choice.finish_reason is not None
-                if choice.delta.content:
-                    progress.pieces += 1
-                    yield choice.delta.content
+                for choice in chunk.choices[:1]:
+                    finished = finished or choice.finish_reason is not None
+                    if choice.delta.content:
+                        progress.pieces += 1
+                        yield choice.delta.content
             if not finished:
-                raise self._broken("the answer stream ended early", progress)
-        except openai.APIConnectionError as exc:
-            raise self._broken(_describe(exc.__cause__ or exc), progress) from None
-        except openai.OpenAIError as exc:  # an error event in the stream
+                raise openai.APIConnectionError(
+                    message="the answer stream ended early", request=stream.response.request
+                )
+        except openai.OpenAIError as exc:
             raise self._failure(exc, progress) from None
-        except Exception as exc:  # the response closed under the reader by stop()
-            if self._closing and not isinstance(exc, TimeoutError):
-                raise EngineStopping() from None
+        except Exception:  # stop() closed the response under the reader
+            if self._closing:
+                raise errors.EngineStopping() from None
             raise
         finally:
             self._streams.discard(stream)
             await stream.close()  # if still open, the server sees the connection go and stops
 
-    def _broken(self, detail: str, progress: _Progress) -> Exception:
-        if self._closing:
-            return EngineStopping()
-        if progress.pieces:
-            log.warning("The model server's answer broke off: %s", detail)
-            return AnswerCutOff(detail)
-        return _BrokenBeforeText(detail)
-
-    def _failure(self, exc: openai.OpenAIError, progress: _Progress) -> InferenceError:
+    def _failure(self, exc: openai.OpenAIError, progress: _Progress) -> Exception:
         """The client's error (after its own retries) as one of ours."""
-        if self._closing:
-            return EngineStopping()
         message = str(getattr(exc, "message", exc))
-        if isinstance(exc, openai.APIConnectionError):
-            return ServerUnreachable(_describe(exc.__cause__ or exc))
+        if self._closing:
+            return errors.EngineStopping()
+        if isinstance(exc, openai.APIConnectionError):  # before any text: try again; after: cut off
+            detail = _describe(exc.__cause__ or exc) if exc.__cause__ else message
+            return errors.AnswerCutOff(detail) if progress.pieces else _BrokenBeforeText(detail)
         if not isinstance(exc, openai.APIStatusError):  # an error event in the answer stream
             code = getattr(exc, "code", None)
             log.warning("The model server reported an error in the stream (code %s): %.300s", code, message)
             if progress.pieces:
-                return AnswerCutOff(message)
+                return errors.AnswerCutOff(message)
             if code in (400, "400") or _CONTEXT_LENGTH.search(message):
-                return ServerRefused(_refusal(400, message), message)
-            return ServerFailed(message)
+                return errors.ServerRefused(_refusal(400, message), message)
+            return errors.ServerFailed(message)
         status = exc.status_code
+        log.warning("The model server answered HTTP %d: %.300s", status, message)
         if status == 429:
-            return EngineBusy(f"the model server answered HTTP 429: {message}")
+            return errors.EngineBusy(f"the model server answered HTTP 429: {message}")
         if status in (400, 413, 422):
-            log.warning("The model server refused a request: HTTP %d: %.300s", status, message)
-            return ServerRefused(_refusal(status, message), message)
-        if status in (401, 403):
-            log.error("The model server rejected the API key (HTTP %d)", status)
-            return ServerUnreachable(f"the API key was refused (HTTP {status})")
+            return errors.ServerRefused(_refusal(status, message), message)
         if status == 404:
-            log.error("The model server does not serve %r: %s", self.config.model, message)
-            return ModelNotFound(f"the model server does not serve {self.config.model!r}")
-        log.warning("The model server failed: HTTP %d: %.300s", status, message)
-        return ServerUnreachable(f"HTTP {status}: {message}")
+            return errors.ModelNotFound(f"the model server does not serve {self.config.model!r}")
+        return errors.ServerUnreachable(f"HTTP {status}: {message}")  # 401/403 (a refused key) too
 
 
 def _messages(image_urls: list[str], turns: list[tuple[str, str]]) -> list[ChatCompletionMessageParam]:
@@ -426,18 +355,15 @@ def _messages(image_urls: list[str], turns: list[tuple[str, str]]) -> list[ChatC
     return messages  # type: ignore[return-value]  # the client's TypedDicts, built from plain dicts
 
 
-def _refusal(status: int, message: str) -> Refusal:
+def _refusal(status: int, message: str) -> errors.Refusal:
     if status == 413:
-        return Refusal.TOO_LARGE
+        return errors.Refusal.TOO_LARGE
     if _IMAGE_LIMIT.search(message):
-        return Refusal.TOO_MANY_IMAGES
+        return errors.Refusal.TOO_MANY_IMAGES
     if _CONTEXT_LENGTH.search(message):
-        return Refusal.TOO_LONG
-    if "image" in message.lower():
-        return Refusal.BAD_IMAGE
-    return Refusal.OTHER
+        return errors.Refusal.TOO_LONG
+    return errors.Refusal.BAD_IMAGE if "image" in message.lower() else errors.Refusal.OTHER
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

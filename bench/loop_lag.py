@@ -50,7 +50,7 @@ from bench.engine import (
 from bench.serving import FixedLengthRunner, OnLoopEngine, percentiles_ms, versions
 from bot.images import ImageLimits, ImageSource, decode_image, load_images
 from bot.reply import EditBudget, Reply
-from bot.settings import Settings
+from bot.settings import DOWNLOAD_TIMEOUT_S, Settings
 from inference.engine import LocalEngine
 from inference.loading import LoadedModel, load, resolve_attention, resolve_device, resolve_dtype
 from inference.types import EngineConfig, Request, Task
@@ -133,7 +133,7 @@ def image_limits() -> ImageLimits:
         max_bytes=settings.max_attachment_bytes,
         max_pixels=settings.max_image_pixels,
         allowed_hosts=settings.cdn_hosts,
-        download_timeout_s=settings.download_timeout_s,
+        download_timeout_s=DOWNLOAD_TIMEOUT_S,
     )
 
 

@@ -21,9 +21,11 @@ import discord
 from bot.app import VisionBot, create_bot
 from bot.database import DatabaseUnavailable
 from bot.log_context import RequestIdFilter
-from bot.settings import Settings, SettingsError
+from bot.settings import Settings, SettingsError, unknown_names
 from inference import InferenceError
 from inference.process import exit_process
+
+log = logging.getLogger("bot")
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -93,10 +95,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check(settings: Settings, *, device: bool = True) -> int:
+def check(settings: Settings, *, device: bool = True, unknown_names: list[str] | None = None) -> int:
     from bot.doctor import run_checks
 
-    findings = run_checks(settings, device=device)
+    findings = run_checks(settings, device=device, unknown_names=unknown_names or [])
     for finding in findings:
         print(finding.line())
     failed = [finding for finding in findings if finding.verdict == "fail"]
@@ -109,18 +111,21 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
     args = parse_args([] if argv is None else argv)
     try:
         settings = Settings.from_env(environ, env_file=args.env_file)
+        unknown = unknown_names(environ, env_file=args.env_file)
     except SettingsError as error:
         print(f"Configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check:
-        return check(settings, device=not args.no_device)
+        return check(settings, device=not args.no_device, unknown_names=unknown)
     if not settings.discord_token:
         print(MISSING_TOKEN_TEXT, file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings.log_level)
+    for line in unknown:
+        log.warning("Settings: %s", line)
     bot = create_bot(settings)
     try:
-        asyncio.run(run(bot, settings.discord_token.reveal()))
+        asyncio.run(run(bot, settings.discord_token.get_secret_value()))
     except KeyboardInterrupt:
         print("Stopped.", file=sys.stderr)
         return EXIT_OK  # Ctrl-C is how the bot is meant to be stopped

@@ -24,7 +24,7 @@ from bot.limits import AccessPolicy, JobLimiter
 from bot.metrics import Metrics
 from bot.reply import Replies
 from bot.server_settings import ServerPolicy, ServerSettings, server_policy
-from bot.settings import Settings
+from bot.settings import DOWNLOAD_TIMEOUT_S, Settings
 from inference import Engine, EngineStats
 from inference.remote import display_url
 
@@ -101,7 +101,7 @@ class VisionBot(commands.Bot):
             max_bytes=settings.max_attachment_bytes,
             max_pixels=settings.max_image_pixels,
             allowed_hosts=settings.cdn_hosts,
-            download_timeout_s=settings.download_timeout_s,
+            download_timeout_s=DOWNLOAD_TIMEOUT_S,
         )
         self.access = AccessPolicy.from_settings(settings)
         self.limiter = JobLimiter.from_settings(settings)
@@ -123,7 +123,7 @@ class VisionBot(commands.Bot):
         self.alt_text_opt_outs = OptOuts(self.database)
         self.session = aiohttp.ClientSession()
         if self.fetcher is None:
-            self.fetcher = HttpFetcher(self.session, timeout_s=self.settings.download_timeout_s)
+            self.fetcher = HttpFetcher(self.session, timeout_s=DOWNLOAD_TIMEOUT_S)
         if self.settings.sharded:
             log.info("Sharded: %s", _shard_text(self.settings.shard_count, self.settings.shard_ids))
         if self.settings.metrics_port is not None:

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,7 +61,7 @@ class Finding:
 
 
 def check_token(settings: Settings) -> Finding:
-    token = settings.discord_token.reveal()
+    token = settings.discord_token.get_secret_value()
     if not token:
         return Finding(
             "token", "fail", "DISCORD_TOKEN is not set (Developer Portal > your app > Bot > Reset Token)"
@@ -388,8 +388,12 @@ def check_database(settings: Settings) -> Finding:
     return Finding("database", "ok", f"{path} (schema {version})")
 
 
-def run_checks(settings: Settings, *, device: bool = True) -> list[Finding]:
-    findings = [Finding("settings", "ok", "read and valid"), check_token(settings), check_database(settings)]
+def run_checks(
+    settings: Settings, *, device: bool = True, unknown_names: Sequence[str] = ()
+) -> list[Finding]:
+    """Every check; ``unknown_names``: the lines ``bot.settings.unknown_names`` wrote (misspelt settings)."""
+    findings = [Finding("settings", "warn", line) for line in unknown_names]
+    findings += [Finding("settings", "ok", "read and valid"), check_token(settings), check_database(settings)]
     if settings.backend == "remote":
         findings.append(check_remote(settings))
     else:

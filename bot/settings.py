@@ -1,15 +1,27 @@
-"""Bot configuration: the only module that reads the environment (and the .env file)."""
+"""Bot configuration: the only module that reads the environment (and the .env file), on pydantic-settings.
+
+Each setting is declared once below: its type, bounds, default and the sentence that documents it. The
+README's table and ``.env.example`` are written from these declarations (scripts/settings_docs.py; a
+test fails when they differ), and a name in ``.env`` that is not a setting is reported with the closest one.
+"""
 
 from __future__ import annotations
 
-import math
+import difflib
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from dotenv import find_dotenv, load_dotenv
+from dotenv import dotenv_values, find_dotenv, load_dotenv
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from yarl import URL
 
 from inference import EngineConfig
@@ -19,298 +31,60 @@ from inference.types import DEFAULT_MODEL_ID, DEFAULT_REQUEST_TIMEOUT_S, MAX_NEW
 
 # Where Discord serves uploads. Anything else is never downloaded.
 DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
-
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-QUANTIZATIONS = ("auto", "none", "4bit", "8bit")
-ATTN_IMPLEMENTATIONS = ("auto", "flash_attention_2", "sdpa", "eager")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-BACKENDS = ("local", "remote")
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 MAX_IMAGES_LIMIT = 16
 MIN_TOKEN_BUDGET = 1024  # the same floor as inference.cache_size's
 BYTES_PER_MB = 1024 * 1024
 DEFAULT_DATABASE_PATH = "data/bot.sqlite3"
+DOWNLOAD_TIMEOUT_S = 20.0  # one image from Discord's CDN
+REMOTE_RETRIES = 3  # extra attempts before any text arrived (the openai client's back-off)
 REMOTE_URL_MISSING = (
     "BACKEND=remote needs REMOTE_URL, the model server's OpenAI-compatible address "
     "(for example http://127.0.0.1:8000/v1; see docs/deployment.md)."
 )
-
-T = TypeVar("T")
+# Settings that are no more, and what to do instead (told at start and by --check when .env still has one).
+REMOVED = {
+    "BATCH_WINDOW_MS": "removed: the engine gathers a burst by itself (15 ms)",
+    "PREFILL_CHUNK_TOKENS": "removed: prompts are read 2048 tokens at a time beside running answers",
+    "REMOTE_RETRIES": "removed: the model server is tried 3 more times before any text arrives",
+    "DOWNLOAD_TIMEOUT_S": "removed: one image may take 20 s to download",
+}
 
 
 class SettingsError(ValueError):
     """A setting is missing or has a value the bot cannot use; the message names it."""
 
 
-class Secret:
-    """A string that never shows itself in repr(), str() or logs."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __repr__(self) -> str:
-        return "Secret('********')" if self._value else "Secret('')"
-
-    __str__ = __repr__
+def setting(default: Any, doc: str, *, section: str | None = None, **bounds: Any) -> Any:
+    """One setting: its default, the sentence documenting it, and where a new section of the docs begins."""
+    return Field(
+        default, description=doc, json_schema_extra={"section": section} if section else None, **bounds
+    )
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the bot can be told from the outside, parsed and checked."""
-
-    discord_token: Secret = field(default_factory=lambda: Secret(""))
-    # Sharding: None is one connection; "auto" lets Discord pick the count; shard_ids splits them up
-    shard_count: int | Literal["auto"] | None = None
-    shard_ids: tuple[int, ...] = ()
-    # Where the model runs: "local" (this process) or "remote" (an OpenAI-compatible server such as vLLM)
-    backend: str = "local"
-    remote_url: str | None = None
-    remote_api_key: Secret = field(default_factory=lambda: Secret(""))
-    remote_model: str = DEFAULT_MODEL_ID
-    remote_retries: int = 3
-    remote_max_concurrent: int = 16
-    # Model and engine
-    model_id: str = DEFAULT_MODEL_ID
-    device: str = "auto"
-    dtype: str = "auto"
-    quantization: str = "auto"
-    attn_implementation: str = "auto"
-    num_crops: int | None = None
-    max_new_tokens: int = 512
-    max_images: int = 4
-    request_timeout_s: float | None = None  # None: auto (180 s, longer on a slow CPU)
-    max_queued: int = 32
-    max_batch_size: int = 8
-    token_budget: int | None = None  # None: auto, sized from the memory left after the weights
-    gpu_memory_fraction: float = 0.9
-    batch_window_ms: float = 15.0
-    prefill_chunk_tokens: int = 2048
-    cuda_graphs: bool = True
-    # Discord wiring
-    command_prefix: str = "!"
-    dev_guild_id: int | None = None
-    sync_commands: bool = True
-    owner_ids: frozenset[int] = frozenset()
-    # Who may use the bot, and where
-    allowed_guild_ids: frozenset[int] = frozenset()
-    allowed_channel_ids: frozenset[int] = frozenset()
-    ocr_role_ids: frozenset[int] = frozenset()
-    ocr_public: bool = False
-    allow_dms: bool = True
-    # Limits
-    user_cooldown_s: float = 10.0
-    max_jobs_per_user: int = 2
-    max_attachment_mb: float = 10.0
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    download_timeout_s: float = 20.0
-    # Hosts attachments may be downloaded from; not read from the environment on purpose.
-    cdn_hosts: frozenset[str] = DISCORD_CDN_HOSTS
-    log_level: str = "INFO"
-    # What must survive a restart (conversations; per-server settings): one SQLite file
-    database_path: str = DEFAULT_DATABASE_PATH
-    # The owner's view: Prometheus metrics over HTTP (off when no port is set)
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
-
-    @property
-    def max_attachment_bytes(self) -> int:
-        return int(self.max_attachment_mb * BYTES_PER_MB)
-
-    @property
-    def sharded(self) -> bool:
-        return self.shard_count is not None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: str | None = None) -> Settings:
-        """Read settings from ``environ``, or from ``os.environ`` after loading ``.env`` (if any).
-
-        ``env_file`` names the file to load instead of the ``.env`` of the current directory; values
-        already in the environment win over the file's. Passing ``environ`` (as tests do) skips the
-        file entirely.
-        """
-        if environ is None:
-            if env_file is not None and not Path(env_file).is_file():
-                raise SettingsError(f"the settings file {env_file} does not exist")
-            load_dotenv(env_file or find_dotenv(usecwd=True))  # by default the .env of where the bot runs
-            environ = os.environ
-        env = _Reader(environ)
-        defaults = cls()
-        settings = cls(
-            discord_token=Secret(env.text("DISCORD_TOKEN", "")),
-            shard_count=env.parse("SHARD_COUNT", defaults.shard_count, _shard_count),
-            shard_ids=env.parse("SHARD_IDS", defaults.shard_ids, _shard_ids),
-            backend=env.choice("BACKEND", defaults.backend, BACKENDS),
-            remote_url=env.parse("REMOTE_URL", defaults.remote_url, _http_url),
-            remote_api_key=Secret(env.text("REMOTE_API_KEY", "")),
-            remote_model=env.text("REMOTE_MODEL", defaults.remote_model),
-            remote_retries=env.integer("REMOTE_RETRIES", defaults.remote_retries, minimum=0, maximum=10),
-            remote_max_concurrent=env.integer(
-                "REMOTE_MAX_CONCURRENT", defaults.remote_max_concurrent, minimum=1, maximum=4096
-            ),
-            model_id=env.text("MODEL_ID", defaults.model_id) or defaults.model_id,
-            device=env.parse("DEVICE", defaults.device, _device),
-            dtype=env.choice("DTYPE", defaults.dtype, DTYPES),
-            quantization=env.choice("QUANTIZATION", defaults.quantization, QUANTIZATIONS),
-            attn_implementation=env.choice(
-                "ATTN_IMPLEMENTATION", defaults.attn_implementation, ATTN_IMPLEMENTATIONS
-            ),
-            num_crops=env.optional_int("NUM_CROPS", minimum=1, maximum=16),
-            max_new_tokens=env.integer(
-                "MAX_NEW_TOKENS", defaults.max_new_tokens, minimum=1, maximum=MAX_NEW_TOKENS_LIMIT
-            ),
-            max_images=env.integer("MAX_IMAGES", defaults.max_images, minimum=1, maximum=MAX_IMAGES_LIMIT),
-            request_timeout_s=env.parse("REQUEST_TIMEOUT_S", defaults.request_timeout_s, _request_timeout),
-            max_queued=env.integer("MAX_QUEUED", defaults.max_queued, minimum=0),
-            max_batch_size=env.integer("MAX_BATCH_SIZE", defaults.max_batch_size, minimum=1, maximum=256),
-            token_budget=env.parse("TOKEN_BUDGET", defaults.token_budget, _token_budget),
-            gpu_memory_fraction=env.number(
-                "GPU_MEMORY_FRACTION", defaults.gpu_memory_fraction, minimum=0.1, maximum=0.99
-            ),
-            batch_window_ms=env.number("BATCH_WINDOW_MS", defaults.batch_window_ms, minimum=0, maximum=5000),
-            prefill_chunk_tokens=env.integer(
-                "PREFILL_CHUNK_TOKENS", defaults.prefill_chunk_tokens, minimum=64, maximum=65_536
-            ),
-            cuda_graphs=env.boolean("CUDA_GRAPHS", defaults.cuda_graphs),
-            command_prefix=env.text("COMMAND_PREFIX", defaults.command_prefix),
-            dev_guild_id=env.optional_int("DEV_GUILD_ID", minimum=1),
-            sync_commands=env.boolean("SYNC_COMMANDS", defaults.sync_commands),
-            owner_ids=env.id_set("OWNER_IDS"),
-            allowed_guild_ids=env.id_set("ALLOWED_GUILD_IDS"),
-            allowed_channel_ids=env.id_set("ALLOWED_CHANNEL_IDS"),
-            ocr_role_ids=env.id_set("OCR_ROLE_IDS"),
-            ocr_public=env.boolean("OCR_PUBLIC", defaults.ocr_public),
-            allow_dms=env.boolean("ALLOW_DMS", defaults.allow_dms),
-            user_cooldown_s=env.number("USER_COOLDOWN_S", defaults.user_cooldown_s, minimum=0),
-            max_jobs_per_user=env.integer("MAX_JOBS_PER_USER", defaults.max_jobs_per_user, minimum=1),
-            max_attachment_mb=env.number(
-                "MAX_ATTACHMENT_MB", defaults.max_attachment_mb, minimum=0.01, maximum=500
-            ),
-            max_image_pixels=env.integer(
-                "MAX_IMAGE_PIXELS", defaults.max_image_pixels, minimum=1, maximum=89_478_485
-            ),
-            download_timeout_s=env.number("DOWNLOAD_TIMEOUT_S", defaults.download_timeout_s, minimum=0.1),
-            log_level=env.choice("LOG_LEVEL", defaults.log_level, LOG_LEVELS, upper=True),
-            database_path=env.text("DATABASE_PATH", defaults.database_path),
-            metrics_port=env.optional_int("METRICS_PORT", minimum=0, maximum=65535),  # 0: any free port
-            metrics_host=env.text("METRICS_HOST", defaults.metrics_host) or defaults.metrics_host,
-        )
-        _check_together(settings, env)
-        return settings
-
-    def engine_config(self) -> EngineConfig:
-        """The inference engine's configuration, taken from these settings."""
-        return EngineConfig(
-            model_id=self.model_id,
-            device=self.device,
-            dtype=self.dtype,
-            quantization=self.quantization,
-            attn_implementation=self.attn_implementation,
-            num_crops=self.num_crops,
-            max_new_tokens=self.max_new_tokens,
-            max_images=self.max_images,
-            request_timeout_s=self.request_timeout_s,
-            max_queued=self.max_queued,
-            max_batch_size=self.max_batch_size,
-            token_budget=self.token_budget,
-            gpu_memory_fraction=self.gpu_memory_fraction,
-            batch_window_ms=self.batch_window_ms,
-            prefill_chunk_tokens=self.prefill_chunk_tokens,
-            cuda_graphs=self.cuda_graphs,
-        )
-
-    def remote_config(self) -> RemoteConfig:
-        """The remote engine's configuration (BACKEND=remote), taken from these settings."""
-        if not self.remote_url:
-            raise SettingsError(REMOTE_URL_MISSING)
-        return RemoteConfig(
-            base_url=self.remote_url,
-            api_key=self.remote_api_key.reveal() or None,
-            model=self.remote_model,
-            max_new_tokens=self.max_new_tokens,
-            max_images=self.max_images,
-            request_timeout_s=self.request_timeout_s or DEFAULT_REQUEST_TIMEOUT_S,
-            retries=self.remote_retries,
-            max_concurrent=self.remote_max_concurrent,
-        )
+def _parsed(parse: Any) -> BeforeValidator:
+    """Text from the environment through ``parse``; values given as Python objects pass as they are."""
+    return BeforeValidator(lambda value: parse(value.strip()) if isinstance(value, str) else value)
 
 
-def _check_together(settings: Settings, env: _Reader) -> None:
-    """Settings that are only valid in combination."""
-    if settings.backend == "remote" and not settings.remote_url:
-        raise SettingsError(REMOTE_URL_MISSING)
-    if settings.shard_ids:
-        count = settings.shard_count
-        if not isinstance(count, int):
-            raise SettingsError("SHARD_IDS needs SHARD_COUNT set to the total number of shards (a number).")
-        if settings.shard_ids[-1] >= count:
-            raise SettingsError(
-                f"SHARD_IDS={env.text('SHARD_IDS', '')!r} is not valid: "
-                f"with SHARD_COUNT={count} the shard IDs run from 0 to {count - 1}"
-            )
+def _choice(*allowed: str, upper: bool = False) -> Any:
+    return Annotated[Literal[allowed], _parsed(str.upper if upper else str.lower)]  # type: ignore[valid-type]
 
 
-def _token_budget(raw: str) -> int | None:
-    """``auto`` (None: sized at start-up from the memory left) or a whole number of tokens, at least 1024."""
-    if raw.strip().lower() == "auto":
-        return None
-    try:
-        tokens = int(_digits(raw))
-    except ValueError:
-        raise ValueError("use auto or a whole number of tokens") from None
-    return _bounded(tokens, MIN_TOKEN_BUDGET, None)
+def _auto_or(parse: Any) -> BeforeValidator:
+    return _parsed(lambda raw: None if raw.lower() == "auto" else parse(raw))
 
 
-def _request_timeout(raw: str) -> float | None:
-    """``auto`` (None: 180 s, or what the longest answer needs on a slow CPU) or seconds, at least 1."""
-    if raw.strip().lower() == "auto":
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise ValueError("use auto or a number of seconds") from None
-    return _bounded(seconds, 1, None)
+def _numbers(what: str) -> Any:
+    """ "1, 2,3" as {1, 2, 3}; anything else names the bad part."""
 
+    def parse(raw: str) -> frozenset[int]:
+        parts = [part.strip() for part in raw.split(",") if part.strip()]
+        for part in parts:
+            if not part.isdigit():
+                raise ValueError(f"{part!r} is not {what}")
+        return frozenset(int(part) for part in parts)
 
-def _shard_count(raw: str) -> int | Literal["auto"]:
-    if raw.lower() == "auto":
-        return "auto"
-    try:
-        count = int(raw)
-    except ValueError:
-        raise ValueError("use auto or a whole number of shards") from None
-    return _bounded(count, 1, None)
-
-
-def _number_list(raw: str, what: str) -> set[int]:
-    """Parse "1, 2,3" into {1, 2, 3}; anything else names the bad part."""
-    numbers = set()
-    for part in raw.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if not part.isdigit():
-            raise ValueError(f"{part!r} is not {what}")
-        numbers.add(int(part))
-    return numbers
-
-
-def _shard_ids(raw: str) -> tuple[int, ...]:
-    return tuple(sorted(_number_list(raw, "a shard ID (numbers from 0, separated by commas)")))
+    return parse
 
 
 def _http_url(raw: str) -> str:
@@ -330,88 +104,392 @@ def _device(raw: str) -> str:
     raise ValueError("use auto, cpu, mps, cuda or cuda:N (for example cuda:1)")
 
 
-class _Reader:
-    """Reads one environment mapping, turning bad values into SettingsError with the name."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-
-    def _raw(self, name: str) -> str | None:
-        value = self._environ.get(name)
-        if value is None:
-            return None
-        value = value.strip()
-        return value or None
-
-    def text(self, name: str, default: str) -> str:
-        value = self._raw(name)
-        return default if value is None else value
-
-    def parse(self, name: str, default: T, parser: Callable[[str], T]) -> T:
-        raw = self._raw(name)
-        if raw is None:
-            return default
-        try:
-            return parser(raw)
-        except ValueError as error:
-            raise SettingsError(f"{name}={raw!r} is not valid: {error}") from None
-
-    def choice(self, name: str, default: str, allowed: tuple[str, ...], *, upper: bool = False) -> str:
-        def pick(raw: str) -> str:
-            value = raw.upper() if upper else raw.lower()
-            if value not in allowed:
-                raise ValueError(f"choose one of {', '.join(allowed)}")
-            return value
-
-        return self.parse(name, default, pick)
-
-    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
-        return self.parse(name, default, lambda raw: _bounded(int(_digits(raw)), minimum, maximum))
-
-    def optional_int(self, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
-        return self.parse(name, None, lambda raw: _bounded(int(_digits(raw)), minimum, maximum))
-
-    def number(self, name: str, default: float, *, minimum: float, maximum: float | None = None) -> float:
-        return self.parse(name, default, lambda raw: _bounded(_float(raw), minimum, maximum))
-
-    def boolean(self, name: str, default: bool) -> bool:
-        def to_bool(raw: str) -> bool:
-            word = raw.lower()
-            if word in TRUE_WORDS:
-                return True
-            if word in FALSE_WORDS:
-                return False
-            raise ValueError("use true or false")
-
-        return self.parse(name, default, to_bool)
-
-    def id_set(self, name: str) -> frozenset[int]:
-        def to_ids(raw: str) -> frozenset[int]:
-            return frozenset(_number_list(raw, "a Discord ID (IDs are numbers, separated by commas)"))
-
-        return self.parse(name, frozenset(), to_ids)
-
-
-def _digits(raw: str) -> str:
-    cleaned = raw.replace("_", "")
-    if not cleaned.lstrip("-").isdigit():
-        raise ValueError("expected a whole number")
-    return cleaned
-
-
-def _float(raw: str) -> float:
+def _whole(raw: str, what: str, minimum: int) -> int:
     try:
-        value = float(raw)
+        number = int(raw.replace("_", ""))
     except ValueError:
-        raise ValueError("expected a number") from None
-    if not math.isfinite(value):
-        raise ValueError("expected a finite number")
-    return value
+        raise ValueError(f"use auto or a whole number of {what}") from None
+    if number < minimum:
+        raise ValueError(f"must be at least {minimum}")
+    return number
 
 
-def _bounded(value: T, minimum: float, maximum: float | None) -> T:
-    if value < minimum:  # type: ignore[operator]
-        raise ValueError(f"must be at least {minimum:g}")
-    if maximum is not None and value > maximum:  # type: ignore[operator]
-        raise ValueError(f"must be at most {maximum:g}")
-    return value
+def _seconds(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("use auto or a number of seconds") from None
+
+
+_discord_ids = _numbers("a Discord ID (IDs are numbers, separated by commas)")
+_shard_ids = _numbers("a shard ID (numbers from 0, separated by commas)")
+IdSet = Annotated[frozenset[int], NoDecode, _parsed(_discord_ids)]
+ShardIds = Annotated[tuple[int, ...], NoDecode, _parsed(lambda raw: tuple(sorted(_shard_ids(raw))))]
+ShardCount = Annotated[
+    int | Literal["auto"] | None,
+    _parsed(lambda raw: "auto" if raw.lower() == "auto" else _whole(raw, "shards", 1)),
+]
+TokenBudget = Annotated[int | None, _auto_or(lambda raw: _whole(raw, "tokens", MIN_TOKEN_BUDGET))]
+Timeout = Annotated[float | None, _auto_or(_seconds)]
+
+DISCORD, WHERE, MODEL = (
+    "Discord",
+    "Where the model runs",
+    "Model (BACKEND=local; MAX_NEW_TOKENS, MAX_IMAGES and REQUEST_TIMEOUT_S also apply to remote)",
+)
+ACCESS, LIMITS = "Who may use the bot, and where", "Limits"
+
+
+class Settings(BaseSettings):
+    """Everything the bot can be told from the outside, parsed and checked.
+
+    ``Settings(...)`` is exactly what it is given (tests and tools build it so); :meth:`from_env`
+    reads the environment and ``.env``.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", allow_inf_nan=False, case_sensitive=False)
+
+    discord_token: SecretStr = setting(
+        SecretStr(""),
+        "Bot token from the Discord Developer Portal (your application > Bot > Reset Token). Keep it secret.",
+        section=DISCORD,
+    )
+    command_prefix: str = setting(
+        "!",
+        "Prefix for text commands such as !describe; leave blank for mentions and slash commands only "
+        "(no Message Content intent needed).",
+    )
+    dev_guild_id: int | None = setting(
+        None,
+        "Server ID to publish slash commands to instantly while developing; blank publishes them globally.",
+        ge=1,
+    )
+    sync_commands: bool = setting(
+        True,
+        "Publish slash commands and menus at every start (true/false); turn off and use the owner-only !sync "
+        "when you prefer.",
+    )
+    owner_ids: IdSet = setting(
+        frozenset(),
+        "Comma-separated user IDs allowed to run owner commands (!sync); blank means the application's "
+        "owner.",
+    )
+    shard_count: ShardCount = setting(
+        None,
+        "Shards (Discord requires them from 2,500 servers): blank for none, auto for Discord's recommended "
+        "count, or a number.",
+    )
+    shard_ids: ShardIds = setting(
+        (),
+        "Comma-separated shard IDs this process runs (0 to SHARD_COUNT-1, needs a numeric SHARD_COUNT); "
+        "blank "
+        "runs them all.",
+    )
+    backend: _choice("local", "remote") = setting(  # type: ignore[valid-type]
+        "local",
+        "local runs the model in this process; remote asks an OpenAI-compatible server such as vLLM (see "
+        "docs/deployment.md).",
+        section=WHERE,
+    )
+    remote_url: Annotated[str | None, _parsed(_http_url)] = setting(
+        None,
+        "The model server's OpenAI-compatible address, ending in /v1 (needed for BACKEND=remote), e.g. "
+        "http://127.0.0.1:8000/v1.",
+    )
+    remote_api_key: SecretStr = setting(
+        SecretStr(""),
+        "API key the model server expects (vllm serve --api-key); blank sends none. Keep it secret.",
+    )
+    remote_model: str = setting(
+        DEFAULT_MODEL_ID,
+        "Model name the server serves (its --served-model-name, or the model id by default).",
+    )
+    remote_max_concurrent: int = setting(
+        16,
+        "Requests this bot process sends to the server at once; more wait their turn in the bot.",
+        ge=1,
+        le=4096,
+    )
+    model_id: str = setting(
+        DEFAULT_MODEL_ID,
+        "Hugging Face model id or local folder of a Phi-3-vision checkpoint.",
+        section=MODEL,
+    )
+    device: Annotated[str, _parsed(_device)] = setting(
+        "auto", "Where to run the model: auto, cuda, cuda:N, mps or cpu."
+    )
+    dtype: _choice("auto", "bfloat16", "float16", "float32") = setting(  # type: ignore[valid-type]
+        "auto",
+        "Weight precision: auto, bfloat16, float16 or float32. auto: bf16 on a GPU that has it (else "
+        "float16), float16 on Apple's GPU, and on a CPU bf16 where it computes it natively (Intel AMX, "
+        "AVX-512 BF16), float32 elsewhere.",
+    )
+    quantization: _choice("auto", "none", "4bit", "8bit") = setting(  # type: ignore[valid-type]
+        "auto",
+        "Smaller weights: auto, none, 4bit or 8bit. auto is 8bit on a CPU (answers about twice as fast; no "
+        "extra package; 4bit is refused there) and none on a GPU, where 8bit and 4bit save memory "
+        "(bitsandbytes).",
+    )
+    attn_implementation: _choice("auto", "flash_attention_2", "sdpa", "eager") = setting(  # type: ignore[valid-type]
+        "auto",
+        "The vision tower's attention: auto, flash_attention_2, sdpa or eager (the language model reads the "
+        "paged KV cache with the kernel the start-up check chose).",
+    )
+    num_crops: int | None = setting(
+        None,
+        "Image tiles per picture (1-16; more reads small text better but costs memory and time); blank uses "
+        "the checkpoint's value, or 4 on a CPU where that would take over 30 s to the first words (measured "
+        "at start).",
+        ge=1,
+        le=16,
+    )
+    max_new_tokens: int = setting(512, "Longest answer, in tokens.", ge=1, le=MAX_NEW_TOKENS_LIMIT)
+    max_images: int = setting(
+        4,
+        "Most images in one request (compare takes 2 to this many; slash /compare offers up to 4).",
+        ge=1,
+        le=MAX_IMAGES_LIMIT,
+    )
+    request_timeout_s: Timeout = setting(
+        None,
+        "Seconds one request may take, waiting in line included, before it is stopped: auto is 180, or on a "
+        "CPU three times what the longest answer takes there by the start's measurement.",
+        ge=1,
+    )
+    max_queued: int = setting(
+        32,
+        'Requests that may wait for the model at once; one more gets an immediate "busy, try again shortly".',
+        ge=0,
+    )
+    max_batch_size: int = setting(
+        8,
+        "Answers decoded together in one batch on the GPU; a step costs about the same for 1 or 32, so raise "
+        "it on a large GPU, e.g. 32 on 80 GB.",
+        ge=1,
+        le=256,
+    )
+    token_budget: TokenBudget = setting(
+        None,
+        "KV-cache tokens (prompt + answer) the running batch may reserve; ~0.4 MB each on the full model in "
+        "bf16. `auto`: sized at start-up from the memory left after the weights and a warm-up "
+        "(`GPU_MEMORY_FRACTION` of a GPU; half the free RAM, at most 16384, on a CPU); the log and `/status` "
+        "say how many people that holds. A number (at least 1024) keeps that size; one 16-crop image request "
+        "reserves ~2,500 plus its answer.",
+        ge=MIN_TOKEN_BUDGET,
+    )
+    gpu_memory_fraction: float = setting(
+        0.9,
+        "With `TOKEN_BUDGET=auto` on a GPU: the share of the card the bot may fill (weights, activations, KV "
+        "cache).",
+        ge=0.1,
+        le=0.99,
+    )
+    cuda_graphs: bool = setting(
+        True,
+        "On an NVIDIA GPU: replay each decoding step from a CUDA graph captured at start-up and checked "
+        "against an eager step (one launch instead of about a thousand; a few seconds and a little memory). "
+        "false: eager steps.",
+    )
+    allowed_guild_ids: IdSet = setting(
+        frozenset(),
+        "Comma-separated server IDs the bot answers in; blank means every server it is in.",
+        section=ACCESS,
+    )
+    allowed_channel_ids: IdSet = setting(
+        frozenset(),
+        "Comma-separated channel IDs the bot answers in (threads inside them count); blank means every "
+        "channel.",
+    )
+    ocr_role_ids: IdSet = setting(
+        frozenset(),
+        'Comma-separated role IDs allowed to use OCR (/ocr, "Extract text"); blank means everyone.',
+    )
+    ocr_public: bool = setting(
+        False,
+        "Show OCR results to the whole channel (true) or only to the person who asked (false) for slash and "
+        "right-click.",
+    )
+    allow_dms: bool = setting(True, "Answer in direct messages (true/false).")
+    user_cooldown_s: float = setting(
+        10.0, "Seconds each person must wait between two requests.", section=LIMITS, ge=0
+    )
+    max_jobs_per_user: int = setting(
+        2, "Requests one person may have waiting or running at the same time.", ge=1
+    )
+    max_attachment_mb: float = setting(10.0, "Largest image file accepted, in megabytes.", ge=0.01, le=500)
+    max_image_pixels: int = setting(
+        DEFAULT_MAX_PIXELS,
+        "Largest image accepted, in pixels (width x height); protects against decompression bombs.",
+        ge=1,
+        le=89_478_485,
+    )
+    database_path: str = setting(
+        DEFAULT_DATABASE_PATH,
+        "The SQLite file for what survives a restart: conversations (follow-ups and answer buttons keep "
+        "working), each server's `/settings`, alt-text opt-outs. Its folder is made if missing. Back it up "
+        'with the bot stopped, or with `sqlite3 FILE ".backup copy.sqlite3"`.',
+        section="Storage",
+    )
+    log_level: _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", upper=True) = setting(  # type: ignore[valid-type]
+        "INFO", "How much to log: DEBUG, INFO, WARNING, ERROR or CRITICAL.", section="Logging"
+    )
+    metrics_port: int | None = setting(
+        None,
+        "Port to serve Prometheus metrics on (http://METRICS_HOST:PORT/metrics); blank turns them off.",
+        section="The owner's view",
+        ge=0,
+        le=65535,
+    )
+    metrics_host: str = setting(
+        "127.0.0.1",
+        "Address the metrics server listens on; 127.0.0.1 is this machine only, 0.0.0.0 every interface "
+        "(e.g. "
+        "in Docker).",
+    )
+    # Hosts attachments may be downloaded from: not a setting (never read from the environment), on purpose.
+    cdn_hosts: frozenset[str] = Field(DISCORD_CDN_HOSTS, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, *_: Any, **__: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # the environment only through from_env()
+
+    @property
+    def max_attachment_bytes(self) -> int:
+        return int(self.max_attachment_mb * BYTES_PER_MB)
+
+    @property
+    def sharded(self) -> bool:
+        return self.shard_count is not None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: str | None = None) -> Settings:
+        """Read settings from ``environ``, or from ``os.environ`` after loading ``.env`` (if any).
+
+        ``env_file`` names the file to load instead of the ``.env`` of the current directory; values
+        already in the environment win over the file's. Passing ``environ`` (as tests do) skips the
+        file entirely. A blank value means the default (but a blank ``COMMAND_PREFIX`` means none).
+        """
+        if environ is None:
+            path = _dotenv_path(env_file)
+            load_dotenv(path)  # into the environment, where the libraries read HF_HOME and friends too
+            environ = os.environ
+        source = EnvSettingsSource(cls, case_sensitive=False)
+        source.env_vars = {name.lower(): value for name, value in environ.items()}
+        given = {name: str(value).strip() for name, value in source().items() if name in SETTINGS}
+        values = {name: value for name, value in given.items() if value or name == "command_prefix"}
+        try:
+            settings = cls(**values)
+        except ValidationError as error:
+            raise SettingsError(_one_line(error, given)) from None
+        _check_together(settings)
+        return settings
+
+    def engine_config(self) -> EngineConfig:
+        """The inference engine's configuration, taken from these settings."""
+        return EngineConfig(
+            model_id=self.model_id,
+            device=self.device,
+            dtype=self.dtype,
+            quantization=self.quantization,
+            attn_implementation=self.attn_implementation,
+            num_crops=self.num_crops,
+            max_new_tokens=self.max_new_tokens,
+            max_images=self.max_images,
+            request_timeout_s=self.request_timeout_s,
+            max_queued=self.max_queued,
+            max_batch_size=self.max_batch_size,
+            token_budget=self.token_budget,
+            gpu_memory_fraction=self.gpu_memory_fraction,
+            cuda_graphs=self.cuda_graphs,
+        )
+
+    def remote_config(self) -> RemoteConfig:
+        """The remote engine's configuration (BACKEND=remote), taken from these settings."""
+        if not self.remote_url:
+            raise SettingsError(REMOTE_URL_MISSING)
+        return RemoteConfig(
+            base_url=self.remote_url,
+            api_key=self.remote_api_key.get_secret_value() or None,
+            model=self.remote_model,
+            max_new_tokens=self.max_new_tokens,
+            max_images=self.max_images,
+            request_timeout_s=self.request_timeout_s or DEFAULT_REQUEST_TIMEOUT_S,
+            retries=REMOTE_RETRIES,
+            max_concurrent=self.remote_max_concurrent,
+        )
+
+
+# The settings an owner can set, by field name (cdn_hosts is not one).
+SETTINGS = {name: field for name, field in Settings.model_fields.items() if not field.exclude}
+
+
+def _dotenv_path(env_file: str | None) -> str:
+    if env_file is not None and not Path(env_file).is_file():
+        raise SettingsError(f"the settings file {env_file} does not exist")
+    return env_file or find_dotenv(usecwd=True)  # by default the .env of where the bot runs
+
+
+def unknown_names(environ: Mapping[str, str] | None = None, *, env_file: str | None = None) -> list[str]:
+    """One line for each name that looks like a misspelt or removed setting: every unknown name in the
+    ``.env`` file (or in ``environ`` when given), and names in the environment close to a setting's."""
+    names = {name.upper() for name in SETTINGS}
+    if environ is not None:
+        suspects = set(environ)
+    else:
+        path = _dotenv_path(env_file)
+        suspects = set(dotenv_values(path)) if path else set()
+        suspects |= {name for name in os.environ if difflib.get_close_matches(name, names, n=1, cutoff=0.85)}
+    lines = []
+    for name in sorted(suspects - names):
+        if name in REMOVED:
+            lines.append(f"{name} is no longer a setting ({REMOVED[name]}); remove it from .env")
+            continue
+        closest = difflib.get_close_matches(name.upper(), names, n=1, cutoff=0.7)
+        if closest:
+            lines.append(f"{name} is not a setting (did you mean {closest[0]}?); it is ignored")
+        elif environ is None:  # everything in a .env file is meant for the bot
+            lines.append(f"{name} in .env is not a setting of this bot; it is ignored")
+    return lines
+
+
+def _one_line(error: ValidationError, given: Mapping[str, str]) -> str:
+    """The first problem, as ``NAME='value' is not valid: what is expected``."""
+    problem = error.errors()[0]
+    name = str(problem["loc"][0]) if problem["loc"] else ""
+    context = problem.get("ctx") or {}
+    match problem["type"]:
+        case "greater_than_equal":
+            expected = f"must be at least {context['ge']:g}"
+        case "less_than_equal":
+            expected = f"must be at most {context['le']:g}"
+        case "int_parsing" | "int_from_float":
+            expected = "expected a whole number"
+        case "float_parsing":
+            expected = "expected a number"
+        case "finite_number":
+            expected = "expected a finite number"
+        case "bool_parsing":
+            expected = "use true or false"
+        case "literal_error":
+            expected = "choose one of " + context["expected"].replace("'", "").replace(" or ", ", ")
+        case _:
+            expected = str(problem["msg"]).removeprefix("Value error, ")
+    return f"{name.upper()}={given.get(name, problem.get('input'))!r} is not valid: {expected}"
+
+
+def _check_together(settings: Settings) -> None:
+    """Settings that are only valid in combination."""
+    if settings.backend == "remote" and not settings.remote_url:
+        raise SettingsError(REMOTE_URL_MISSING)
+    if settings.shard_ids:
+        count = settings.shard_count
+        if not isinstance(count, int):
+            raise SettingsError("SHARD_IDS needs SHARD_COUNT set to the total number of shards (a number).")
+        if settings.shard_ids[-1] >= count:
+            ids = ",".join(map(str, settings.shard_ids))
+            raise SettingsError(
+                f"SHARD_IDS={ids!r} is not valid: "
+                f"with SHARD_COUNT={count} the shard IDs run from 0 to {count - 1}"
+            )

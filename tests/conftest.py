@@ -11,7 +11,6 @@ test starts and stops the engine itself). Per-test settings go through the
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import struct
@@ -61,7 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def make_settings(**overrides: Any) -> Settings:
-    return dataclasses.replace(TEST_SETTINGS, **overrides)
+    return Settings(**{**dict(TEST_SETTINGS), **overrides})
 
 
 def image_bytes(
@@ -170,7 +169,7 @@ def reconfigure(bot: VisionBot, **overrides: Any) -> None:
     """Change settings of a running bot (for values only known once the world exists, like channel IDs)."""
     from bot.limits import AccessPolicy, JobLimiter
 
-    bot.settings = dataclasses.replace(bot.settings, **overrides)
+    bot.settings = Settings(**{**dict(bot.settings), **overrides})
     bot.access = AccessPolicy.from_settings(bot.settings)
     bot.limiter = JobLimiter.from_settings(bot.settings)
 

@@ -461,3 +461,16 @@ def test_debug_logging_leaves_the_model_clients_at_info(monkeypatch):
     configure_logging("DEBUG")
 
     assert {logger.level for logger in loggers} == {logging.INFO}  # openai's DEBUG lines carry the images
+
+
+def test_check_warns_about_a_misspelt_setting_and_still_starts(capsys, tmp_path, monkeypatch):
+    for name in ("DISCORD_TOKEN", "MODEL_ID", "DEVICE", "TOKEN_BUDGT"):
+        monkeypatch.delenv(name, raising=False)
+    settings_file = tmp_path / "bot.env"
+    settings_file.write_text(f"DISCORD_TOKEN={FAKE_TOKEN}\nMODEL_ID={TINY_MODEL}\nTOKEN_BUDGT=100\n")
+
+    code = entry.main(None, ["--env-file", str(settings_file), "--check", "--no-device"])
+
+    out = capsys.readouterr().out
+    assert "[warn] settings: TOKEN_BUDGT is not a setting (did you mean TOKEN_BUDGET?); it is ignored" in out
+    assert code == entry.EXIT_OK

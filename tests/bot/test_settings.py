@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from bot.settings import DEFAULT_MODEL_ID, DISCORD_CDN_HOSTS, Secret, Settings, SettingsError
+from pydantic import SecretStr
+
+from bot.settings import (
+    DEFAULT_MODEL_ID,
+    DISCORD_CDN_HOSTS,
+    REMOVED,
+    SETTINGS,
+    Settings,
+    SettingsError,
+    unknown_names,
+)
 from inference import EngineConfig
 from inference.remote import RemoteConfig
 from inference.types import DEFAULT_REQUEST_TIMEOUT_S
@@ -28,7 +38,7 @@ def test_defaults_with_an_empty_environment():
     assert settings.backend == "local"
     assert settings.remote_url is None
     assert settings.remote_model == DEFAULT_MODEL_ID
-    assert (settings.remote_retries, settings.remote_max_concurrent) == (3, 16)
+    assert settings.remote_max_concurrent == 16
     assert not settings.remote_api_key
     assert settings.shard_count is None and settings.shard_ids == ()
     assert not settings.sharded
@@ -60,11 +70,10 @@ def test_every_setting_is_read():
             "MAX_JOBS_PER_USER": "3",
             "MAX_ATTACHMENT_MB": "8",
             "MAX_IMAGE_PIXELS": "20_000_000",
-            "DOWNLOAD_TIMEOUT_S": "5",
             "LOG_LEVEL": "debug",
         }
     )
-    assert settings.discord_token.reveal() == TOKEN
+    assert settings.discord_token.get_secret_value() == TOKEN
     assert settings.model_id == "/models/phi3v"
     assert settings.device == "cuda:1"
     assert settings.dtype == "bfloat16"
@@ -87,16 +96,16 @@ def test_every_setting_is_read():
     assert settings.max_jobs_per_user == 3
     assert settings.max_attachment_bytes == 8 * 1024 * 1024
     assert settings.max_image_pixels == 20_000_000
-    assert settings.download_timeout_s == 5
     assert settings.log_level == "DEBUG"
 
 
-def test_blank_values_mean_default():
+def test_blank_values_mean_default_but_a_blank_prefix_means_none():
     settings = Settings.from_env({"NUM_CROPS": "", "MODEL_ID": "  ", "MAX_IMAGES": "", "COMMAND_PREFIX": ""})
     assert settings.num_crops is None
     assert settings.model_id == DEFAULT_MODEL_ID
     assert settings.max_images == 4
-    assert settings.command_prefix == "!"
+    assert settings.command_prefix == ""  # as documented: mentions and slash commands only
+    assert Settings.from_env({}).command_prefix == "!"
 
 
 @pytest.mark.parametrize(
@@ -110,7 +119,7 @@ def test_blank_values_mean_default():
         ("MAX_IMAGES", "99", "at most 16"),
         ("MAX_NEW_TOKENS", "-5", "at least 1"),
         ("USER_COOLDOWN_S", "soon", "number"),
-        ("DOWNLOAD_TIMEOUT_S", "nan", "finite"),
+        ("USER_COOLDOWN_S", "nan", "finite"),
         ("ALLOWED_GUILD_IDS", "123,general", "'general' is not a Discord ID"),
         ("OCR_PUBLIC", "maybe", "true or false"),
         ("LOG_LEVEL", "LOUD", "DEBUG"),
@@ -118,7 +127,6 @@ def test_blank_values_mean_default():
         ("BACKEND", "cloud", "local, remote"),
         ("REMOTE_URL", "localhost:8000/v1", "http://"),
         ("REMOTE_URL", "ftp://models/v1", "http://"),
-        ("REMOTE_RETRIES", "-1", "at least 0"),
         ("REMOTE_MAX_CONCURRENT", "0", "at least 1"),
         ("SHARD_COUNT", "many", "auto or a whole number"),
         ("SHARD_COUNT", "0", "at least 1"),
@@ -164,7 +172,7 @@ def test_token_never_shows_in_repr_or_str():
     assert TOKEN not in str(settings)
     assert TOKEN not in f"{settings.discord_token}"
     assert "********" in repr(settings.discord_token)
-    assert Secret(TOKEN) == settings.discord_token
+    assert SecretStr(TOKEN) == settings.discord_token
 
 
 def test_engine_config_carries_the_model_settings():
@@ -203,15 +211,13 @@ def test_dotenv_file_is_read_when_no_mapping_is_given(tmp_path, monkeypatch):
 
 
 def test_env_example_documents_every_setting_with_the_defaults():
-    import dataclasses
     from pathlib import Path
 
     from dotenv import dotenv_values
 
     example = Path(__file__).resolve().parents[2] / ".env.example"
     values = dotenv_values(example)
-    documented = {field.name.upper() for field in dataclasses.fields(Settings)} - {"CDN_HOSTS"}
-    assert set(values) == documented
+    assert set(values) == {name.upper() for name in SETTINGS}
     assert values["DISCORD_TOKEN"] == ""
     assert Settings.from_env(values) == Settings()
     lines = example.read_text().splitlines()
@@ -227,15 +233,13 @@ def test_remote_backend_settings_are_read():
             "REMOTE_URL": "http://vllm.internal:8000/v1/",
             "REMOTE_API_KEY": TOKEN,
             "REMOTE_MODEL": "phi3v",
-            "REMOTE_RETRIES": "5",
             "REMOTE_MAX_CONCURRENT": "64",
         }
     )
     assert settings.backend == "remote"
     assert settings.remote_url == "http://vllm.internal:8000/v1"
-    assert settings.remote_api_key.reveal() == TOKEN
+    assert settings.remote_api_key.get_secret_value() == TOKEN
     assert settings.remote_model == "phi3v"
-    assert settings.remote_retries == 5
     assert settings.remote_max_concurrent == 64
     assert TOKEN not in repr(settings) and TOKEN not in str(settings)
 
@@ -246,7 +250,6 @@ def test_remote_config_carries_the_remote_settings():
             "BACKEND": "remote",
             "REMOTE_URL": "https://models.example/v1",
             "REMOTE_API_KEY": TOKEN,
-            "REMOTE_RETRIES": "0",
             "MAX_NEW_TOKENS": "300",
             "MAX_IMAGES": "2",
             "REQUEST_TIMEOUT_S": "30",
@@ -260,7 +263,7 @@ def test_remote_config_carries_the_remote_settings():
         max_new_tokens=300,
         max_images=2,
         request_timeout_s=30.0,
-        retries=0,
+        retries=3,
         max_concurrent=16,
     )
     assert TOKEN not in repr(config)
@@ -305,3 +308,42 @@ def test_shard_ids_must_fit_the_shard_count(environ, message):
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(environ)
     assert str(caught.value).startswith(message)
+
+
+def test_the_readme_table_and_env_example_are_written_from_the_declarations(monkeypatch, tmp_path):
+    import shutil
+
+    from scripts import settings_docs
+
+    assert settings_docs.main(["--check"]) == 0
+    # A renamed setting makes both files stale.
+    for path in (settings_docs.README, settings_docs.ENV_EXAMPLE):
+        shutil.copy(path, tmp_path / path.name)
+    monkeypatch.setattr(settings_docs, "README", tmp_path / "README.md")
+    monkeypatch.setattr(settings_docs, "ENV_EXAMPLE", tmp_path / ".env.example")
+    renamed = {
+        ("max_image_count" if name == "max_images" else name): field for name, field in SETTINGS.items()
+    }
+    monkeypatch.setattr(settings_docs, "SETTINGS", renamed)
+    assert settings_docs.main(["--check"]) == 1
+    assert "| `MAX_IMAGE_COUNT` | `4` |" in settings_docs.readme_table()
+
+
+def test_every_setting_is_documented_with_a_sentence():
+    assert all(field.description and field.description.endswith(".") for field in SETTINGS.values())
+
+
+def test_a_misspelt_setting_names_the_closest_one(tmp_path):
+    (tmp_path / ".env").write_text("TOKEN_BUDGT=100\nMAX_IMAGES=2\nBATCH_WINDOW_MS=5\nSOMETHING_ELSE=1\n")
+
+    lines = unknown_names(env_file=str(tmp_path / ".env"))
+
+    assert lines == [
+        f"BATCH_WINDOW_MS is no longer a setting ({REMOVED['BATCH_WINDOW_MS']}); remove it from .env",
+        "SOMETHING_ELSE in .env is not a setting of this bot; it is ignored",
+        "TOKEN_BUDGT is not a setting (did you mean TOKEN_BUDGET?); it is ignored",
+    ]
+    # In the process environment only names close to a setting count (PATH, HOME... are not ours).
+    assert unknown_names({"PATH": "/bin", "MAX_IMAGE": "3"}) == [
+        "MAX_IMAGE is not a setting (did you mean MAX_IMAGES?); it is ignored"
+    ]

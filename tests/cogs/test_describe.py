@@ -100,9 +100,9 @@ async def test_slash_describe_refuses_a_file_that_is_not_an_image(world, fake_en
     assert acknowledge_errors(world.env) == [ImageRejected]
 
 
-@pytest.mark.bot_settings(max_attachment_mb=0.001)
+@pytest.mark.bot_settings(max_attachment_mb=0.01)  # the smallest limit allowed: 10 KiB
 async def test_slash_describe_refuses_a_file_over_the_size_limit_without_downloading(world, fake_engine):
-    noise = bytes(range(256)) * 20
+    noise = bytes(range(256)) * 60  # 15 KiB
     result = await world.member.slash(world.channel, "describe", image=("big.png", noise))
 
     assert result.ephemeral  # refused before the bot deferred, so only the user sees it

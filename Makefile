@@ -5,7 +5,7 @@ VENV ?= .venv
 EXTRAS ?=
 PY := $(VENV)/bin/python
 
-.PHONY: translations help run test test-transformers-lowest bench-tiny bench-serving bench-load bench-gpu clean
+.PHONY: translations help run test lint test-transformers-lowest bench-tiny bench-serving bench-load bench-gpu clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 28
@@ -25,6 +25,11 @@ run: $(VENV)/.installed-run$(EXTRAS)  ## set up .venv and start the bot (reads .
 
 test: $(VENV)/.installed-dev$(EXTRAS)  ## set up .venv with the test tools and run every test on the CPU
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev$(EXTRAS)  ## ruff (lint and format) and mypy, as CI runs them: zero findings
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # The tests that touch transformers, again with the lowest release pyproject.toml allows (CI runs both)
 TRANSFORMERS_LOWEST := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)

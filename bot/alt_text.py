@@ -19,7 +19,7 @@ from bot.database import Database
 from bot.errors import UserFacingError
 from bot.gather import looks_like_image
 from bot.i18n import render
-from bot.text import N_, T
+from bot.text import N_, T, Text
 
 ALT_TEXT_TOKENS = 96  # one or two sentences
 MAX_ALT_TEXT_CHARS = 300
@@ -60,6 +60,7 @@ def alt_text_message(descriptions: Sequence[str], locale: discord.Locale | str |
 
     The labels are in ``locale`` (the server's); the descriptions are the model's, as written.
     """
+    lines: list[str | Text]
     if len(descriptions) == 1:
         lines = [T("**Alt text:** {text}", text=descriptions[0])]
     else:

@@ -192,10 +192,10 @@ class VisionBot(commands.Bot):
             return False
         return ctx.prefix.strip() in (f"<@{self.user.id}>", f"<@!{self.user.id}>")
 
-    async def get_context(self, origin, /, *, cls=VisionContext):  # type: ignore[override]
+    async def get_context(self, origin, /, *, cls=VisionContext):
         return await super().get_context(origin, cls=cls)
 
-    async def on_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:  # type: ignore[override]
+    async def on_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
         await send_error_to_context(ctx, error)  # type: ignore[arg-type]
 
     async def on_ready(self) -> None:

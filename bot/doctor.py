@@ -243,18 +243,17 @@ def _kv_cache_finding(
     ram_free_after_weights: int | None = None,
 ) -> Finding:
     """What the start will make of TOKEN_BUDGET here, with the start's own words when it would refuse."""
-    on_gpu = gpu_free_after_weights is not None
     shape = CacheShape(kv_bytes_per_token(settings, value_bytes), BLOCK_TOKENS)
     full = full_request_tokens(crops, settings.max_new_tokens)
     if settings.token_budget is not None:
         problem = None
-        if on_gpu:
+        if gpu_free_after_weights is not None:
             problem = explicit_budget_problem(shape, settings.token_budget, gpu_free_after_weights)
         if problem is not None:
             return Finding("device", "fail", f"{text}. {problem}")
         return Finding("device", "ok", f"{text}; KV cache: TOKEN_BUDGET={settings.token_budget} tokens fit")
     try:
-        if on_gpu:
+        if gpu_free_after_weights is not None:
             budget = gpu_budget(
                 shape,
                 total=gpu_total,

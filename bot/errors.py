@@ -59,7 +59,7 @@ class TooManyImages(UserFacingError):
 class ImageRejected(UserFacingError):
     """One file cannot be used; the message names the file and says why."""
 
-    def __init__(self, filename: str, reason: Text) -> None:
+    def __init__(self, filename: str, reason: str | Text) -> None:
         self.filename = filename
         self.reason = reason
         name = discord.utils.escape_markdown(filename)

@@ -108,7 +108,9 @@ async def stoppable(bot: VisionBot, job_id: int, reply: Reply, work: Awaitable[N
             text = bot.running_jobs.stop_text(job_id)
             if text is None:
                 raise  # shutting down: the bot ends open replies itself
-            asyncio.current_task().uncancel()
+            current = asyncio.current_task()
+            assert current is not None  # a coroutine run by a task
+            current.uncancel()
             await reply.finish(Outcome.STOPPED, text)
 
 
@@ -172,6 +174,7 @@ async def run_job(
     with bot.limiter.job(requester.user_id, cooldown_s=policy.cooldown_s, max_jobs=policy.jobs_per_person):
         try:
             await reply.acknowledge()
+            assert bot.fetcher is not None  # made when the bot starts
             images = await fetch_images(chosen, bot.image_limits, bot.fetcher)
             request = Request(
                 task=task,

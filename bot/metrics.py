@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -104,7 +105,7 @@ class Metrics:
         self._answers = 0
         # (time, answers so far, tokens so far), taken at each reply's end, for the rates /status shows
         self._samples: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=10_000)
-        self._server = None
+        self._server: WSGIServer | None = None
 
     def reply_closed(self, reply: Reply) -> None:
         outcome = reply.outcome.value if reply.outcome is not None else "lost"
@@ -149,8 +150,9 @@ class Metrics:
 
     def serve(self, port: int, host: str) -> int:
         """Serve /metrics over HTTP on ``host:port`` (a thread of prometheus-client's); returns the port."""
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-        port = self._server.server_address[1]
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        port = server.server_address[1]
         log.info("Serving Prometheus metrics on http://%s:%d/metrics", host, port)
         return port
 

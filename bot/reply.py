@@ -28,10 +28,10 @@ import io
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import aclosing, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import discord
 
@@ -169,6 +169,8 @@ class EditBudgets:
 class Posted(Protocol):
     """A continuation message (``discord.Message`` and ``WebhookMessage`` are)."""
 
+    id: int
+
     async def edit(self, *, content: str) -> object: ...
 
     async def delete(self) -> None: ...
@@ -177,7 +179,7 @@ class Posted(Protocol):
 class Surface(Protocol):
     budget_keys: tuple[Hashable, ...]
 
-    async def acknowledge(self, view: Any = discord.utils.MISSING) -> None:
+    async def acknowledge(self, view: Any = discord.utils.MISSING, text: str = WORKING_TEXT) -> None:
         """Tell Discord and the person that the bot is on it (with ``view``'s buttons, where it can)."""
 
     async def show(self, content: str, *, private: bool, view: Any = discord.utils.MISSING) -> None:
@@ -215,7 +217,7 @@ class MessageSurface:
     def __init__(self, ctx: VisionContext) -> None:
         self.ctx = ctx
         self.main: discord.Message | None = None
-        self.budget_keys = (("channel", ctx.channel.id),)
+        self.budget_keys: tuple[Hashable, ...] = (("channel", ctx.channel.id),)
 
     def _reference(self) -> discord.MessageReference:
         # If the command message is gone by now, post without the reply arrow instead of failing.
@@ -353,7 +355,7 @@ def _retry_delay(error: BaseException, attempt: int) -> float:
     if delay is None:
         headers = getattr(getattr(error, "response", None), "headers", None) or {}
         with contextlib.suppress(TypeError, ValueError):
-            delay = float(headers.get("Retry-After"))
+            delay = float(headers.get("Retry-After", ""))
     if delay is None:
         delay = 0.5 * 2**attempt
     return min(max(float(delay), 0.0), MAX_RETRY_DELAY_S)
@@ -506,6 +508,7 @@ class Reply:
     async def _show_place_in_line(self) -> None:
         while not self._answering and self._position_wanted != self._position_shown:
             position = self._position_wanted
+            assert position is not None  # set before this task starts
             try:
                 shown = await self._preview([self._render(queue_text(position, self._wait_s))])
             except ReplyGone:
@@ -522,7 +525,11 @@ class Reply:
         the generation behind it. Returns the whole answer.
         """
         text = ""
-        async with aclosing(pieces) if hasattr(pieces, "aclose") else nullcontext(pieces) as stream:
+        async with (
+            aclosing(cast(AsyncGenerator[str, None], pieces))
+            if hasattr(pieces, "aclose")
+            else nullcontext(pieces) as stream
+        ):
             async for piece in stream:
                 if not piece:
                     continue
@@ -764,11 +771,12 @@ class Reply:
 
     async def _hand_over(self) -> None:
         """Before the token expires: continuations go, the response points below, a new message takes over."""
-        assert isinstance(self.surface, InteractionSurface)
+        surface = self.surface
+        assert isinstance(surface, InteractionSurface)
         await self._remove_from(1, final=True)
         self._spend(1)
         handed_over = self._render(HANDED_OVER_TEXT)
-        await self._call(lambda: self.surface.hand_over(handed_over), final=True)
+        await self._call(lambda: surface.hand_over(handed_over), final=True)
         self._shown = [""]
         log.info("An answer outlived its interaction token and continues as a channel message")
 

@@ -67,7 +67,7 @@ def _parsed(parse: Any) -> BeforeValidator:
 
 
 def _choice(*allowed: str, upper: bool = False) -> Any:
-    return Annotated[Literal[allowed], _parsed(str.upper if upper else str.lower)]  # type: ignore[valid-type]
+    return Annotated[Literal[allowed], _parsed(str.upper if upper else str.lower)]
 
 
 def _auto_or(parse: Any) -> BeforeValidator:
@@ -378,7 +378,9 @@ class Settings(BaseSettings):
         source = EnvSettingsSource(cls, case_sensitive=False)
         source.env_vars = {name.lower(): value for name, value in environ.items()}
         given = {name: str(value).strip() for name, value in source().items() if name in SETTINGS}
-        values = {name: value for name, value in given.items() if value or name == "command_prefix"}
+        values: dict[str, Any] = {
+            name: value for name, value in given.items() if value or name == "command_prefix"
+        }
         try:
             settings = cls(**values)
         except ValidationError as error:

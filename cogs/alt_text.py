@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -67,7 +67,7 @@ class MoreButton(discord.ui.DynamicItem[discord.ui.Button], template=MORE_TEMPLA
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> MoreButton:
         return cls(int(match["channel"]), int(match["message"]), int(match["attachment"]))
 
@@ -168,6 +168,7 @@ class AltText(commands.Cog):
 
     async def _describe(self, message: discord.Message, attachment: discord.Attachment) -> str | None:
         bot = self.bot
+        assert bot.fetcher is not None  # made when the bot starts
         try:
             [image] = await load_images(
                 [source_from_attachment(attachment, message)], bot.image_limits, bot.fetcher

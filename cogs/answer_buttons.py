@@ -75,7 +75,7 @@ class StopButton(discord.ui.DynamicItem[discord.ui.Button], template=STOP_TEMPLA
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> StopButton:
         return cls(int(match["job"]), int(match["asker"]))
 
@@ -106,7 +106,8 @@ class FollowUpModal(discord.ui.Modal):
         earlier = self.earlier
         await answer_interaction(interaction, earlier.task, (), question=self.question.value, earlier=earlier)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:  # type: ignore[override]
+        # (discord.py's Modal declares on_error so, without the item a View's has)
         await send_error_to_interaction(interaction, error)
 
 
@@ -123,7 +124,7 @@ class FollowUpButton(discord.ui.DynamicItem[discord.ui.Button], template=FOLLOW_
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> FollowUpButton:
         return cls()
 
@@ -154,7 +155,7 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=DELETE_TE
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> DeleteButton:
         return cls(int(match["asker"]))
 

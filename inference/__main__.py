@@ -35,7 +35,7 @@ MAX_NUM_CROPS = 16
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad option is one line ("error: ...") and exit code 2, without the usage block."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 

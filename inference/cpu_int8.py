@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -62,6 +63,9 @@ def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Int8Linear(nn.Module):
     """A linear layer whose weight is int8 with a bf16 scale per output row."""
+
+    weight_int8: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(
         self,
@@ -110,7 +114,7 @@ def quantize_language_model(model: nn.Module, cache: Path | None = None) -> int:
     scratch = DequantScratch()
     made: dict[str, torch.Tensor] = {}
     replaced = 0
-    for index, layer in enumerate(model.model.layers):
+    for index, layer in enumerate(cast(nn.ModuleList, model.get_submodule("model.layers"))):
         for part, parent in (("self_attn", layer.self_attn), ("mlp", layer.mlp)):
             for name in LINEAR_NAMES:
                 linear = getattr(parent, name, None)

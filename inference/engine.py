@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from inference.block_pool import BLOCK_TOKENS
 from inference.errors import (
@@ -48,6 +49,10 @@ from inference.types import (
     Result,
 )
 
+if TYPE_CHECKING:
+    from inference.pace import Pace
+    from inference.prepare import Prepared
+
 log = logging.getLogger(__name__)
 
 # Threads that turn images into tensors beside the model thread: one per four CPU cores (1 to 4), so that
@@ -59,7 +64,32 @@ MAX_STEP_FAILURES = 3
 ANSWER_TIME_WEIGHT = 0.3  # how much the latest answer moves the measured answer time
 
 
-def _default_runner_factory(config: EngineConfig):
+class Runner(Protocol):
+    """What the engine asks of the model runner (inference/runner.py; the tests script their own). Only the
+    model thread calls ``step`` and ``reset``; ``validate`` and ``prepare`` run on the preparing threads."""
+
+    token_budget: int
+    pace: Pace | None  # the measured speed on a CPU
+
+    @property
+    def rope_switch(self) -> int: ...
+
+    @property
+    def running_ids(self) -> list[int]: ...
+
+    @property
+    def num_crops(self) -> int: ...
+
+    def validate(self, request: Request) -> None: ...
+
+    def prepare(self, request: Request) -> Prepared: ...
+
+    def step(self, admit: list[tuple[int, Prepared]], abort: list[int]) -> list[Any]: ...
+
+    def reset(self) -> None: ...
+
+
+def _default_runner_factory(config: EngineConfig) -> Runner:
     from inference.loading import load
     from inference.runner import ModelRunner
 
@@ -73,7 +103,7 @@ class _Channel:
     pieces: asyncio.Queue = field(default_factory=asyncio.Queue)
     on_position: Callable[[int], None] | None = None
     position: int | None = None
-    prepared: object = None
+    prepared: Prepared | None = None
     new_tokens: int = 0
     answering_since: float | None = None  # the event loop's time when it was admitted
 
@@ -110,10 +140,14 @@ class _FailedEvent:
 class LocalEngine:
     """Runs Phi-3-vision in this process. See ``inference.types.Engine`` for the contract."""
 
-    def __init__(self, config: EngineConfig | None = None, runner_factory: Callable | None = None):
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        runner_factory: Callable[[EngineConfig], Runner] | None = None,
+    ):
         self.config = config or EngineConfig()
         self._runner_factory = runner_factory or _default_runner_factory
-        self._runner = None
+        self._runner: Runner | None = None
         self._model_thread: ThreadPoolExecutor | None = None
         self._prep_threads: ThreadPoolExecutor | None = None
         # Until the runner exists its budget is unknown; nothing is admitted before that.
@@ -184,8 +218,9 @@ class LocalEngine:
         self._prep_threads = ThreadPoolExecutor(max_workers=PREP_THREADS, thread_name_prefix="phi3v-prepare")
         loop = asyncio.get_running_loop()
         try:
-            self._runner = await loop.run_in_executor(self._model_thread, self._runner_factory, self.config)
-            self.scheduler.token_budget = self._runner.token_budget
+            runner = await loop.run_in_executor(self._model_thread, self._runner_factory, self.config)
+            self._runner = runner
+            self.scheduler.token_budget = runner.token_budget
         except InferenceError:
             await self._shutdown_threads()
             raise
@@ -229,7 +264,7 @@ class LocalEngine:
         self, request: Request, channel: _Channel, on_trimmed: Callable[[int], None] | None = None
     ) -> AsyncIterator[str]:
         self._check_ready()
-        self._runner.validate(request)
+        self._live_runner.validate(request)
         if self.scheduler.is_full(request.priority):
             raise EngineBusy()
         loop = asyncio.get_running_loop()
@@ -239,7 +274,9 @@ class LocalEngine:
         self._channels[request_id] = channel
         finished = False
         try:
-            channel.prepared = await loop.run_in_executor(self._prep_threads, self._runner.prepare, request)
+            channel.prepared = await loop.run_in_executor(
+                self._prep_threads, self._live_runner.prepare, request
+            )
             self._check_ready()
             if channel.prepared.left_out and on_trimmed is not None:
                 on_trimmed(channel.prepared.left_out)
@@ -272,12 +309,15 @@ class LocalEngine:
 
     def _enqueue(self, request_id: int, request: Request, channel: _Channel) -> None:
         prepared = channel.prepared
+        assert prepared is not None  # prepared before it is queued
         ticket = Ticket(
             request_id=request_id,
             user_id=request.user_id,
             prompt_tokens=prepared.prompt_tokens,
             max_new_tokens=prepared.max_new_tokens,
-            regime=rope_regime(prepared.prompt_tokens, prepared.max_new_tokens, self._runner.rope_switch),
+            regime=rope_regime(
+                prepared.prompt_tokens, prepared.max_new_tokens, self._live_runner.rope_switch
+            ),
             priority=request.priority,
         )
         try:
@@ -374,8 +414,8 @@ class LocalEngine:
             return self._decode_steps(admit, aborted, loop), None
         except Exception as exc:
             log.exception("A model step failed")
-            victims = list(dict.fromkeys([*self._runner.running_ids, *(rid for rid, _ in admit)]))
-            self._runner.reset()
+            victims = list(dict.fromkeys([*self._live_runner.running_ids, *(rid for rid, _ in admit)]))
+            self._live_runner.reset()
             fatal = bool(getattr(self._runner, "is_fatal", lambda _: False)(exc))
             events = [_FailedEvent(rid) for rid in victims]
             return events, _StepFailure(f"{type(exc).__name__}: {exc}"[:300], fatal)
@@ -388,14 +428,14 @@ class LocalEngine:
         come, and the model thread does not wait for the loop between steps: on a machine where a step
         is bound by the CPU launching kernels, that wait cost a single user ~20% of its speed.
         """
-        events = self._runner.step(admit, aborted)
+        events = self._live_runner.step(admit, aborted)
         while (
-            self._runner.running_ids
+            self._live_runner.running_ids
             and not self._needs_driver.is_set()
             and not any(event.finished for event in events)
         ):
             loop.call_soon_threadsafe(self._route, events)
-            events = self._runner.step([], [])
+            events = self._live_runner.step([], [])
         return events
 
     def _route(self, events: list) -> None:
@@ -433,7 +473,7 @@ class LocalEngine:
         by."""
         answer_s = self._answer_s
         if answer_s is None and self._pace is not None:
-            answer_s = self._pace.answer_s(self._runner.num_crops, TYPICAL_ANSWER_TOKENS)
+            answer_s = self._pace.answer_s(self._live_runner.num_crops, TYPICAL_ANSWER_TOKENS)
         if answer_s is None or position < 1:
             return None
         return position * answer_s / max(len(self.scheduler.running), 1)
@@ -446,10 +486,17 @@ class LocalEngine:
             return self.config.request_timeout_s
         if self._pace is None:
             return DEFAULT_REQUEST_TIMEOUT_S
-        return self._pace.request_timeout_s(self._runner.num_crops, self.config.max_new_tokens)
+        return self._pace.request_timeout_s(self._live_runner.num_crops, self.config.max_new_tokens)
 
     @property
-    def _pace(self):
+    def _live_runner(self) -> Runner:
+        """The runner, once started (the callers have checked that it is)."""
+        if self._runner is None:
+            raise NotReady()
+        return self._runner
+
+    @property
+    def _pace(self) -> Pace | None:
         """The runner's measured speed (a CPU's), or None: none measured, or no runner yet."""
         return self._runner.pace if self._runner is not None else None
 

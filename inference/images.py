@@ -96,7 +96,7 @@ JPEG_QUALITY = 95
 
 
 def data_url(image: Image.Image, image_format: str = "auto") -> str:
-    """One image as a ``data:`` URL (for a model server): PNG, or JPEG quality 95 for large photos (``auto``)."""
+    """One image as a ``data:`` URL (for a model server): PNG, or JPEG quality 95 for large photos."""
     fmt = image_format
     if fmt == "auto":
         fmt = "jpeg" if image.width * image.height > LARGE_IMAGE_PIXELS else "png"

@@ -13,11 +13,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from inference.errors import InvalidRequest, ModelNotFound
 from inference.types import PUBLISHED_WEIGHT_BYTES, EngineConfig
+
+if TYPE_CHECKING:
+    from inference import phi3v
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +31,8 @@ CHECKPOINT_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: object  # Phi3VForCausalLM
-    processor: object  # Phi3VProcessor
+    model: phi3v.Phi3VForCausalLM
+    processor: phi3v.Phi3VProcessor
     device: torch.device
     dtype: torch.dtype
     attn_implementation: str
@@ -272,7 +276,7 @@ def load(config: EngineConfig) -> LoadedModel:
     )
     # 8-bit on the CPU loads in bf16 (the checkpoint's own precision, half of float32's memory) and rounds the
     # language model to int8 layer by layer; the rest then takes the chosen precision.
-    kwargs = {"dtype": torch.bfloat16 if on_cpu_int8 else dtype, "attn_implementation": attn}
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if on_cpu_int8 else dtype, "attn_implementation": attn}
     if quant is not None and not on_cpu_int8:
         kwargs.update(quantization_config=quant, device_map={"": device.index or 0})
     try:
@@ -286,14 +290,14 @@ def load(config: EngineConfig) -> LoadedModel:
 
         started = time.perf_counter()
         layers = quantize_language_model(model, cache=cache_file(source))
-        model.to(dtype)
+        model.to(dtype)  # type: ignore[arg-type]  # transformers' wrapper around Module.to is typed for its own use
         log.info(
             "Language model in 8-bit: %d linear layers with int8 weights (%.1f s)",
             layers,
             time.perf_counter() - started,
         )
     if quant is None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # (as above)
     model.eval()
     configure_attention_kernels(device)
     memory = ""

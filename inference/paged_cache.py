@@ -30,6 +30,7 @@ import inspect
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -165,8 +166,9 @@ def paged_attention(
         raise RuntimeError(f"The {ATTENTION_NAME!r} attention needs a paged_batch (the runner passes it)")
     batch = paged_batch
     q = query[0].transpose(0, 1)  # [tokens, heads, head_dim]
-    batch.storage.write(module.layer_idx, batch.slots, key[0].transpose(0, 1), value[0].transpose(0, 1))
-    keys, values = batch.storage.keys[module.layer_idx], batch.storage.values[module.layer_idx]
+    layer = cast(int, module.layer_idx)
+    batch.storage.write(layer, batch.slots, key[0].transpose(0, 1), value[0].transpose(0, 1))
+    keys, values = batch.storage.keys[layer], batch.storage.values[layer]
     return attend(q, keys, values, batch, scaling).unsqueeze(0), None  # [1, tokens, heads, head_dim]
 
 
@@ -180,7 +182,7 @@ def _fused(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.T
     from torch.nn.attention.varlen import varlen_attn
 
     window = batch.sliding_window - 1 if batch.sliding_window else -1
-    return varlen_attn(
+    out = varlen_attn(
         q,
         keys,
         values,
@@ -194,6 +196,8 @@ def _fused(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.T
         block_table=batch.block_table,
         enable_gqa=q.shape[1] != keys.shape[2],
     )
+    assert isinstance(out, torch.Tensor)  # no auxiliary outputs asked for
+    return out
 
 
 def _by_rows(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch.Tensor:

@@ -125,7 +125,7 @@ class ModelRunner:
         self.pace: Pace | None = None  # measured on a CPU, where limits and waits depend on it
         if loaded.device.type == "cpu":
             self.pace = pace.measure(loaded.model, loaded.dtype)
-            self._fit_crops_to_cpu(config)
+            self._fit_crops_to_cpu(config, self.pace)
         use_language_attention(loaded.model, ATTENTION_NAME)
         self.rows: dict[int, _Row] = {}  # in order of admission
         self.full_request_tokens = full_request_tokens(
@@ -168,15 +168,15 @@ class ModelRunner:
                 "Speed on this CPU (measured): %s", self.pace.summary(self.num_crops, config.max_new_tokens)
             )
 
-    def _fit_crops_to_cpu(self, config: EngineConfig) -> None:
+    def _fit_crops_to_cpu(self, config: EngineConfig, measured: Pace) -> None:
         """On a CPU too slow for the checkpoint's crops, unless ``NUM_CROPS`` is set: fewer, and say so."""
         image_processor = self.loaded.processor.image_processor
-        crops = pace.crops_for(self.pace, config.num_crops, image_processor.num_crops)
+        crops = pace.crops_for(measured, config.num_crops, image_processor.num_crops)
         if crops != image_processor.num_crops:
             log.warning(
                 "NUM_CROPS=%d on this CPU: %s",
                 crops,
-                pace.fewer_crops_text(self.pace, image_processor.num_crops, crops),
+                pace.fewer_crops_text(measured, image_processor.num_crops, crops),
             )
             image_processor.num_crops = crops
 
@@ -340,7 +340,7 @@ class ModelRunner:
             self.loaded.model(use_cache=False, **self._packed_inputs([_Entry(row, 0, count, emits=True)]))
         peak = memory.peak() - base
         del row
-        self.storage = self.pool = self.decode_inputs = self.decode_step = None
+        del self.storage, self.pool, self.decode_inputs, self.decode_step  # made again at their full size
         self._free_memory()
         log.info(
             "Warm-up: %d images at %d crops and a %d-token prefill chunk peaked at %.2f GiB of activations",
@@ -447,6 +447,7 @@ class ModelRunner:
             if budget <= 0:
                 break
             if row.prefilling:
+                assert row.prompt is not None  # kept until the prompt is in
                 left = row.prompt.prompt_tokens - row.next_position
                 count = min(budget, left)
                 entries.append(_Entry(row, row.next_position, count, emits=count == left))
@@ -535,8 +536,9 @@ class ModelRunner:
         """The prompt's embeddings, images included: the vision tower runs once, before the first chunk."""
         if row.embeds is None:
             prompt, device = row.prompt, self.loaded.device
+            assert prompt is not None  # kept until the prompt is in
             pixel_values = image_sizes = None
-            if prompt.pixel_values is not None:
+            if prompt.pixel_values is not None and prompt.image_sizes is not None:
                 pixel_values = prompt.pixel_values.to(device, self.loaded.dtype)
                 image_sizes = prompt.image_sizes.to(device)
             row.embeds = self.loaded.model.model.embed_with_images(

@@ -151,7 +151,8 @@ class Scheduler:
         return [ticket for priority in Priority for ticket in self._round_robin(priority)]
 
     def _round_robin(self, priority: Priority) -> list[Ticket]:
-        order, depth = [], 0
+        order: list[Ticket] = []
+        depth = 0
         queues = sorted(
             (queue for key, queue in self._queues.items() if key[0] is priority),
             key=lambda q: (self._served_at.get(_key(q[0]), 0), q[0].request_id),

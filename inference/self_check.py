@@ -19,6 +19,7 @@ the device (a CUDA error: every later call in the process fails) ends the start 
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import time
@@ -219,7 +220,7 @@ def choose_kernel(
                     problem = f"{why} ({name})"
                     break
             if problem is None:
-                timings[kernel] = _time_ms(lambda k=kernel: planted.run(planted.largest, k), device)
+                timings[kernel] = _time_ms(functools.partial(planted.run, planted.largest, kernel), device)
         except Exception as error:
             if is_fatal(error):
                 raise SelfCheckFailed(

@@ -133,7 +133,7 @@ class Phi3VPreTrainedModel(Phi3PreTrainedModel):
     config_class = Phi3VConfig
     config: Phi3VConfig
     _no_split_modules = ["Phi3DecoderLayer", "CLIPEncoderLayer"]
-    input_modalities = ("image", "text")
+    input_modalities = ["image", "text"]
 
 
 class Phi3VModel(Phi3Model):

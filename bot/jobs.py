@@ -29,7 +29,7 @@ from bot.gather import referenced_message, refresh_sources, sources_from_message
 from bot.images import ImageSource, check_sources, fetch_images
 from bot.limits import Requester
 from bot.log_context import set_request_id
-from bot.reply import Controls, InteractionSurface, Outcome, Reply, ReplyGone
+from bot.reply import Controls, Outcome, Reply, ReplyGone
 from bot.text import N_, T, Text
 from inference import Request, Task, Turn
 from inference.prompts import MIN_COMPARE_IMAGES, check_turn_count, clean_question
@@ -162,7 +162,7 @@ async def run_job(
     chosen = choose_images(sources, task, max_images=bot.settings.max_images, no_image_text=no_image_text)
     check_sources(chosen, bot.image_limits)
     answer_time_limit(reply)  # too late? refused before acknowledging
-    private = isinstance(reply.surface, InteractionSurface) and reply.surface.ephemeral
+    private = reply.surface.private
     reply.controls = Controls(
         job_id=job_id,
         asker_id=requester.user_id,
@@ -213,10 +213,9 @@ def answer_time_limit(reply: Reply) -> float | None:
     Only a private interaction answer is bound: a public one moves to a channel message when the
     interaction token runs out. Raises :class:`AnswerWindowClosed` when too little time is left.
     """
-    surface = reply.surface
-    if not isinstance(surface, InteractionSurface) or not surface.ephemeral:
+    left = reply.surface.answer_window_s()
+    if left is None:
         return None
-    left = surface.seconds_left()
     if left < MIN_ANSWER_TIME_S:
         raise AnswerWindowClosed()
     return left

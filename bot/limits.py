@@ -125,10 +125,6 @@ class JobLimiter:
     def active_jobs(self, user_id: int) -> int:
         return self._active[user_id]
 
-    @property
-    def total_active(self) -> int:
-        return sum(self._active.values())
-
     def admit(self, user_id: int, *, cooldown_s: float | None = None, max_jobs: int | None = None) -> None:
         """Count a new job for this user, or raise :class:`TooManyJobs` / :class:`OnCooldown`.
 

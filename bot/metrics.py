@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from bot.reply import Reply
+from bot.reply import JobRecord
 from inference import EngineStats
 
 log = logging.getLogger(__name__)
@@ -101,17 +101,24 @@ class Metrics:
             "Discord calls tried again after a 429 or 5xx",
             registry=self.registry,
         )
+        self.previews_skipped = Counter(
+            f"{PREFIX}_previews_skipped",
+            "Live previews of answers left out because Discord's edit limit for the channel was spent",
+            registry=self.registry,
+        )
         self.registry.register(EngineCollector(engine_stats))
         self._answers = 0
         # (time, answers so far, tokens so far), taken at each reply's end, for the rates /status shows
         self._samples: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=10_000)
         self._server: WSGIServer | None = None
 
-    def reply_closed(self, reply: Reply) -> None:
+    def reply_closed(self, reply: JobRecord) -> None:
         outcome = reply.outcome.value if reply.outcome is not None else "lost"
         self.requests.labels(task=reply.task or "unknown", outcome=outcome).inc()
         if reply.discord_retries:
             self.discord_retries.inc(reply.discord_retries)
+        if reply.previews_skipped:
+            self.previews_skipped.inc(reply.previews_skipped)
         if outcome == "answer":
             self._answers += 1
             if reply.first_text_at is not None:

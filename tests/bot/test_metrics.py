@@ -7,6 +7,7 @@ import urllib.request
 import pytest
 
 from bot.metrics import Metrics
+from bot.reply import JobRecord, Outcome
 from inference import EngineStats, OutOfMemory
 from tests.conftest import acknowledge_errors, image_bytes
 
@@ -36,6 +37,7 @@ async def test_the_metrics_endpoint_counts_requests_by_task_and_outcome(world, f
     assert 'phi3v_bot_requests_total{outcome="answer",task="ocr"} 1.0' in text
     assert 'phi3v_bot_requests_total{outcome="refusal",task="describe"} 1.0' in text
     assert "phi3v_bot_answer_seconds_count 2.0" in text
+    assert "phi3v_bot_previews_skipped_total 0.0" in text  # a slow channel's skipped previews, counted
     assert "phi3v_bot_queue_length 3.0" in text and "phi3v_bot_batch_size 2.0" in text
     assert "phi3v_bot_tokens_generated_total 57.0" in text and "phi3v_bot_out_of_memory_total 1.0" in text
 
@@ -77,14 +79,12 @@ def test_rates_count_the_last_minutes():
     stats = EngineStats()
     metrics = Metrics(lambda: stats, clock=lambda: now[0])
 
-    class Done:
-        outcome = type("O", (), {"value": "answer"})()
-        task, discord_retries, first_text_at, started_at, finished_at = "describe", 0, 1.0, 0.0, 2.0
+    done = JobRecord("describe", Outcome.ANSWER, 0.0, 1.0, 2.0, discord_retries=0, previews_skipped=0)
 
     for _ in range(6):
         now[0] += 10
         stats.tokens_generated += 100
-        metrics.reply_closed(Done())
+        metrics.reply_closed(done)
     rates = metrics.rates()
     assert rates.answers_per_min == pytest.approx(6 * 60 / 60)
     assert rates.tokens_per_s == pytest.approx(600 / 60)

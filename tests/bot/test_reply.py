@@ -58,6 +58,20 @@ class RecordingSurface:
     """Records every call; ``failures`` makes the next calls of a kind raise."""
 
     budget_keys = ()
+    acknowledging_spends_an_edit = True  # as a prefix command's message
+    private = False
+
+    def answer_window_s(self) -> float | None:
+        return None
+
+    def shown_privately(self, private: bool) -> bool:
+        return False
+
+    def hand_over_in_s(self) -> float | None:
+        return None
+
+    async def hand_over(self, text: str = "") -> None:
+        raise AssertionError("a message never needs handing over")
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []

@@ -98,7 +98,7 @@ async def test_a_permission_removed_mid_answer_ends_that_answer_only(world, fake
 
     assert fake_engine.closed_streams == 1
     assert world.env.errors == []
-    assert world.env.bot.limiter.total_active == 0
+    assert world.env.bot.limiter.active_jobs(world.member.id) == 0
     assert bot_messages(world.channel) == []  # the half answer it could no longer edit was deleted
     other = world.guild.create_text_channel("other")
     await world.member.send(other, "!describe", attachments=[PNG])

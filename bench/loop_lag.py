@@ -186,6 +186,20 @@ class SilentSurface:
     """Where the reply shows the answer: nowhere (the Discord calls are not what is measured)."""
 
     budget_keys = ()
+    acknowledging_spends_an_edit = True  # as a prefix command's message
+    private = False
+
+    def shown_privately(self, private: bool) -> bool:
+        return False
+
+    def hand_over_in_s(self) -> float | None:
+        return None
+
+    def answer_window_s(self) -> float | None:
+        return None
+
+    async def hand_over(self, text: str = "") -> None:
+        raise AssertionError("a message never needs handing over")
 
     async def acknowledge(self, text: str = "") -> None:
         pass

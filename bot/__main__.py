@@ -95,10 +95,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check(settings: Settings, *, device: bool = True, unknown_names: list[str] | None = None) -> int:
+def check(settings: Settings, *, device: bool = True, unknown: list[str] | None = None) -> int:
     from bot.doctor import run_checks
 
-    findings = run_checks(settings, device=device, unknown_names=unknown_names or [])
+    findings = run_checks(settings, device=device, unknown_names=unknown or [])
     for finding in findings:
         print(finding.line())
     failed = [finding for finding in findings if finding.verdict == "fail"]
@@ -116,7 +116,7 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
         print(f"Configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check:
-        return check(settings, device=not args.no_device, unknown_names=unknown)
+        return check(settings, device=not args.no_device, unknown=unknown)
     if not settings.discord_token:
         print(MISSING_TOKEN_TEXT, file=sys.stderr)
         return EXIT_CONFIG

@@ -203,7 +203,7 @@ class RemoteEngine:
                 f"(it serves: {', '.join(served) or 'no models'})."
             )
         raise errors.EngineUnavailable(
-            f"The model server at {where} {problem}. Check that it is running and the address."
+            f"The model server at {where} {problem}. Check that it is running and that the address is right."
         )
 
     async def generate(self, request: Request) -> Result:
@@ -305,9 +305,7 @@ class RemoteEngine:
                         progress.pieces += 1
                         yield choice.delta.content
             if not finished:
-                raise openai.APIConnectionError(
-                    message="the answer stream ended early", request=stream.response.request
-                )
+                raise self._broken("the answer stream ended early", progress)
         except openai.OpenAIError as exc:
             raise self._failure(exc, progress) from None
         except Exception:  # stop() closed the response under the reader
@@ -318,14 +316,19 @@ class RemoteEngine:
             self._streams.discard(stream)
             await stream.close()  # if still open, the server sees the connection go and stops
 
+    def _broken(self, detail: str, progress: _Progress) -> Exception:
+        """The answer stream broke: tried again before any text, cut off after."""
+        if self._closing:
+            return errors.EngineStopping()
+        return errors.AnswerCutOff(detail) if progress.pieces else _BrokenBeforeText(detail)
+
     def _failure(self, exc: openai.OpenAIError, progress: _Progress) -> Exception:
         """The client's error (after its own retries) as one of ours."""
         message = str(getattr(exc, "message", exc))
         if self._closing:
             return errors.EngineStopping()
-        if isinstance(exc, openai.APIConnectionError):  # before any text: try again; after: cut off
-            detail = _describe(exc.__cause__ or exc) if exc.__cause__ else message
-            return errors.AnswerCutOff(detail) if progress.pieces else _BrokenBeforeText(detail)
+        if isinstance(exc, openai.APIConnectionError):
+            return self._broken(_describe(exc.__cause__) if exc.__cause__ else message, progress)
         if not isinstance(exc, openai.APIStatusError):  # an error event in the answer stream
             code = getattr(exc, "code", None)
             log.warning("The model server reported an error in the stream (code %s): %.300s", code, message)

@@ -188,6 +188,7 @@ class SilentSurface:
     budget_keys = ()
     acknowledging_spends_an_edit = True  # as a prefix command's message
     private = False
+    shows_only_answers = False
 
     def shown_privately(self, private: bool) -> bool:
         return False

@@ -58,7 +58,7 @@ class VisionBot(commands.Bot):
     engine: Engine
     manage_engine: bool
     session: aiohttp.ClientSession | None
-    fetcher: Fetcher | None
+    _fetcher: Fetcher | None
     image_limits: ImageLimits
     access: AccessPolicy
     limiter: JobLimiter
@@ -96,7 +96,7 @@ class VisionBot(commands.Bot):
         self.manage_engine = manage_engine
         self._engine_started = False
         self.session = None
-        self.fetcher = fetcher
+        self._fetcher = fetcher
         self.image_limits = ImageLimits(
             max_bytes=settings.max_attachment_bytes,
             max_pixels=settings.max_image_pixels,
@@ -122,8 +122,8 @@ class VisionBot(commands.Bot):
         await self.server_settings.load()
         self.alt_text_opt_outs = OptOuts(self.database)
         self.session = aiohttp.ClientSession()
-        if self.fetcher is None:
-            self.fetcher = HttpFetcher(self.session, timeout_s=DOWNLOAD_TIMEOUT_S)
+        if self._fetcher is None:
+            self._fetcher = HttpFetcher(self.session, timeout_s=DOWNLOAD_TIMEOUT_S)
         if self.settings.sharded:
             log.info("Sharded: %s", _shard_text(self.settings.shard_count, self.settings.shard_ids))
         if self.settings.metrics_port is not None:
@@ -157,6 +157,13 @@ class VisionBot(commands.Bot):
             if self.database is not None:
                 await self.database.close()
                 self.database = None
+
+    @property
+    def fetcher(self) -> Fetcher:
+        """Downloads attachments: made when the bot starts (or given, in tests)."""
+        if self._fetcher is None:
+            raise RuntimeError("attachments are downloaded only once the bot has started")
+        return self._fetcher
 
     def policy(self, guild_id: int | None) -> ServerPolicy:
         """The rules in force in a server (or in DMs): the owner's settings with the server's choices."""

@@ -174,7 +174,6 @@ async def run_job(
     with bot.limiter.job(requester.user_id, cooldown_s=policy.cooldown_s, max_jobs=policy.jobs_per_person):
         try:
             await reply.acknowledge()
-            assert bot.fetcher is not None  # made when the bot starts
             images = await fetch_images(chosen, bot.image_limits, bot.fetcher)
             request = Request(
                 task=task,

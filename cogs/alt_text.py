@@ -3,7 +3,9 @@
 An image posted there without a description gets a short reply for people who cannot see it:
 written at a lower priority than anyone's command (the engine's background class), never pinging
 anyone, marked as machine-written, with a "More" button that describes the image in full to whoever
-presses it (privately). The rules themselves are in bot/alt_text.py.
+presses it (privately). It goes through the bot's replies like any answer (the channel's edit budget,
+shutdown, the owner's figures), on a surface that shows nothing when describing fails. The rules themselves
+are in bot/alt_text.py.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from bot.alt_text import (
     images_needing_alt_text,
     tidy_alt_text,
 )
-from bot.errors import UserFacingError, reports_errors
+from bot.errors import UserFacingError, explain, reports_errors
 from bot.gather import refresh_sources, source_from_attachment
 from bot.i18n import render
 from bot.images import ImageSource, load_images
-from bot.jobs import answer_interaction
+from bot.jobs import answer_interaction, stoppable
+from bot.reply import Outcome, Reply
 from bot.task_cog import CONTEXTS, INSTALLS
 from bot.text import N_, T
 from inference import InferenceError, Priority, Request, Task
@@ -149,42 +152,44 @@ class AltText(commands.Cog):
         images = await self._wanted(message)
         if not images:
             return
+        locale = message.guild.preferred_locale if message.guild else None  # a public message
+        reply = self.bot.replies.for_unasked(message, view=more_buttons(message, images, locale))
+        reply.task = Task.ALT_TEXT.value
+        # Deleting the picture's message stops its alt text, like any job; shutdown ends it with the rest.
+        await stoppable(self.bot, message.id, reply, self._write(message, images, reply))
+
+    async def _write(self, message: discord.Message, images: list[discord.Attachment], reply: Reply) -> None:
+        """Describe each image, then post the alt text through ``reply``. Nobody asked, so a failure is
+        only logged (the reply shows nothing for it)."""
         descriptions = []
         for attachment in images:
-            text = await self._describe(message, attachment)
-            if text is None:
-                return  # nobody asked, so a failure is only logged
-            descriptions.append(text)
-        try:
-            locale = message.guild.preferred_locale if message.guild else None  # a public message
-            await message.reply(
-                alt_text_message(descriptions, locale),
-                mention_author=False,
-                silent=True,
-                view=more_buttons(message, images, locale),
-            )
-        except discord.HTTPException as error:  # the message was deleted meanwhile, say
-            log.info("Alt text could not be posted: %s", error)
+            try:
+                description = tidy_alt_text(await self._describe(message, attachment))
+            except (UserFacingError, InferenceError) as error:
+                log.info("No alt text for %s: %s", attachment.filename, error)
+                explanation = explain(error)
+                await reply.finish(explanation.outcome if explanation else Outcome.FAILURE, "")
+                return
+            if not description:
+                log.info("No alt text for %s: the model wrote nothing", attachment.filename)
+                await reply.finish(Outcome.FAILURE, "")
+                return
+            descriptions.append(description)
+        await reply.answer(alt_text_message(descriptions, reply.locale))
 
-    async def _describe(self, message: discord.Message, attachment: discord.Attachment) -> str | None:
+    async def _describe(self, message: discord.Message, attachment: discord.Attachment) -> str:
         bot = self.bot
-        assert bot.fetcher is not None  # made when the bot starts
-        try:
-            [image] = await load_images(
-                [source_from_attachment(attachment, message)], bot.image_limits, bot.fetcher
-            )
-            request = Request(
-                Task.ALT_TEXT,
-                (image,),
-                user_id=message.author.id,
-                max_new_tokens=ALT_TEXT_TOKENS,
-                priority=Priority.BACKGROUND,
-            )
-            result = await bot.engine.generate(request)
-        except (UserFacingError, InferenceError) as error:
-            log.info("No alt text for %s: %s", attachment.filename, error)
-            return None
-        return tidy_alt_text(result.text) or None
+        [image] = await load_images(
+            [source_from_attachment(attachment, message)], bot.image_limits, bot.fetcher
+        )
+        request = Request(
+            Task.ALT_TEXT,
+            (image,),
+            user_id=message.author.id,
+            max_new_tokens=ALT_TEXT_TOKENS,
+            priority=Priority.BACKGROUND,
+        )
+        return (await bot.engine.generate(request)).text
 
 
 async def setup(bot: VisionBot) -> None:

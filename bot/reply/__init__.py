@@ -25,6 +25,7 @@ from bot.reply.surfaces import (
     InteractionSurface,
     MessageSurface,
     Surface,
+    UnaskedSurface,
 )
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "Reply",
     "ReplyGone",
     "Surface",
+    "UnaskedSurface",
     "call_discord",
     "long_answer_text",
     "queue_text",

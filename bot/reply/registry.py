@@ -1,5 +1,6 @@
-"""All the bot's open replies: one :class:`~bot.reply.reply.Reply` per interaction or command, with the
-edit budgets they share and one timer for the hand-overs of interaction answers before their tokens expire."""
+"""All the bot's open replies: one :class:`~bot.reply.reply.Reply` per interaction, command or alt text,
+with the edit budgets they share and one timer for the hand-overs of interaction answers before their tokens
+expire."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 
 from bot.reply.budget import EditBudgets, monotonic
 from bot.reply.reply import ControlsRenderer, JobRecord, Outcome, Reply
-from bot.reply.surfaces import InteractionSurface, MessageSurface, Surface
+from bot.reply.surfaces import InteractionSurface, MessageSurface, Surface, UnaskedSurface
 from bot.text import Text
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ REPLY_KEY = "vision_reply"
 
 
 class Replies:
-    """Makes each job's :class:`Reply` (one per interaction or command), with shared edit budgets.
+    """Makes each job's :class:`Reply` (one per interaction, command or alt text), with shared edit budgets.
 
     Keeps the open ones, so shutdown can wait for their final states.
     """
@@ -101,6 +102,12 @@ class Replies:
             ctx.reply_state = reply = self._make(MessageSurface(ctx), code_block=code_block)
             reply.locale = reply.private_locale = ctx.guild.preferred_locale if ctx.guild else None
         return ctx.reply_state
+
+    def for_unasked(self, message: discord.Message, *, view: Any = discord.utils.MISSING) -> Reply:
+        """A reply nobody asked for, under ``message`` (automatic alt text), in the server's language."""
+        reply = self._make(UnaskedSurface(message, view), code_block=False)
+        reply.locale = reply.private_locale = message.guild.preferred_locale if message.guild else None
+        return reply
 
     async def close_all(self, text: str | Text, *, timeout_s: float) -> None:
         """Wait (up to ``timeout_s``) for open replies to end; end those still open as stopped."""

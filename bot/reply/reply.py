@@ -327,7 +327,7 @@ class Reply:
             async with self._lock:
                 self.outcome = outcome
                 self.final_parts = list(parts)
-                if self._gone:
+                if self._gone or (outcome is not Outcome.ANSWER and self.surface.shows_only_answers):
                     await self._remove_what_is_left()
                     return
                 if self._handover_due():

@@ -1,8 +1,11 @@
-"""Where one job's messages go: a prefix command's reply message, or an interaction's response.
+"""Where one job's messages go: a prefix command's reply message, an interaction's response, or a reply
+nobody asked for.
 
 :class:`MessageSurface` posts a reply to the command, then edits it. :class:`InteractionSurface` defers the
 slash command's or menu's response, then edits it and adds follow-ups; a public one moves to an ordinary
 channel message before Discord's 15-minute interaction token runs out (:meth:`InteractionSurface.hand_over`).
+:class:`UnaskedSurface` is automatic alt text: one silent reply to someone's message, posted only with the
+answer, and nothing at all when there is no answer.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Surface(Protocol):
     budget_keys: tuple[Hashable, ...]
     acknowledging_spends_an_edit: bool  # a message is posted; a deferral is no channel message
     private: bool  # only the asker sees these messages
+    shows_only_answers: bool  # nobody asked: a failure or a stop shows nothing (it is only logged)
 
     def answer_window_s(self) -> float | None:
         """Seconds left to show an answer here (a private interaction's token); None: no bound."""
@@ -92,7 +96,34 @@ def _new_view(view: Any) -> dict[str, Any]:
     return {} if view is discord.utils.MISSING or view is None else {"view": view}
 
 
-class MessageSurface:
+class _ChannelMessage:
+    """What the surfaces that post an ordinary channel message share: shown to everyone, editable for as
+    long as it exists (nothing to hand over), deleted as one message. ``main`` is that message."""
+
+    main: discord.Message | None
+    private = False
+
+    def answer_window_s(self) -> float | None:
+        return None
+
+    def shown_privately(self, private: bool) -> bool:
+        return False  # a channel message is always in the channel
+
+    def hand_over_in_s(self) -> float | None:
+        return None  # a message the bot posted can be edited for as long as it exists
+
+    async def hand_over(self, text: str = HANDED_OVER_TEXT) -> None:
+        raise AssertionError("a message never needs handing over")
+
+    async def delete_main(self) -> None:
+        if self.main is not None:
+            await self.main.delete()
+
+    async def main_message_id(self) -> int | None:
+        return self.main.id if self.main is not None else None
+
+
+class MessageSurface(_ChannelMessage):
     """A prefix command's answer: a reply to the command message, then edits of it."""
 
     def __init__(self, ctx: VisionContext) -> None:
@@ -100,19 +131,7 @@ class MessageSurface:
         self.main: discord.Message | None = None
         self.budget_keys: tuple[Hashable, ...] = (("channel", ctx.channel.id),)
         self.acknowledging_spends_an_edit = True
-        self.private = False
-
-    def answer_window_s(self) -> float | None:
-        return None
-
-    def shown_privately(self, private: bool) -> bool:
-        return False  # a prefix command's answer is always in the channel
-
-    def hand_over_in_s(self) -> float | None:
-        return None  # a message the bot posted can be edited for as long as it exists
-
-    async def hand_over(self, text: str = HANDED_OVER_TEXT) -> None:
-        raise AssertionError("a message never needs handing over")
+        self.shows_only_answers = False
 
     def _reference(self) -> discord.MessageReference:
         # If the command message is gone by now, post without the reply arrow instead of failing.
@@ -137,13 +156,6 @@ class MessageSurface:
     async def add_file(self, content: str, file: discord.File) -> None:
         await self.ctx.send(content, file=file)
 
-    async def delete_main(self) -> None:
-        if self.main is not None:
-            await self.main.delete()
-
-    async def main_message_id(self) -> int | None:
-        return self.main.id if self.main is not None else None
-
 
 class InteractionSurface:
     """A slash command's or menu's answer: the deferred response, then follow-ups.
@@ -164,6 +176,7 @@ class InteractionSurface:
         self.budget_keys = tuple(keys)
         self.acknowledging_spends_an_edit = False
         self.private = ephemeral
+        self.shows_only_answers = False
 
     def answer_window_s(self) -> float | None:
         # A public answer moves to a channel message when the token runs out; a private one cannot.
@@ -245,3 +258,37 @@ class InteractionSurface:
         if channel is None:  # pragma: no cover - Discord always sends the channel for commands
             raise ReplyGone("the interaction has no channel")
         return channel  # type: ignore[return-value]
+
+
+class UnaskedSurface(_ChannelMessage):
+    """A reply nobody asked for (automatic alt text): posted under someone's message once the answer is
+    ready, silently and without pinging them, with ``view``'s buttons. A failure or a stop shows nothing.
+    """
+
+    def __init__(self, message: discord.Message, view: Any = discord.utils.MISSING) -> None:
+        self.message = message
+        self.view = view
+        self.main: discord.Message | None = None
+        self.budget_keys: tuple[Hashable, ...] = (("channel", message.channel.id),)
+        self.acknowledging_spends_an_edit = True
+        self.shows_only_answers = True
+
+    async def acknowledge(self, view: Any = discord.utils.MISSING, text: str = WORKING_TEXT) -> None:
+        raise AssertionError("nobody asked, so nobody is told the bot is on it")
+
+    async def show(self, content: str, *, private: bool, view: Any = discord.utils.MISSING) -> None:
+        if self.main is None:
+            self.main = await self.message.reply(
+                content,
+                mention_author=False,
+                silent=True,
+                **_new_view(self.view if view is discord.utils.MISSING else view),
+            )
+        else:
+            self.main = await self.main.edit(content=content, **_with_view(view))
+
+    async def add(self, content: str) -> Posted:
+        return await self.message.channel.send(content, silent=True)
+
+    async def add_file(self, content: str, file: discord.File) -> None:
+        await self.message.channel.send(content, file=file, silent=True)

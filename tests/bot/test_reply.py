@@ -60,6 +60,7 @@ class RecordingSurface:
     budget_keys = ()
     acknowledging_spends_an_edit = True  # as a prefix command's message
     private = False
+    shows_only_answers = False
 
     def answer_window_s(self) -> float | None:
         return None

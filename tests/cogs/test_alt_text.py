@@ -5,6 +5,7 @@ from __future__ import annotations
 from bot.alt_text import MACHINE_WRITTEN, PER_CHANNEL_PER_MINUTE
 from cogs.alt_text import MORE_LABEL, OPTED_IN_TEXT, OPTED_OUT_TEXT
 from inference import Priority, Task
+from inference.errors import ModelFailed
 from tests.cogs.test_answer_buttons import labels
 from tests.conftest import bot_messages, image_bytes
 
@@ -98,3 +99,56 @@ async def test_several_images_are_numbered_with_a_more_button_each(world, fake_e
     [reply] = bot_messages(world.channel)
     assert reply.content.startswith("**Image 1:** A cat.\n**Image 2:** A dog.")
     assert labels(reply) == [f"{MORE_LABEL} about image 1", f"{MORE_LABEL} about image 2"]
+
+
+def alt_text_count(world, outcome: str) -> float:
+    """The owner's figure for automatic alt text ending in ``outcome``."""
+    registry = world.env.bot.metrics.registry
+    return (
+        registry.get_sample_value("phi3v_bot_requests_total", {"task": "alt_text", "outcome": outcome}) or 0.0
+    )
+
+
+async def test_alt_text_is_counted_in_the_owners_figures(world, fake_engine):
+    await turn_on_alt_text(world)
+    await world.member.send(world.channel, "", attachments=[("dog.png", image_bytes())])
+    assert len(bot_messages(world.channel)) == 1
+    assert alt_text_count(world, "answer") == 1
+    assert not world.env.bot.replies.open
+
+
+async def test_a_failed_description_posts_nothing_and_is_counted(world, fake_engine):
+    await turn_on_alt_text(world)
+    fake_engine.answer_next(ModelFailed())
+    await world.member.send(world.channel, "", attachments=[("dog.png", image_bytes())])
+    assert bot_messages(world.channel) == []
+    assert alt_text_count(world, "failure") == 1
+    assert not world.env.bot.replies.open
+
+
+async def test_deleting_the_picture_stops_its_alt_text(world, fake_engine):
+    await turn_on_alt_text(world)
+    fake_engine.hold(world.env, after_pieces=1)
+    photo = await world.member.send(world.channel, "", attachments=[("dog.png", image_bytes())])
+    assert fake_engine.closed_streams == 0  # describing it, held mid-answer
+
+    await world.member.delete(photo)
+    await world.env.settle()
+
+    assert fake_engine.closed_streams == 1  # the engine was told to stop
+    assert bot_messages(world.channel) == []  # nothing is said about it: nobody asked
+    assert alt_text_count(world, "stopped") == 1
+    fake_engine.release()
+
+
+async def test_shutting_down_ends_alt_text_without_a_message(world, fake_engine):
+    await turn_on_alt_text(world)
+    fake_engine.hold(world.env, after_pieces=1)
+    await world.member.send(world.channel, "", attachments=[("dog.png", image_bytes())])
+
+    await world.env.bot.close()
+    await world.env.settle()
+
+    assert bot_messages(world.channel) == []
+    assert alt_text_count(world, "stopped") == 1
+    assert not world.env.bot.replies.open

@@ -60,10 +60,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="print the top operators of a few steps")
     args = parser.parse_args(argv)
     args.levels = [int(b) for b in args.batch_sizes.split(",")]
-    args.max_new_tokens = args.steps + 8
+    args.max_new_tokens = answer_length(args.steps, max(args.levels))
     args.max_batch_size = max(args.levels)
     args.ways = parse_ways(parser, args.ways)
     return args
+
+
+# The first row to join decodes while the others' prompts are prefilled (a step per PREFILL chunk of 2,048
+# tokens; a 16-crop prompt is ~2,400), so its answer must outlast those steps too, or rows leave while timed.
+JOINING_STEPS_PER_ROW = 2
+
+
+def answer_length(steps: int, batch: int) -> int:
+    """Tokens per answer so that every row of ``batch`` still runs through ``steps`` steps after the last
+    has joined."""
+    return steps + 8 + JOINING_STEPS_PER_ROW * batch
+
+
+def check_every_row_runs(runner, batch: int) -> None:
+    if len(runner.running_ids) != batch:
+        raise RuntimeError(f"{batch - len(runner.running_ids)} of {batch} rows ended while being measured")
 
 
 def copy_gb_s(device: torch.device) -> float:
@@ -106,7 +122,12 @@ def kv_bytes_per_token(loaded) -> int:
 def time_runner_steps(setup, runner, batch: int, steps: int, profile: bool) -> dict:
     prepared = runner.prepare(Request(Task.DESCRIBE, (setup.image,), user_id=0))
     admit = [
-        (i, Prepared(prepared.input_ids, prepared.pixel_values, prepared.image_sizes, steps + 8))
+        (
+            i,
+            Prepared(
+                prepared.input_ids, prepared.pixel_values, prepared.image_sizes, answer_length(steps, batch)
+            ),
+        )
         for i in range(batch)
     ]
     runner.reset()
@@ -126,6 +147,7 @@ def time_runner_steps(setup, runner, batch: int, steps: int, profile: bool) -> d
         start = time.perf_counter()
         runner.step([], [])
         times.append((time.perf_counter() - start) * 1000)
+    check_every_row_runs(runner, batch)
     if profile:
         with torch.profiler.profile(
             activities=[torch.profiler.ProfilerActivity.CPU]
@@ -152,7 +174,9 @@ def decode_run(setup, way: str, batch: int, steps: int) -> tuple[bool, torch.Ten
     admit = []
     for i in range(batch):
         request = Request(Task.DESCRIBE, (setup.image,), question=f"What is in part {i + 1} of the picture?")
-        admit.append((i, dataclasses.replace(runner.prepare(request), max_new_tokens=steps + 8)))
+        admit.append(
+            (i, dataclasses.replace(runner.prepare(request), max_new_tokens=answer_length(steps, batch)))
+        )
     answered: set[int] = set()
     events = runner.step(admit, [])
     while len(answered | {event.request_id for event in events}) < batch:
@@ -164,6 +188,7 @@ def decode_run(setup, way: str, batch: int, steps: int) -> tuple[bool, torch.Ten
         step_logits = runner.decode_step.logits[:batch].float()
         logits.append(step_logits.cpu())
         tokens.append(step_logits.argmax(-1).cpu())
+    check_every_row_runs(runner, batch)
     graphs = bool(runner.decode_step.graphs)
     runner.reset()
     del runner

@@ -85,7 +85,8 @@ def gpu_budget(
     """``TOKEN_BUDGET=auto`` on a GPU (:func:`gpu_usable_bytes`), or :class:`CacheDoesNotFit`."""
     usable = gpu_usable_bytes(total=total, free=free, activation_peak=activation_peak, fraction=fraction)
     where = (
-        f"GPU_MEMORY_FRACTION={fraction} of the GPU's {total / GIB:.1f} GiB, after the weights and "
+        f"GPU_MEMORY_FRACTION={fraction} of the GPU's {total / GIB:.1f} GiB, after the "
+        f"{(total - free) / GIB:.1f} GiB in use (the weights, other programs) and "
         f"{activation_peak / GIB:.1f} GiB of activations"
     )
     return auto_token_budget(shape, usable_bytes=usable, full_request_tokens=full_request_tokens, where=where)

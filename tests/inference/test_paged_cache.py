@@ -174,34 +174,40 @@ triton_here = pytest.mark.skipif(
 
 
 @pytest.fixture
-def interpreted_triton():
+def triton_device() -> torch.device:
+    """Where the Triton kernel runs: the CPU under the interpreter, else the GPU (compiled)."""
     pytest.importorskip("triton", reason="Triton has no build for this platform (it ships for Linux x86-64)")
+    return torch.device("cpu" if INTERPRETED else "cuda")
 
 
 @triton_here
-def test_the_triton_kernel_equals_the_reference(interpreted_triton):
-    check_against_reference(kernel="triton")
+def test_the_triton_kernel_equals_the_reference(triton_device):
+    check_against_reference(triton_device, kernel="triton")
 
 
 @triton_here
-def test_the_triton_kernel_keeps_the_sliding_window(interpreted_triton):
-    storage, pool = make_storage(), BlockPool(64, BLOCK)
+def test_the_triton_kernel_keeps_the_sliding_window(triton_device):
+    device = triton_device
+    storage, pool = make_storage(device), BlockPool(64, BLOCK)
     for rid in (1, 2):
         pool.reserve(rid, 64)
-    _, key_1, value_1, _ = run_rows(storage, pool, [(1, 0, 50)])
-    _, key_2, value_2, _ = run_rows(storage, pool, [(2, 0, 20)])
-    query, key_d, value_d, out = run_rows(storage, pool, [(1, 50, 1), (2, 20, 1)], window=8, kernel="triton")
+    _, key_1, value_1, _ = run_rows(storage, pool, [(1, 0, 50)], device=device)
+    _, key_2, value_2, _ = run_rows(storage, pool, [(2, 0, 20)], device=device)
+    query, key_d, value_d, out = run_rows(
+        storage, pool, [(1, 50, 1), (2, 20, 1)], window=8, kernel="triton", device=device
+    )
     for row, (keys, values) in enumerate(((key_1, value_1), (key_2, value_2))):
-        keys = torch.cat([keys[0], key_d[0, :, row : row + 1]], dim=1)
-        values = torch.cat([values[0], value_d[0, :, row : row + 1]], dim=1)
-        expected = reference(query[0, :, row : row + 1], keys, values, window=8)
-        torch.testing.assert_close(out[row : row + 1].transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
+        keys = torch.cat([keys[0], key_d[0, :, row : row + 1]], dim=1).cpu()
+        values = torch.cat([values[0], value_d[0, :, row : row + 1]], dim=1).cpu()
+        expected = reference(query[0, :, row : row + 1].cpu(), keys, values, window=8)
+        got = out[row : row + 1].transpose(0, 1).cpu()
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 @triton_here
 @pytest.mark.parametrize("splits", [1, 3, 4])
 @pytest.mark.parametrize("window", [None, 40])
-def test_the_triton_kernel_splits_a_rows_keys_between_programs(interpreted_triton, splits, window):
+def test_the_triton_kernel_splits_a_rows_keys_between_programs(triton_device, splits, window):
     """Several programs per row and head, each a stretch of keys, merged: the same as one program alone.
 
     Rows of 300, 17 and 1 keys: with 3 or 4 splits some stretches are empty (one tile covers all)."""
@@ -225,8 +231,9 @@ def test_the_triton_kernel_splits_a_rows_keys_between_programs(interpreted_trito
         sliding_window=window,
     )
     expected = _gather_decode(query, keys, values, table, lengths, 300, batch, 0.3)
-    out = paged_decode(query, keys, values, table, lengths, 0.3, window, splits=splits)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    on = [t.to(triton_device) for t in (query, keys, values, table, lengths)]
+    out = paged_decode(*on, 0.3, window, splits=splits)
+    torch.testing.assert_close(out.cpu(), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the in-place kernels run on CUDA GPUs only")

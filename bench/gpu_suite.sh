@@ -5,8 +5,8 @@
 #
 #   bash bench/gpu_suite.sh [OUTDIR] [STEP...]
 #
-# Steps (default: env tests burst profile throughput16 throughput4, about 6-7 minutes on an H100 or H200, each
-# under a time limit that keeps the whole run within about 8); also on request: engine looplag looplagcpu.
+# Steps (default: env tests burst profile throughput16 throughput4, about 4-5 minutes on an H200, each
+# under a time limit that keeps the whole run within about 9); also on request: kernel engine looplag looplagcpu.
 # Each step writes OUTDIR/<step>.json (the benchmark's JSON line) and OUTDIR/<step>.log (its progress).
 # A step that fails or runs out of time is reported and the next one still runs.
 set -u
@@ -38,8 +38,9 @@ for step in "${steps[@]}"; do
         tests) run_step tests 70 "$py" -m pytest -q -p no:cacheprovider --noconftest tests/inference/test_gpu.py \
             tests/inference/test_paged_cache.py ;;
         burst) run_step burst 80 "$py" bench/burst.py --real-size ;;
-        # Decoding steps against the memory-bandwidth limit, three ways, and graphs against eager steps.
-        profile) run_step profile 90 "$py" bench/step_profile.py --real-size --steps 16 ;;
+        # Decoding steps against the memory-bandwidth limit, three ways, and graphs against eager steps; the
+        # top operators of a few steps of each (by host and by GPU time) go to profile.log.
+        profile) run_step profile 150 "$py" bench/step_profile.py --real-size --steps 16 --profile ;;
         # Decoding from CUDA graphs and eagerly; the model card's way at 1 and 8 users
         # (it answers one person after another, so its rate does not change with more waiting; the speed-up
         # above 8 uses it).
@@ -47,6 +48,8 @@ for step in "${steps[@]}"; do
             --ways graphs,eager --card-levels 1,8 ;;
         throughput4) run_step throughput4 60 "$py" bench/throughput.py --real-size --num-crops 4 --ways graphs \
             --card-levels 1 ;;
+        # The paged-decode kernel alone: every schedule at 1, 8 and 32 rows, checked and timed.
+        kernel) run_step kernel 240 "$py" bench/paged_kernel.py ;;
         engine) run_step engine 300 "$py" bench/engine.py ;;
         looplag) run_step looplag 300 "$py" bench/loop_lag.py --real-size ;;
         looplagcpu) run_step looplagcpu 120 "$py" bench/loop_lag.py --device cpu ;;

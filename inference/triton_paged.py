@@ -3,7 +3,8 @@
 PyTorch's own FlashAttention reads a block table only from PyTorch 2.12 on (``varlen_attn``). This
 kernel needs only Triton, which ships with PyTorch on Linux with CUDA, so the paged cache copies
 nothing on older PyTorch releases too. Programs walk a row's keys ``TILE`` tokens at a time through
-its block table, with an online softmax in float32. With few rows (one person asking), one program per
+its block table, with an online softmax in float32, the next tiles' reads already under way (Triton's
+software pipelining, ``STAGES``). With few rows (one person asking), one program per
 (row, head) would leave most of the GPU idle while each walks thousands of keys, so several programs
 share a (row, head), each a stretch of its keys, and their partial results are merged
 ("flash-decoding"). The grid and arguments depend only on tensor shapes, never on lengths read back
@@ -20,7 +21,13 @@ import torch
 import triton
 import triton.language as tl
 
-TILE = 64  # keys read per loop iteration of a program
+# The schedule, measured on an H200 at Phi-3-vision's shapes (bench/paged_kernel.py, bench/RESULTS.md): 128
+# keys per iteration with two iterations' loads in flight read 32 rows of 2,400 keys at ~2.4 TB/s, against
+# ~1.7 TB/s for 64 keys one iteration at a time; one program per multiprocessor beat two.
+TILE = 128  # keys read per loop iteration of a program
+WARPS = 4  # warps per program
+STAGES = 2  # loop iterations whose loads are in flight at once (Triton's software pipelining)
+PROGRAMS_PER_MULTIPROCESSOR = 1  # with fewer (row, head) pairs than this fills, rows' keys are split
 MAX_SPLITS = 16  # programs sharing one (row, head) at most
 
 
@@ -54,6 +61,7 @@ def _paged_decode_kernel(
     TILE_TOKENS: tl.constexpr,
     WINDOWED: tl.constexpr,
     SPLITS: tl.constexpr,  # programs sharing one (row, head): each takes a stretch of its keys
+    STAGES: tl.constexpr,
 ):
     row = tl.program_id(0)
     head = tl.program_id(1)
@@ -69,33 +77,31 @@ def _paged_decode_kernel(
         start = tl.maximum(length - window, 0)
     # This program's stretch of keys: whole tiles, the last stretch shorter (or empty).
     stretch = tl.cdiv(tl.cdiv(length - start, SPLITS), TILE_TOKENS) * TILE_TOKENS
-    first = start + split * stretch
-    stop = tl.minimum(first + stretch, length)
+    lo = start + split * stretch
+    hi = tl.minimum(lo + stretch, length)
     best = tl.zeros([1], dtype=tl.float32) - float("inf")
     total = tl.zeros([1], dtype=tl.float32)
     acc = tl.zeros([DIM], dtype=tl.float32)
-    # A while loop rather than range(first, stop, ...): Triton's interpreter cannot pass a loaded
-    # length to range() with NumPy 2, and compiled it is the same loop.
-    while first < stop:
+    for first in tl.range(lo, hi, TILE_TOKENS, num_stages=STAGES):
         tokens = first + tl.arange(0, TILE_TOKENS)
-        token_ok = tokens < stop
+        token_ok = tokens < hi
         block = tl.load(table_ptr + row * table_row_stride + tokens // BLOCK_TOKENS, mask=token_ok, other=0)
         block = block.to(tl.int64)
         offset = tokens % BLOCK_TOKENS
         both_ok = token_ok[:, None] & dim_ok[None, :]
+        # Keys and values are both asked for before either is used, so both reads are in flight at once.
         k_at = block[:, None] * k_block_stride + offset[:, None] * k_token_stride + kv_head * k_head_stride
-        keys = tl.load(k_ptr + k_at + dims[None, :], mask=both_ok, other=0.0).to(tl.float32)
-        scores = tl.sum(keys * q[None, :], axis=1)
+        keys = tl.load(k_ptr + k_at + dims[None, :], mask=both_ok, other=0.0)
+        v_at = block[:, None] * v_block_stride + offset[:, None] * v_token_stride + kv_head * v_head_stride
+        values = tl.load(v_ptr + v_at + dims[None, :], mask=both_ok, other=0.0)
+        scores = tl.sum(keys.to(tl.float32) * q[None, :], axis=1)
         scores = tl.where(token_ok, scores, float("-inf"))
         new_best = tl.maximum(best, tl.max(scores, axis=0))
         weights = tl.exp(scores - new_best)
         rescale = tl.exp(best - new_best)
-        v_at = block[:, None] * v_block_stride + offset[:, None] * v_token_stride + kv_head * v_head_stride
-        values = tl.load(v_ptr + v_at + dims[None, :], mask=both_ok, other=0.0).to(tl.float32)
-        acc = acc * rescale + tl.sum(weights[:, None] * values, axis=0)
+        acc = acc * rescale + tl.sum(weights[:, None] * values.to(tl.float32), axis=0)
         total = total * rescale + tl.sum(weights, axis=0)
         best = new_best
-        first += TILE_TOKENS
     if SPLITS == 1:
         out = acc / total
         tl.store(out_ptr + row * out_row_stride + head * out_head_stride + dims, out, mask=dim_ok)
@@ -113,10 +119,10 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def splits_for(rows: int, heads: int, device: torch.device) -> int:
-    """How many programs share a (row, head): enough for about two programs per multiprocessor."""
+    """How many programs share a (row, head): enough for PROGRAMS_PER_MULTIPROCESSOR (a power of two)."""
     if device.type != "cuda":
         return 1
-    wanted = -(-2 * _multiprocessors(device) // (rows * heads))
+    wanted = -(-PROGRAMS_PER_MULTIPROCESSOR * _multiprocessors(device) // (rows * heads))
     return 1 if wanted <= 1 else min(MAX_SPLITS, triton.next_power_of_2(wanted))
 
 
@@ -138,12 +144,17 @@ def paged_decode(
     scale: float,
     window: int | None = None,
     splits: int | None = None,
+    *,
+    tile: int = TILE,
+    warps: int = WARPS,
+    stages: int = STAGES,
 ) -> torch.Tensor:
     """``q`` ``[rows, heads, head_dim]``: each row's one query against its first ``lengths[row]`` keys.
 
     ``keys``/``values`` are the pool ``[blocks, block_tokens, kv_heads, head_dim]``; ``block_table``
     ``[rows, blocks per row]`` int32. ``splits`` programs share each (row, head) (default: enough to fill
-    the GPU, :func:`splits_for`). Returns ``[rows, heads, head_dim]`` in ``q``'s dtype.
+    the GPU, :func:`splits_for`). Returns ``[rows, heads, head_dim]`` in ``q``'s dtype. ``tile``, ``warps``
+    and ``stages`` are the kernel's schedule (bench/paged_kernel.py measures the choices).
     """
     rows, heads, head_dim = q.shape
     _, block_tokens, kv_heads, _ = keys.shape
@@ -180,9 +191,12 @@ def paged_decode(
         BLOCK_TOKENS=block_tokens,
         HEAD_DIM=head_dim,
         DIM=dim,
-        TILE_TOKENS=TILE,
+        TILE_TOKENS=tile,
         WINDOWED=bool(window),
         SPLITS=splits,
+        STAGES=stages,
+        num_warps=warps,
+        num_stages=stages,
         enable_fp_fusion=True,  # Triton's default so far, said explicitly (newer releases ask)
     )
     if splits > 1:

@@ -50,12 +50,19 @@ def test_the_triton_kernel_compiles_for_nvidia_gpus(capability):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from inference.triton_paged import TILE, _paged_decode_kernel
+    from inference.triton_paged import STAGES, TILE, _paged_decode_kernel
 
     pointers = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "out_ptr": "*bf16"}
     pointers |= {"table_ptr": "*i32", "lengths_ptr": "*i32"}
     strides = [name for name in _paged_decode_kernel.arg_names if name.endswith("_stride")]
-    constants = {"GROUP": 1, "BLOCK_TOKENS": 256, "HEAD_DIM": 96, "DIM": 128, "TILE_TOKENS": TILE}
+    constants = {
+        "GROUP": 1,
+        "BLOCK_TOKENS": 256,
+        "HEAD_DIM": 96,
+        "DIM": 128,
+        "TILE_TOKENS": TILE,
+        "STAGES": STAGES,
+    }
     pointers |= {"part_acc_ptr": "*fp32", "part_stats_ptr": "*fp32"}
     for windowed, splits in ((False, 1), (True, 1), (False, 8)):
         signature = {**pointers, **dict.fromkeys(strides, "i32"), "scale": "fp32", "window": "i32"}

@@ -34,7 +34,7 @@ lint: $(VENV)/.installed-dev$(EXTRAS)  ## ruff (lint and format) and mypy, as CI
 # The tests that touch transformers, again with the lowest release pyproject.toml allows (CI runs both)
 TRANSFORMERS_LOWEST := $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
 test-transformers-lowest: $(VENV)/.installed-dev$(EXTRAS)  ## the transformers tests on the lowest allowed release
-	bash scripts/test-transformers.sh $(TRANSFORMERS_LOWEST) $(VENV) $(PYTEST_ARGS)
+	bash scripts/test-transformers.sh $(TRANSFORMERS_LOWEST) $(VENV)
 
 translations: $(VENV)/.installed-dev  ## refresh bot/locales from the code and list what is left to translate
 	$(PY) scripts/translations.py

@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # Runs the tests that touch transformers against another transformers release than the one in .venv:
-#   scripts/test-transformers.sh VERSION [BASE_VENV [PYTEST_ARGS...]]      e.g. scripts/test-transformers.sh 5.23.0
+#   scripts/test-transformers.sh VERSION [BASE_VENV]      e.g. scripts/test-transformers.sh 5.23.0
 # CI runs it with the lowest release pyproject.toml allows, while .venv has the newest, so a release
 # that breaks us is seen before users see it. The extra venv reuses everything installed in BASE_VENV
 # (torch and the rest, through a .pth file) and installs only transformers itself, so it is quick.
 set -euo pipefail
-version=${1:?usage: scripts/test-transformers.sh VERSION [BASE_VENV [PYTEST_ARGS...]]}
+version=${1:?usage: scripts/test-transformers.sh VERSION [BASE_VENV]}
 base=${2:-.venv}
-shift $(( $# < 2 ? $# : 2 ))  # what is left goes to pytest
 venv=".venv-transformers-$version"
 python=${PYTHON:-python3}
 
@@ -27,4 +26,4 @@ from packaging.version import Version
 
 assert Version(transformers.__version__) == Version(sys.argv[1]), transformers.__version__
 PY
-"$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" tests/inference tests/cogs/test_end_to_end.py
+"$venv/bin/python" -m pytest -q -p no:cacheprovider tests/inference tests/cogs/test_end_to_end.py

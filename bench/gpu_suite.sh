@@ -6,7 +6,8 @@
 #   bash bench/gpu_suite.sh [OUTDIR] [STEP...]
 #
 # Steps (default: env tests burst profile throughput16 throughput4, about 4-5 minutes on an H200, each
-# under a time limit that keeps the whole run within about 9); also on request: kernel engine looplag looplagcpu.
+# under a time limit that keeps the whole run within about 9); also on request: firsttoken norms kernel engine
+# looplag looplagcpu.
 # Each step writes OUTDIR/<step>.json (the benchmark's JSON line) and OUTDIR/<step>.log (its progress).
 # A step that fails or runs out of time is reported and the next one still runs.
 set -u
@@ -48,6 +49,11 @@ for step in "${steps[@]}"; do
             --ways graphs,eager --card-levels 1,8 ;;
         throughput4) run_step throughput4 60 "$py" bench/throughput.py --real-size --num-crops 4 --ways graphs \
             --card-levels 1 ;;
+        # Where one request's first token goes (prepare, vision tower, prefill, through the engine), with the
+        # top kernels of one prefill.
+        firsttoken) run_step firsttoken 120 "$py" bench/first_token.py --real-size --ways graphs,eager --profile ;;
+        # Decoding steps with the fused RMSNorm (graphs) and with transformers' own, side by side.
+        norms) run_step norms 120 "$py" bench/step_profile.py --real-size --steps 16 --ways graphs,plain-norms ;;
         # The paged-decode kernel alone: every schedule at 1, 8 and 32 rows, checked and timed.
         kernel) run_step kernel 240 "$py" bench/paged_kernel.py ;;
         engine) run_step engine 300 "$py" bench/engine.py ;;

@@ -11,8 +11,9 @@ at the same moment, in several ways, one after the other in the same process:
 
 - ours: ``LocalEngine.stream`` for all N at once (fair scheduler, continuous batching on the model
   thread), exactly as the bot calls it, in each way ``--ways`` names: ``graphs`` (decoding from CUDA
-  graphs where they run and pass their start-up check: the default) and ``eager`` (the same runner
-  stepping eagerly). The first is ``ours``; the others appear under their names, with ``speedup_over``
+  graphs where they run and pass their start-up check: the default), ``eager`` (the same runner
+  stepping eagerly) and ``plain-norms`` (graphs, with transformers' RMSNorm instead of the fused one,
+  inference/norms.py). The first is ``ours``; the others appear under their names, with ``speedup_over``
   each;
 - the model card's way: the same N requests one after another, each
   ``model.generate(**processor(prompt, [image]), ...)`` then ``batch_decode``, as Microsoft's model card
@@ -69,23 +70,25 @@ from inference.loading import (
     resolve_dtype,
     use_language_attention,
 )
+from inference.norms import use_fused_norms
 from inference.prompts import build_prompt
 from inference.types import EngineConfig, Request, Task
 
 DEFAULT_LEVELS = (1, 8, 16, 32)
-# The engine's ways, by name: decoding from CUDA graphs where they run (the default), and eagerly.
-WAYS = ("graphs", "eager")
+# The engine's ways, by name: decoding from CUDA graphs where they run (the default), eagerly, and from
+# graphs with transformers' own RMSNorm instead of the fused one (inference/norms.py).
+WAYS = ("graphs", "eager", "plain-norms")
 
 
 def engine_way(config: EngineConfig, way: str) -> EngineConfig:
     """``config`` set up for one of :data:`WAYS`."""
-    return dataclasses.replace(config, cuda_graphs=way == "graphs")
+    return dataclasses.replace(config, cuda_graphs=way != "eager", fused_norms=way != "plain-norms")
 
 
 def parse_ways(parser: argparse.ArgumentParser, text: str) -> list[str]:
     ways = [way.strip() for way in text.split(",") if way.strip()]
     if not ways or not set(ways) <= set(WAYS) or len(set(ways)) < len(ways):
-        parser.error("--ways takes graphs and eager, separated by commas")
+        parser.error(f"--ways takes {', '.join(WAYS)}, separated by commas")
     return ways
 
 
@@ -134,7 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ways",
         default="graphs",
-        help="the engine's way(s), in order: graphs (CUDA graphs where they run), eager",
+        help="the engine's way(s), in order: graphs (CUDA graphs where they run), eager, plain-norms",
     )
     parser.add_argument(
         "--card-levels", default=None, help="levels to run the model card's way at (default: all)"
@@ -297,6 +300,7 @@ def model_card_request(setup: Setup, max_new_tokens: int) -> tuple[float, float,
     """The model card's code for one request: (first token at, finished at, new tokens)."""
     loaded = setup.loaded
     use_language_attention(loaded.model, loaded.attn_implementation)  # as loaded, not as a runner set it
+    use_fused_norms(loaded.model, False)
     processor = loaded.processor
     inputs = model_inputs(processor, setup.prompt, setup.image, loaded.device)
     clock = FirstTokenClock()

@@ -45,10 +45,11 @@ from inference.decode_step import DecodeInputs, DecodeRow, DecodeStep
 from inference.decoding import STOP_TOKENS, Event, IncrementalDecoder
 from inference.errors import OutOfMemory
 from inference.loading import LoadedModel, use_language_attention
+from inference.norms import use_fused_norms
 from inference.pace import Pace
 from inference.paged_cache import ATTENTION_NAME, PagedBatch, PagedStorage, block_table_tensor, slots_of
 from inference.prepare import Prepared, Preparer
-from inference.self_check import KernelChoice, choose_kernel, is_fatal
+from inference.self_check import KernelChoice, check_fused_norm, choose_kernel, is_fatal
 from inference.types import EngineConfig, Request, Task
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class ModelRunner:
             max_rows=config.max_batch_size,
         )
         self.kernel = self.kernel_choice.name
+        self.fused_norms = self._choose_norms(config.fused_norms)
         self.pace: Pace | None = None  # measured on a CPU, where limits and waits depend on it
         if loaded.device.type == "cpu":
             self.pace = pace.measure(loaded.model, loaded.dtype)
@@ -232,6 +234,24 @@ class ModelRunner:
         # Requests hold whole blocks.
         full = self.pool.blocks_for(self.full_request_tokens) * self.block_tokens
         return min(self.token_budget // full, self.config.max_batch_size)
+
+    def _choose_norms(self, wanted: bool) -> bool:
+        """The fused RMSNorm where asked for and it agrees with transformers' here; else transformers'."""
+        loaded, model_config = self.loaded, self.loaded.model.config
+        problem = None
+        if wanted:
+            problem = check_fused_norm(
+                loaded.device, loaded.dtype, model_config.hidden_size, model_config.rms_norm_eps
+            )
+        fused = wanted and problem is None
+        use_fused_norms(loaded.model, fused)
+        if problem is not None:
+            log.warning("RMSNorm: transformers' own; the fused one failed its start-up check (%s)", problem)
+        elif fused:
+            log.info(
+                "RMSNorm: fused, one call per norm (checked on %s against transformers' own)", loaded.device
+            )
+        return fused
 
     @property
     def attention_text(self) -> str:

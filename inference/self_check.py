@@ -8,6 +8,8 @@ against the plain path here, at the model's own shapes, and used only if they ag
   one row and the largest batch bucket; rows of 1, ~300, ~2,600 and over 4,096 keys; a prompt chunk
   beside answering rows; block tables shuffled. Each output element must agree within a tolerance for
   the dtype. The fastest kernel that agrees is chosen, by its measured time on the largest check.
+- :func:`check_fused_norm`: the fused RMSNorm (:mod:`inference.norms`) against transformers' own on
+  activations of a residual stream's range, one row to a prompt chunk's worth.
 - :func:`verify_graphs`: after the runner captured its decoding steps as CUDA graphs, each batch
   bucket is replayed against the same step run eagerly, on the same planted cache: the same greedy
   tokens, and logits within tolerance, or every graph is dropped and decoding runs eagerly.
@@ -27,8 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from transformers.models.phi3.modeling_phi3 import Phi3RMSNorm
 
 from inference.errors import EngineUnavailable
+from inference.norms import FusedRMSNorm
 from inference.paged_cache import KERNELS, PagedBatch, PagedStorage, attend, kernel_runs_here, slots_of
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 5e-3, torch.float32: 1e-4}
 CHECK_LENGTHS = (1, 300, 2600, 4400)  # keys per answering row, cycled; the last is past LongRoPE's 4,096
 CHUNK = (300, 2600)  # a prompt chunk of 300 queries whose row then has 2,600 keys
 TIMED_RUNS = 5
+NORM_ROWS = (1, 33, 2048)  # a decoding row, a batch, a prompt chunk
 # Messages of errors after which CUDA refuses all further work in this process.
 FATAL_DEVICE_ERRORS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS")
 
@@ -162,7 +167,9 @@ class _Planted:
         return attend(query, self.reference_keys, self.reference_values, batch, None)
 
 
-def _disagreement(out: torch.Tensor, reference: torch.Tensor, tolerance: float) -> str | None:
+def _disagreement(
+    out: torch.Tensor, reference: torch.Tensor, tolerance: float, plain: str = "the plain kernel's"
+) -> str | None:
     """None when every element agrees; else where the worst one is, for the log."""
     out = out.float()
     excess = (out - reference).abs() - tolerance * (1 + reference.abs())
@@ -170,7 +177,7 @@ def _disagreement(out: torch.Tensor, reference: torch.Tensor, tolerance: float) 
         return None
     bad = int((excess > 0).sum()) if bool(torch.isfinite(out).all()) else int((~torch.isfinite(out)).sum())
     worst = float((out - reference).abs().nan_to_num(float("inf")).max())
-    return f"{bad} of {out.numel()} values differ from the plain kernel's, by up to {worst:.3g}"
+    return f"{bad} of {out.numel()} values differ from {plain}, by up to {worst:.3g}"
 
 
 def _time_ms(call: Callable[[], object], device: torch.device) -> float:
@@ -241,6 +248,35 @@ def choose_kernel(
         )
     chosen = min(timings, key=timings.__getitem__)
     return KernelChoice(chosen, timings, refused)
+
+
+@torch.inference_mode()
+def check_fused_norm(device: torch.device, dtype: torch.dtype, hidden_size: int, eps: float) -> str | None:
+    """:class:`~inference.norms.FusedRMSNorm` against transformers' ``Phi3RMSNorm`` with the same weight, on
+    rows whose sizes range as a residual stream's do; None when every element agrees within the dtype's
+    tolerance, else what differed (then the runner keeps transformers' norms)."""
+    generator = torch.Generator().manual_seed(0)
+    fused = FusedRMSNorm(hidden_size, eps)
+    fused.weight.copy_(1 + 0.2 * torch.randn(hidden_size, generator=generator))
+    fused.to(device, dtype)
+    plain = Phi3RMSNorm(hidden_size, eps).to(device, dtype)
+    plain.weight.copy_(fused.weight)
+    tolerance = TOLERANCE.get(dtype, 1e-2)
+    try:
+        for rows in NORM_ROWS:
+            scales = torch.rand(rows, 1, generator=generator) * 60 + 0.01
+            hidden = (torch.randn(rows, hidden_size, generator=generator) * scales).to(device, dtype)
+            why = _disagreement(fused(hidden), plain(hidden).float(), tolerance, "transformers' RMSNorm")
+            if why is not None:
+                return f"{why} ({rows} rows)"
+    except Exception as error:
+        if is_fatal(error):
+            raise SelfCheckFailed(
+                f"The fused RMSNorm broke the GPU during its start-up check ({_short(error)}). Restart the "
+                "bot; if this happens again, update PyTorch and the NVIDIA driver."
+            ) from error
+        return _short(error)
+    return None
 
 
 @torch.inference_mode()

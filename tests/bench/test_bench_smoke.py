@@ -55,6 +55,10 @@ RUNS = {
         {"runner", "plain_forward_batch1_step_ms"},
     ),
     "paged_kernel.py": (["--smoke"], {"by_rows", "copy_gb_s"}),
+    "first_token.py": (
+        ["--tiny", "--repeats", "1", "--ways", "graphs,plain-norms", "--profile"],
+        {"prepare_ms", "vision_ms", "prefill_ms", "engine_ttft_ms", "work_tflop"},
+    ),
 }
 # Run with these variables: the kernel's benchmark, without a GPU, under Triton's interpreter.
 ENVIRONMENT = {"paged_kernel.py": {"TRITON_INTERPRET": "1"}}

@@ -16,11 +16,14 @@ from collections import defaultdict
 import pytest
 import torch
 from PIL import Image
+from transformers.models.phi3.modeling_phi3 import Phi3RMSNorm
 
-from inference import cache_size, paged_cache, phi3v
+from inference import cache_size, norms, paged_cache, phi3v
+from inference import runner as runner_module
 from inference.cache_size import CacheDoesNotFit
 from inference.decoding import IncrementalDecoder
 from inference.loading import LoadedModel, load
+from inference.norms import FusedRMSNorm
 from inference.paged_cache import PagedStorage
 from inference.prepare import Prepared
 from inference.runner import CALIBRATION_STEPS, ModelRunner
@@ -574,6 +577,38 @@ def test_a_kernel_that_breaks_the_device_ends_the_start(planted_kernels):
         SelfCheckFailed, match="The fused attention kernel broke the GPU during its start-up check"
     ):
         paged()
+
+
+def test_the_runner_uses_the_fused_norm_after_its_check(caplog, requests, reference):
+    with caplog.at_level(logging.INFO, logger="inference.runner"):
+        runner = paged()
+    assert runner.fused_norms
+    assert all(type(m) is FusedRMSNorm for m in runner.loaded.model.modules() if isinstance(m, Phi3RMSNorm))
+    assert any(r.getMessage().startswith("RMSNorm: fused") for r in caplog.records)
+    same_answers(alone(runner, requests[0]), 1, reference.answer(requests[0]), 1)
+
+
+def test_a_fused_norm_that_fails_its_check_leaves_transformers_own(monkeypatch, caplog, requests, reference):
+    def epsilon_too_large(self, hidden):
+        return self.weight * torch.nn.functional.rms_norm(hidden, self.weight.shape, eps=0.1)
+
+    monkeypatch.setattr(norms.FusedRMSNorm, "forward", epsilon_too_large)
+    with caplog.at_level(logging.INFO, logger="inference.runner"):
+        runner = paged()
+    assert not runner.fused_norms
+    assert all(type(m) is Phi3RMSNorm for m in runner.loaded.model.modules() if isinstance(m, Phi3RMSNorm))
+    [warning] = [r for r in caplog.records if r.getMessage().startswith("RMSNorm: transformers' own")]
+    assert (
+        warning.levelname == "WARNING" and "values differ from transformers' RMSNorm" in warning.getMessage()
+    )
+    same_answers(alone(runner, requests[0]), 1, reference.answer(requests[0]), 1)
+
+
+def test_fused_norms_off_means_no_check_and_transformers_norms(monkeypatch):
+    monkeypatch.setattr(runner_module, "check_fused_norm", lambda *args: pytest.fail("checked"))
+    runner = paged(fused_norms=False)
+    assert not runner.fused_norms
+    assert all(type(m) is Phi3RMSNorm for m in runner.loaded.model.modules() if isinstance(m, Phi3RMSNorm))
 
 
 def test_the_check_uses_the_models_window_and_long_rows(planted_kernels):

@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ways",
         default="graphs",
-        help="ways, in order: graphs (CUDA graphs where they run), eager, plain-norms (default graphs)",
+        help="ways, in order (bench/throughput.py's; default graphs)",
     )
     args = parser.parse_args(argv)
     for name in ("running", "newcomers", "num_crops", "prefill_chunk_tokens", "images", "running_tokens"):

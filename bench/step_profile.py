@@ -4,11 +4,12 @@
     python bench/step_profile.py --tiny --batch-sizes 1,4 --steps 8
     python bench/step_profile.py --ways graphs --profile
 
-For each way (``--ways``: ``graphs``, decoding from CUDA graphs where they run, ``eager``, and
-``plain-norms``, graphs with transformers' RMSNorm instead of the fused one; default graphs and eager)
-and batch size B: B copies of the throughput benchmark's request join the runner and are stepped until
-every one has its first token (``prefill_ms``; the paged runner prefills in chunks), then ``--steps``
-decoding steps are timed one by one (a step ends in ``.tolist()``, so each time includes the GPU's work).
+For each way (``--ways``, as bench/throughput.py's: ``graphs``, decoding from CUDA graphs where they run,
+``eager``, and graphs with transformers' own parts instead of the fused ones: ``plain-norms``,
+``plain-rope``, ``unfused``; default graphs and eager) and batch size B: B copies of the throughput
+benchmark's request join the runner and are stepped until every one has its first token (``prefill_ms``;
+the paged runner prefills in chunks), then ``--steps`` decoding steps are timed one by one (a step ends
+in ``.tolist()``, so each time includes the GPU's work).
 
 The limit: a decoding step must read every weight of the language model once and every cached key and
 value of the batch once. ``limit_ms`` is those bytes divided by the device's measured copy bandwidth
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-crops", type=int, default=None)
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--ways", default="graphs,eager", help="ways to time: graphs, eager, plain-norms")
+    parser.add_argument("--ways", default="graphs,eager", help="ways to time (bench/throughput.py's)")
     parser.add_argument(
         "--check-tokens", type=int, default=32, help="tokens per row for the graphs-vs-eager check"
     )

@@ -12,9 +12,10 @@ at the same moment, in several ways, one after the other in the same process:
 - ours: ``LocalEngine.stream`` for all N at once (fair scheduler, continuous batching on the model
   thread), exactly as the bot calls it, in each way ``--ways`` names: ``graphs`` (decoding from CUDA
   graphs where they run and pass their start-up check: the default), ``eager`` (the same runner
-  stepping eagerly) and ``plain-norms`` (graphs, with transformers' RMSNorm instead of the fused one,
-  inference/norms.py). The first is ``ours``; the others appear under their names, with ``speedup_over``
-  each;
+  stepping eagerly), and graphs with one of the fused parts replaced by transformers' own (``plain-norms``:
+  RMSNorm, inference/norms.py; ``plain-rope``: the rotary embedding and KV write,
+  inference/fused_attention.py; ``unfused``: both). The first is ``ours``; the others appear under their
+  names, with ``speedup_over`` each;
 - the model card's way: the same N requests one after another, each
   ``model.generate(**processor(prompt, [image]), ...)`` then ``batch_decode``, as Microsoft's model card
   shows; request k waits for the k-1 before it, so its latency counts their time too.
@@ -75,14 +76,21 @@ from inference.prompts import build_prompt
 from inference.types import EngineConfig, Request, Task
 
 DEFAULT_LEVELS = (1, 8, 16, 32)
-# The engine's ways, by name: decoding from CUDA graphs where they run (the default), eagerly, and from
-# graphs with transformers' own RMSNorm instead of the fused one (inference/norms.py).
-WAYS = ("graphs", "eager", "plain-norms")
+# The engine's ways, by name: decoding from CUDA graphs where they run (the default), eagerly; and from
+# graphs with transformers' own RMSNorm instead of the fused one (inference/norms.py), with transformers'
+# rotary embedding and the cache's own write instead of the fused kernel (inference/fused_attention.py),
+# or with neither fused.
+WAYS = ("graphs", "eager", "plain-norms", "plain-rope", "unfused")
 
 
 def engine_way(config: EngineConfig, way: str) -> EngineConfig:
     """``config`` set up for one of :data:`WAYS`."""
-    return dataclasses.replace(config, cuda_graphs=way != "eager", fused_norms=way != "plain-norms")
+    return dataclasses.replace(
+        config,
+        cuda_graphs=way != "eager",
+        fused_norms=way not in ("plain-norms", "unfused"),
+        fused_rope=way not in ("plain-rope", "unfused"),
+    )
 
 
 def parse_ways(parser: argparse.ArgumentParser, text: str) -> list[str]:
@@ -137,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ways",
         default="graphs",
-        help="the engine's way(s), in order: graphs (CUDA graphs where they run), eager, plain-norms",
+        help=f"the engine's way(s), in order, of: {', '.join(WAYS)}",
     )
     parser.add_argument(
         "--card-levels", default=None, help="levels to run the model card's way at (default: all)"

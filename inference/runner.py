@@ -23,6 +23,7 @@ import dataclasses
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,12 +45,20 @@ from inference.cache_size import (
 from inference.decode_step import DecodeInputs, DecodeRow, DecodeStep
 from inference.decoding import STOP_TOKENS, Event, IncrementalDecoder
 from inference.errors import OutOfMemory
+from inference.fused_attention import use_fused_rope
 from inference.loading import LoadedModel, use_language_attention
 from inference.norms import use_fused_norms
 from inference.pace import Pace
-from inference.paged_cache import ATTENTION_NAME, PagedBatch, PagedStorage, block_table_tensor, slots_of
+from inference.paged_cache import (
+    ATTENTION_NAME,
+    PagedBatch,
+    PagedStorage,
+    block_table_tensor,
+    kernel_runs_here,
+    slots_of,
+)
 from inference.prepare import Prepared, Preparer
-from inference.self_check import KernelChoice, check_fused_norm, choose_kernel, is_fatal
+from inference.self_check import KernelChoice, check_fused_norm, check_fused_rope, choose_kernel, is_fatal
 from inference.types import EngineConfig, Request, Task
 
 log = logging.getLogger(__name__)
@@ -123,7 +132,25 @@ class ModelRunner:
             max_rows=config.max_batch_size,
         )
         self.kernel = self.kernel_choice.name
-        self.fused_norms = self._choose_norms(config.fused_norms)
+        model_config = loaded.model.config
+        self.fused_norms = self._use_checked(
+            "RMSNorm",
+            "one call a norm",
+            config.fused_norms,
+            lambda: check_fused_norm(
+                loaded.device, loaded.dtype, model_config.hidden_size, model_config.rms_norm_eps
+            ),
+            use_fused_norms,
+        )
+        self.fused_rope = self._use_checked(
+            "Rotary embedding and KV write",
+            "one Triton kernel a layer",
+            config.fused_rope and kernel_runs_here("triton", loaded.device, loaded.dtype),
+            lambda: check_fused_rope(
+                loaded.device, loaded.dtype, heads=heads, kv_heads=self.kv_heads, head_dim=self.head_dim
+            ),
+            use_fused_rope,
+        )
         self.pace: Pace | None = None  # measured on a CPU, where limits and waits depend on it
         if loaded.device.type == "cpu":
             self.pace = pace.measure(loaded.model, loaded.dtype)
@@ -235,22 +262,23 @@ class ModelRunner:
         full = self.pool.blocks_for(self.full_request_tokens) * self.block_tokens
         return min(self.token_budget // full, self.config.max_batch_size)
 
-    def _choose_norms(self, wanted: bool) -> bool:
-        """The fused RMSNorm where asked for and it agrees with transformers' here; else transformers'."""
-        loaded, model_config = self.loaded, self.loaded.model.config
-        problem = None
-        if wanted:
-            problem = check_fused_norm(
-                loaded.device, loaded.dtype, model_config.hidden_size, model_config.rms_norm_eps
-            )
+    def _use_checked(
+        self,
+        part: str,
+        how: str,
+        wanted: bool,
+        check: Callable[[], str | None],
+        use: Callable[[torch.nn.Module, bool], object],
+    ) -> bool:
+        """A fused ``part`` of the model where wanted and it agrees with transformers' here (``check``); else
+        transformers' own. Returns whether the fused one is used."""
+        problem = check() if wanted else None
         fused = wanted and problem is None
-        use_fused_norms(loaded.model, fused)
+        use(self.loaded.model, fused)
         if problem is not None:
-            log.warning("RMSNorm: transformers' own; the fused one failed its start-up check (%s)", problem)
+            log.warning("%s: transformers' own; the fused one failed its start-up check (%s)", part, problem)
         elif fused:
-            log.info(
-                "RMSNorm: fused, one call per norm (checked on %s against transformers' own)", loaded.device
-            )
+            log.info("%s: fused, %s (checked on %s against transformers' own)", part, how, self.loaded.device)
         return fused
 
     @property

@@ -10,6 +10,9 @@ against the plain path here, at the model's own shapes, and used only if they ag
   the dtype. The fastest kernel that agrees is chosen, by its measured time on the largest check.
 - :func:`check_fused_norm`: the fused RMSNorm (:mod:`inference.norms`) against transformers' own on
   activations of a residual stream's range, one row to a prompt chunk's worth.
+- :func:`check_fused_rope`: the rotary embedding and KV write in one Triton kernel
+  (:mod:`inference.fused_attention`) against transformers' rotary embedding and the cache's own write:
+  the same queries and every slot of the cache the same, for one token, a batch and a prompt chunk.
 - :func:`verify_graphs`: after the runner captured its decoding steps as CUDA graphs, each batch
   bucket is replayed against the same step run eagerly, on the same planted cache: the same greedy
   tokens, and logits within tolerance, or every graph is dropped and decoding runs eagerly.
@@ -29,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers.models.phi3.modeling_phi3 import Phi3RMSNorm
+from transformers.models.phi3.modeling_phi3 import Phi3RMSNorm, apply_rotary_pos_emb
 
 from inference.errors import EngineUnavailable
 from inference.norms import FusedRMSNorm
@@ -43,6 +46,8 @@ CHECK_LENGTHS = (1, 300, 2600, 4400)  # keys per answering row, cycled; the last
 CHUNK = (300, 2600)  # a prompt chunk of 300 queries whose row then has 2,600 keys
 TIMED_RUNS = 5
 NORM_ROWS = (1, 33, 2048)  # a decoding row, a batch, a prompt chunk
+ROPE_TOKENS = (1, 33, 700)  # the same, for the rotary embedding and KV write
+ROPE_POSITIONS = 8192  # positions drawn below this (past LongRoPE's switch at 4,096)
 # Messages of errors after which CUDA refuses all further work in this process.
 FATAL_DEVICE_ERRORS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS")
 
@@ -274,6 +279,67 @@ def check_fused_norm(device: torch.device, dtype: torch.dtype, hidden_size: int,
             raise SelfCheckFailed(
                 f"The fused RMSNorm broke the GPU during its start-up check ({_short(error)}). Restart the "
                 "bot; if this happens again, update PyTorch and the NVIDIA driver."
+            ) from error
+        return _short(error)
+    return None
+
+
+@torch.inference_mode()
+def check_fused_rope(
+    device: torch.device, dtype: torch.dtype, *, heads: int, kv_heads: int, head_dim: int
+) -> str | None:
+    """:func:`inference.fused_attention.rope_and_write` against transformers' ``apply_rotary_pos_emb`` and
+    :meth:`~inference.paged_cache.PagedStorage.write` on random rows of ``qkv`` at random positions: the
+    same queries, and every slot of both caches the same (the right slots written, no other); None when
+    all agree within the dtype's tolerance, else what differed (then the runner keeps transformers')."""
+    from inference import fused_attention
+
+    generator = torch.Generator().manual_seed(0)
+    tolerance = TOLERANCE.get(dtype, 1e-2)
+    widths = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+    frequencies = 1 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    block_tokens = 16
+    try:
+        for tokens in ROPE_TOKENS:
+            num_blocks = -(-tokens // block_tokens) + 2  # room for slots no token writes
+            qkv = (torch.randn(tokens, sum(widths), generator=generator) * 4).to(device, dtype)
+            positions = torch.randint(0, ROPE_POSITIONS, (tokens, 1), generator=generator).float()
+            angles = torch.cat([positions * frequencies, positions * frequencies], dim=-1)
+            cos, sin = angles.cos().to(device, dtype), angles.sin().to(device, dtype)
+            slots = torch.randperm(num_blocks * block_tokens, generator=generator)[:tokens].to(device)
+            fused, plain = (
+                PagedStorage(
+                    num_layers=1,
+                    num_blocks=num_blocks,
+                    block_tokens=block_tokens,
+                    kv_heads=kv_heads,
+                    head_dim=head_dim,
+                    dtype=dtype,
+                    device=device,
+                )
+                for _ in range(2)
+            )
+            queries = fused_attention.rope_and_write(
+                qkv, cos, sin, slots, fused.keys[0], fused.values[0], heads
+            )
+            q, k, v = (part.view(1, tokens, -1, head_dim).transpose(1, 2) for part in qkv.split(widths, -1))
+            q, k = apply_rotary_pos_emb(q, k, cos[None], sin[None])
+            plain.write(0, slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
+            compared = {
+                "queries": (queries, q[0].transpose(0, 1)),
+                "keys": (fused.keys[0], plain.keys[0]),
+                "values": (fused.values[0], plain.values[0]),
+            }
+            for name, (got, expected) in compared.items():
+                why = _disagreement(got, expected.float(), tolerance, "transformers'")
+                if why is not None:
+                    return f"{name}: {why} ({tokens} tokens)"
+    except Exception as error:
+        if is_fatal(error):
+            raise SelfCheckFailed(
+                "The fused rotary embedding broke the GPU during its start-up check "
+                f"({_short(error)}). Restart the bot; if this happens again, update PyTorch and the "
+                "NVIDIA driver."
             ) from error
         return _short(error)
     return None

@@ -124,7 +124,9 @@ class EngineConfig:
     batch_window_ms: float = 15.0  # how long an idle engine waits to gather a burst into one batch
     prefill_chunk_tokens: int = 2048  # prompt tokens prefilled per step beside the running answers
     cuda_graphs: bool = True  # on CUDA: decoding steps replayed from graphs captured and checked at start-up
-    fused_norms: bool = True  # RMSNorm in one call each, checked at start-up (off: transformers', to compare)
+    # Checked at start-up against transformers' own; off, transformers' (the benchmarks compare):
+    fused_norms: bool = True  # RMSNorm in one call each
+    fused_rope: bool = True  # rotary embedding and KV write in one Triton kernel a layer (where Triton runs)
 
 
 @runtime_checkable

@@ -83,7 +83,7 @@ def test_the_runner_answers_like_generate_in_bf16():
     request = Request(Task.DESCRIBE, (image(300, 500, 2),), question="What is this?")
     runner = ModelRunner(load(config), config)
     assert runner.kernel in ("fused", "triton")  # keys read in place, no gather
-    assert runner.fused_norms  # against generate's model, freshly loaded with transformers' RMSNorm
+    assert runner.fused_norms and runner.fused_rope  # against generate's model, freshly loaded: transformers'
     runner.stop_ids = set()
     recorder = Recorder(runner)
     prepared = runner.prepare(request)
@@ -96,9 +96,11 @@ def test_the_runner_answers_like_generate_in_bf16():
 
 
 def test_the_start_up_check_passes_at_the_published_shape():
-    from inference.self_check import check_fused_norm, choose_kernel
+    from inference.self_check import check_fused_norm, check_fused_rope, choose_kernel
 
-    assert check_fused_norm(torch.device("cuda"), torch.bfloat16, 3072, 1e-5) is None
+    cuda = torch.device("cuda")
+    assert check_fused_norm(cuda, torch.bfloat16, 3072, 1e-5) is None
+    assert check_fused_rope(cuda, torch.bfloat16, heads=32, kv_heads=32, head_dim=96) is None
 
     choice = choose_kernel(
         torch.device("cuda"),

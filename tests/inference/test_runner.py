@@ -16,12 +16,13 @@ from collections import defaultdict
 import pytest
 import torch
 from PIL import Image
-from transformers.models.phi3.modeling_phi3 import Phi3RMSNorm
+from transformers.models.phi3.modeling_phi3 import Phi3Attention, Phi3RMSNorm
 
-from inference import cache_size, norms, paged_cache, phi3v
+from inference import cache_size, fused_attention, norms, paged_cache, phi3v
 from inference import runner as runner_module
 from inference.cache_size import CacheDoesNotFit
 from inference.decoding import IncrementalDecoder
+from inference.fused_attention import FusedRopeAttention
 from inference.loading import LoadedModel, load
 from inference.norms import FusedRMSNorm
 from inference.paged_cache import PagedStorage
@@ -609,6 +610,40 @@ def test_fused_norms_off_means_no_check_and_transformers_norms(monkeypatch):
     runner = paged(fused_norms=False)
     assert not runner.fused_norms
     assert all(type(m) is Phi3RMSNorm for m in runner.loaded.model.modules() if isinstance(m, Phi3RMSNorm))
+
+
+def test_the_runner_uses_the_fused_rope_where_triton_runs_after_its_check(monkeypatch, requests, reference):
+    from tests.inference.test_fused_rope import rope_in_torch
+
+    monkeypatch.setattr(runner_module, "kernel_runs_here", lambda kernel, device, dtype: True)
+    monkeypatch.setattr(fused_attention, "rope_and_write", rope_in_torch)
+    runner = paged()
+    assert runner.fused_rope
+    assert all(type(layer.self_attn) is FusedRopeAttention for layer in runner.loaded.model.model.layers)
+    same_answers(alone(runner, requests[0]), 1, reference.answer(requests[0]), 1)
+
+
+def test_a_fused_rope_that_fails_its_check_leaves_transformers_attention(monkeypatch, caplog):
+    from tests.inference.test_fused_rope import sine_backwards
+
+    monkeypatch.setattr(runner_module, "kernel_runs_here", lambda kernel, device, dtype: True)
+    monkeypatch.setattr(fused_attention, "rope_and_write", sine_backwards)
+    with caplog.at_level(logging.INFO, logger="inference.runner"):
+        runner = paged()
+    assert not runner.fused_rope
+    assert all(type(layer.self_attn) is Phi3Attention for layer in runner.loaded.model.model.layers)
+    [warning] = [r for r in caplog.records if r.getMessage().startswith("Rotary embedding and KV write: tra")]
+    assert warning.levelname == "WARNING" and "queries: " in warning.getMessage()
+
+
+@pytest.mark.parametrize("why", ["no Triton here", "turned off"])
+def test_without_triton_or_turned_off_the_rope_is_not_checked(monkeypatch, why):
+    monkeypatch.setattr(runner_module, "check_fused_rope", lambda *args, **kwargs: pytest.fail("checked"))
+    if why == "turned off":
+        monkeypatch.setattr(runner_module, "kernel_runs_here", lambda kernel, device, dtype: True)
+    runner = paged(fused_rope=why != "turned off")
+    assert not runner.fused_rope
+    assert all(type(layer.self_attn) is Phi3Attention for layer in runner.loaded.model.model.layers)
 
 
 def test_the_check_uses_the_models_window_and_long_rows(planted_kernels):

@@ -1,7 +1,7 @@
-"""Our Triton paged-decode kernel on the CPU, under Triton's interpreter.
+"""Our Triton kernels on the CPU, under Triton's interpreter.
 
-The interpreter is chosen when Triton is first imported, so the kernel's tests in test_paged_cache.py
-run in a process of their own, started here with ``TRITON_INTERPRET=1``.
+The interpreter is chosen when Triton is first imported, so the kernels' tests in test_paged_cache.py and
+test_fused_rope.py run in a process of their own, started here with ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -16,20 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_triton_kernel_under_the_interpreter():
-    pytest.importorskip("triton", reason="Triton has no build for this platform (it ships for Linux x86-64)")
+def interpreted(*pytest_args: str) -> str:
+    """Run pytest on ``pytest_args`` in a process of its own with ``TRITON_INTERPRET=1``; its output."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/inference/test_paged_cache.py",
-            "-k",
-            "triton",
-        ],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args],
         cwd=ROOT,
         env={**os.environ, "TRITON_INTERPRET": "1"},
         capture_output=True,
@@ -38,7 +28,17 @@ def test_the_triton_kernel_under_the_interpreter():
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "8 passed" in done.stdout
+    return done.stdout
+
+
+def test_the_triton_kernel_under_the_interpreter():
+    pytest.importorskip("triton", reason="Triton has no build for this platform (it ships for Linux x86-64)")
+    assert "8 passed" in interpreted("tests/inference/test_paged_cache.py", "-k", "triton")
+
+
+def test_the_rotary_kernel_under_the_interpreter():
+    pytest.importorskip("triton", reason="Triton has no build for this platform (it ships for Linux x86-64)")
+    assert "12 passed" in interpreted("tests/inference/test_fused_rope.py")
 
 
 @pytest.mark.parametrize("capability", [80, 90])  # Ampere (A100, RTX 30xx), Hopper (H100, H200)
@@ -74,3 +74,31 @@ def test_the_triton_kernel_compiles_for_nvidia_gpus(capability):
             source, target=GPUTarget("cuda", capability, 32), options={"enable_fp_fusion": True}
         )
         assert compiled.asm["cubin"]  # machine code, not only PTX: ptxas accepted it
+
+
+@pytest.mark.parametrize("capability", [80, 90])
+def test_the_rotary_kernel_compiles_for_nvidia_gpus(capability):
+    triton = pytest.importorskip(
+        "triton", reason="Triton has no build for this platform (it ships for Linux x86-64)"
+    )
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from inference.triton_rope import _rope_write_kernel
+
+    pointers = dict.fromkeys(
+        ["qkv_ptr", "cos_ptr", "sin_ptr", "q_out_ptr", "k_cache_ptr", "v_cache_ptr"], "*bf16"
+    )
+    strides = [name for name in _rope_write_kernel.arg_names if name.endswith("_stride")]
+    constants = {"HEADS": 32, "KV_HEADS": 32, "HALF": 48, "HEADS_P2": 32, "KV_HEADS_P2": 32, "HALF_P2": 64}
+    signature = {**pointers, "slots_ptr": "*i64", **dict.fromkeys(strides, "i32")}
+    signature |= dict.fromkeys(constants, "constexpr")
+    source = ASTSource(_rope_write_kernel, signature, constants)
+    # As it is launched: without fusing a product and a sum into one rounding (float32 models).
+    compiled = triton.compile(
+        source, target=GPUTarget("cuda", capability, 32), options={"enable_fp_fusion": False}
+    )
+    assert compiled.asm["cubin"]
+    assert "fma.rn.f32" not in compiled.asm["ptx"]
+    # The roundings that make it equal to transformers' stay in the machine code: round-to-nearest casts.
+    assert "cvt.rn.bf16.f32" in compiled.asm["ptx"] or "cvt.rn.bf16x2.f32" in compiled.asm["ptx"]

@@ -1,0 +1,56 @@
+"""The language model's attention in the runner's packed passes, with the rotary embedding and the KV
+write in one Triton kernel (:mod:`inference.triton_rope`) instead of transformers' dozen small ones.
+
+:class:`FusedRopeAttention` is transformers' ``Phi3Attention`` (same weights, same names) whose forward,
+given the runner's ``paged_batch``, projects ``qkv``, hands it to the kernel, and attends with
+:func:`inference.paged_cache.attend` as :func:`~inference.paged_cache.paged_attention` would; anything
+else (``generate``, a partial rotary embedding) goes to transformers' own forward. The runner swaps it in
+(:func:`use_fused_rope`) only where Triton runs and after :func:`inference.self_check.check_fused_rope`
+found the kernel equal to transformers' rotary embedding and the cache's own write.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.models.phi3.modeling_phi3 import Phi3Attention
+
+from inference.paged_cache import PagedBatch, attend
+
+
+def rope_and_write(*args) -> torch.Tensor:
+    """:func:`inference.triton_rope.rope_and_write`, imported when first used (Triton is not everywhere)."""
+    from inference.triton_rope import rope_and_write as kernel
+
+    return kernel(*args)
+
+
+class FusedRopeAttention(Phi3Attention):
+    def forward(self, hidden_states, position_embeddings, attention_mask, **kwargs):
+        batch: PagedBatch | None = kwargs.get("paged_batch")
+        cos, sin = position_embeddings
+        if batch is None or hidden_states.shape[0] != 1 or cos.shape[-1] != self.head_dim:
+            return super().forward(hidden_states, position_embeddings, attention_mask, **kwargs)
+        tokens = hidden_states.shape[1]
+        layer = self.layer_idx
+        keys, values = batch.storage.keys[layer], batch.storage.values[layer]
+        queries = rope_and_write(
+            self.qkv_proj(hidden_states)[0],
+            cos[0],
+            sin[0],
+            batch.slots,
+            keys,
+            values,
+            self.config.num_attention_heads,
+        )
+        out = attend(queries, keys, values, batch, self.scaling)  # [tokens, heads, head_dim]
+        return self.o_proj(out.reshape(1, tokens, -1)), None
+
+
+def use_fused_rope(model: torch.nn.Module, fused: bool) -> int:
+    """Make every Phi-3 attention of ``model`` fused (or transformers' own again); returns how many."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Phi3Attention):
+            module.__class__ = FusedRopeAttention if fused else Phi3Attention
+            count += 1
+    return count

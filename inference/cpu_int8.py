@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 # Rows up to which the int8 kernel beats expanding the weight: measured at the model's 3072x16384 product on
 # a 2-core AVX2 EPYC (128 rows: 250 against 370 ms; 256 rows: 561 against 465 ms).
 KERNEL_MAX_ROWS = 192
+# PyTorch's int8 kernel reads its weight with aligned loads: on a Xeon with AMX (torch 2.13) a weight at an
+# address that is not a multiple of 64 bytes crashes the process, and safetensors hands tensors back at
+# any offset (24 bytes past, read from our cache file).
+WEIGHT_ALIGNMENT = 64
 LINEAR_NAMES = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 CACHE_FORMAT = 1  # bump when the rounding changes: older files are then not read
 
@@ -76,6 +80,8 @@ class Int8Linear(nn.Module):
     ) -> None:
         super().__init__()
         self.out_features, self.in_features = weight_int8.shape
+        if weight_int8.data_ptr() % WEIGHT_ALIGNMENT:
+            weight_int8 = weight_int8.clone()  # PyTorch's allocator aligns fresh memory to 64 bytes
         # Buffers, not parameters: model.to(dtype) leaves int8 alone; ``scale`` is read as bf16 by both paths.
         self.register_buffer("weight_int8", weight_int8)
         self.register_buffer("scale", scale)

@@ -11,6 +11,8 @@ found the kernel equal to transformers' rotary embedding and the cache's own wri
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from transformers.models.phi3.modeling_phi3 import Phi3Attention
 
@@ -25,13 +27,19 @@ def rope_and_write(*args) -> torch.Tensor:
 
 
 class FusedRopeAttention(Phi3Attention):
-    def forward(self, hidden_states, position_embeddings, attention_mask, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch: PagedBatch | None = kwargs.get("paged_batch")
         cos, sin = position_embeddings
         if batch is None or hidden_states.shape[0] != 1 or cos.shape[-1] != self.head_dim:
             return super().forward(hidden_states, position_embeddings, attention_mask, **kwargs)
         tokens = hidden_states.shape[1]
-        layer = self.layer_idx
+        layer = cast(int, self.layer_idx)  # set by the decoder layer that holds it
         keys, values = batch.storage.keys[layer], batch.storage.values[layer]
         queries = rope_and_write(
             self.qkv_proj(hidden_states)[0],

@@ -158,6 +158,7 @@ class LocalEngine:
             block_tokens=BLOCK_TOKENS,
         )
         self._channels: dict[int, _Channel] = {}
+        self._preparing = 0  # requests on (or waiting for) a preparing thread, not yet queued
         self._aborted: list[int] = []
         # Set by the event loop when the model thread should hand back control at its next step:
         # a request arrived or was aborted. Until then the thread decodes step after step by itself.
@@ -274,9 +275,13 @@ class LocalEngine:
         self._channels[request_id] = channel
         finished = False
         try:
-            channel.prepared = await loop.run_in_executor(
-                self._prep_threads, self._live_runner.prepare, request
-            )
+            self._preparing += 1
+            try:
+                channel.prepared = await loop.run_in_executor(
+                    self._prep_threads, self._live_runner.prepare, request
+                )
+            finally:
+                self._preparing -= 1
             self._check_ready()
             if channel.prepared.left_out and on_trimmed is not None:
                 on_trimmed(channel.prepared.left_out)
@@ -350,9 +355,10 @@ class LocalEngine:
     async def _drive(self) -> None:
         """Step the batch until there is nothing left to do, then end (an idle engine runs no task)."""
         loop = asyncio.get_running_loop()
-        if not self.scheduler.running and self.config.batch_window_ms > 0:
-            # Let a burst arrive together. The idle model thread does the waiting, so the
-            # window is plain wall-clock time whatever clock the event loop is given.
+        if not self.scheduler.running and self._preparing and self.config.batch_window_ms > 0:
+            # More requests are on their way (being prepared): let them arrive together. A lone one
+            # starts at once. The idle model thread does the waiting, so the window is plain
+            # wall-clock time whatever clock the event loop is given.
             await loop.run_in_executor(self._model_thread, time.sleep, self.config.batch_window_ms / 1000)
         while (self.scheduler.has_work() or self._aborted) and self._model_thread is not None:
             admitted = self.scheduler.admit()

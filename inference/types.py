@@ -121,7 +121,7 @@ class EngineConfig:
     # memory is left after the weights (gpu_memory_fraction of a GPU; a share of free RAM on the CPU)
     token_budget: int | None = None
     gpu_memory_fraction: float = 0.9  # with token_budget None: the share of the GPU the process may fill
-    batch_window_ms: float = 15.0  # how long an idle engine waits to gather a burst into one batch
+    batch_window_ms: float = 15.0  # how long an idle engine waits for a burst still being prepared
     prefill_chunk_tokens: int = 2048  # prompt tokens prefilled per step beside the running answers
     cuda_graphs: bool = True  # on CUDA: decoding steps replayed from graphs captured and checked at start-up
     # Checked at start-up against transformers' own; off, transformers' (the benchmarks compare):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 from PIL import Image
@@ -20,6 +22,7 @@ from inference import (
     Task,
     Turn,
 )
+from inference import engine as engine_module
 from inference.engine import MAX_STEP_FAILURES
 from inference.errors import (
     EngineDead,
@@ -72,7 +75,7 @@ async def until(condition, timeout: float = 10.0) -> None:
 
 
 async def scripted(**overrides) -> LocalEngine:
-    engine = LocalEngine(tiny_config(batch_window_ms=0, **overrides), runner_factory=ScriptedRunner)
+    engine = LocalEngine(tiny_config(**({"batch_window_ms": 0} | overrides)), runner_factory=ScriptedRunner)
     await engine.start()
     return engine
 
@@ -181,6 +184,55 @@ async def test_a_model_that_cannot_load_fails_start_clearly():
 
 
 # -- scripted runner: queueing, fairness, failures -------------------------------------------------
+
+
+class WindowClock:
+    """Stands in for the engine's ``time`` module: records the batch windows the model thread waits."""
+
+    def __init__(self) -> None:
+        self.windows: list[float] = []
+        self.perf_counter = time.perf_counter
+
+    def sleep(self, seconds: float) -> None:
+        self.windows.append(seconds)
+
+
+async def test_a_lone_request_starts_without_waiting_the_batch_window(monkeypatch):
+    clock = WindowClock()
+    monkeypatch.setattr(engine_module, "time", clock)
+    engine = await scripted(batch_window_ms=50)
+    try:
+        assert (await engine.generate(Request(Task.DESCRIBE, (IMAGE,)))).text == "tok2 tok1 tok0"
+        assert clock.windows == []
+    finally:
+        await engine.stop()
+
+
+async def test_a_request_waits_the_window_for_others_still_being_prepared(monkeypatch):
+    clock = WindowClock()
+    monkeypatch.setattr(engine_module, "time", clock)
+    monkeypatch.setattr(engine_module, "PREP_THREADS", 2)  # the two requests are prepared side by side
+    engine = await scripted(batch_window_ms=50)
+    runner = engine._runner
+    released = threading.Event()
+    prepare = runner.prepare
+
+    def slow_for_the_second(request):
+        if request.user_id == 2:
+            released.wait(10)
+        return prepare(request)
+
+    monkeypatch.setattr(runner, "prepare", slow_for_the_second)
+    try:
+        second = asyncio.create_task(engine.generate(Request(Task.DESCRIBE, (IMAGE,), user_id=2)))
+        await until(lambda: engine._preparing == 1)
+        first = await engine.generate(Request(Task.DESCRIBE, (IMAGE,), user_id=1))
+        assert first.text == "tok2 tok1 tok0" and clock.windows == [0.05]
+        released.set()
+        assert (await second).text == "tok2 tok1 tok0"
+    finally:
+        released.set()
+        await engine.stop()
 
 
 async def test_one_failure_does_not_break_the_next_request():

@@ -6,8 +6,8 @@ nothing on older PyTorch releases too. Programs walk a row's keys ``TILE`` token
 its block table, with an online softmax in float32, the next tiles' reads already under way (Triton's
 software pipelining, ``STAGES``). With few rows (one person asking), one program per
 (row, head) would leave most of the GPU idle while each walks thousands of keys, so several programs
-share a (row, head), each a stretch of its keys, and their partial results are merged
-("flash-decoding"). The grid and arguments depend only on tensor shapes, never on lengths read back
+share a (row, head), each a stretch of its keys, and their partial results are merged by a second small
+kernel ("flash-decoding"). The grid and arguments depend only on tensor shapes, never on lengths read back
 to the host, so a CUDA graph can capture it.
 
 The tests run it on the CPU with Triton's interpreter (``TRITON_INTERPRET=1``) against the plain kernel.
@@ -105,11 +105,40 @@ def _paged_decode_kernel(
     if SPLITS == 1:
         out = acc / total
         tl.store(out_ptr + row * out_row_stride + head * out_head_stride + dims, out, mask=dim_ok)
-    else:  # partial results, merged by merge_splits (an empty stretch leaves best -inf and total 0)
+    else:  # partial results, merged by _merge_kernel (an empty stretch leaves best -inf and total 0)
         part = (row * tl.num_programs(1) + head) * SPLITS + split
         tl.store(part_acc_ptr + part * DIM + dims, acc)
         tl.store(part_stats_ptr + part * 2 + tl.arange(0, 1), best)
         tl.store(part_stats_ptr + part * 2 + 1 + tl.arange(0, 1), total)
+
+
+@triton.jit
+def _merge_kernel(
+    part_acc_ptr,
+    part_stats_ptr,
+    out_ptr,
+    out_row_stride,
+    out_head_stride,
+    HEAD_DIM: tl.constexpr,
+    DIM: tl.constexpr,
+    SPLITS: tl.constexpr,
+    SPLITS_P2: tl.constexpr,  # SPLITS rounded up to a power of two (Triton's block shapes)
+):
+    """One program per (row, head): its SPLITS partial softmax results merged into one, in float32."""
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    parts = tl.arange(0, SPLITS_P2)
+    part_ok = parts < SPLITS
+    first = (row * tl.num_programs(1) + head) * SPLITS
+    best = tl.load(part_stats_ptr + (first + parts) * 2, mask=part_ok, other=float("-inf"))
+    total = tl.load(part_stats_ptr + (first + parts) * 2 + 1, mask=part_ok, other=0.0)
+    weight = tl.exp(best - tl.max(best, axis=0))  # an empty stretch (best -inf) weighs 0
+    dims = tl.arange(0, DIM)
+    acc = tl.load(
+        part_acc_ptr + (first + parts)[:, None] * DIM + dims[None, :], mask=part_ok[:, None], other=0.0
+    )
+    merged = tl.sum(acc * weight[:, None], axis=0) / tl.sum(total * weight, axis=0)
+    tl.store(out_ptr + row * out_row_stride + head * out_head_stride + dims, merged, mask=dims < HEAD_DIM)
 
 
 @functools.cache
@@ -124,15 +153,6 @@ def splits_for(rows: int, heads: int, device: torch.device) -> int:
         return 1
     wanted = -(-PROGRAMS_PER_MULTIPROCESSOR * _multiprocessors(device) // (rows * heads))
     return 1 if wanted <= 1 else min(MAX_SPLITS, triton.next_power_of_2(wanted))
-
-
-def merge_splits(part_acc: torch.Tensor, part_stats: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """Softmax-merge the partial results ``[rows, heads, splits, ...]`` of the programs of a row and head."""
-    best, total = part_stats[..., 0], part_stats[..., 1]
-    top = best.amax(-1, keepdim=True)
-    weight = torch.exp(best - top)  # an empty stretch (best -inf) weighs 0
-    merged = (part_acc[..., :head_dim] * weight[..., None]).sum(-2)
-    return merged / (total * weight).sum(-1)[..., None]
 
 
 def paged_decode(
@@ -199,6 +219,16 @@ def paged_decode(
         num_stages=stages,
         enable_fp_fusion=True,  # Triton's default so far, said explicitly (newer releases ask)
     )
-    if splits > 1:
-        out.copy_(merge_splits(part_acc, part_stats, head_dim))
+    if splits > 1:  # one small kernel more, where PyTorch operations took ten
+        _merge_kernel[(rows, heads)](
+            part_acc,
+            part_stats,
+            out,
+            out.stride(0),
+            out.stride(1),
+            HEAD_DIM=head_dim,
+            DIM=dim,
+            SPLITS=splits,
+            SPLITS_P2=triton.next_power_of_2(splits),
+        )
     return out

@@ -50,7 +50,7 @@ def test_the_triton_kernel_compiles_for_nvidia_gpus(capability):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from inference.triton_paged import STAGES, TILE, _paged_decode_kernel
+    from inference.triton_paged import STAGES, TILE, _merge_kernel, _paged_decode_kernel
 
     pointers = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "out_ptr": "*bf16"}
     pointers |= {"table_ptr": "*i32", "lengths_ptr": "*i32"}
@@ -74,6 +74,14 @@ def test_the_triton_kernel_compiles_for_nvidia_gpus(capability):
             source, target=GPUTarget("cuda", capability, 32), options={"enable_fp_fusion": True}
         )
         assert compiled.asm["cubin"]  # machine code, not only PTX: ptxas accepted it
+    # The kernel that merges the split programs' partial results.
+    signature = {"part_acc_ptr": "*fp32", "part_stats_ptr": "*fp32", "out_ptr": "*bf16"}
+    signature |= {"out_row_stride": "i32", "out_head_stride": "i32"}
+    merge_constants = {"HEAD_DIM": 96, "DIM": 128, "SPLITS": 8, "SPLITS_P2": 8}
+    source = ASTSource(
+        _merge_kernel, signature | dict.fromkeys(merge_constants, "constexpr"), merge_constants
+    )
+    assert triton.compile(source, target=GPUTarget("cuda", capability, 32)).asm["cubin"]
 
 
 @pytest.mark.parametrize("capability", [80, 90])

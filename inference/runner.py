@@ -288,9 +288,11 @@ class ModelRunner:
         graphs = ", CUDA graphs (checked)" if self.graphs_checked else ""
         if self.graphs_refused:
             graphs = ", CUDA graphs off (they failed their start-up check)"
+        fused = [part for part, on in (("RMSNorm", self.fused_norms), ("rotary", self.fused_rope)) if on]
+        fusions = f", fused {' and '.join(fused)} (checked)" if fused else ""
         return (
             f"paged KV cache of {self.token_budget} tokens (room for {self.people}), "
-            f"{self.kernel} attention kernel{timing}{graphs}"
+            f"{self.kernel} attention kernel{timing}{fusions}{graphs}"
         )
 
     def _size_budget(self) -> int:

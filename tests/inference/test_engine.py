@@ -552,7 +552,8 @@ async def test_the_real_engine_reports_its_hardware(engine):
     assert budget == engine.scheduler.token_budget and budget <= CPU_TOKEN_CAP
     people = min(budget // 2560, 8)  # 16 crops and an 8-token answer: 10 blocks each
     assert stats.hardware == (
-        f"cpu, float32, paged KV cache of {budget} tokens (room for {people}), plain attention kernel"
+        f"cpu, float32, paged KV cache of {budget} tokens (room for {people}), plain attention kernel, "
+        "fused RMSNorm (checked)"
     )
     assert stats.memory_bytes is None
 

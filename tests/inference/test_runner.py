@@ -618,7 +618,7 @@ def test_the_runner_uses_the_fused_rope_where_triton_runs_after_its_check(monkey
     monkeypatch.setattr(runner_module, "kernel_runs_here", lambda kernel, device, dtype: True)
     monkeypatch.setattr(fused_attention, "rope_and_write", rope_in_torch)
     runner = paged()
-    assert runner.fused_rope
+    assert runner.fused_rope and "fused RMSNorm and rotary (checked)" in runner.attention_text
     assert all(type(layer.self_attn) is FusedRopeAttention for layer in runner.loaded.model.model.layers)
     same_answers(alone(runner, requests[0]), 1, reference.answer(requests[0]), 1)
 
@@ -630,7 +630,7 @@ def test_a_fused_rope_that_fails_its_check_leaves_transformers_attention(monkeyp
     monkeypatch.setattr(fused_attention, "rope_and_write", sine_backwards)
     with caplog.at_level(logging.INFO, logger="inference.runner"):
         runner = paged()
-    assert not runner.fused_rope
+    assert not runner.fused_rope and "fused RMSNorm (checked)" in runner.attention_text
     assert all(type(layer.self_attn) is Phi3Attention for layer in runner.loaded.model.model.layers)
     [warning] = [r for r in caplog.records if r.getMessage().startswith("Rotary embedding and KV write: tra")]
     assert warning.levelname == "WARNING" and "queries: " in warning.getMessage()
@@ -781,7 +781,8 @@ def test_the_owner_sees_how_the_model_attends():
     engine = LocalEngine(tiny())
     engine._runner = paged(token_budget=4096)
     assert engine.stats().hardware == (
-        "cpu, float32, paged KV cache of 4096 tokens (room for 1), plain attention kernel"
+        "cpu, float32, paged KV cache of 4096 tokens (room for 1), plain attention kernel, "
+        "fused RMSNorm (checked)"
     )
 
 

@@ -34,6 +34,7 @@ from typing import cast
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 from transformers import AttentionInterface
 
 ATTENTION_NAME = "phi3v_paged"
@@ -257,23 +258,25 @@ def _row_attention(row_q, keys, values, batch: PagedBatch, row: int, scale: floa
     ]
     row_k = keys.flatten(0, 1).index_select(0, slots).transpose(0, 1)
     row_v = values.flatten(0, 1).index_select(0, slots).transpose(0, 1)
-    if q_len == k_len and not (batch.sliding_window and batch.sliding_window < k_len):
-        # A prompt's first chunk: plain causal attention, which sdpa runs without building a mask (on the
-        # CPU its fused kernel, instead of the one that materialises every score).
+    windowed = bool(batch.sliding_window and batch.sliding_window < k_len)
+    # PyTorch's causal_lower_right reaches FlashAttention on CUDA, which has no grouped heads there.
+    same_heads = row_q.shape[1] == row_k.shape[0]
+    if not windowed and (q_len == k_len or same_heads):
+        # Causal, aligned to the end of the row's keys: sdpa runs it without building a mask (on the CPU its
+        # fused kernel, instead of the one that materialises every score). A prompt's first chunk
+        # (q_len == k_len) is plain causal attention; a later one sees every key before it as well.
+        causal: dict = (
+            {"is_causal": True} if q_len == k_len else {"attn_mask": causal_lower_right(q_len, k_len)}
+        )
         out = F.scaled_dot_product_attention(
-            row_q.transpose(0, 1)[None],
-            row_k[None],
-            row_v[None],
-            is_causal=True,
-            scale=scale,
-            enable_gqa=True,
+            row_q.transpose(0, 1)[None], row_k[None], row_v[None], scale=scale, enable_gqa=True, **causal
         )
         return out[0].transpose(0, 1)
-    # Query i sits at position k_len - q_len + i and sees keys up to itself (and within the window).
+    # Query i sits at position k_len - q_len + i and sees keys up to itself and within the window.
     query_at = torch.arange(k_len - q_len, k_len, device=row_q.device)[:, None]
     key_at = torch.arange(k_len, device=row_q.device)[None, :]
     mask = key_at <= query_at
-    if batch.sliding_window:
+    if windowed:
         mask &= key_at > query_at - batch.sliding_window
     out = F.scaled_dot_product_attention(
         row_q.transpose(0, 1)[None], row_k[None], row_v[None], attn_mask=mask, scale=scale, enable_gqa=True

@@ -258,10 +258,10 @@ def _row_attention(row_q, keys, values, batch: PagedBatch, row: int, scale: floa
     ]
     row_k = keys.flatten(0, 1).index_select(0, slots).transpose(0, 1)
     row_v = values.flatten(0, 1).index_select(0, slots).transpose(0, 1)
-    windowed = bool(batch.sliding_window and batch.sliding_window < k_len)
+    window = batch.sliding_window if batch.sliding_window and batch.sliding_window < k_len else None
     # PyTorch's causal_lower_right reaches FlashAttention on CUDA, which has no grouped heads there.
     same_heads = row_q.shape[1] == row_k.shape[0]
-    if not windowed and (q_len == k_len or same_heads):
+    if window is None and (q_len == k_len or same_heads):
         # Causal, aligned to the end of the row's keys: sdpa runs it without building a mask (on the CPU its
         # fused kernel, instead of the one that materialises every score). A prompt's first chunk
         # (q_len == k_len) is plain causal attention; a later one sees every key before it as well.
@@ -276,8 +276,8 @@ def _row_attention(row_q, keys, values, batch: PagedBatch, row: int, scale: floa
     query_at = torch.arange(k_len - q_len, k_len, device=row_q.device)[:, None]
     key_at = torch.arange(k_len, device=row_q.device)[None, :]
     mask = key_at <= query_at
-    if windowed:
-        mask &= key_at > query_at - batch.sliding_window
+    if window is not None:
+        mask &= key_at > query_at - window
     out = F.scaled_dot_product_attention(
         row_q.transpose(0, 1)[None], row_k[None], row_v[None], attn_mask=mask, scale=scale, enable_gqa=True
     )

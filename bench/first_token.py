@@ -137,15 +137,58 @@ def profile_prefill(runner: FixedLengthRunner, prepared: Prepared, device: torch
     return device_time_split(profile) if device.type == "cuda" else {}
 
 
+class Timeline:
+    """Marks, on the engine's own threads, when the runner prepares and steps: where a first token's time goes
+    between the request and its first text."""
+
+    def __init__(self, runner: FixedLengthRunner) -> None:
+        self.marks: list[tuple[str, float]] = []
+        for name in ("prepare", "step"):
+            setattr(runner, name, self._marked(name, getattr(runner.runner, name)))
+
+    def _marked(self, name: str, method: Callable) -> Callable:
+        def marked(*args):
+            self.marks.append((f"{name} start", time.perf_counter()))
+            result = method(*args)
+            self.marks.append((f"{name} end", time.perf_counter()))
+            return result
+
+        return marked
+
+    def parts_ms(self, started: float, first_text_at: float) -> dict:
+        """Before preparing, preparing, waiting for the first step, the steps until the first text, after."""
+        at = dict(self.marks[:2])  # the prepare's start and end
+        steps = [t for name, t in self.marks if name.startswith("step")]
+        first_step = steps[0]
+        last_step_end = max(t for t in steps if t <= first_text_at)
+        return {
+            "before_prepare": (at["prepare start"] - started) * 1000,
+            "prepare": (at["prepare end"] - at["prepare start"]) * 1000,
+            "waiting": (first_step - at["prepare end"]) * 1000,
+            "steps": (last_step_end - first_step) * 1000,
+            "to_the_reader": (first_text_at - last_step_end) * 1000,
+        }
+
+
 async def engine_ttft(engines: Engines, way: str, image, repeats: int) -> dict:
-    """One request at a time through the engine, as the bot makes it: the first text's arrival."""
-    async with engines.engine(way) as (engine, _runner):
-        times = []
+    """One request at a time through the engine, as the bot makes it: the first text's arrival, and where its
+    time went (medians of the warm requests)."""
+    async with engines.engine(way) as (engine, runner):
+        timeline = Timeline(runner)
+        times, parts = [], []
         for _ in range(1 + repeats):
+            timeline.marks.clear()
             request = Request(Task.DESCRIBE, (image,), user_id=1, max_new_tokens=2)
-            timing = await our_request(engine, request, time.perf_counter())
+            started = time.perf_counter()
+            timing = await our_request(engine, request, started)
             times.append(timing.first_token_s * 1000)
-    return {"first": round(times[0], 1), "median": round(statistics.median(times[1:]), 1)}
+            parts.append(timeline.parts_ms(started, started + timing.first_token_s))
+    warm = parts[1:]
+    return {
+        "first": round(times[0], 1),
+        "median": round(statistics.median(times[1:]), 1),
+        "parts_median_ms": {part: round(statistics.median(p[part] for p in warm), 1) for part in warm[0]},
+    }
 
 
 def runner_parts(setup, args: argparse.Namespace) -> tuple[Prepared, dict, dict | None]:

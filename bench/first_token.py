@@ -13,7 +13,8 @@ Each part is timed with the device synchronised, once cold (``first``) and then 
   (a 16-crop prompt is two steps: a chunk of 2,048 tokens, then the rest);
 - ``engine_ttft_ms``, per way (``--ways``, as bench/throughput.py's): ``LocalEngine.stream`` as the bot
   calls it, until the first text: the preparation on a thread, the batch window, the prefill and the
-  text's decoding.
+  text's decoding; ``parts_median_ms`` splits it with marks taken on the engine's own threads (before
+  preparing, preparing, waiting for the first step, the steps until the first text, the hand-over).
 
 ``work`` is the arithmetic done (matrix products and attention, in TFLOP) by the vision tower and by the
 language model's prefill, and the rate each part achieved. With ``--profile``, the top kernels of one

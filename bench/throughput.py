@@ -64,6 +64,7 @@ from bench.serving import FixedLengthRunner, percentiles_ms, versions
 from inference.block_pool import BLOCK_TOKENS
 from inference.engine import LocalEngine
 from inference.errors import InferenceError
+from inference.fused_attention import use_fused_rope
 from inference.loading import (
     LoadedModel,
     resolve_attention,
@@ -309,6 +310,7 @@ def model_card_request(setup: Setup, max_new_tokens: int) -> tuple[float, float,
     loaded = setup.loaded
     use_language_attention(loaded.model, loaded.attn_implementation)  # as loaded, not as a runner set it
     use_fused_norms(loaded.model, False)
+    use_fused_rope(loaded.model, False)
     processor = loaded.processor
     inputs = model_inputs(processor, setup.prompt, setup.image, loaded.device)
     clock = FirstTokenClock()

@@ -57,6 +57,11 @@ def cpuinfo(field: str) -> str | None:
     return None
 
 
+def significant(seconds: float) -> float:
+    """Four significant figures: a tiny checkpoint's sub-millisecond steps must not round to zero."""
+    return float(f"{seconds:.4g}")
+
+
 def cpu_flags() -> list[str]:
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni")
     return [flag for flag in (cpuinfo("flags") or "").split() if flag in wanted]
@@ -190,7 +195,7 @@ async def one_way(args: argparse.Namespace) -> dict:
         say(f"{args.one}: {n} crops: first text {first:.1f} s")
         if n == crops[-1]:
             result[f"answer_{made}_tokens_s_{n}_crops"] = round(total, 1)
-            result["token_s_one_person"] = round((total - first) / max(made - 1, 1), 3)
+            result["token_s_one_person"] = significant((total - first) / max(made - 1, 1))
             say(f"{args.one}: {made} tokens in {total:.1f} s")
 
     # Four people answering at once: short text prompts, then the steps timed.
@@ -204,7 +209,7 @@ async def one_way(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     for _ in range(steps):
         runner.step([], [])
-    result["token_s_four_people"] = round((time.perf_counter() - start) / steps, 3)
+    result["token_s_four_people"] = significant((time.perf_counter() - start) / steps)
     for request_id in range(1, 5):
         runner.step([], [100 + request_id])
     await engine.stop()
@@ -389,7 +394,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             read_s = figures["weights_read_per_token_gib"] * GIB / bandwidth
             figures["step_at_bandwidth_limit_s"] = round(read_s, 3)
-            figures["step_vs_limit"] = round(read_s / figures["token_s_one_person"], 2)
+            step_s = figures["token_s_one_person"]
+            figures["step_vs_limit"] = round(read_s / step_s, 2) if step_s > 0 else None
             by_way[way] = figures
         result["by_way"] = by_way
     print(json.dumps(result))

@@ -14,7 +14,10 @@ Each part is timed with the device synchronised, once cold (``first``) and then 
 - ``engine_ttft_ms``, per way (``--ways``, as bench/throughput.py's): ``LocalEngine.stream`` as the bot
   calls it, until the first text: the preparation on a thread, the batch window, the prefill and the
   text's decoding; ``parts_median_ms`` splits it with marks taken on the engine's own threads (before
-  preparing, preparing, waiting for the first step, the steps until the first text, the hand-over).
+  preparing, preparing, waiting for the first step, the steps until the first text, the hand-over). On a
+  CPU with few cores a tiny checkpoint's steps are slower there than in ``prefill_ms``: the engine's threads
+  each keep OpenMP workers, which then sleep between the many small operations (nothing measurable at real
+  size; see bench/RESULTS.md).
 
 ``work`` is the arithmetic done (matrix products and attention, in TFLOP) by the vision tower and by the
 language model's prefill, and the rate each part achieved. With ``--profile``, the top kernels of one

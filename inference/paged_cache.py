@@ -92,6 +92,7 @@ class PagedBatch:
     k_lengths: list[int]
     kernel: str = "plain"  # one of KERNELS
     sliding_window: int | None = None  # keys further back than this are not seen (the model's config)
+    causal_bias: bool = True  # a prompt's later chunks attend without a mask (see attend_at_end)
 
     @property
     def max_q(self) -> int:
@@ -250,7 +251,7 @@ def _gather_decode(q, keys, values, table, lengths, longest: int, batch: PagedBa
 
 def _row_attention(row_q, keys, values, batch: PagedBatch, row: int, scale: float) -> torch.Tensor:
     """One row's queries ``[count, heads, head_dim]`` against its keys, gathered; causal at the end."""
-    q_len, k_len = row_q.shape[0], batch.k_lengths[row]
+    k_len = batch.k_lengths[row]
     block_tokens = keys.shape[1]
     table = batch.block_table[row, : -(-k_len // block_tokens)].long()
     slots = (table[:, None] * block_tokens + torch.arange(block_tokens, device=row_q.device)).flatten()[
@@ -259,29 +260,35 @@ def _row_attention(row_q, keys, values, batch: PagedBatch, row: int, scale: floa
     row_k = keys.flatten(0, 1).index_select(0, slots).transpose(0, 1)
     row_v = values.flatten(0, 1).index_select(0, slots).transpose(0, 1)
     window = batch.sliding_window if batch.sliding_window and batch.sliding_window < k_len else None
-    # PyTorch's causal_lower_right reaches FlashAttention on CUDA, which has no grouped heads there.
-    same_heads = row_q.shape[1] == row_k.shape[0]
-    if window is None and (q_len == k_len or same_heads):
-        # Causal, aligned to the end of the row's keys: sdpa runs it without building a mask (on the CPU its
-        # fused kernel, instead of the one that materialises every score). A prompt's first chunk
-        # (q_len == k_len) is plain causal attention; a later one sees every key before it as well.
-        causal: dict = (
-            {"is_causal": True} if q_len == k_len else {"attn_mask": causal_lower_right(q_len, k_len)}
-        )
-        out = F.scaled_dot_product_attention(
-            row_q.transpose(0, 1)[None], row_k[None], row_v[None], scale=scale, enable_gqa=True, **causal
-        )
-        return out[0].transpose(0, 1)
-    # Query i sits at position k_len - q_len + i and sees keys up to itself and within the window.
-    query_at = torch.arange(k_len - q_len, k_len, device=row_q.device)[:, None]
-    key_at = torch.arange(k_len, device=row_q.device)[None, :]
-    mask = key_at <= query_at
-    if window is not None:
-        mask &= key_at > query_at - window
-    out = F.scaled_dot_product_attention(
-        row_q.transpose(0, 1)[None], row_k[None], row_v[None], attn_mask=mask, scale=scale, enable_gqa=True
+    out = attend_at_end(
+        row_q.transpose(0, 1)[None], row_k[None], row_v[None], scale, window=window, bias=batch.causal_bias
     )
     return out[0].transpose(0, 1)
+
+
+def attend_at_end(q, k, v, scale: float, *, window: int | None = None, bias: bool = True) -> torch.Tensor:
+    """Queries ``[1, heads, q, d]`` that are the last ``q`` of ``k`` positions, against keys and values
+    ``[1, kv_heads, k, d]``: each query sees the keys up to its own position (and within ``window``).
+
+    A prompt's first chunk (q == k) is plain causal attention. A later chunk, with ``bias`` and as many
+    key heads as query heads, passes PyTorch's ``causal_lower_right`` instead of a mask: no mask is built
+    every layer, and on CUDA it reaches FlashAttention (which has no grouped heads there). Otherwise the
+    mask is built, each query at position ``k - q + i``. On the CPU both give the same numbers bit for bit;
+    elsewhere the runner uses the bias only after it agrees with the mask at start-up.
+    """
+    q_len, k_len = q.shape[2], k.shape[2]
+    if window is None and q_len == k_len:
+        causal: dict = {"is_causal": True}
+    elif window is None and bias and q.shape[1] == k.shape[1]:
+        causal = {"attn_mask": causal_lower_right(q_len, k_len)}
+    else:
+        query_at = torch.arange(k_len - q_len, k_len, device=q.device)[:, None]
+        key_at = torch.arange(k_len, device=q.device)[None, :]
+        mask = key_at <= query_at
+        if window is not None:
+            mask &= key_at > query_at - window
+        causal = {"attn_mask": mask}
+    return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True, **causal)
 
 
 AttentionInterface.register(ATTENTION_NAME, paged_attention)

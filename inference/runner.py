@@ -58,7 +58,14 @@ from inference.paged_cache import (
     slots_of,
 )
 from inference.prepare import Prepared, Preparer
-from inference.self_check import KernelChoice, check_fused_norm, check_fused_rope, choose_kernel, is_fatal
+from inference.self_check import (
+    KernelChoice,
+    check_causal_bias,
+    check_fused_norm,
+    check_fused_rope,
+    choose_kernel,
+    is_fatal,
+)
 from inference.types import EngineConfig, Request, Task
 
 log = logging.getLogger(__name__)
@@ -151,6 +158,7 @@ class ModelRunner:
             ),
             use_fused_rope,
         )
+        self.causal_bias = self._check_causal_bias(heads)
         self.pace: Pace | None = None  # measured on a CPU, where limits and waits depend on it
         if loaded.device.type == "cpu":
             self.pace = pace.measure(loaded.model, loaded.dtype)
@@ -280,6 +288,28 @@ class ModelRunner:
         elif fused:
             log.info("%s: fused, %s (checked on %s against transformers' own)", part, how, self.loaded.device)
         return fused
+
+    def _check_causal_bias(self, heads: int) -> bool:
+        """Whether a prompt's later chunks attend without a mask (PyTorch's ``causal_lower_right``, see
+        :func:`~inference.paged_cache.attend_at_end`): where it agrees with the mask here. Grouped-query
+        models always build the mask, so nothing is checked for them."""
+        if self.kv_heads != heads:
+            return False
+        device = self.loaded.device
+        problem = check_causal_bias(device, self.loaded.dtype, heads=heads, head_dim=self.head_dim)
+        if problem is not None:
+            log.warning(
+                "A prompt's later chunks: attention through a mask; PyTorch's causal attention without one "
+                "failed its start-up check (%s)",
+                problem,
+            )
+            return False
+        log.info(
+            "A prompt's later chunks: PyTorch's causal attention without a mask (checked on %s against a "
+            "mask)",
+            device,
+        )
+        return True
 
     @property
     def attention_text(self) -> str:
@@ -574,6 +604,7 @@ class ModelRunner:
             k_lengths=k_lengths,
             kernel=self.kernel,
             sliding_window=self.sliding_window,
+            causal_bias=self.causal_bias,
         )
         return {
             "inputs_embeds": torch.cat(pieces)[None],

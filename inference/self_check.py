@@ -13,6 +13,9 @@ against the plain path here, at the model's own shapes, and used only if they ag
 - :func:`check_fused_rope`: the rotary embedding and KV write in one Triton kernel
   (:mod:`inference.fused_attention`) against transformers' rotary embedding and the cache's own write:
   the same queries and every slot of the cache the same, for one token, a batch and a prompt chunk.
+- :func:`check_causal_bias`: a prompt's later chunk attending through PyTorch's ``causal_lower_right``
+  (no mask built) against the same attention through an explicit mask, in float32: the published shape's
+  second chunk and a small one.
 - :func:`verify_graphs`: after the runner captured its decoding steps as CUDA graphs, each batch
   bucket is replayed against the same step run eagerly, on the same planted cache: the same greedy
   tokens, and logits within tolerance, or every graph is dropped and decoding runs eagerly.
@@ -36,7 +39,15 @@ from transformers.models.phi3.modeling_phi3 import Phi3RMSNorm, apply_rotary_pos
 
 from inference.errors import EngineUnavailable
 from inference.norms import FusedRMSNorm
-from inference.paged_cache import KERNELS, PagedBatch, PagedStorage, attend, kernel_runs_here, slots_of
+from inference.paged_cache import (
+    KERNELS,
+    PagedBatch,
+    PagedStorage,
+    attend,
+    attend_at_end,
+    kernel_runs_here,
+    slots_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +58,8 @@ CHUNK = (300, 2600)  # a prompt chunk of 300 queries whose row then has 2,600 ke
 TIMED_RUNS = 5
 NORM_ROWS = (1, 33, 2048)  # a decoding row, a batch, a prompt chunk
 ROPE_TOKENS = (1, 33, 700)  # the same, for the rotary embedding and KV write
+# A prompt's later chunk: (queries, keys). A 16-crop prompt's second chunk is ~330 queries on ~2,400 keys.
+LATER_CHUNKS = ((300, 2600), (37, 101))
 ROPE_POSITIONS = 8192  # positions drawn below this (past LongRoPE's switch at 4,096)
 # Messages of errors after which CUDA refuses all further work in this process.
 FATAL_DEVICE_ERRORS = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS")
@@ -172,6 +185,16 @@ class _Planted:
         return attend(query, self.reference_keys, self.reference_values, batch, None)
 
 
+def _reason_unless_fatal(error: Exception, part: str) -> str:
+    """Why ``part`` is not used, for the log; an error that broke the device ends the start instead."""
+    if is_fatal(error):
+        raise SelfCheckFailed(
+            f"{part} broke the GPU during its start-up check ({_short(error)}). Restart the bot; if this "
+            "happens again, update PyTorch and the NVIDIA driver."
+        ) from error
+    return _short(error)
+
+
 def _disagreement(
     out: torch.Tensor, reference: torch.Tensor, tolerance: float, plain: str = "the plain kernel's"
 ) -> str | None:
@@ -234,13 +257,7 @@ def choose_kernel(
             if problem is None:
                 timings[kernel] = _time_ms(functools.partial(planted.run, planted.largest, kernel), device)
         except Exception as error:
-            if is_fatal(error):
-                raise SelfCheckFailed(
-                    f"The {kernel} attention kernel broke the GPU during its start-up check "
-                    f"({_short(error)}). Restart the bot; if this happens again, update PyTorch and the "
-                    "NVIDIA driver."
-                ) from error
-            problem = _short(error)
+            problem = _reason_unless_fatal(error, f"The {kernel} attention kernel")
         if problem is not None:
             refused[kernel] = problem
             log.warning(
@@ -275,12 +292,7 @@ def check_fused_norm(device: torch.device, dtype: torch.dtype, hidden_size: int,
             if why is not None:
                 return f"{why} ({rows} rows)"
     except Exception as error:
-        if is_fatal(error):
-            raise SelfCheckFailed(
-                f"The fused RMSNorm broke the GPU during its start-up check ({_short(error)}). Restart the "
-                "bot; if this happens again, update PyTorch and the NVIDIA driver."
-            ) from error
-        return _short(error)
+        return _reason_unless_fatal(error, "The fused RMSNorm")
     return None
 
 
@@ -335,13 +347,31 @@ def check_fused_rope(
                 if why is not None:
                     return f"{name}: {why} ({tokens} tokens)"
     except Exception as error:
-        if is_fatal(error):
-            raise SelfCheckFailed(
-                "The fused rotary embedding broke the GPU during its start-up check "
-                f"({_short(error)}). Restart the bot; if this happens again, update PyTorch and the "
-                "NVIDIA driver."
-            ) from error
-        return _short(error)
+        return _reason_unless_fatal(error, "The fused rotary embedding")
+    return None
+
+
+@torch.inference_mode()
+def check_causal_bias(device: torch.device, dtype: torch.dtype, *, heads: int, head_dim: int) -> str | None:
+    """:func:`~inference.paged_cache.attend_at_end` with PyTorch's ``causal_lower_right`` against the same
+    attention through an explicit mask, computed in float32, for :data:`LATER_CHUNKS`; None when every
+    element agrees within the dtype's tolerance, else what differed (then the runner builds the mask)."""
+    generator = torch.Generator().manual_seed(0)
+    tolerance = TOLERANCE.get(dtype, 1e-2)
+    scale = head_dim**-0.5
+    try:
+        for queries, keys in LATER_CHUNKS:
+            q, k, v = (
+                torch.randn(1, heads, length, head_dim, generator=generator).to(device)
+                for length in (queries, keys, keys)
+            )
+            got = attend_at_end(q.to(dtype), k.to(dtype), v.to(dtype), scale, bias=True)
+            expected = attend_at_end(q, k, v, scale, bias=False)
+            why = _disagreement(got, expected, tolerance, "an explicit mask's")
+            if why is not None:
+                return f"{why} ({queries} queries on {keys} keys)"
+    except Exception as error:
+        return _reason_unless_fatal(error, "PyTorch's causal attention without a mask")
     return None
 
 

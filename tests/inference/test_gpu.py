@@ -96,9 +96,10 @@ def test_the_runner_answers_like_generate_in_bf16():
 
 
 def test_the_start_up_check_passes_at_the_published_shape():
-    from inference.self_check import check_fused_norm, check_fused_rope, choose_kernel
+    from inference.self_check import check_causal_bias, check_fused_norm, check_fused_rope, choose_kernel
 
     cuda = torch.device("cuda")
+    assert check_causal_bias(cuda, torch.bfloat16, heads=32, head_dim=96) is None
     assert check_fused_norm(cuda, torch.bfloat16, 3072, 1e-5) is None
     assert check_fused_rope(cuda, torch.bfloat16, heads=32, kv_heads=32, head_dim=96) is None
 

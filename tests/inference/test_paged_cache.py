@@ -13,9 +13,12 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_upper_left
 
+from inference import paged_cache
 from inference.block_pool import BlockPool
-from inference.paged_cache import PagedBatch, PagedStorage, paged_attention, slots_of
+from inference.paged_cache import PagedBatch, PagedStorage, attend_at_end, paged_attention, slots_of
+from inference.self_check import SelfCheckFailed, check_causal_bias
 
 BLOCK = 16
 
@@ -39,7 +42,16 @@ def make_storage(device="cpu", dtype=torch.float32, kv_heads=2, blocks=64, block
 
 
 def run_rows(
-    storage, pool, rows, heads=4, kv_heads=2, window=None, kernel="plain", device="cpu", dtype=torch.float32
+    storage,
+    pool,
+    rows,
+    heads=4,
+    kv_heads=2,
+    window=None,
+    kernel="plain",
+    device="cpu",
+    dtype=torch.float32,
+    causal_bias=True,
 ):
     """Feed each row (request id, cached tokens, new tokens) through one packed pass of layer 1.
 
@@ -72,6 +84,7 @@ def run_rows(
         k_lengths=k_lengths,
         kernel=kernel,
         sliding_window=window,
+        causal_bias=causal_bias,
     )
     out, _ = paged_attention(Layer(1), query, key, value, None, scaling=8**-0.5, paged_batch=batch)
     return query, key, value, out[0]
@@ -106,10 +119,17 @@ PASSES = [  # request 1 prefills; 2 joins while 1 decodes; 3 joins in two chunks
 
 
 def check_against_reference(
-    device="cpu", dtype=torch.float32, kernel="plain", atol=1e-5, block=BLOCK, scale=1
+    device="cpu",
+    dtype=torch.float32,
+    kernel="plain",
+    atol=1e-5,
+    block=BLOCK,
+    scale=1,
+    kv_heads=2,
+    causal_bias=True,
 ):
     """Run PASSES (prompt chunks ``scale`` times longer) and compare every row with the reference."""
-    storage, pool = make_storage(device, dtype, block=block), BlockPool(64, block)
+    storage, pool = make_storage(device, dtype, kv_heads=kv_heads, block=block), BlockPool(64, block)
     history = {1: [], 2: [], 3: []}  # every key and value each request has written
     for rid in history:
         pool.reserve(rid, 60 * scale)
@@ -119,7 +139,9 @@ def check_against_reference(
             for rid, cached, new in rows
         ]
         rows = [(rid, sum(k.shape[1] for k, _ in history[rid]), new) for rid, _, new in rows]
-        query, key, value, out = run_rows(storage, pool, rows, kernel=kernel, device=device, dtype=dtype)
+        query, key, value, out = run_rows(
+            storage, pool, rows, 4, kv_heads, None, kernel, device, dtype, causal_bias
+        )
         start = 0
         for rid, cached, new in rows:
             history[rid].append((key[0, :, start : start + new], value[0, :, start : start + new]))
@@ -134,6 +156,49 @@ def check_against_reference(
 
 def test_each_row_sees_exactly_its_own_keys_up_to_itself():
     check_against_reference()
+
+
+@pytest.mark.parametrize("causal_bias", [True, False], ids=["without a mask", "through a mask"])
+def test_a_prompts_later_chunk_sees_every_key_before_it(causal_bias):
+    """As many key heads as query heads: later chunks attend through causal_lower_right or a mask."""
+    check_against_reference(kv_heads=4, causal_bias=causal_bias)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_on_the_cpu_attention_without_a_mask_is_the_masks_bit_for_bit(dtype):
+    generator = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 4, n, 16, generator=generator).to(dtype) for n in (37, 101, 101))
+    assert torch.equal(attend_at_end(q, k, v, 0.25, bias=True), attend_at_end(q, k, v, 0.25, bias=False))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_start_up_check_of_attention_without_a_mask_passes_here(dtype):
+    assert check_causal_bias(torch.device("cpu"), dtype, heads=4, head_dim=16) is None
+
+
+def test_the_check_refuses_attention_aligned_to_the_start_of_the_keys(monkeypatch):
+    monkeypatch.setattr(paged_cache, "causal_lower_right", causal_upper_left)
+    problem = check_causal_bias(torch.device("cpu"), torch.bfloat16, heads=4, head_dim=16)
+    assert problem is not None and "values differ from an explicit mask's" in problem
+    assert problem.endswith("(300 queries on 2600 keys)")
+
+
+def test_attention_without_a_mask_that_raises_is_refused_with_the_reason(monkeypatch):
+    def raises(q_len, k_len):
+        raise NotImplementedError("no kernel for this bias")
+
+    monkeypatch.setattr(paged_cache, "causal_lower_right", raises)
+    problem = check_causal_bias(torch.device("cpu"), torch.float32, heads=4, head_dim=16)
+    assert problem == "NotImplementedError: no kernel for this bias"
+
+
+def test_attention_without_a_mask_that_breaks_the_device_ends_the_start(monkeypatch):
+    def breaks(q_len, k_len):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(paged_cache, "causal_lower_right", breaks)
+    with pytest.raises(SelfCheckFailed, match="causal attention without a mask broke the GPU"):
+        check_causal_bias(torch.device("cpu"), torch.float32, heads=4, head_dim=16)
 
 
 def test_the_sliding_window_hides_keys_further_back():
@@ -237,12 +302,13 @@ def test_the_triton_kernel_splits_a_rows_keys_between_programs(triton_device, sp
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the in-place kernels run on CUDA GPUs only")
-@pytest.mark.parametrize("kernel", ["fused", "triton"])
-def test_the_in_place_kernels_equal_the_reference_on_a_gpu(kernel):
+@pytest.mark.parametrize("kv_heads", [2, 4], ids=["grouped heads", "as many key heads"])
+@pytest.mark.parametrize("kernel", ["plain", "fused", "triton"])
+def test_the_kernels_equal_the_reference_on_a_gpu(kernel, kv_heads):
     from inference.paged_cache import kernel_runs_here
 
     device = torch.device("cuda")
     if not kernel_runs_here(kernel, device, torch.bfloat16):
         pytest.skip(f"the {kernel} kernel does not exist here (PyTorch or GPU too old, or no Triton)")
     # FlashAttention's block tables need blocks of a multiple of 256 tokens; prompts then span several.
-    check_against_reference(device, torch.bfloat16, kernel, atol=2e-2, block=256, scale=12)
+    check_against_reference(device, torch.bfloat16, kernel, atol=2e-2, block=256, scale=12, kv_heads=kv_heads)

@@ -16,6 +16,7 @@ from collections import defaultdict
 import pytest
 import torch
 from PIL import Image
+from torch.nn.attention.bias import causal_upper_left
 from transformers.models.phi3.modeling_phi3 import Phi3Attention, Phi3RMSNorm
 
 from inference import cache_size, fused_attention, norms, paged_cache, phi3v
@@ -586,6 +587,33 @@ def test_the_runner_uses_the_fused_norm_after_its_check(caplog, requests, refere
     assert runner.fused_norms
     assert all(type(m) is FusedRMSNorm for m in runner.loaded.model.modules() if isinstance(m, Phi3RMSNorm))
     assert any(r.getMessage().startswith("RMSNorm: fused") for r in caplog.records)
+    same_answers(alone(runner, requests[0]), 1, reference.answer(requests[0]), 1)
+
+
+def test_a_prompts_later_chunks_attend_without_a_mask_after_the_check(caplog):
+    with caplog.at_level(logging.INFO, logger="inference.runner"):
+        runner = paged()
+    assert runner.causal_bias
+    assert any(
+        r.getMessage().startswith(
+            "A prompt's later chunks: PyTorch's causal attention without a mask (checked on"
+        )
+        for r in caplog.records
+    )
+
+
+def test_later_chunks_build_their_mask_when_attention_without_one_fails_its_check(
+    monkeypatch, caplog, requests, reference
+):
+    """Aligned to the keys' start instead of their end, every later chunk would see the wrong keys."""
+    monkeypatch.setattr(paged_cache, "causal_lower_right", causal_upper_left)
+    with caplog.at_level(logging.INFO, logger="inference.runner"):
+        runner = paged(prefill_chunk_tokens=97)
+    assert not runner.causal_bias
+    [warning] = [
+        r for r in caplog.records if r.getMessage().startswith("A prompt's later chunks: attention th")
+    ]
+    assert warning.levelname == "WARNING" and "values differ from an explicit mask's" in warning.getMessage()
     same_answers(alone(runner, requests[0]), 1, reference.answer(requests[0]), 1)
 
 

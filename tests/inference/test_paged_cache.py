@@ -301,7 +301,7 @@ def test_the_triton_kernel_splits_a_rows_keys_between_programs(triton_device, sp
     torch.testing.assert_close(out.cpu(), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the in-place kernels run on CUDA GPUs only")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compares the kernels on a CUDA GPU (none here)")
 @pytest.mark.parametrize("kv_heads", [2, 4], ids=["grouped heads", "as many key heads"])
 @pytest.mark.parametrize("kernel", ["plain", "fused", "triton"])
 def test_the_kernels_equal_the_reference_on_a_gpu(kernel, kv_heads):

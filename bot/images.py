@@ -16,9 +16,10 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
+import yarl
 from PIL import Image
 
 from bot.engine_errors import image_problem_text
@@ -72,13 +73,36 @@ class Fetcher(Protocol):
 
 
 def is_discord_upload(url: str, allowed_hosts: Iterable[str]) -> bool:
-    """True for an https URL of a file uploaded to Discord (not a user-typed link)."""
-    parts = urlsplit(url)
+    """True for an https URL of a file uploaded to Discord (not a user-typed link).
+
+    The path is judged as the HTTP client will request it (yarl, aiohttp's URL type, decodes and resolves
+    it), and a path that only resolves into the upload folders is refused outright: dot segments, encoded
+    slashes or backslashes, or a backslash anywhere.
+    """
+    try:
+        parsed = yarl.URL(url)
+    except (TypeError, ValueError):
+        return False
+    raw_path = urlsplit(url).path
     return (
-        parts.scheme == "https"
-        and (parts.hostname or "") in set(allowed_hosts)
-        and parts.path.startswith(CDN_UPLOAD_PATH_PREFIXES)
+        parsed.scheme == "https"
+        and parsed.user is None
+        and parsed.password is None
+        and parsed.explicit_port is None
+        and (parsed.host or "") in set(allowed_hosts)
+        and _plain_path(raw_path)
+        and parsed.path.startswith(CDN_UPLOAD_PATH_PREFIXES)
+        and parsed.path == unquote(raw_path)
     )
+
+
+def _plain_path(raw_path: str) -> bool:
+    """A path with nothing for a client to resolve: no dot segments (plain or encoded), no backslashes, no
+    encoded slashes."""
+    lowered = raw_path.lower()
+    if "\\" in raw_path or "%2f" in lowered or "%5c" in lowered:
+        return False
+    return not any(segment in (".", "..") for segment in unquote(raw_path).split("/"))
 
 
 def format_megabytes(size: int) -> str:

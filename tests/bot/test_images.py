@@ -63,6 +63,16 @@ def test_discord_upload_urls_are_accepted(url):
         "https://cdn.discordapp.com/avatars/1/abc.png",
         "file:///etc/passwd",
         "not a url",
+        # Paths that the HTTP client would resolve out of the upload folders, or that hide their shape
+        "https://cdn.discordapp.com/attachments/../avatars/1/a.png",
+        "https://cdn.discordapp.com/attachments/%2e%2e/avatars/1/a.png",
+        "https://cdn.discordapp.com/attachments/%2E%2E/avatars/1/a.png",
+        "https://cdn.discordapp.com/attachments/1/./2/a.png",
+        "https://cdn.discordapp.com/attachments/1%2f..%2f..%2favatars/a.png",
+        "https://cdn.discordapp.com/attachments/1%5c2/a.png",
+        "https://cdn.discordapp.com/attachments\\..\\avatars/1/a.png",
+        "https://user:pass@cdn.discordapp.com/attachments/1/2/a.png",
+        "https://cdn.discordapp.com:8443/attachments/1/2/a.png",
     ],
 )
 def test_other_urls_are_refused(url):

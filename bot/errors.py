@@ -21,6 +21,7 @@ from discord.ext import commands
 from bot.engine_errors import UNEXPECTED_ERROR_TEXT, engine_error_text
 from bot.i18n import text_of
 from bot.reply import Outcome
+from bot.safe_text import shown_name
 from bot.text import N_, T, Text
 from inference.errors import EngineBusy, EngineStopping, InferenceError, InvalidRequest
 
@@ -62,8 +63,9 @@ class ImageRejected(UserFacingError):
     def __init__(self, filename: str, reason: str | Text) -> None:
         self.filename = filename
         self.reason = reason
-        name = discord.utils.escape_markdown(filename)
-        super().__init__(T("I can't use **{filename}**: {reason}.", filename=name, reason=reason))
+        super().__init__(
+            T("I can't use **{filename}**: {reason}.", filename=shown_name(filename), reason=reason)
+        )
 
 
 class AnswerWindowClosed(UserFacingError):

@@ -1,10 +1,12 @@
-"""An answer's text cut into Discord messages: at most 2,000 characters each, OCR inside code blocks.
+"""An answer's text cut into Discord messages: at most 2,000 characters each, OCR inside code blocks,
+and no live link in any of them (:mod:`bot.safe_text`).
 
 Pure functions, no Discord calls: :mod:`bot.reply` decides when and where the parts are shown.
 """
 
 from __future__ import annotations
 
+from bot.safe_text import without_live_links
 from bot.text import N_
 
 MESSAGE_LIMIT = 2000
@@ -61,4 +63,18 @@ def format_answer(text: str, *, code_block: bool, limit: int = MESSAGE_LIMIT) ->
     body = text.strip()
     if not body:
         return [EMPTY_ANSWER_TEXT]
-    return split_text(body, limit)
+    return split_without_live_links(body, limit)
+
+
+def split_without_live_links(text: str, limit: int) -> list[str]:
+    """:func:`split_text`, each part then shown without live links (:func:`without_live_links`).
+
+    Each part is made safe on its own, because a code block cut in two is no code block in either
+    message; making addresses safe adds a few characters, so the cut is made shorter until every part fits.
+    """
+    room = limit
+    while True:
+        parts = [without_live_links(part) for part in split_text(text, room)]
+        if all(len(part) <= limit for part in parts) or room == 1:
+            return parts
+        room = max(1, room * 9 // 10)

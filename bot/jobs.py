@@ -30,6 +30,7 @@ from bot.images import ImageSource, check_sources, fetch_images
 from bot.limits import Requester
 from bot.log_context import set_request_id
 from bot.reply import Controls, Outcome, Reply, ReplyGone
+from bot.safe_text import shown_name
 from bot.text import N_, T, Text
 from inference import Request, Task, Turn
 from inference.prompts import MIN_COMPARE_IMAGES, check_turn_count, clean_question
@@ -46,7 +47,8 @@ NOT_ENOUGH_IMAGES_TEXT = N_("Comparing needs at least two images; I found only o
 
 
 def stopped_by(name: str) -> Text:
-    return T("Stopped by {name}.", name=name)
+    """The stop message, naming who stopped it: their display name as plain text (no Markdown, no link)."""
+    return T("Stopped by {name}.", name=shown_name(name))
 
 
 def trimmed_note(count: int) -> Text:

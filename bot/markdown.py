@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from bot.safe_text import without_live_links
+
 FENCE = "```"
 _SEPARATOR_CELL = re.compile(r"^:?-+:?$")
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")
@@ -138,8 +140,9 @@ def _aligned(table: Table) -> list[str]:
 
 
 def for_discord(text: str) -> str:
-    """The tidied Markdown as Discord shows it: tables as aligned columns in code blocks."""
+    """The tidied Markdown as Discord shows it: tables as aligned columns in code blocks, and no address
+    that Discord would link (:func:`bot.safe_text.without_live_links`)."""
     out: list[str] = []
     for block in _blocks(tidy_markdown(text)):
         out += _aligned(block) if isinstance(block, Table) else [block]
-    return "\n".join(out).strip()
+    return without_live_links("\n".join(out).strip())

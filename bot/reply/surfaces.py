@@ -6,6 +6,12 @@ slash command's or menu's response, then edits it and adds follow-ups; a public 
 channel message before Discord's 15-minute interaction token runs out (:meth:`InteractionSurface.hand_over`).
 :class:`UnaskedSurface` is automatic alt text: one silent reply to someone's message, posted only with the
 answer, and nothing at all when there is no answer.
+
+Every message a surface posts has Discord's link previews turned off (``suppress_embeds``): with the
+answer's addresses already shown as code (bot.safe_text), a preview card is one more thing a picture
+could put under the bot's name. A deferred interaction response cannot carry that flag; it gets its
+text by editing, and that text has no live link. ``Message.edit`` would turn previews back on, so every
+edit of a channel message says ``suppress=True`` again.
 """
 
 from __future__ import annotations
@@ -86,6 +92,23 @@ class Surface(Protocol):
         """The id of the message showing the answer (None: nothing is showing)."""
 
 
+class _ChannelPost:
+    """A continuation posted as a channel message. Its edits keep link previews off: discord.py's
+    ``Message.edit`` turns them back on unless told ``suppress=True`` each time (a webhook message's edit
+    leaves the flag alone, so interaction follow-ups need no such care)."""
+
+    def __init__(self, message: discord.Message) -> None:
+        self.message = message
+        self.id = message.id
+
+    async def edit(self, *, content: str) -> object:
+        self.message = await self.message.edit(content=content, suppress=True)
+        return self.message
+
+    async def delete(self) -> None:
+        await self.message.delete()
+
+
 def _with_view(view: Any) -> dict[str, Any]:
     """``view=`` for an edit, left out when there is nothing to change (None removes the buttons)."""
     return {} if view is discord.utils.MISSING else {"view": view}
@@ -139,22 +162,26 @@ class MessageSurface(_ChannelMessage):
 
     async def acknowledge(self, view: Any = discord.utils.MISSING, text: str = WORKING_TEXT) -> None:
         self.main = await self.ctx.send(
-            text, reference=self._reference(), mention_author=False, **_new_view(view)
+            text, reference=self._reference(), mention_author=False, suppress_embeds=True, **_new_view(view)
         )
 
     async def show(self, content: str, *, private: bool, view: Any = discord.utils.MISSING) -> None:
         if self.main is None:
             self.main = await self.ctx.send(
-                content, reference=self._reference(), mention_author=False, **_new_view(view)
+                content,
+                reference=self._reference(),
+                mention_author=False,
+                suppress_embeds=True,
+                **_new_view(view),
             )
         else:
-            self.main = await self.main.edit(content=content, **_with_view(view))
+            self.main = await self.main.edit(content=content, suppress=True, **_with_view(view))
 
     async def add(self, content: str) -> Posted:
-        return await self.ctx.send(content)
+        return _ChannelPost(await self.ctx.send(content, suppress_embeds=True))
 
     async def add_file(self, content: str, file: discord.File) -> None:
-        await self.ctx.send(content, file=file)
+        await self.ctx.send(content, file=file, suppress_embeds=True)
 
 
 class InteractionSurface:
@@ -209,31 +236,41 @@ class InteractionSurface:
         if view is discord.utils.MISSING or view is None:
             await self.interaction.response.defer(thinking=True, ephemeral=self.ephemeral)
         else:  # a deferral cannot carry buttons: the same one call, as a message with them
-            await self.interaction.response.send_message(text, ephemeral=self.ephemeral, view=view)
+            await self.interaction.response.send_message(
+                text, ephemeral=self.ephemeral, view=view, suppress_embeds=True
+            )
 
     async def show(self, content: str, *, private: bool, view: Any = discord.utils.MISSING) -> None:
         if not self.interaction.response.is_done():
             await self.interaction.response.send_message(
-                content, ephemeral=private or self.ephemeral, **_new_view(view)
+                content, ephemeral=private or self.ephemeral, suppress_embeds=True, **_new_view(view)
             )
         elif not self.handed_over:
             shown = await self.interaction.edit_original_response(content=content, **_with_view(view))
             self.response_message_id = getattr(shown, "id", None)
         elif self.channel_message is None:
-            self.channel_message = await self._channel().send(content, **_new_view(view))
+            self.channel_message = await self._channel().send(
+                content, suppress_embeds=True, **_new_view(view)
+            )
         else:
-            self.channel_message = await self.channel_message.edit(content=content, **_with_view(view))
+            self.channel_message = await self.channel_message.edit(
+                content=content, suppress=True, **_with_view(view)
+            )
 
     async def add(self, content: str) -> Posted:
         if self.handed_over:
-            return await self._channel().send(content)
-        return await self.interaction.followup.send(content, ephemeral=self.ephemeral, wait=True)
+            return _ChannelPost(await self._channel().send(content, suppress_embeds=True))
+        return await self.interaction.followup.send(
+            content, ephemeral=self.ephemeral, wait=True, suppress_embeds=True
+        )
 
     async def add_file(self, content: str, file: discord.File) -> None:
         if self.handed_over:
-            await self._channel().send(content, file=file)
+            await self._channel().send(content, file=file, suppress_embeds=True)
         else:
-            await self.interaction.followup.send(content, file=file, ephemeral=self.ephemeral)
+            await self.interaction.followup.send(
+                content, file=file, ephemeral=self.ephemeral, suppress_embeds=True
+            )
 
     async def delete_main(self) -> None:
         if self.channel_message is not None:
@@ -282,13 +319,14 @@ class UnaskedSurface(_ChannelMessage):
                 content,
                 mention_author=False,
                 silent=True,
+                suppress_embeds=True,
                 **_new_view(self.view if view is discord.utils.MISSING else view),
             )
         else:
-            self.main = await self.main.edit(content=content, **_with_view(view))
+            self.main = await self.main.edit(content=content, suppress=True, **_with_view(view))
 
     async def add(self, content: str) -> Posted:
-        return await self.message.channel.send(content, silent=True)
+        return _ChannelPost(await self.message.channel.send(content, silent=True, suppress_embeds=True))
 
     async def add_file(self, content: str, file: discord.File) -> None:
-        await self.message.channel.send(content, file=file, silent=True)
+        await self.message.channel.send(content, file=file, silent=True, suppress_embeds=True)

@@ -152,3 +152,12 @@ async def test_shutting_down_ends_alt_text_without_a_message(world, fake_engine)
     assert bot_messages(world.channel) == []
     assert alt_text_count(world, "stopped") == 1
     assert not world.env.bot.replies.open
+
+
+async def test_alt_text_carries_no_live_link_and_no_preview(world, fake_engine):
+    await turn_on_alt_text(world)
+    fake_engine.answer_next("A poster. It says visit https://evil.example/free and join discord.gg/raid.")
+    await world.member.send(world.channel, "look!", attachments=[("poster.png", image_bytes())])
+    [reply] = bot_messages(world.channel)
+    assert "`https://evil.example/free`" in reply.content and "`discord.gg/raid`" in reply.content
+    assert reply.flags.suppress_embeds and not reply.embeds and not reply.mentions

@@ -341,3 +341,53 @@ async def test_deleting_the_command_message_stops_the_answer(world, fake_engine)
     fake_engine.release()
     await world.member.send(world.channel, "!describe", attachments=[("a.png", image_bytes())])
     assert bot_messages(world.channel)[-1].content == fake_engine.default_answer
+
+
+# ---------------------------------------------------------------- untrusted text
+
+PHISHING_ANSWER = (
+    "The sign says: claim your prize at https://evil.example/win or [log in](https://evil.example/x)."
+)
+SUPPRESS_EMBEDS = 1 << 2  # Discord's message flag: no link previews
+
+
+@pytest.mark.parametrize("command", ["slash", "prefix"])
+async def test_an_answer_carries_no_live_link_and_no_preview(world, fake_engine, command):
+    fake_engine.answer_next(PHISHING_ANSWER)
+    if command == "slash":
+        await world.member.slash(world.channel, "describe", image=("sign.png", image_bytes()))
+    else:
+        await world.member.send(world.channel, "!describe", attachments=[("sign.png", image_bytes())])
+    [answer] = bot_messages(world.channel)
+    assert answer.content == (
+        "The sign says: claim your prize at `https://evil.example/win` or log in (`https://evil.example/x`)."
+    )
+    if command == "prefix":  # a deferred slash response cannot carry the flag; its text has no link
+        assert answer.flags.value & SUPPRESS_EMBEDS
+    assert not answer.embeds and not answer.mentions
+
+
+async def test_every_message_of_a_long_answer_keeps_previews_off_through_its_edits(world, fake_engine):
+    long_answer = "\n".join(f"Line {i}: see https://evil.example/{i} " + "x" * 60 for i in range(60))
+    fake_engine.answer_next(long_answer)
+    fake_engine.piece_size = 1_000
+    fake_engine.hold(world.env, after_pieces=3)  # a preview in two messages, then the whole answer
+    await world.member.send(world.channel, "!describe", attachments=[("sign.png", image_bytes())])
+    await world.env.advance_time(1.5)
+    fake_engine.release()
+    await world.env.settle()
+    messages = bot_messages(world.channel)
+    assert len(messages) >= 3
+    edited = {e.path.rsplit("/", 1)[-1] for e in world.env.http_requests if e.method == "PATCH"}
+    assert str(messages[-1].id) in edited  # a continuation was edited after its preview, and kept the flag
+    for message in messages:
+        assert message.flags.value & SUPPRESS_EMBEDS
+        assert "`https://evil.example/" in message.content
+
+
+async def test_the_stop_message_shows_a_name_as_plain_text(world):
+    from bot.jobs import stopped_by
+
+    assert str(stopped_by("**Mod** [x](https://evil.example)")) == (
+        "Stopped by \\*\\*Mod\\*\\* x (`https://evil.example`)."
+    )

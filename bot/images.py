@@ -7,13 +7,17 @@ Three separate steps, so each can be tested alone:
   a time limit, and a size cap enforced while streaming);
 * :func:`decode_image` is pure: bytes in, an RGB ``PIL.Image`` out, or :class:`ImageRejected`.
 
-:func:`load_images` ties them together and decodes off the event loop.
+:func:`load_images` ties them together and decodes off the event loop, a fixed number at a time. The
+callers hold a place in the engine's line before any of this (``Engine.hold_place``), so nothing is
+downloaded for a request that would be refused as busy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -27,6 +31,10 @@ from bot.errors import ImageRejected
 from bot.text import T, Text
 from inference import errors, images
 
+# Pictures decoded at once, whatever the number of requests: each holds its picture at full size for a moment
+# (up to ~200 MB for 40 megapixels with transparency) before it is reduced to what the model reads.
+DECODES_AT_ONCE = 2
+_DECODING = ThreadPoolExecutor(max_workers=DECODES_AT_ONCE, thread_name_prefix="decode")
 # Paths on the Discord CDN that hold uploaded files (not proxied external links).
 CDN_UPLOAD_PATH_PREFIXES = ("/attachments/", "/ephemeral-attachments/")
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
@@ -134,14 +142,15 @@ def check_source(source: ImageSource, limits: ImageLimits) -> None:
         )
 
 
-def decode_image(data: bytes, filename: str, *, max_pixels: int) -> Image.Image:
-    """Turn file bytes into an upright RGB image, or raise :class:`ImageRejected` naming the file.
+def decode_image(data: bytes, filename: str, *, max_pixels: int, num_crops: int | None = None) -> Image.Image:
+    """Turn file bytes into an upright RGB image of at most what the model reads at ``num_crops`` crops, or
+    raise :class:`ImageRejected` naming the file.
 
-    The rules (formats, pixel limit, damaged files) are :func:`inference.images.decode_image`'s, the
-    same for the command line tool.
+    The rules (formats, pixel limit, damaged files, the reduction) are
+    :func:`inference.images.decode_image`'s, the same for the command line tool.
     """
     try:
-        return images.decode_image(data, max_pixels=max_pixels)
+        return images.decode_image(data, max_pixels=max_pixels, num_crops=num_crops)
     except errors.UnreadableImage as error:
         raise ImageRejected(filename, image_problem_text(error)) from None
 
@@ -190,8 +199,12 @@ def check_sources(sources: Iterable[ImageSource], limits: ImageLimits) -> None:
         check_source(source, limits)
 
 
-async def fetch_image(source: ImageSource, limits: ImageLimits, fetcher: Fetcher) -> Image.Image:
-    """Download and decode one image that :func:`check_source` accepted (decoding runs in a thread)."""
+async def fetch_image(
+    source: ImageSource, limits: ImageLimits, fetcher: Fetcher, *, num_crops: int | None = None
+) -> Image.Image:
+    """Download and decode one image that :func:`check_source` accepted. Decoding runs on one of
+    :data:`DECODES_AT_ONCE` threads, so however many pictures arrive together, only that many are held at
+    full size at once."""
     try:
         async with asyncio.timeout(limits.download_timeout_s):
             data = await fetcher.fetch(source.url, max_bytes=limits.max_bytes)
@@ -201,20 +214,23 @@ async def fetch_image(source: ImageSource, limits: ImageLimits, fetcher: Fetcher
         raise ImageRejected(source.filename, error.args[0]) from None
     if len(data) > limits.max_bytes:
         raise ImageRejected(source.filename, larger_than(limits.max_bytes))
-    return await asyncio.to_thread(decode_image, data, source.filename, max_pixels=limits.max_pixels)
+    decode = functools.partial(
+        decode_image, data, source.filename, max_pixels=limits.max_pixels, num_crops=num_crops
+    )
+    return await asyncio.get_running_loop().run_in_executor(_DECODING, decode)
 
 
 async def fetch_images(
-    sources: Iterable[ImageSource], limits: ImageLimits, fetcher: Fetcher
+    sources: Iterable[ImageSource], limits: ImageLimits, fetcher: Fetcher, *, num_crops: int | None = None
 ) -> tuple[Image.Image, ...]:
     """Download and decode checked images one after the other, stopping at the first bad one."""
-    return tuple([await fetch_image(source, limits, fetcher) for source in sources])
+    return tuple([await fetch_image(source, limits, fetcher, num_crops=num_crops) for source in sources])
 
 
 async def load_images(
-    sources: Iterable[ImageSource], limits: ImageLimits, fetcher: Fetcher
+    sources: Iterable[ImageSource], limits: ImageLimits, fetcher: Fetcher, *, num_crops: int | None = None
 ) -> tuple[Image.Image, ...]:
     """Check every image's metadata first, then download and decode them."""
     sources = tuple(sources)
     check_sources(sources, limits)
-    return await fetch_images(sources, limits, fetcher)
+    return await fetch_images(sources, limits, fetcher, num_crops=num_crops)

@@ -173,10 +173,15 @@ async def run_job(
     )
     reply.markdown = markdown
     policy = bot.policy(requester.guild_id)
-    with bot.limiter.job(requester.user_id, cooldown_s=policy.cooldown_s, max_jobs=policy.jobs_per_person):
+    with (
+        bot.limiter.job(requester.user_id, cooldown_s=policy.cooldown_s, max_jobs=policy.jobs_per_person),
+        bot.engine.hold_place() as place,  # a full line says "busy" before anything is downloaded
+    ):
         try:
             await reply.acknowledge()
-            images = await fetch_images(chosen, bot.image_limits, bot.fetcher)
+            images = await fetch_images(
+                chosen, bot.image_limits, bot.fetcher, num_crops=bot.engine.picture_crops
+            )
             request = Request(
                 task=task,
                 images=images,
@@ -193,7 +198,7 @@ async def run_job(
             def tell_place(position: int) -> None:
                 reply.place_in_line(position, bot.engine.wait_s(position))
 
-            pieces = bot.engine.stream(request, on_position=tell_place, on_trimmed=tell_trimmed)
+            pieces = bot.engine.stream(request, on_position=tell_place, on_trimmed=tell_trimmed, place=place)
             answer = await reply.stream(pieces)
         except ReplyGone as gone:
             log.info("Stopped a job whose answer can no longer be shown: %s", gone)

@@ -420,6 +420,7 @@ class Settings(BaseSettings):
             request_timeout_s=self.request_timeout_s or DEFAULT_REQUEST_TIMEOUT_S,
             retries=REMOTE_RETRIES,
             max_concurrent=self.remote_max_concurrent,
+            max_queued=self.max_queued,
         )
 
 

@@ -115,7 +115,9 @@ def for_the_terminal(error: Exception) -> str:
             return str(error)
 
 
-def open_image(path_text: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(
+    path_text: str, max_pixels: int = DEFAULT_MAX_PIXELS, num_crops: int | None = None
+) -> Image.Image:
     """Read an image file by the bot's intake rules, or raise :class:`CliError` with one line."""
     path = Path(path_text)
     if path.is_dir():
@@ -127,7 +129,7 @@ def open_image(path_text: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     except OSError as error:
         raise CliError(f"{path}: cannot be read ({error.strerror or error})") from None
     try:
-        return decode_image(data, max_pixels=max_pixels)
+        return decode_image(data, max_pixels=max_pixels, num_crops=num_crops)
     except UnreadableImage as error:
         raise CliError(f"{path}: {error}") from None
 
@@ -136,7 +138,8 @@ async def answer(args: argparse.Namespace) -> int:
     from inference.engine import LocalEngine
 
     task = Task(args.task)
-    images = tuple(open_image(p) for p in args.images)
+    # Read before the model loads, so a bad file is said at once; reduced for --num-crops where it is given.
+    images = tuple(open_image(p, num_crops=args.num_crops) for p in args.images)
     if task is Task.COMPARE and len(images) < MIN_COMPARE_IMAGES:
         raise CliError("compare needs at least two images")
     config = EngineConfig(

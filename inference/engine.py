@@ -45,6 +45,9 @@ from inference.types import (
     TYPICAL_ANSWER_TOKENS,
     EngineConfig,
     EngineStats,
+    Place,
+    PlacesHeld,
+    Priority,
     Request,
     Result,
 )
@@ -158,6 +161,7 @@ class LocalEngine:
             block_tokens=BLOCK_TOKENS,
         )
         self._channels: dict[int, _Channel] = {}
+        self._places = PlacesHeld()  # promised to requests not queued yet (pictures on the way, preparing)
         self._preparing = 0  # requests on (or waiting for) a preparing thread, not yet queued
         self._aborted: list[int] = []
         # Set by the event loop when the model thread should hand back control at its next step:
@@ -247,10 +251,23 @@ class LocalEngine:
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, True)
 
     # -- requests ------------------------------------------------------------------------------
-    async def generate(self, request: Request) -> Result:
+    @property
+    def picture_crops(self) -> int | None:
+        return self._runner.num_crops if self._runner is not None else None
+
+    def hold_place(self, priority: Priority = Priority.PEOPLE) -> Place:
+        """A place in line before the request exists: the places held and the requests queued together stay
+        within ``max_queued`` (a background line of its own), so a request given a place is never refused
+        when it is queued."""
+        self._check_ready()
+        if self.scheduler.is_full(priority, held=self._places.count(priority)):
+            raise EngineBusy()
+        return self._places.take(priority)
+
+    async def generate(self, request: Request, *, place: Place | None = None) -> Result:
         started = time.perf_counter()
         channel = _Channel()
-        pieces = [piece async for piece in self._stream(request, channel)]
+        pieces = [piece async for piece in self._stream(request, channel, place=place)]
         return Result("".join(pieces).strip(), channel.new_tokens, time.perf_counter() - started)
 
     def stream(
@@ -258,16 +275,23 @@ class LocalEngine:
         request: Request,
         on_position: Callable[[int], None] | None = None,
         on_trimmed: Callable[[int], None] | None = None,
+        *,
+        place: Place | None = None,
     ) -> AsyncIterator[str]:
-        return self._stream(request, _Channel(on_position=on_position), on_trimmed)
+        return self._stream(request, _Channel(on_position=on_position), on_trimmed, place=place)
 
     async def _stream(
-        self, request: Request, channel: _Channel, on_trimmed: Callable[[int], None] | None = None
+        self,
+        request: Request,
+        channel: _Channel,
+        on_trimmed: Callable[[int], None] | None = None,
+        *,
+        place: Place | None = None,
     ) -> AsyncIterator[str]:
         self._check_ready()
         self._live_runner.validate(request)
-        if self.scheduler.is_full(request.priority):
-            raise EngineBusy()
+        if place is None:
+            place = self.hold_place(request.priority)
         loop = asyncio.get_running_loop()
         time_limit = request.time_limit(self.request_timeout_s)
         deadline = loop.time() + time_limit
@@ -275,17 +299,18 @@ class LocalEngine:
         self._channels[request_id] = channel
         finished = False
         try:
-            self._preparing += 1
-            try:
-                channel.prepared = await loop.run_in_executor(
-                    self._prep_threads, self._live_runner.prepare, request
-                )
-            finally:
-                self._preparing -= 1
-            self._check_ready()
-            if channel.prepared.left_out and on_trimmed is not None:
-                on_trimmed(channel.prepared.left_out)
-            self._enqueue(request_id, request, channel)
+            with place:  # given back once the request is queued, where the scheduler counts it
+                self._preparing += 1
+                try:
+                    channel.prepared = await loop.run_in_executor(
+                        self._prep_threads, self._live_runner.prepare, request
+                    )
+                finally:
+                    self._preparing -= 1
+                self._check_ready()
+                if channel.prepared.left_out and on_trimmed is not None:
+                    on_trimmed(channel.prepared.left_out)
+                self._enqueue(request_id, request, channel)
             while True:
                 remaining = deadline - loop.time()
                 try:

@@ -24,7 +24,7 @@ from yarl import URL
 from inference import errors
 from inference.images import DATA_URL_FORMATS, data_url
 from inference.prompts import check_image_count, conversation
-from inference.types import DEFAULT_MODEL_ID, EngineStats, Priority, Request, Result
+from inference.types import DEFAULT_MODEL_ID, EngineStats, Place, PlacesHeld, Priority, Request, Result
 
 if TYPE_CHECKING:
     from openai import AsyncStream
@@ -55,6 +55,7 @@ class RemoteConfig:
     connect_timeout_s: float = 10.0  # opening one TCP connection
     retries: int = 3  # extra attempts after a failure before any text arrived
     max_concurrent: int = 16  # requests this process sends at once; more wait here
+    max_queued: int = 32  # requests that may wait for one of those (each class); more are refused as busy
     image_format: str = "auto"  # auto | png | jpeg
 
     def __post_init__(self) -> None:
@@ -68,6 +69,8 @@ class RemoteConfig:
             raise ValueError(f"image_format must be one of {', '.join(DATA_URL_FORMATS)}")
         if self.max_concurrent < 1 or self.retries < 0 or self.max_new_tokens < 1 or self.max_images < 1:
             raise ValueError("max_concurrent, max_new_tokens and max_images must be >= 1; retries >= 0")
+        if self.max_queued < 0:
+            raise ValueError("max_queued must be >= 0")
 
 
 def display_url(url: str) -> str:
@@ -110,7 +113,9 @@ class RemoteEngine:
 
     The server keeps its own queue and does not publish it: ``on_position`` is called once, with 0,
     when the server has accepted the request. Requests beyond ``max_concurrent`` wait here, within
-    their time limit. Closing the stream (or cancelling its reader) closes the HTTP connection, and
+    their time limit, and at most ``max_queued`` of each class wait (places held before the pictures
+    arrive included): one more is refused as busy, as the local engine refuses it. Closing the stream
+    (or cancelling its reader) closes the HTTP connection, and
     vLLM stops generating.
     """
 
@@ -121,6 +126,7 @@ class RemoteEngine:
         # Background work (automatic alt text) holds at most a quarter of the slots: the rest stay for people.
         self._background_slots = asyncio.Semaphore(max(1, self.config.max_concurrent // 4))
         self._streams: set[AsyncStream[ChatCompletionChunk]] = set()
+        self._places = PlacesHeld()  # requests not yet holding a slot: the line
         self._closing = False
         self.dead_reason: str | None = None  # never set: the server's failures fail one request at a time
         self.on_dead: Callable[[str], None] | None = None
@@ -206,10 +212,25 @@ class RemoteEngine:
             f"The model server at {where} {problem}. Check that it is running and that the address is right."
         )
 
-    async def generate(self, request: Request) -> Result:
+    @property
+    def picture_crops(self) -> int | None:
+        """None: the server picks its own crops."""
+        return None
+
+    def hold_place(self, priority: Priority = Priority.PEOPLE) -> Place:
+        self._check_serving()
+        if self._places.count(priority) >= self.config.max_queued:
+            raise errors.EngineBusy()
+        return self._places.take(priority)
+
+    def _check_serving(self) -> None:
+        if self._client is None or self._closing:
+            raise errors.EngineStopping() if self._closing else errors.NotReady()
+
+    async def generate(self, request: Request, *, place: Place | None = None) -> Result:
         started = time.perf_counter()
         progress = _Progress()
-        text = "".join([piece async for piece in self._stream(request, progress)]).strip()
+        text = "".join([piece async for piece in self._stream(request, progress, place)]).strip()
         tokens = progress.completion_tokens if progress.completion_tokens is not None else progress.pieces
         return Result(text, tokens, time.perf_counter() - started)
 
@@ -218,15 +239,17 @@ class RemoteEngine:
         request: Request,
         on_position: Callable[[int], None] | None = None,
         on_trimmed: Callable[[int], None] | None = None,
+        *,
+        place: Place | None = None,
     ) -> AsyncIterator[str]:
         # on_trimmed is never called: the server's tokenizer is not here to count a conversation's
         # tokens, so one too long for the server's context is refused (errors.ServerRefused) instead.
-        return self._stream(request, _Progress(on_position))
+        return self._stream(request, _Progress(on_position), place)
 
-    async def _stream(self, request: Request, progress: _Progress) -> AsyncIterator[str]:
+    async def _stream(self, request: Request, progress: _Progress, place: Place | None) -> AsyncIterator[str]:
+        self._check_serving()
         client = self._client
-        if client is None or self._closing:
-            raise errors.EngineStopping() if self._closing else errors.NotReady()
+        assert client is not None  # checked just above
         check_image_count(len(request.images), self.config.max_images)
         turns = conversation(
             request.task, len(request.images), request.question, request.history, markdown=request.markdown
@@ -241,12 +264,15 @@ class RemoteEngine:
             else [self._slots]
         )
         held: list[asyncio.Semaphore] = []
+        if place is None:
+            place = self.hold_place(request.priority)
         try:
-            async with asyncio.timeout_at(deadline):
-                urls = await asyncio.to_thread(encode_images, request.images, self.config.image_format)
-                for slot in slots:
-                    await slot.acquire()
-                    held.append(slot)
+            with place:  # in line until a slot is had
+                async with asyncio.timeout_at(deadline):
+                    urls = await asyncio.to_thread(encode_images, request.images, self.config.image_format)
+                    for slot in slots:
+                        await slot.acquire()
+                        held.append(slot)
             messages = _messages(urls, turns)
             del urls
             for attempt in range(self.config.retries + 1):

@@ -106,10 +106,11 @@ class Scheduler:
     def waiting_in(self, priority: Priority) -> int:
         return sum(len(q) for key, q in self._queues.items() if key[0] is priority)
 
-    def is_full(self, priority: Priority = Priority.PEOPLE) -> bool:
-        """No room in this class's line: one more would be refused."""
+    def is_full(self, priority: Priority = Priority.PEOPLE, *, held: int = 0) -> bool:
+        """No room in this class's line: one more would be refused. ``held``: places the engine has promised
+        to requests not queued yet (their pictures still on the way), which count as waiting."""
         limit = self.max_waiting if priority is Priority.PEOPLE else self.max_background_waiting
-        return self.waiting_in(priority) >= limit
+        return self.waiting_in(priority) + held >= limit
 
     @property
     def running(self) -> list[Ticket]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -34,6 +35,48 @@ class Priority(enum.IntEnum):
 
     PEOPLE = 0  # someone asked and is waiting
     BACKGROUND = 1  # nobody asked (automatic alt text): only when no person is waiting
+
+
+class Place:
+    """One place in an engine's line, held from before its request exists: while the request's pictures
+    download and decode, so that a full line refuses at once and nothing is fetched or decoded for a
+    request that could not wait. Handed to ``stream`` or ``generate``, the request takes it over; it is given
+    back once the request is queued, or on leaving its ``with`` block, whichever comes first (a second give
+    back does nothing)."""
+
+    def __init__(self, priority: Priority, give_back: Callable[[Priority], None]) -> None:
+        self.priority = priority
+        self._give_back = give_back
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._give_back(self.priority)
+
+    def __enter__(self) -> Place:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class PlacesHeld:
+    """The places an engine has handed out and not yet taken back, per class of request (the engine decides
+    when its line is full; this only counts)."""
+
+    def __init__(self) -> None:
+        self._held: Counter[Priority] = Counter()
+
+    def count(self, priority: Priority) -> int:
+        return self._held[priority]
+
+    def take(self, priority: Priority) -> Place:
+        self._held[priority] += 1
+        return Place(priority, self._give_back)
+
+    def _give_back(self, priority: Priority) -> None:
+        self._held[priority] -= 1
 
 
 @dataclass(frozen=True)
@@ -147,11 +190,25 @@ class Engine(Protocol):
     async def stop(self) -> None:
         """Cancel or finish in-flight work and release the model."""
 
+    @property
+    def picture_crops(self) -> int | None:
+        """The crops the model reads of each picture, or None where the engine cannot tell (a model server
+        picks its own): intake reduces a picture to exactly that canvas (``inference.images``)."""
+        ...
+
+    def hold_place(self, priority: Priority = Priority.PEOPLE) -> Place:
+        """A place in line for a request about to be made, before its pictures are downloaded: raises
+        ``EngineBusy`` at once when the line is full (and what ``stream`` raises for an engine that is not
+        serving). Give it to ``stream`` or ``generate``; hold it in a ``with`` block."""
+        ...
+
     def stream(
         self,
         request: Request,
         on_position: Callable[[int], None] | None = None,
         on_trimmed: Callable[[int], None] | None = None,
+        *,
+        place: Place | None = None,
     ) -> AsyncIterator[str]:
         """Yield the answer as text pieces as they are generated.
 
@@ -160,12 +217,13 @@ class Engine(Protocol):
         before the first piece when ``n`` old exchanges of a conversation were left out
         to fit the model's memory. Closing the iterator
         (or cancelling the task consuming it) stops the generation at the next
-        decoding step.
+        decoding step. ``place`` is one held by :meth:`hold_place`; without one the request takes its own
+        (``EngineBusy`` when the line is full).
         """
         ...
 
-    async def generate(self, request: Request) -> Result:
-        """Run the request to the end and return the whole answer."""
+    async def generate(self, request: Request, *, place: Place | None = None) -> Result:
+        """Run the request to the end and return the whole answer (``place`` as for :meth:`stream`)."""
         ...
 
     def wait_s(self, position: int) -> float | None:

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from inference import EngineBusy, Request, Result
+from inference import EngineBusy, Priority, Request, Result
 from inference.errors import EngineStopping
-from inference.types import EngineStats
+from inference.types import EngineStats, Place, PlacesHeld
 
 DEFAULT_ANSWER = "A small red square on a white background."
 
@@ -53,9 +53,22 @@ class FakeEngine:
         self._stopping: asyncio.Event | None = None
         self.on_dead: Callable[[str], None] | None = None
         self.dead_reason: str | None = None
+        self.picture_crops: int | None = None  # like a model server: pictures kept at the largest canvas
+        self.places = PlacesHeld()
+        self.places_given: list[Place] = []  # every place handed out, to check the order of things
 
     def wait_s(self, position: int) -> float | None:
         return self.wait_estimate_s
+
+    def hold_place(self, priority: Priority = Priority.PEOPLE) -> Place:
+        self._raise_if_stopped()
+        self._refuse_if_full(priority)
+        place = self.places.take(priority)
+        self.places_given.append(place)
+        return place
+
+    def _refuse_if_full(self, priority: Priority) -> None:
+        """This fake's line has no end (see SlottedFakeEngine)."""
 
     def stats(self) -> EngineStats | None:
         return None  # tests that need figures give the fake a stats function of their own
@@ -111,8 +124,12 @@ class FakeEngine:
         request: Request,
         on_position: Callable[[int], None] | None = None,
         on_trimmed: Callable[[int], None] | None = None,
+        *,
+        place: Place | None = None,
     ) -> AsyncIterator[str]:
         self._raise_if_stopped()
+        with place or self.hold_place(request.priority):  # given back as the request joins the line
+            pass
         self.requests.append(request)
         answer = self._next_answer()
         if request.history and self.left_out_next and on_trimmed is not None:
@@ -153,9 +170,9 @@ class FakeEngine:
     def _leave(self, token: object) -> None:
         """After an answer: nothing to free, this fake answers everyone at once (see SlottedFakeEngine)."""
 
-    async def generate(self, request: Request) -> Result:
+    async def generate(self, request: Request, *, place: Place | None = None) -> Result:
         started = time.perf_counter()
-        pieces = [piece async for piece in self.stream(request)]
+        pieces = [piece async for piece in self.stream(request, place=place)]
         text = "".join(pieces)
         return Result(text=text, new_tokens=len(pieces), seconds=time.perf_counter() - started)
 
@@ -188,6 +205,12 @@ class SlottedFakeEngine(FakeEngine):
         self._doomed: set[object] = set()
         self._doom: BaseException | None = None
 
+    def _refuse_if_full(self, priority: Priority) -> None:
+        """Places held before the pictures arrive count as waiting, as in the real engine."""
+        if len(self.line) + self.places.count(priority) >= self.max_waiting:
+            self.busy_refusals += 1
+            raise EngineBusy()
+
     def fail_running(self, error: BaseException) -> int:
         """Every answer running now fails with ``error`` at its next piece (e.g. out of memory)."""
         self._doomed, self._doom = set(self._answering), error
@@ -203,9 +226,6 @@ class SlottedFakeEngine(FakeEngine):
                 self._leave(token)
                 raise
             return
-        if len(self.line) >= self.max_waiting:
-            self.busy_refusals += 1
-            raise EngineBusy()
         waiter = _Waiter(asyncio.Event(), on_position)
         self.line.append(waiter)
         self._announce()

@@ -20,37 +20,19 @@ straight into the output, and only padding tiles are zeroed.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from PIL import Image
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
-CROP_SIZE = 336
+from inference.hd_canvas import CROP_SIZE, hd_canvas_size, pad_to_tiles
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Feature tokens per 336x336 tile after CLIP's 24x24 patch grid is merged 2x2 into 12x12.
 TOKENS_PER_TILE = 144
 TILE_GRID = 12
-
-
-def hd_canvas_size(width: int, height: int, num_crops: int) -> tuple[int, int]:
-    """Return the (width, height) of the resized image before padding, as the reference computes it."""
-    transposed = width < height
-    if transposed:
-        width, height = height, width
-    ratio = width / height
-    scale = 1
-    while scale * math.ceil(scale / ratio) <= num_crops:
-        scale += 1
-    scale -= 1
-    new_w = int(scale * CROP_SIZE)
-    # The reference computes 0 here for a strip thinner than 1:new_w and then fails; one pixel
-    # keeps such an image usable (it is padded to a 336 px high row of tiles like any other).
-    new_h = max(1, int(new_w / ratio))
-    return (new_h, new_w) if transposed else (new_w, new_h)
 
 
 def num_image_tokens(height: int, width: int) -> int:
@@ -64,21 +46,18 @@ def num_image_tokens(height: int, width: int) -> int:
 
 
 def hd_transform(image: Image.Image, num_crops: int) -> Image.Image:
-    """Resize (keeping the aspect ratio) and pad with white to a canvas of whole 336 px tiles."""
+    """Resize (keeping the aspect ratio) and pad with white to a canvas of whole 336 px tiles.
+
+    A tall image is resized as the reference does it, transposed (Pillow resizes rows first, so the order
+    shows in the last bit); the padding is the same either way.
+    """
     transposed = image.width < image.height
     if transposed:
         image = image.transpose(Image.Transpose.TRANSPOSE)
-    new_w, new_h = hd_canvas_size(image.width, image.height, num_crops)
-    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    target_h = int(math.ceil(new_h / CROP_SIZE) * CROP_SIZE)
-    top = int((target_h - new_h) / 2)
-    if target_h != new_h:
-        canvas = Image.new("RGB", (new_w, target_h), (255, 255, 255))
-        canvas.paste(image, (0, top))
-        image = canvas
+    image = image.resize(hd_canvas_size(image.width, image.height, num_crops), Image.Resampling.BILINEAR)
     if transposed:
         image = image.transpose(Image.Transpose.TRANSPOSE)
-    return image
+    return pad_to_tiles(image, transposed=transposed)
 
 
 class Phi3VImageProcessor(BaseImageProcessor):

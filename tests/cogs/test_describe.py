@@ -10,7 +10,7 @@ from bot.errors import UNEXPECTED_ERROR_TEXT, ImageRejected, NoImage
 from bot.formatting import MESSAGE_LIMIT
 from bot.jobs import NO_IMAGE_IN_COMMAND_TEXT, NO_IMAGE_IN_MESSAGE_TEXT, STOPPED_BY_DELETE_TEXT
 from bot.reply import ANSWER_FILENAME, WORKING_TEXT, queue_text
-from inference import OutOfMemory, RequestTimedOut, Task
+from inference import OutOfMemory, Priority, RequestTimedOut, Task
 from tests.conftest import (
     CHANNEL_MESSAGE,
     acknowledge_errors,
@@ -391,3 +391,54 @@ async def test_the_stop_message_shows_a_name_as_plain_text(world):
     assert str(stopped_by("**Mod** [x](https://evil.example)")) == (
         "Stopped by \\*\\*Mod\\*\\* x (`https://evil.example`)."
     )
+
+
+# ---------------------------------------------------------------- the place in line
+
+
+class CountingFetcher:
+    def __init__(self, inner) -> None:
+        self.inner, self.urls = inner, []
+
+    async def fetch(self, url: str, *, max_bytes: int) -> bytes:
+        self.urls.append(url)
+        return await self.inner.fetch(url, max_bytes=max_bytes)
+
+
+@pytest.mark.parametrize("command", ["slash", "prefix"])
+async def test_a_full_line_says_busy_before_anything_is_downloaded(world, fake_engine, monkeypatch, command):
+    from bot.engine_errors import BUSY_TEXT
+    from inference import EngineBusy
+
+    bot = world.env.bot
+    fetcher = CountingFetcher(bot.fetcher)
+    monkeypatch.setattr(bot, "_fetcher", fetcher)
+
+    def full(priority):
+        raise EngineBusy()
+
+    monkeypatch.setattr(fake_engine, "_refuse_if_full", full)
+    if command == "slash":
+        await world.member.slash(world.channel, "describe", image=("cat.png", image_bytes()))
+    else:
+        await world.member.send(world.channel, "!describe", attachments=[("cat.png", image_bytes())])
+    [shown] = bot_messages(world.channel)
+    assert shown.content == BUSY_TEXT
+    assert fetcher.urls == [] and fake_engine.requests == []
+    assert acknowledge_errors(world.env) == [EngineBusy]
+
+
+async def test_the_place_is_held_while_the_picture_downloads_and_given_back_when_answered(world, fake_engine):
+    bot = world.env.bot
+    held_while_downloading = []
+
+    class Watching(CountingFetcher):
+        async def fetch(self, url: str, *, max_bytes: int) -> bytes:
+            held_while_downloading.append(fake_engine.places.count(Priority.PEOPLE))
+            return await super().fetch(url, max_bytes=max_bytes)
+
+    bot._fetcher = Watching(bot.fetcher)
+    await world.member.send(world.channel, "!describe", attachments=[("cat.png", image_bytes())])
+    assert held_while_downloading == [1]
+    assert fake_engine.places.count(Priority.PEOPLE) == 0
+    assert [place.held for place in fake_engine.places_given] == [False]

@@ -474,8 +474,8 @@ async def test_a_prompt_larger_than_the_token_budget_is_refused_as_too_large():
         await engine.stop()
 
 
-async def test_a_queue_that_fills_while_requests_are_prepared_answers_busy():
-    # Both pass the early "queue full?" check, then the second finds the queue full when it is added.
+async def test_a_line_whose_places_are_taken_while_requests_are_prepared_answers_busy():
+    # The first to ask takes the one place while it is still being prepared; the second is refused at once.
     engine = await scripted(max_queued=1, max_batch_size=1)
     runner = engine._runner
     runner.hold.clear()
@@ -497,6 +497,54 @@ async def test_a_queue_that_fills_while_requests_are_prepared_answers_busy():
     finally:
         runner.hold.set()
         await engine.stop()
+
+
+async def test_a_place_held_before_the_request_counts_as_waiting_until_it_is_queued():
+    engine = await scripted(max_queued=1, max_batch_size=1)
+    runner = engine._runner
+    runner.hold.clear()
+    try:
+        running = asyncio.ensure_future(engine.generate(Request(Task.DESCRIBE, (IMAGE,), user_id=1)))
+        await until(lambda: len(engine.scheduler.running) == 1)
+        place = engine.hold_place()  # as the bot does before it downloads the pictures
+        with pytest.raises(EngineBusy):  # nobody else gets in, with or without a place of their own
+            engine.hold_place()
+        with pytest.raises(EngineBusy):
+            await engine.generate(Request(Task.DESCRIBE, (IMAGE,), user_id=3))
+        waiting = asyncio.ensure_future(
+            engine.generate(Request(Task.DESCRIBE, (IMAGE,), user_id=2), place=place)
+        )
+        await until(lambda: engine.scheduler.num_waiting == 1)
+        assert not place.held  # queued: the scheduler counts it now, and the place was given back once
+        with pytest.raises(EngineBusy):
+            engine.hold_place()
+        runner.hold.set()
+        assert [(await running).text, (await waiting).text] == ["tok2 tok1 tok0"] * 2
+        with engine.hold_place():  # a place given back without being used frees the line too
+            pass
+        with engine.hold_place(), pytest.raises(EngineBusy):
+            engine.hold_place()
+    finally:
+        runner.hold.set()
+        await engine.stop()
+
+
+async def test_background_places_have_a_line_of_their_own():
+    engine = await scripted(max_queued=1)
+    try:
+        background, person = engine.hold_place(Priority.BACKGROUND), engine.hold_place(Priority.PEOPLE)
+        with pytest.raises(EngineBusy):
+            engine.hold_place(Priority.PEOPLE)
+        background.release()
+        person.release()
+    finally:
+        await engine.stop()
+
+
+async def test_a_place_is_refused_by_an_engine_that_is_not_serving():
+    engine = LocalEngine(tiny_config(), runner_factory=ScriptedRunner)
+    with pytest.raises(NotReady):
+        engine.hold_place()
 
 
 async def test_a_reader_that_leaves_while_waiting_is_dropped_and_the_line_moves_up():

@@ -484,6 +484,25 @@ async def test_requests_beyond_max_concurrent_wait_their_turn(vllm, make_engine)
     assert vllm.most_active <= 2
 
 
+async def test_the_line_for_a_slot_is_bounded_and_a_place_is_had_before_the_pictures(vllm, make_engine):
+    engine = await make_engine(max_concurrent=1, max_queued=2)
+    vllm.script.append(("hang",))  # the first request holds the one slot until released (then is retried)
+    answering = asyncio.ensure_future(collect(engine, describe()))
+    while not vllm.bodies:
+        await asyncio.sleep(0.01)
+    place = engine.hold_place()  # the bot holds one while the pictures download
+    waiting = asyncio.ensure_future(collect(engine, describe()))
+    await asyncio.sleep(0.05)
+    with pytest.raises(EngineBusy):  # one answering, two in line: the third is refused at once
+        engine.hold_place()
+    with pytest.raises(EngineBusy):
+        await collect(engine, describe())
+    vllm.release.set()
+    answers = await asyncio.gather(answering, waiting, collect(engine, describe(), place=place))
+    assert answers == [ANSWER] * 3
+    assert not place.held
+
+
 # -- start -------------------------------------------------------------------------------------
 async def test_start_fails_clearly_when_the_server_is_down():
     address = f"http://127.0.0.1:{free_port()}/v1"

@@ -25,11 +25,12 @@ from bot.alt_text import (
     images_needing_alt_text,
     tidy_alt_text,
 )
-from bot.errors import UserFacingError, explain, reports_errors
+from bot.errors import Denied, UserFacingError, explain, reports_errors
 from bot.gather import refresh_sources, source_from_attachment
 from bot.i18n import render
 from bot.images import ImageSource, load_images
 from bot.jobs import answer_interaction, stoppable
+from bot.limits import JobLimiter, Requester
 from bot.reply import Outcome, Reply
 from bot.task_cog import CONTEXTS, INSTALLS
 from bot.text import N_, T
@@ -106,6 +107,9 @@ class AltText(commands.Cog):
     def __init__(self, bot: VisionBot) -> None:
         self.bot = bot
         self.rate = ChannelRate()
+        # Each poster's cooldown and jobs at once, as the owner and the server set them for commands; kept
+        # apart, so the alt text nobody asked for never delays a person's own command.
+        self.limiter = JobLimiter.from_settings(bot.settings)
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(MoreButton)
@@ -124,15 +128,19 @@ class AltText(commands.Cog):
         await interaction.response.send_message(render(OPTED_IN_TEXT, interaction.locale), ephemeral=True)
 
     async def _wanted(self, message: discord.Message) -> list[discord.Attachment]:
-        """The images of this message that should get alt text now (none: leave it alone)."""
+        """The images of this message that should get alt text (none: leave it alone), before the limits on
+        how often: the poster's and the channel's."""
         bot = self.bot
         if message.author.bot or message.guild is None:
             return []
-        channels = bot.policy(message.guild.id).alt_text_channel_ids
+        policy = bot.policy(message.guild.id)
+        channels = policy.alt_text_channel_ids
         parent_id = getattr(message.channel, "parent_id", None)
         if message.channel.id not in channels and parent_id not in channels:
             return []
-        if bot.settings.allowed_guild_ids and message.guild.id not in bot.settings.allowed_guild_ids:
+        try:  # the owner's servers and channels, and the server's own channel list, as for any request
+            policy.access.check(Requester.of(message.author, message.channel, message.guild), Task.ALT_TEXT)
+        except Denied:
             return []
         images = images_needing_alt_text(message.attachments)[: bot.settings.max_images]
         if not images:
@@ -142,16 +150,32 @@ class AltText(commands.Cog):
             return []  # a command (or a question to the bot) about the image: it gets that answer instead
         if await bot.alt_text_opt_outs.contains(message.author.id):
             return []
-        allowed = self.rate.take(message.channel.id, len(images))
-        if allowed < len(images):
-            log.info("Alt text: %d image(s) skipped, the channel's rate is spent", len(images) - allowed)
-        return images[:allowed]
+        return images
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
         images = await self._wanted(message)
         if not images:
             return
+        assert message.guild is not None  # _wanted leaves DMs alone
+        policy = self.bot.policy(message.guild.id)
+        try:  # the poster's cooldown and jobs at once, counted apart from the commands they run themselves
+            self.limiter.admit(
+                message.author.id, cooldown_s=policy.cooldown_s, max_jobs=policy.jobs_per_person
+            )
+        except Denied as refused:
+            log.info("Alt text: skipped, the poster's limit holds (%s)", type(refused).__name__)
+            return
+        try:
+            allowed = self.rate.take(message.channel.id, len(images))
+            if allowed < len(images):
+                log.info("Alt text: %d image(s) skipped, the channel's rate is spent", len(images) - allowed)
+            if allowed:
+                await self._answer(message, images[:allowed])
+        finally:
+            self.limiter.release(message.author.id)
+
+    async def _answer(self, message: discord.Message, images: list[discord.Attachment]) -> None:
         locale = message.guild.preferred_locale if message.guild else None  # a public message
         reply = self.bot.replies.for_unasked(message, view=more_buttons(message, images, locale))
         reply.task = Task.ALT_TEXT.value
@@ -179,17 +203,22 @@ class AltText(commands.Cog):
 
     async def _describe(self, message: discord.Message, attachment: discord.Attachment) -> str:
         bot = self.bot
-        [image] = await load_images(
-            [source_from_attachment(attachment, message)], bot.image_limits, bot.fetcher
-        )
-        request = Request(
-            Task.ALT_TEXT,
-            (image,),
-            user_id=message.author.id,
-            max_new_tokens=ALT_TEXT_TOKENS,
-            priority=Priority.BACKGROUND,
-        )
-        return (await bot.engine.generate(request)).text
+        # Its place in the background line first: when that is full, nothing is downloaded.
+        with bot.engine.hold_place(Priority.BACKGROUND) as place:
+            [image] = await load_images(
+                [source_from_attachment(attachment, message)],
+                bot.image_limits,
+                bot.fetcher,
+                num_crops=bot.engine.picture_crops,
+            )
+            request = Request(
+                Task.ALT_TEXT,
+                (image,),
+                user_id=message.author.id,
+                max_new_tokens=ALT_TEXT_TOKENS,
+                priority=Priority.BACKGROUND,
+            )
+            return (await bot.engine.generate(request, place=place)).text
 
 
 async def setup(bot: VisionBot) -> None:

@@ -122,6 +122,11 @@ class ServerSettingsCog(
         changed = current | {item} if add else current - {item}
         await self._change(interaction, name, changed or None, done)
 
+    def _check_owner_allows(self, channel: discord.abc.GuildChannel) -> None:
+        owner = self.bot.settings.allowed_channel_ids
+        if owner and channel.id not in owner:
+            raise Denied(T("The bot's owner only lets it answer in {channels}.", channels=_channels(owner)))
+
     # -- /settings show, reset ----------------------------------------------------------------------
     @app_commands.command(name="show", description="Show the bot's settings in this server")
     async def show(self, interaction: discord.Interaction) -> None:
@@ -140,9 +145,7 @@ class ServerSettingsCog(
     @channels.command(name="add", description="Answer in this channel (then only in the listed ones)")
     @app_commands.describe(channel="A channel where the bot should answer")
     async def channels_add(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
-        owner = self.bot.settings.allowed_channel_ids
-        if owner and channel.id not in owner:
-            raise Denied(T("The bot's owner only lets it answer in {channels}.", channels=_channels(owner)))
+        self._check_owner_allows(channel)
         await self._change_ids(
             interaction,
             "channel_ids",
@@ -258,6 +261,7 @@ class ServerSettingsCog(
     @alt_text.command(name="add", description="Describe images posted in this channel automatically")
     @app_commands.describe(channel="A channel whose images should get alt text")
     async def alt_text_add(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
+        self._check_owner_allows(channel)  # alt text is an answer like any other: only where the bot answers
         await self._change_ids(
             interaction,
             "alt_text_channel_ids",

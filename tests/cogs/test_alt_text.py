@@ -161,3 +161,63 @@ async def test_alt_text_carries_no_live_link_and_no_preview(world, fake_engine):
     [reply] = bot_messages(world.channel)
     assert "`https://evil.example/free`" in reply.content and "`discord.gg/raid`" in reply.content
     assert reply.flags.suppress_embeds and not reply.embeds and not reply.mentions
+
+
+async def test_a_full_background_line_downloads_nothing_and_posts_nothing(world, fake_engine, monkeypatch):
+    from inference import EngineBusy
+    from tests.cogs.test_describe import CountingFetcher
+
+    await turn_on_alt_text(world)
+    bot = world.env.bot
+    fetcher = CountingFetcher(bot.fetcher)
+    monkeypatch.setattr(bot, "_fetcher", fetcher)
+
+    def full(priority):
+        if priority is Priority.BACKGROUND:
+            raise EngineBusy()
+
+    monkeypatch.setattr(fake_engine, "_refuse_if_full", full)
+    await world.member.send(world.channel, "look!", attachments=[("dog.png", image_bytes())])
+    assert bot_messages(world.channel) == [] and fetcher.urls == [] and fake_engine.requests == []
+    assert alt_text_count(world, "refusal") == 1
+
+
+async def test_alt_text_keeps_to_the_channels_the_owner_allows(world, fake_engine):
+    from tests.conftest import reconfigure
+
+    await turn_on_alt_text(world)  # chosen before the owner narrowed the bot to another channel
+    elsewhere = world.guild.create_text_channel("elsewhere")
+    reconfigure(world.env.bot, allowed_channel_ids=frozenset({elsewhere.id}))
+    await world.member.send(world.channel, "look!", attachments=[("dog.png", image_bytes())])
+    assert bot_messages(world.channel) == [] and fake_engine.requests == []
+
+
+async def test_a_poster_gets_alt_text_within_their_cooldown_without_delaying_their_own_commands(
+    world, fake_engine
+):
+    from tests.conftest import reconfigure
+
+    await turn_on_alt_text(world)
+    reconfigure(world.env.bot, user_cooldown_s=30.0)
+    for number in range(3):
+        await world.member.send(world.channel, "", attachments=[(f"{number}.png", image_bytes())])
+    assert [request.task for request in fake_engine.requests] == [Task.ALT_TEXT]  # one, then the cooldown
+    await world.member.send(world.channel, "!describe", attachments=[("mine.png", image_bytes())])
+    assert [request.task for request in fake_engine.requests] == [Task.ALT_TEXT, Task.DESCRIBE]
+    await world.env.advance_time(31)
+    await world.member.send(world.channel, "", attachments=[("later.png", image_bytes())])
+    assert [request.task for request in fake_engine.requests][-1] is Task.ALT_TEXT
+
+
+async def test_a_poster_has_at_most_their_jobs_at_once_of_alt_text(world, fake_engine):
+    from tests.conftest import reconfigure
+
+    await turn_on_alt_text(world)
+    reconfigure(world.env.bot, max_jobs_per_user=1)
+    fake_engine.hold(world.env)
+    await world.member.send(world.channel, "", attachments=[("a.png", image_bytes())])
+    await world.member.send(world.channel, "", attachments=[("b.png", image_bytes())])
+    assert len(fake_engine.requests) == 1
+    fake_engine.release()
+    await world.env.settle()
+    assert len(bot_messages(world.channel)) == 1

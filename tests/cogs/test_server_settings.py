@@ -146,3 +146,17 @@ async def test_a_failed_write_tells_the_admin_and_changes_nothing(world):
     rows = await world.env.bot.database.fetch_all("SELECT * FROM server_settings")
     assert rows == []  # the first statement was rolled back with the second
     acknowledge_errors(world.env)
+
+
+async def test_alt_text_cannot_be_turned_on_where_the_owner_lets_the_bot_not_answer(world):
+    from tests.conftest import reconfigure
+
+    admin = admin_of(world)
+    pictures = world.guild.create_text_channel("pictures")
+    reconfigure(world.env.bot, allowed_channel_ids=frozenset({world.channel.id}))
+    result = await settings(admin, world, "alt-text add", channel=pictures)
+    assert result.response.content == f"The bot's owner only lets it answer in <#{world.channel.id}>."
+    assert acknowledge_errors(world.env) == [Denied]
+    assert world.env.bot.server_settings.choices(world.guild.id).alt_text_channel_ids is None
+    await settings(admin, world, "alt-text add", channel=world.channel)
+    assert world.env.bot.server_settings.choices(world.guild.id).alt_text_channel_ids == {world.channel.id}

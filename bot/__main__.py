@@ -52,9 +52,10 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdFilter())  # "[i123…]": the request a line belongs to
-    # discord.py's gateway chatter is noisy at DEBUG, and the openai client's DEBUG lines carry whole
-    # request bodies (people's images): both stay at INFO (which has the client's retries) at any LOG_LEVEL.
-    for noisy in ("discord", "openai", "httpx2", "httpcore2"):
+    # discord.py's gateway chatter is noisy at DEBUG, the openai client's DEBUG lines carry whole request
+    # bodies (people's images) and aiosqlite's every SQL statement with its parameters (answers, private OCR
+    # text, signed file links): all stay at INFO (which has the client's retries) at any LOG_LEVEL.
+    for noisy in ("discord", "openai", "httpx2", "httpcore2", "aiosqlite"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(level)))
 
 

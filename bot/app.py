@@ -38,6 +38,7 @@ EXTENSIONS = (
     "cogs.server_settings",
     "cogs.alt_text",
     "cogs.status",
+    "cogs.privacy",
 )
 SHUTDOWN_GRACE_S = 5.0  # how long shutdown waits for stopped jobs to tell their users
 MODEL_UNAVAILABLE_STATUS = "Model unavailable; the owner has been told"

@@ -4,7 +4,12 @@ Every answer the bot shows is kept in the database under the ids of the messages
 task, where its images are on Discord, every question and answer so far, who asked, and whether
 it was private. Replying to such a message (``@bot <question>`` or a prefix command) or pressing its
 "Ask a follow-up" button continues the conversation: the same images, the earlier turns, the new
-question. Kept for :data:`KEPT_DAYS` days, so follow-ups work across restarts.
+question. Kept for :data:`KEPT_DAYS` days, so follow-ups work across restarts: older ones are removed when the
+bot starts and every hour (:meth:`Conversations.prune`).
+
+Each answer also notes the messages it came from (the one that asked, those holding its pictures): deleting
+any of them, or the answer itself, forgets the conversation (:meth:`Conversations.forget_messages`), and a
+person can erase every conversation they started (:meth:`Conversations.forget_asker`, ``/privacy``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from bot.database import Database
@@ -24,11 +30,12 @@ from inference import Task, Turn
 log = logging.getLogger(__name__)
 
 KEPT_DAYS = 30
-PRUNE_EVERY = 200  # answers remembered between two clean-ups of old ones
 FORGOTTEN_TEXT = T(
-    "I no longer have that conversation (I keep them for {days} days). Start a new one with the image.",
+    "I no longer have that conversation: it is over {days} days old, or a message it came from was deleted. "
+    "Start a new one with the image.",
     days=KEPT_DAYS,
 )
+MAX_IDS_A_STATEMENT = 500  # ids in one IN (...) list, well under SQLite's limit on parameters
 QUESTION_NEEDED_TEXT = N_("Ask a question to follow up, e.g. `!describe what does the sign say?`")
 NOT_YOURS_TEXT = N_("That answer was private to the person who asked, so only they can follow up on it.")
 
@@ -44,6 +51,13 @@ class Answered:
     private: bool = False
     markdown: bool = False  # an OCR answer asked for as Markdown
     channel_id: int | None = None
+    asked_in: int | None = None  # the message that asked (a prefix command); None for an interaction
+
+    @property
+    def origin_ids(self) -> frozenset[int]:
+        """The messages this answer came from: the one that asked and those holding its pictures."""
+        ids = {source.message_id for source in self.sources} | {self.asked_in}
+        return frozenset(message_id for message_id in ids if message_id is not None)
 
     def check_may_follow_up(self, user_id: int) -> None:
         """Anyone may follow up on a public answer; only its asker on a private one."""
@@ -73,10 +87,10 @@ class Conversations:
     def __init__(self, database: Database, *, kept_days: float = KEPT_DAYS) -> None:
         self.database = database
         self.kept_s = kept_days * 24 * 3600
-        self._since_prune = 0
 
     async def remember(self, message_ids: list[int], answered: Answered) -> None:
-        """Keep an answer under each message showing it (the first is its main message).
+        """Keep an answer under each message showing it (the first is its main message), with the messages
+        it came from.
 
         A failed write is logged, not raised: the answer was shown; only following up on it is lost.
         """
@@ -94,15 +108,20 @@ class Conversations:
             _turns_to_json(answered.turns),
             now,
         )
-        try:
-            await self.database.execute_many(
+        statements: list[tuple[str, tuple]] = [
+            (
                 "INSERT OR REPLACE INTO answers (message_id, main_id, channel_id, asker_id, task, private, "
                 "markdown, sources, turns, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(message_id, *row) for message_id in message_ids],
+                (message_id, *row),
             )
-            self._since_prune += 1
-            if self._since_prune >= PRUNE_EVERY:
-                await self.forget_older_than(now - self.kept_s)
+            for message_id in message_ids
+        ]
+        statements += [
+            ("INSERT INTO answer_origins (message_id, main_id) VALUES (?, ?)", (origin, main_id))
+            for origin in sorted(answered.origin_ids)
+        ]
+        try:
+            await self.database.transaction(statements)
         except sqlite3.Error:
             log.exception("Could not keep an answer for follow-ups")
 
@@ -134,8 +153,57 @@ class Conversations:
         return [row[0] for row in rows]
 
     async def forget(self, main_id: int) -> None:
-        await self.database.execute("DELETE FROM answers WHERE main_id = ?", (main_id,))
+        await self._forget_answers([main_id])
 
-    async def forget_older_than(self, cutoff: float) -> None:
-        await self.database.execute("DELETE FROM answers WHERE created_at < ?", (cutoff,))
-        self._since_prune = 0
+    async def forget_messages(self, message_ids: Iterable[int]) -> int:
+        """Forget every conversation shown in, asked by, or about the pictures of these (deleted) messages;
+        return how many."""
+        ids = sorted(set(message_ids))
+        if not ids:
+            return 0
+        marks = ", ".join("?" * len(ids))
+        rows = await self.database.fetch_all(
+            f"SELECT main_id FROM answers WHERE message_id IN ({marks}) "
+            f"UNION SELECT main_id FROM answer_origins WHERE message_id IN ({marks})",
+            (*ids, *ids),
+        )
+        return await self._forget_answers([row[0] for row in rows])
+
+    async def forget_asker(self, user_id: int) -> int:
+        """Forget every conversation this person started; return how many."""
+        rows = await self.database.fetch_all(
+            "SELECT DISTINCT main_id FROM answers WHERE asker_id = ?", (user_id,)
+        )
+        return await self._forget_answers([row[0] for row in rows])
+
+    async def started_by(self, user_id: int) -> tuple[int, float | None]:
+        """How many conversations this person started are kept, and when the oldest was (Unix time)."""
+        rows = await self.database.fetch_all(
+            "SELECT COUNT(DISTINCT main_id), MIN(created_at) FROM answers WHERE asker_id = ?", (user_id,)
+        )
+        count, oldest = rows[0]
+        return int(count), oldest
+
+    async def prune(self) -> int:
+        """Forget the conversations older than :data:`KEPT_DAYS` days; return how many."""
+        return await self.forget_older_than(time.time() - self.kept_s)
+
+    async def forget_older_than(self, cutoff: float) -> int:
+        rows = await self.database.fetch_all(
+            "SELECT DISTINCT main_id FROM answers WHERE created_at < ?", (cutoff,)
+        )
+        return await self._forget_answers([row[0] for row in rows])
+
+    async def _forget_answers(self, main_ids: list[int]) -> int:
+        """Delete these answers and what notes where they came from, all or nothing."""
+        statements: list[tuple[str, tuple]] = []
+        for start in range(0, len(main_ids), MAX_IDS_A_STATEMENT):
+            chunk = tuple(main_ids[start : start + MAX_IDS_A_STATEMENT])
+            marks = ", ".join("?" * len(chunk))
+            statements += [
+                (f"DELETE FROM answers WHERE main_id IN ({marks})", chunk),
+                (f"DELETE FROM answer_origins WHERE main_id IN ({marks})", chunk),
+            ]
+        if statements:
+            await self.database.transaction(statements)
+        return len(main_ids)

@@ -79,6 +79,20 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        3,
+        "the messages each answer came from, so deleting any of them forgets it; answers by asker",
+        """
+        CREATE TABLE answer_origins (
+            message_id   INTEGER NOT NULL,     -- the message that asked, or one holding the answer's pictures
+            main_id      INTEGER NOT NULL      -- the answer it belongs to (answers.main_id)
+        );
+        CREATE INDEX answer_origins_by_message ON answer_origins (message_id);
+        CREATE INDEX answer_origins_by_main ON answer_origins (main_id);
+        CREATE INDEX answers_by_asker ON answers (asker_id);
+        CREATE INDEX settings_changes_by_member ON settings_changes (changed_by);
+        """,
+    ),
 )
 
 

@@ -149,12 +149,14 @@ async def run_job(
     job_id: int,
     history: tuple[Turn, ...] = (),
     markdown: bool = False,
+    asked_in: int | None = None,
 ) -> None:
     """Check limits, acknowledge, load the images, ask the engine and stream the answer into ``reply``.
 
     ``history`` makes it a follow-up in a conversation; a shown answer is remembered for the next
-    one. ``markdown``: an OCR answer as Markdown. Failures propagate to the error handler, which
-    writes them into the same reply. A reply that can no longer be shown (its message deleted, a
+    one, with ``asked_in`` (the message that asked, if any) among the messages whose deletion forgets it.
+    ``markdown``: an OCR answer as Markdown. Failures propagate to the error handler, which writes them
+    into the same reply. A reply that can no longer be shown (its message deleted, a
     permission removed) ends the job quietly.
     """
     question = clean_question(question)
@@ -207,7 +209,14 @@ async def run_job(
     if reply.outcome is Outcome.ANSWER and reply.delivered:
         turns = (*history, Turn(question, answer.strip()))
         answered = Answered(
-            task, chosen, turns, requester.user_id, private, markdown, channel_id=requester.channel_id
+            task,
+            chosen,
+            turns,
+            requester.user_id,
+            private,
+            markdown,
+            channel_id=requester.channel_id,
+            asked_in=asked_in,
         )
         await bot.conversations.remember(await reply.message_ids(), answered)
 
@@ -340,6 +349,7 @@ async def answer_command(
         job_id=ctx.message.id,
         history=history,
         markdown=markdown,
+        asked_in=ctx.message.id,
     )
     await stoppable(bot, ctx.message.id, reply, job)
 

@@ -1,7 +1,8 @@
 """Per-server settings: what each server's admins chose with ``/settings``, over the owner's defaults.
 
 Stored in the database: ``server_settings`` holds one row per server and setting (a JSON value and
-who chose it), ``settings_changes`` every change with its old and new value. All servers' choices
+who chose it), ``settings_changes`` the latest :data:`KEPT_CHANGES` changes of each server with their old and
+new values and who made them (older ones are dropped as new ones come, and at start-up). All servers' choices
 are read into memory at start-up and kept up to date on each change, so answering a request never
 waits for the database; a change is in memory only once the database has it.
 
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 
 NOT_SAVED_TEXT = N_("I could not save that change, so nothing was changed. Please try again in a moment.")
 ID_SETS = ("channel_ids", "ocr_role_ids", "alt_text_channel_ids")
+KEPT_CHANGES = 100  # a server's latest changes kept in its settings log
+TRIM_LOG_SQL = (
+    "DELETE FROM settings_changes WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+    "(PARTITION BY guild_id ORDER BY id DESC) AS newer FROM settings_changes {where}) WHERE newer > ?)"
+)
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,7 @@ class ServerSettings:
         self._choices: dict[int, ServerChoices] = {}
 
     async def load(self) -> None:
+        await self.database.execute(TRIM_LOG_SQL.format(where=""), (KEPT_CHANGES,))
         rows = await self.database.fetch_all("SELECT guild_id, name, value FROM server_settings")
         known = set(ServerChoices.names())
         found: dict[int, dict[str, Any]] = {}
@@ -136,8 +143,9 @@ class ServerSettings:
             "VALUES (?, ?, ?, ?, ?, ?)",
             (guild_id, name, old, new, by, now),
         )
+        trim = (TRIM_LOG_SQL.format(where="WHERE guild_id = ?"), (guild_id, KEPT_CHANGES))
         try:
-            await self.database.transaction([write, history])
+            await self.database.transaction([write, history, trim])
         except sqlite3.Error:
             log.exception("Server %s: could not save %s", guild_id, name)
             raise UserFacingError(NOT_SAVED_TEXT) from None
@@ -151,6 +159,13 @@ class ServerSettings:
         for name in ServerChoices.names():
             if getattr(self.choices(guild_id), name) is not None:
                 await self.change(guild_id, name, None, by=by)
+
+    async def changes_by(self, user_id: int) -> int:
+        """How many changes in the servers' settings logs this member made."""
+        rows = await self.database.fetch_all(
+            "SELECT COUNT(*) FROM settings_changes WHERE changed_by = ?", (user_id,)
+        )
+        return int(rows[0][0])
 
     async def history(
         self, guild_id: int, limit: int = 10

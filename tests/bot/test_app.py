@@ -24,7 +24,16 @@ from tests.fakes import FakeEngine, SimcordCdnFetcher
 from tests.inference.test_remote import ANSWER, FakeVllm
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_COMMANDS = ("describe", "ocr", "compare", "status", "alttext optin", "alttext optout")  # anyone sees
+APP_COMMANDS = (
+    "describe",
+    "ocr",
+    "compare",
+    "status",
+    "alttext optin",
+    "alttext optout",
+    "privacy show",
+    "privacy forget",
+)  # anyone sees
 ADMIN_COMMANDS = ("settings",)  # Manage Server only
 MENUS = ("Describe image", "Extract text", "Read as Markdown", "Compare images")
 
@@ -232,7 +241,7 @@ async def test_owner_sync_command_publishes_to_the_current_server(world, fake_en
     await owner.send(world.channel, "!sync")
 
     assert refused == "Only the bot's owner can use this command."
-    assert bot_messages(world.channel)[-1].content == "Synced 10 app commands to this server."
+    assert bot_messages(world.channel)[-1].content == "Synced 11 app commands to this server."
     assert set(world.member.available_commands(world.channel)) == set(APP_COMMANDS)
     assert acknowledge_errors(world.env) == [commands.NotOwner]
 

@@ -6,7 +6,7 @@ import discord
 import pytest
 from simcord.backend.errors import SetupError
 
-from bot.conversation import NOT_YOURS_TEXT
+from bot.conversation import FORGOTTEN_TEXT, NOT_YOURS_TEXT
 from bot.errors import UserFacingError
 from bot.gather import IMAGES_GONE_TEXT
 from bot.jobs import trimmed_note
@@ -169,9 +169,20 @@ async def test_delete_removes_every_message_of_a_long_answer(world, fake_engine)
     assert bot_messages(world.channel) == []
 
 
-async def test_a_conversation_whose_image_was_deleted_says_so(world, fake_engine):
+async def test_deleting_the_picture_forgets_the_conversation(world, fake_engine):
     photo = await world.member.send(world.channel, "look", attachments=[("a.png", image_bytes())])
     answer = await ask(world, "!describe", reply_to=photo)
+    await world.member.delete(photo)
+    shown = await ask(world, "!describe and the colour?", reply_to=answer)
+    assert shown.content == str(FORGOTTEN_TEXT)
+    assert len(fake_engine.requests) == 1
+    acknowledge_errors(world.env)
+
+
+async def test_a_conversation_whose_image_went_while_the_bot_was_away_says_so(world, fake_engine):
+    photo = await world.member.send(world.channel, "look", attachments=[("a.png", image_bytes())])
+    answer = await ask(world, "!describe", reply_to=photo)
+    await world.env.bot.remove_cog("Privacy")  # the deletion is not seen, as when the bot is offline
     await world.member.delete(photo)
     shown = await ask(world, "!describe and the colour?", reply_to=answer)
     assert shown.content == IMAGES_GONE_TEXT

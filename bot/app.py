@@ -86,7 +86,7 @@ class VisionBot(commands.Bot):
         super().__init__(
             command_prefix=_prefix(settings.command_prefix),
             description=DESCRIPTION,
-            intents=_intents(settings.command_prefix),
+            intents=_intents(settings),
             tree_cls=VisionTree,
             allowed_mentions=discord.AllowedMentions.none(),
             owner_ids=set(settings.owner_ids) or None,
@@ -277,10 +277,10 @@ def _shard_options(settings: Settings) -> dict[str, Any]:
     return {"shard_count": count, "shard_ids": list(settings.shard_ids) or None}
 
 
-def _intents(prefix: str) -> discord.Intents:
+def _intents(settings: Settings) -> discord.Intents:
     intents = discord.Intents.default()
     # Reading "!describe" needs message content; mentions are delivered without it.
-    intents.message_content = bool(prefix)
+    intents.message_content = settings.reads_every_message
     return intents
 
 

@@ -361,6 +361,25 @@ def check_remote(settings: Settings) -> Finding:
     )
 
 
+def check_intents(settings: Settings) -> Finding:
+    """What the Message Content set-up leaves out (COMMAND_PREFIX decides whether the bot asks for it)."""
+    if settings.reads_every_message:
+        return Finding(
+            "intents",
+            "ok",
+            "asks for Message Content (prefix commands, replies about others' pictures, automatic alt "
+            "text): turn it on in the Developer Portal (Bot > Privileged Gateway Intents), or Discord "
+            "refuses the start",
+        )
+    return Finding(
+        "intents",
+        "ok",
+        "without Message Content (COMMAND_PREFIX is blank): slash commands, right-click menus and @mentions "
+        "with the picture attached work; prefix commands, an @mention replying to someone else's picture and "
+        "automatic alt text do not (Discord hides those pictures from the bot)",
+    )
+
+
 def check_database(settings: Settings) -> Finding:
     """Read the database file without changing it: damaged, locked, or from a newer bot? (None yet: fine.)"""
     from bot.database import IN_MEMORY, MIGRATIONS, VERSION_SQL, describe_failure, folder_problem
@@ -392,7 +411,12 @@ def run_checks(
 ) -> list[Finding]:
     """Every check; ``unknown_names``: the lines ``bot.settings.unknown_names`` wrote (misspelt settings)."""
     findings = [Finding("settings", "warn", line) for line in unknown_names]
-    findings += [Finding("settings", "ok", "read and valid"), check_token(settings), check_database(settings)]
+    findings += [
+        Finding("settings", "ok", "read and valid"),
+        check_token(settings),
+        check_intents(settings),
+        check_database(settings),
+    ]
     if settings.backend == "remote":
         findings.append(check_remote(settings))
     else:

@@ -44,6 +44,11 @@ NO_IMAGE_IN_MESSAGE_TEXT = N_("That message has no image I can look at.")
 STOPPED_BY_DELETE_TEXT = N_("Stopped: the message that asked was deleted.")
 STOPPED_OUTPUT_GONE_TEXT = N_("Stopped: the answer could not be shown any more.")
 NOT_ENOUGH_IMAGES_TEXT = N_("Comparing needs at least two images; I found only one.")
+CANNOT_SEE_OTHERS_TEXT = N_(
+    "I can't see pictures in messages that don't mention me: this bot runs without Discord's Message "
+    "Content intent. Right-click the message → Apps → Describe image instead, or attach the picture to a "
+    "message that mentions me."
+)
 
 
 def stopped_by(name: str) -> Text:
@@ -338,6 +343,9 @@ async def answer_command(
         sources = sources_from_messages(
             [ctx.message, *([replied] if replied else [])], bot.settings.cdn_hosts
         )
+        if not sources and replied is not None and not bot.intents.message_content:
+            # Discord hid the replied-to message's pictures: say why, rather than that it has none.
+            raise NoImage(CANNOT_SEE_OTHERS_TEXT)
     job = run_job(
         bot,
         requester=requester,

@@ -363,6 +363,14 @@ class Settings(BaseSettings):
     def sharded(self) -> bool:
         return self.shard_count is not None
 
+    @property
+    def reads_every_message(self) -> bool:
+        """Whether the bot asks Discord for the Message Content intent: with a command prefix it does, and
+        sees the text and pictures of every message; without one only of messages that mention it (and DMs
+        and its own), so prefix commands, replies about someone else's picture and automatic alt text cannot
+        work."""
+        return bool(self.command_prefix)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: str | None = None) -> Settings:
         """Read settings from ``environ``, or from ``os.environ`` after loading ``.env`` (if any).

@@ -131,8 +131,8 @@ class AltText(commands.Cog):
         """The images of this message that should get alt text (none: leave it alone), before the limits on
         how often: the poster's and the channel's."""
         bot = self.bot
-        if message.author.bot or message.guild is None:
-            return []
+        if message.author.bot or message.guild is None or not bot.intents.message_content:
+            return []  # without Message Content, Discord shows the bot no picture of a message to it
         policy = bot.policy(message.guild.id)
         channels = policy.alt_text_channel_ids
         parent_id = getattr(message.channel, "parent_id", None)

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from bot.app import VisionBot
 
 MANAGE_SERVER_TEXT = N_("Only members who may manage this server can change the bot's settings here.")
+ALT_TEXT_NEEDS_CONTENT_TEXT = N_(
+    "Automatic alt text needs Discord's Message Content intent, which this bot runs without, so it cannot "
+    "see the pictures posted in a channel. The bot's owner can turn it on (Developer Portal → Bot → Message "
+    "Content, and a COMMAND_PREFIX)."
+)
 DEFAULT = "default"
 DEFAULT_MARK = T(" *(default)*")
 MAX_JOBS_CHOICE = 10
@@ -261,6 +266,8 @@ class ServerSettingsCog(
     @alt_text.command(name="add", description="Describe images posted in this channel automatically")
     @app_commands.describe(channel="A channel whose images should get alt text")
     async def alt_text_add(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
+        if not self.bot.intents.message_content:
+            raise Denied(ALT_TEXT_NEEDS_CONTENT_TEXT)
         self._check_owner_allows(channel)  # alt text is an answer like any other: only where the bot answers
         await self._change_ids(
             interaction,

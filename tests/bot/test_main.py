@@ -477,3 +477,18 @@ def test_check_warns_about_a_misspelt_setting_and_still_starts(capsys, tmp_path,
     out = capsys.readouterr().out
     assert "[warn] settings: TOKEN_BUDGT is not a setting (did you mean TOKEN_BUDGET?); it is ignored" in out
     assert code == entry.EXIT_OK
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("!", "[ok  ] intents: asks for Message Content (prefix commands, replies about others' pictures"),
+        ("", "[ok  ] intents: without Message Content (COMMAND_PREFIX is blank): slash commands"),
+    ],
+)
+def test_check_says_what_the_intent_set_up_leaves_out(capsys, prefix, expected):
+    environ = {"DISCORD_TOKEN": FAKE_TOKEN, "MODEL_ID": TINY_MODEL, "COMMAND_PREFIX": prefix}
+    assert entry.main(environ, ["--check", "--no-device"]) == entry.EXIT_OK
+    out = capsys.readouterr().out
+    assert expected in out
+    assert ("automatic alt text do not" in out) is (prefix == "")

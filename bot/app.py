@@ -20,7 +20,7 @@ from bot.errors import send_error_to_context, send_error_to_interaction
 from bot.i18n import CatalogTranslator
 from bot.images import Fetcher, HttpFetcher, ImageLimits
 from bot.jobs import STOPPED_BY_DELETE_TEXT, RunningJobs, answer_follow_up_mention
-from bot.limits import AccessPolicy, JobLimiter
+from bot.limits import AccessPolicy, JobLimiter, RefusalThrottle
 from bot.metrics import Metrics
 from bot.reply import Replies
 from bot.server_settings import ServerPolicy, ServerSettings, server_policy
@@ -63,6 +63,7 @@ class VisionBot(commands.Bot):
     image_limits: ImageLimits
     access: AccessPolicy
     limiter: JobLimiter
+    refusals: RefusalThrottle  # public refusals told to one person at most every 30 s
     running_jobs: RunningJobs
     replies: Replies
     metrics: Metrics
@@ -106,6 +107,7 @@ class VisionBot(commands.Bot):
         )
         self.access = AccessPolicy.from_settings(settings)
         self.limiter = JobLimiter.from_settings(settings)
+        self.refusals = RefusalThrottle()
         self.running_jobs = RunningJobs()
         self.replies = Replies()
         self.database = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,19 @@ class OnCooldown(Denied):
         )
 
 
+class OverHourlyQuota(Denied):
+    def __init__(self, limit: int, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(
+            T(
+                "You've made {limit} requests in the last hour, the most allowed here; you can ask again in "
+                "{minutes} min.",
+                limit=limit,
+                minutes=max(1, math.ceil(retry_after / 60)),
+            )
+        )
+
+
 class TooManyJobs(Denied):
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -167,8 +181,15 @@ async def send_error_to_context(ctx: VisionContext, error: BaseException) -> Non
     explanation = explain(error)
     if explanation is None:
         return
-    _log(error, explanation, f"!{ctx.command.qualified_name if ctx.command else '?'}")
+    where = f"!{ctx.command.qualified_name if ctx.command else '?'}"
+    _log(error, explanation, where)
     reply = ctx.bot.replies.for_context(ctx)
+    # A refusal is public here: someone refused moments ago is not told again (nothing shows for it).
+    told_lately = explanation.outcome is Outcome.REFUSAL and not ctx.bot.refusals.may_tell(ctx.author.id)
+    if told_lately and reply.unseen:
+        reply.end_unseen(explanation.outcome)
+        log.info("Not telling the refusal of %s again so soon", where)
+        return
     await reply.finish(explanation.outcome, explanation.text, private=explanation.private)
 
 

@@ -182,7 +182,8 @@ async def run_job(
     policy = bot.policy(requester.guild_id)
     with (
         bot.limiter.job(requester.user_id, cooldown_s=policy.cooldown_s, max_jobs=policy.jobs_per_person),
-        bot.engine.hold_place() as place,  # a full line says "busy" before anything is downloaded
+        # A full line (or this server's full share of it) says "busy" before anything is downloaded.
+        bot.engine.hold_place(group_id=requester.guild_id) as place,
     ):
         try:
             await reply.acknowledge()
@@ -197,6 +198,7 @@ async def run_job(
                 timeout_s=answer_time_limit(reply),
                 history=history,
                 markdown=markdown,
+                group_id=requester.guild_id,
             )
 
             def tell_trimmed(count: int) -> None:

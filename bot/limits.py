@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import discord
 
-from bot.errors import Denied, OnCooldown, TooManyJobs
+from bot.errors import Denied, OnCooldown, OverHourlyQuota, TooManyJobs
 from bot.settings import Settings
 from bot.text import N_, T, Text
 from inference import Task
@@ -20,6 +20,9 @@ GUILD_DENIED_TEXT = N_("I'm not enabled in this server.")
 OCR_DENIED_TEXT = N_("Reading text out of images is limited to members with a moderator (OCR) role.")
 NO_CHANNEL_TEXT = N_("I don't answer in this channel, and no channel of this server is open to me right now.")
 MAX_LISTED_CHANNELS = 5
+HOUR_S = 3600.0
+MAX_REMEMBERED_PEOPLE = 10_000  # marks kept before those of people quiet for a while are dropped
+REFUSAL_INTERVAL_S = 30.0  # a person is told a public refusal at most this often
 
 
 @dataclass(frozen=True)
@@ -103,24 +106,32 @@ def _monotonic() -> float:
 
 
 class JobLimiter:
-    """Per-user cooldown between requests and a cap on requests waiting or running at once."""
+    """Per-user cooldown between requests, a cap on requests waiting or running at once, and (where the owner
+    sets one) a cap on requests in any hour."""
 
     def __init__(
         self,
         *,
         cooldown_s: float,
         max_jobs_per_user: int,
+        per_hour: int = 0,
         clock: Callable[[], float] = _monotonic,
     ) -> None:
         self._cooldown_s = cooldown_s
         self._max_jobs = max_jobs_per_user
+        self._per_hour = per_hour
         self._clock = clock
         self._active: Counter[int] = Counter()
         self._last_start: dict[int, float] = {}
+        self._starts: dict[int, deque[float]] = {}  # each user's starts in the last hour (with per_hour)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobLimiter:
-        return cls(cooldown_s=settings.user_cooldown_s, max_jobs_per_user=settings.max_jobs_per_user)
+        return cls(
+            cooldown_s=settings.user_cooldown_s,
+            max_jobs_per_user=settings.max_jobs_per_user,
+            per_hour=settings.requests_per_hour,
+        )
 
     def active_jobs(self, user_id: int) -> int:
         return self._active[user_id]
@@ -138,8 +149,21 @@ class JobLimiter:
         last = self._last_start.get(user_id)
         if last is not None and now - last < cooldown_s:
             raise OnCooldown(cooldown_s - (now - last))
+        if self._per_hour:
+            self._count_in_hour(user_id, now)
         self._last_start[user_id] = now
         self._active[user_id] += 1
+
+    def _count_in_hour(self, user_id: int, now: float) -> None:
+        """Count one more start in the user's hour, or raise :class:`OverHourlyQuota`."""
+        starts = self._starts.setdefault(user_id, deque())
+        while starts and now - starts[0] >= HOUR_S:
+            starts.popleft()
+        if len(starts) >= self._per_hour:
+            raise OverHourlyQuota(self._per_hour, HOUR_S - (now - starts[0]))
+        starts.append(now)
+        if len(self._starts) > MAX_REMEMBERED_PEOPLE:  # forget those quiet for an hour
+            self._starts = {user: times for user, times in self._starts.items() if now - times[-1] < HOUR_S}
 
     def release(self, user_id: int) -> None:
         self._active[user_id] -= 1
@@ -164,3 +188,26 @@ class JobLimiter:
             yield
         finally:
             self.release(user_id)
+
+
+class RefusalThrottle:
+    """A person refused again and again (a cooldown, a full line) is told once every
+    :data:`REFUSAL_INTERVAL_S`, not once a message: the channel does not fill with the bot's refusals."""
+
+    def __init__(
+        self, interval_s: float = REFUSAL_INTERVAL_S, clock: Callable[[], float] = _monotonic
+    ) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._told_at: dict[int, float] = {}
+
+    def may_tell(self, user_id: int) -> bool:
+        """True (and counted) if this person may be told a refusal now."""
+        now = self._clock()
+        told = self._told_at.get(user_id)
+        if told is not None and now - told < self.interval_s:
+            return False
+        self._told_at[user_id] = now
+        if len(self._told_at) > MAX_REMEMBERED_PEOPLE:
+            self._told_at = {user: at for user, at in self._told_at.items() if now - at < self.interval_s}
+        return True

@@ -313,6 +313,13 @@ class Settings(BaseSettings):
     user_cooldown_s: float = setting(
         10.0, "Seconds each person must wait between two requests.", section=LIMITS, ge=0
     )
+    requests_per_hour: int = setting(
+        0,
+        "Most requests one person may make in an hour, in all servers together (0: no limit). Automatic alt "
+        "text of their pictures is counted apart.",
+        section=LIMITS,
+        ge=0,
+    )
     max_jobs_per_user: int = setting(
         2, "Requests one person may have waiting or running at the same time.", ge=1
     )

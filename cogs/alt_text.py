@@ -204,7 +204,8 @@ class AltText(commands.Cog):
     async def _describe(self, message: discord.Message, attachment: discord.Attachment) -> str:
         bot = self.bot
         # Its place in the background line first: when that is full, nothing is downloaded.
-        with bot.engine.hold_place(Priority.BACKGROUND) as place:
+        group_id = message.guild.id if message.guild else None
+        with bot.engine.hold_place(Priority.BACKGROUND, group_id) as place:
             [image] = await load_images(
                 [source_from_attachment(attachment, message)],
                 bot.image_limits,
@@ -217,6 +218,7 @@ class AltText(commands.Cog):
                 user_id=message.author.id,
                 max_new_tokens=ALT_TEXT_TOKENS,
                 priority=Priority.BACKGROUND,
+                group_id=group_id,
             )
             return (await bot.engine.generate(request, place=place)).text
 

@@ -255,14 +255,17 @@ class LocalEngine:
     def picture_crops(self) -> int | None:
         return self._runner.num_crops if self._runner is not None else None
 
-    def hold_place(self, priority: Priority = Priority.PEOPLE) -> Place:
+    def hold_place(self, priority: Priority = Priority.PEOPLE, group_id: int | None = None) -> Place:
         """A place in line before the request exists: the places held and the requests queued together stay
-        within ``max_queued`` (a background line of its own), so a request given a place is never refused
-        when it is queued."""
+        within ``max_queued`` (a background line of its own), a server's within half of that, so a request
+        given a place is never refused when it is queued."""
         self._check_ready()
-        if self.scheduler.is_full(priority, held=self._places.count(priority)):
+        scheduler, places = self.scheduler, self._places
+        if scheduler.is_full(priority, held=places.count(priority)) or scheduler.group_is_full(
+            priority, group_id, held=places.count_for(priority, group_id)
+        ):
             raise EngineBusy()
-        return self._places.take(priority)
+        return places.take(priority, group_id)
 
     async def generate(self, request: Request, *, place: Place | None = None) -> Result:
         started = time.perf_counter()
@@ -291,7 +294,7 @@ class LocalEngine:
         self._check_ready()
         self._live_runner.validate(request)
         if place is None:
-            place = self.hold_place(request.priority)
+            place = self.hold_place(request.priority, request.group_id)
         loop = asyncio.get_running_loop()
         time_limit = request.time_limit(self.request_timeout_s)
         deadline = loop.time() + time_limit
@@ -349,6 +352,7 @@ class LocalEngine:
                 prepared.prompt_tokens, prepared.max_new_tokens, self._live_runner.rope_switch
             ),
             priority=request.priority,
+            group_id=request.group_id,
         )
         try:
             self.scheduler.add(ticket)

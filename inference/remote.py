@@ -24,6 +24,7 @@ from yarl import URL
 from inference import errors
 from inference.images import DATA_URL_FORMATS, data_url
 from inference.prompts import check_image_count, conversation
+from inference.scheduler import group_share
 from inference.types import DEFAULT_MODEL_ID, EngineStats, Place, PlacesHeld, Priority, Request, Result
 
 if TYPE_CHECKING:
@@ -114,7 +115,8 @@ class RemoteEngine:
     The server keeps its own queue and does not publish it: ``on_position`` is called once, with 0,
     when the server has accepted the request. Requests beyond ``max_concurrent`` wait here, within
     their time limit, and at most ``max_queued`` of each class wait (places held before the pictures
-    arrive included): one more is refused as busy, as the local engine refuses it. Closing the stream
+    arrive included), at most half of them for one server: one more is refused as busy, as the local engine
+    refuses it. Closing the stream
     (or cancelling its reader) closes the HTTP connection, and
     vLLM stops generating.
     """
@@ -217,11 +219,14 @@ class RemoteEngine:
         """None: the server picks its own crops."""
         return None
 
-    def hold_place(self, priority: Priority = Priority.PEOPLE) -> Place:
+    def hold_place(self, priority: Priority = Priority.PEOPLE, group_id: int | None = None) -> Place:
         self._check_serving()
-        if self._places.count(priority) >= self.config.max_queued:
+        line = self._places
+        if line.count(priority) >= self.config.max_queued or (
+            group_id is not None and line.count_for(priority, group_id) >= group_share(self.config.max_queued)
+        ):
             raise errors.EngineBusy()
-        return self._places.take(priority)
+        return line.take(priority, group_id)
 
     def _check_serving(self) -> None:
         if self._client is None or self._closing:
@@ -265,7 +270,7 @@ class RemoteEngine:
         )
         held: list[asyncio.Semaphore] = []
         if place is None:
-            place = self.hold_place(request.priority)
+            place = self.hold_place(request.priority, request.group_id)
         try:
             with place:  # in line until a slot is had
                 async with asyncio.timeout_at(deadline):

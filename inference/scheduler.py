@@ -4,10 +4,11 @@
 - Two classes: requests someone is waiting for (:attr:`Priority.PEOPLE`) always go before
   background work nobody asked for (:attr:`Priority.BACKGROUND`, automatic alt text), which has a
   line of its own (``max_background_waiting``) so it can never take a person's place in the queue.
-- Fair within each class: waiting requests are admitted round-robin across users, the user served
-  least recently first, so one person's burst cannot starve everyone else and a
-  newcomer does not wait behind someone already being served; ``positions``
-  tells each request its place.
+- Fair within each class: waiting requests are admitted round-robin across servers, and within each
+  server across users, the one served least recently first, so one server's or one person's burst
+  cannot starve everyone else and a newcomer does not wait behind someone already being served;
+  ``positions`` tells each request its place. One server holds at most half of a line
+  (:meth:`Scheduler.group_is_full`), so others always find room in it.
 - Batched: up to ``max_batch_size`` sequences decode together, as long as their
   KV-cache reservations (prompt + new tokens, in whole blocks of ``block_tokens``) fit ``token_budget``.
 - Exact: Phi-3's LongRoPE picks short or long factors from the longest sequence
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 
 from inference.types import Priority
 
-# How many users' "last served" marks to remember; older marks are forgotten (those users
-# then count as never served, which only ever moves them forward).
+# How many users' (and servers') "last served" marks to remember; older marks are forgotten (those
+# users then count as never served, which only ever moves them forward).
 MAX_REMEMBERED_USERS = 4096
 
 
@@ -54,6 +55,7 @@ class Ticket:
     max_new_tokens: int
     regime: RopeRegime
     priority: Priority = Priority.PEOPLE
+    group_id: int | None = None  # the server it was asked in (None: a DM)
 
     @property
     def reserved_tokens(self) -> int:
@@ -72,7 +74,8 @@ class DoesNotFit(Exception):
         super().__init__(f"needs {tokens} tokens of cache; the budget is {capacity}")
 
 
-QueueKey = tuple[Priority, int | None]  # a class and a user: each has its own line
+QueueKey = tuple[Priority, int | None, int | None]  # a class, a server and a user: each has its own line
+GroupKey = tuple[Priority, int | None]
 
 
 class Scheduler:
@@ -94,7 +97,8 @@ class Scheduler:
         self.block_tokens = block_tokens  # the KV cache is handed out in blocks: reservations round up
         self._queues: dict[QueueKey, deque[Ticket]] = {}  # (class, user) -> waiting tickets, arrival order
         self._running: dict[int, Ticket] = {}
-        self._served_at: dict[QueueKey, int] = {}  # (class, user) -> tick of their latest admission
+        self._served_at: dict[QueueKey, int] = {}  # (class, server, user) -> tick of their latest admission
+        self._group_served_at: dict[GroupKey, int] = {}  # (class, server) -> tick of its latest admission
         self._ticks = itertools.count(1)
 
     # -- queue ---------------------------------------------------------------------------------
@@ -106,11 +110,21 @@ class Scheduler:
     def waiting_in(self, priority: Priority) -> int:
         return sum(len(q) for key, q in self._queues.items() if key[0] is priority)
 
+    def line_limit(self, priority: Priority) -> int:
+        return self.max_waiting if priority is Priority.PEOPLE else self.max_background_waiting
+
     def is_full(self, priority: Priority = Priority.PEOPLE, *, held: int = 0) -> bool:
         """No room in this class's line: one more would be refused. ``held``: places the engine has promised
         to requests not queued yet (their pictures still on the way), which count as waiting."""
-        limit = self.max_waiting if priority is Priority.PEOPLE else self.max_background_waiting
-        return self.waiting_in(priority) + held >= limit
+        return self.waiting_in(priority) + held >= self.line_limit(priority)
+
+    def group_is_full(self, priority: Priority, group_id: int | None, *, held: int = 0) -> bool:
+        """The server ``group_id`` already holds its share of this class's line (half of it, at least one
+        place), places promised to it (``held``) included. A DM (None) has no share to keep to."""
+        if group_id is None:
+            return False
+        waiting = sum(len(q) for key, q in self._queues.items() if key[:2] == (priority, group_id))
+        return waiting + held >= group_share(self.line_limit(priority))
 
     @property
     def running(self) -> list[Ticket]:
@@ -152,18 +166,27 @@ class Scheduler:
         return [ticket for priority in Priority for ticket in self._round_robin(priority)]
 
     def _round_robin(self, priority: Priority) -> list[Ticket]:
-        order: list[Ticket] = []
-        depth = 0
-        queues = sorted(
-            (queue for key, queue in self._queues.items() if key[0] is priority),
-            key=lambda q: (self._served_at.get(_key(q[0]), 0), q[0].request_id),
+        """Servers in turn (the one served least recently first), and within each server its people in turn:
+        each server's first, then each server's second, and so on."""
+        by_group: dict[int | None, list[deque[Ticket]]] = {}
+        for key, queue in self._queues.items():
+            if key[0] is priority:
+                by_group.setdefault(key[1], []).append(queue)
+        groups = sorted(
+            by_group,
+            key=lambda group: (
+                self._group_served_at.get((priority, group), 0),
+                min(q[0].request_id for q in by_group[group]),
+            ),
         )
-        while True:
-            layer = [q[depth] for q in queues if len(q) > depth]
-            if not layer:
-                return order
-            order.extend(layer)
-            depth += 1
+        orders = [self._people_in_turn(by_group[group]) for group in groups]
+        return _interleaved(orders)
+
+    def _people_in_turn(self, queues: list[deque[Ticket]]) -> list[Ticket]:
+        """One server's waiting tickets: each user's first, then each user's second, and so on (users taken
+        least recently served first; never served: in order of arrival)."""
+        queues = sorted(queues, key=lambda q: (self._served_at.get(_key(q[0]), 0), q[0].request_id))
+        return _interleaved([list(queue) for queue in queues])
 
     def positions(self) -> dict[int, int]:
         """request_id -> 1-based place in line for every waiting request."""
@@ -207,13 +230,37 @@ class Scheduler:
         if not queue:
             del self._queues[key]
         self._running[ticket.request_id] = ticket
-        # The user just served moves to the back of the rotation.
-        self._served_at[key] = next(self._ticks)
-        if len(self._served_at) > MAX_REMEMBERED_USERS:
-            oldest = sorted(self._served_at, key=self._served_at.__getitem__)[: MAX_REMEMBERED_USERS // 2]
-            for user in oldest:
-                del self._served_at[user]
+        # The server and the user just served move to the back of their rotations.
+        tick = next(self._ticks)
+        self._served_at[key] = tick
+        self._group_served_at[key[:2]] = tick
+        _forget_oldest(self._served_at)
+        _forget_oldest(self._group_served_at)
+
+
+def _forget_oldest(marks: dict) -> None:
+    """Past :data:`MAX_REMEMBERED_USERS` marks, the older half goes."""
+    if len(marks) > MAX_REMEMBERED_USERS:
+        for old in sorted(marks, key=marks.__getitem__)[: MAX_REMEMBERED_USERS // 2]:
+            del marks[old]
+
+
+def group_share(line_limit: int) -> int:
+    """The places of a line one server may hold: half, and at least one."""
+    return max(1, line_limit // 2)
+
+
+def _interleaved(orders: list[list[Ticket]]) -> list[Ticket]:
+    """The first of each order, then the second of each, and so on."""
+    merged: list[Ticket] = []
+    depth = 0
+    while True:
+        layer = [order[depth] for order in orders if len(order) > depth]
+        if not layer:
+            return merged
+        merged.extend(layer)
+        depth += 1
 
 
 def _key(ticket: Ticket) -> QueueKey:
-    return (ticket.priority, ticket.user_id)
+    return (ticket.priority, ticket.group_id, ticket.user_id)

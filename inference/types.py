@@ -62,21 +62,26 @@ class Place:
 
 
 class PlacesHeld:
-    """The places an engine has handed out and not yet taken back, per class of request (the engine decides
-    when its line is full; this only counts)."""
+    """The places an engine has handed out and not yet taken back, per class of request and server (the
+    engine decides when its line is full; this only counts)."""
 
     def __init__(self) -> None:
-        self._held: Counter[Priority] = Counter()
+        self._held: Counter[tuple[Priority, int | None]] = Counter()
 
     def count(self, priority: Priority) -> int:
-        return self._held[priority]
+        return sum(held for (kind, _), held in self._held.items() if kind is priority)
 
-    def take(self, priority: Priority) -> Place:
-        self._held[priority] += 1
-        return Place(priority, self._give_back)
+    def count_for(self, priority: Priority, group_id: int | None) -> int:
+        return self._held[(priority, group_id)]
 
-    def _give_back(self, priority: Priority) -> None:
-        self._held[priority] -= 1
+    def take(self, priority: Priority, group_id: int | None = None) -> Place:
+        self._held[(priority, group_id)] += 1
+        return Place(priority, lambda kind: self._give_back(kind, group_id))
+
+    def _give_back(self, priority: Priority, group_id: int | None) -> None:
+        self._held[(priority, group_id)] -= 1
+        if not self._held[(priority, group_id)]:
+            del self._held[(priority, group_id)]
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class Request:
     history: tuple[Turn, ...] = ()
     markdown: bool = False  # OCR: the text as Markdown (tables, headings, lists)
     priority: Priority = Priority.PEOPLE
+    group_id: int | None = None  # the server it was asked in (None: a DM): servers take turns, as people do
 
     def time_limit(self, engine_limit_s: float) -> float:
         """Seconds this request may take: the engine's limit, or less if the request asks for less."""
@@ -196,9 +202,10 @@ class Engine(Protocol):
         picks its own): intake reduces a picture to exactly that canvas (``inference.images``)."""
         ...
 
-    def hold_place(self, priority: Priority = Priority.PEOPLE) -> Place:
+    def hold_place(self, priority: Priority = Priority.PEOPLE, group_id: int | None = None) -> Place:
         """A place in line for a request about to be made, before its pictures are downloaded: raises
-        ``EngineBusy`` at once when the line is full (and what ``stream`` raises for an engine that is not
+        ``EngineBusy`` at once when the line is full, or when the server ``group_id`` already holds its share
+        of it (half), so that others always find room (and what ``stream`` raises for an engine that is not
         serving). Give it to ``stream`` or ``generate``; hold it in a ``with`` block."""
         ...
 

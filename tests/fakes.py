@@ -60,10 +60,10 @@ class FakeEngine:
     def wait_s(self, position: int) -> float | None:
         return self.wait_estimate_s
 
-    def hold_place(self, priority: Priority = Priority.PEOPLE) -> Place:
+    def hold_place(self, priority: Priority = Priority.PEOPLE, group_id: int | None = None) -> Place:
         self._raise_if_stopped()
         self._refuse_if_full(priority)
-        place = self.places.take(priority)
+        place = self.places.take(priority, group_id)
         self.places_given.append(place)
         return place
 
@@ -128,7 +128,7 @@ class FakeEngine:
         place: Place | None = None,
     ) -> AsyncIterator[str]:
         self._raise_if_stopped()
-        with place or self.hold_place(request.priority):  # given back as the request joins the line
+        with place or self.hold_place(request.priority, request.group_id):  # given back on joining the line
             pass
         self.requests.append(request)
         answer = self._next_answer()

@@ -263,6 +263,22 @@ class Reply:
         """
         await self._finish(outcome, [self._render(text, private=private)], private=private)
 
+    @property
+    def unseen(self) -> bool:
+        """Nothing was shown yet, and nothing ended it."""
+        return not (self._closing or self._acknowledged or any(self._shown))
+
+    def end_unseen(self, outcome: Outcome) -> None:
+        """End in ``outcome`` without a word, where nothing was shown yet (:attr:`unseen`): a refusal this
+        person was told moments ago."""
+        assert self.unseen, "a reply that shows something ends with a final state people see"
+        self._closing = True
+        self.outcome = outcome
+        self.finished_at = self.clock()
+        self.closed.set()
+        if self.on_closed is not None:
+            self.on_closed(self)
+
     def record(self) -> JobRecord:
         return JobRecord(
             task=self.task,

@@ -92,3 +92,43 @@ def test_a_refused_request_does_not_start_a_cooldown():
         limiter.admit(1)
     limiter.release(1)
     limiter.admit(1)
+
+
+def test_an_hourly_quota_counts_each_persons_requests_in_a_sliding_hour():
+    from bot.errors import OverHourlyQuota
+
+    now = [0.0]
+    limiter = JobLimiter(cooldown_s=0, max_jobs_per_user=5, per_hour=3, clock=lambda: now[0])
+    for minute in (0, 10, 20):
+        now[0] = minute * 60.0
+        with limiter.job(1):
+            pass
+    now[0] = 30 * 60.0
+    with pytest.raises(OverHourlyQuota) as refused:
+        limiter.admit(1)
+    assert refused.value.retry_after == pytest.approx(30 * 60)
+    assert "3 requests in the last hour" in str(refused.value) and "30 min" in str(refused.value)
+    with limiter.job(2):  # others are not held back
+        pass
+    now[0] = 60 * 60.0  # the first request is an hour old
+    with limiter.job(1):
+        pass
+
+
+def test_without_an_hourly_quota_nobody_is_counted():
+    limiter = JobLimiter(cooldown_s=0, max_jobs_per_user=5)
+    for _ in range(100):
+        with limiter.job(1):
+            pass
+
+
+def test_a_person_is_told_a_refusal_at_most_every_interval():
+    from bot.limits import RefusalThrottle
+
+    now = [0.0]
+    throttle = RefusalThrottle(interval_s=30, clock=lambda: now[0])
+    assert throttle.may_tell(1) and not throttle.may_tell(1) and throttle.may_tell(2)
+    now[0] = 29.0
+    assert not throttle.may_tell(1)
+    now[0] = 30.0
+    assert throttle.may_tell(1)

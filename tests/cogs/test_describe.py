@@ -442,3 +442,26 @@ async def test_the_place_is_held_while_the_picture_downloads_and_given_back_when
     assert held_while_downloading == [1]
     assert fake_engine.places.count(Priority.PEOPLE) == 0
     assert [place.held for place in fake_engine.places_given] == [False]
+
+
+async def test_a_request_names_its_server_so_servers_take_turns(world, fake_engine):
+    await world.member.send(world.channel, "!describe", attachments=[("cat.png", image_bytes())])
+    [request] = fake_engine.requests
+    assert request.group_id == world.guild.id
+
+
+@pytest.mark.bot_settings(user_cooldown_s=100)
+async def test_a_person_refused_again_and_again_is_told_once_every_half_minute(world, fake_engine):
+    from bot.errors import OnCooldown
+
+    for _ in range(3):
+        await world.member.send(world.channel, "!describe", attachments=[("cat.png", image_bytes())])
+    shown = [message.content for message in bot_messages(world.channel)]
+    assert shown[0] == fake_engine.default_answer
+    assert len(shown) == 2 and "going a bit fast" in shown[1]  # the third refusal is not posted
+    result = await world.member.slash(world.channel, "describe", image=("cat.png", image_bytes()))
+    assert result.ephemeral and "going a bit fast" in result.response.content  # private ones always are
+    await world.env.advance_time(31)
+    await world.member.send(world.channel, "!describe", attachments=[("cat.png", image_bytes())])
+    assert len(bot_messages(world.channel)) == 3  # told again, half a minute later
+    assert acknowledge_errors(world.env) == [OnCooldown] * 4

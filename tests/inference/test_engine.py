@@ -639,3 +639,16 @@ async def test_the_engine_tells_when_a_conversation_lost_old_follow_ups_to_fit()
         assert len(told) == 1 and told[0] >= 1 and text
     finally:
         await tight.stop()
+
+
+async def test_one_server_cannot_take_the_whole_line():
+    engine = await scripted(max_queued=4)
+    try:
+        busy = [engine.hold_place(group_id=1) for _ in range(2)]
+        with pytest.raises(EngineBusy):  # its half is taken
+            engine.hold_place(group_id=1)
+        others = [engine.hold_place(group_id=2), engine.hold_place(group_id=None)]  # room for the rest
+        for place in busy + others:
+            place.release()
+    finally:
+        await engine.stop()

@@ -503,6 +503,16 @@ async def test_the_line_for_a_slot_is_bounded_and_a_place_is_had_before_the_pict
     assert not place.held
 
 
+async def test_one_server_holds_at_most_half_the_line_for_a_slot(make_engine):
+    engine = await make_engine(max_queued=4)
+    busy = [engine.hold_place(group_id=1) for _ in range(2)]
+    with pytest.raises(EngineBusy):
+        engine.hold_place(group_id=1)
+    other = engine.hold_place(group_id=2)
+    for place in [*busy, other]:
+        place.release()
+
+
 # -- start -------------------------------------------------------------------------------------
 async def test_start_fails_clearly_when_the_server_is_down():
     address = f"http://127.0.0.1:{free_port()}/v1"

@@ -182,3 +182,36 @@ def test_a_person_arriving_while_background_work_waits_is_admitted_first():
     assert scheduler.admit() == [newcomer]  # the one free place goes to the person
     scheduler.finish(running.request_id)
     assert scheduler.admit() == [waiting_alt_text]
+
+
+def server_ticket(server: int | None, user: int) -> Ticket:
+    return Ticket(next(_ids), user, 100, 50, RopeRegime.SHORT, group_id=server)
+
+
+def test_servers_take_turns_as_well_as_people():
+    scheduler = Scheduler(max_batch_size=1, max_waiting=20)
+    busy = [server_ticket(1, user) for user in (10, 11, 12, 13) for _ in range(2)]  # one busy server
+    quiet = server_ticket(2, 20)  # one person of another server, arriving last
+    for t in [*busy, quiet]:
+        scheduler.add(t)
+    order = scheduler.waiting_order()
+    assert order[1] is quiet  # not behind the eight of the busy server
+    assert [t.user_id for t in order if t.group_id == 1] == [10, 11, 12, 13, 10, 11, 12, 13]
+    served = []
+    while scheduler.has_work():
+        [started] = scheduler.admit()
+        served.append(started.group_id)
+        scheduler.finish(started.request_id)
+    assert served[:2] == [1, 2]
+
+
+def test_one_server_holds_at_most_half_the_line():
+    scheduler = Scheduler(max_batch_size=1, max_waiting=4)
+    scheduler.add(server_ticket(1, 10))
+    assert not scheduler.group_is_full(Priority.PEOPLE, 1)
+    scheduler.add(server_ticket(1, 11))
+    assert scheduler.group_is_full(Priority.PEOPLE, 1)  # two of four places
+    assert scheduler.group_is_full(Priority.PEOPLE, 2, held=2)  # places promised count too
+    assert not scheduler.group_is_full(Priority.PEOPLE, 2, held=1)
+    assert not scheduler.group_is_full(Priority.PEOPLE, None, held=10)  # DMs have no share to keep to
+    assert not scheduler.group_is_full(Priority.BACKGROUND, 1)  # each class has its own line

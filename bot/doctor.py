@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -352,13 +353,32 @@ def model_bytes(settings: Settings) -> float:
 
 
 def check_remote(settings: Settings) -> Finding:
+    """Where the model server is (not contacted), and a warning for plain HTTP to another machine: the API key
+    and every picture would cross the network unencrypted."""
+    from yarl import URL
+
     from inference.remote import display_url
 
-    return Finding(
-        "model server",
-        "ok",
-        f"{settings.remote_model} at {display_url(settings.remote_url or '')} (not contacted)",
-    )
+    where = f"{settings.remote_model} at {display_url(settings.remote_url or '')} (not contacted)"
+    url = URL(settings.remote_url or "")
+    if url.scheme == "http" and not _is_this_machine(url.host or ""):
+        return Finding(
+            "model server",
+            "warn",
+            f"{where}: plain http to another machine, so the API key and every picture cross the network "
+            "unencrypted; use https (a reverse proxy in front of vLLM), or a private network only your "
+            "machines reach (docs/deployment.md)",
+        )
+    return Finding("model server", "ok", where)
+
+
+def _is_this_machine(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_intents(settings: Settings) -> Finding:

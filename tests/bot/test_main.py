@@ -492,3 +492,22 @@ def test_check_says_what_the_intent_set_up_leaves_out(capsys, prefix, expected):
     out = capsys.readouterr().out
     assert expected in out
     assert ("automatic alt text do not" in out) is (prefix == "")
+
+
+@pytest.mark.parametrize(
+    ("url", "verdict"),
+    [
+        ("http://127.0.0.1:8000/v1", "ok  "),
+        ("http://localhost:8000/v1", "ok  "),
+        ("http://[::1]:8000/v1", "ok  "),
+        ("https://gpu.example.net/v1", "ok  "),
+        ("http://gpu.example.net:8000/v1", "warn"),
+        ("http://10.0.0.5:8000/v1", "warn"),
+    ],
+)
+def test_check_warns_of_a_model_server_over_plain_http_on_another_machine(capsys, url, verdict):
+    environ = {"DISCORD_TOKEN": FAKE_TOKEN, "BACKEND": "remote", "REMOTE_URL": url}
+    entry.main(environ, ["--check", "--no-device"])
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "model server:" in line]
+    assert line.startswith(f"[{verdict}] model server:")
+    assert ("unencrypted" in line) is (verdict == "warn")

@@ -120,7 +120,7 @@ def reduce_for_model(image: Image.Image, size: tuple[int, int], *, rows_first: b
         )
         if stripe is None:
             stripe = Image.new(piece.mode, stripe_size)
-        stripe.paste(piece, (left if not rows_first else 0, top if rows_first else 0))
+        stripe.paste(piece, (left, top))  # a row band starts at the left edge, a column band at the top
     assert stripe is not None  # a picture has at least one pixel
     return stripe.resize(size, Image.Resampling.BILINEAR).convert("RGB")
 

@@ -24,8 +24,16 @@ from yarl import URL
 from inference import errors
 from inference.images import DATA_URL_FORMATS, data_url
 from inference.prompts import check_image_count, conversation
-from inference.scheduler import group_share
-from inference.types import DEFAULT_MODEL_ID, EngineStats, Place, PlacesHeld, Priority, Request, Result
+from inference.types import (
+    DEFAULT_MODEL_ID,
+    EngineStats,
+    Place,
+    PlacesHeld,
+    Priority,
+    Request,
+    Result,
+    group_share,
+)
 
 if TYPE_CHECKING:
     from openai import AsyncStream

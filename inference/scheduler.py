@@ -24,7 +24,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 
-from inference.types import Priority
+from inference.types import Priority, group_share
 
 # How many users' (and servers') "last served" marks to remember; older marks are forgotten (those
 # users then count as never served, which only ever moves them forward).
@@ -243,11 +243,6 @@ def _forget_oldest(marks: dict) -> None:
     if len(marks) > MAX_REMEMBERED_USERS:
         for old in sorted(marks, key=marks.__getitem__)[: MAX_REMEMBERED_USERS // 2]:
             del marks[old]
-
-
-def group_share(line_limit: int) -> int:
-    """The places of a line one server may hold: half, and at least one."""
-    return max(1, line_limit // 2)
 
 
 def _interleaved(orders: list[list[Ticket]]) -> list[Ticket]:

@@ -61,6 +61,11 @@ class Place:
         self.release()
 
 
+def group_share(line_limit: int) -> int:
+    """The places of a line one server may hold: half, and at least one (both engines keep to it)."""
+    return max(1, line_limit // 2)
+
+
 class PlacesHeld:
     """The places an engine has handed out and not yet taken back, per class of request and server (the
     engine decides when its line is full; this only counts)."""

@@ -49,9 +49,9 @@ from bench.throughput import (
     parse_ways,
     run_ours,
 )
-from inference.block_pool import BLOCK_TOKENS
-from inference.engine import LocalEngine
 from inference.prompts import build_prompt
+from inference.serving.block_pool import BLOCK_TOKENS
+from inference.serving.engine import LocalEngine
 from inference.types import EngineConfig, Request, Task
 
 DEFAULTS = {  # size -> running, newcomers, running answer tokens, newcomer answer tokens, crops

@@ -125,10 +125,10 @@ def language_weight_bytes(model) -> int:
 
 async def one_way(args: argparse.Namespace) -> dict:
     """In a process of its own: load one way, time it through the engine, report."""
-    from inference.engine import LocalEngine
     from inference.loading import load
     from inference.prepare import Prepared
-    from inference.runner import ModelRunner
+    from inference.serving.engine import LocalEngine
+    from inference.serving.runner import ModelRunner
     from inference.types import EngineConfig, Request, Task
 
     dtype, quantization = WAYS[args.one]
@@ -222,9 +222,9 @@ async def longest_answer(args: argparse.Namespace) -> dict:
     """In a process of its own: every setting at its default (QUANTIZATION, DTYPE, NUM_CROPS and
     REQUEST_TIMEOUT_S auto), one describe answer as long as the engine allows; does it finish in time, and
     what wait would the next person be told?"""
-    from inference.engine import LocalEngine
     from inference.errors import RequestTimedOut
-    from inference.runner import ModelRunner
+    from inference.serving.engine import LocalEngine
+    from inference.serving.runner import ModelRunner
     from inference.types import EngineConfig, Request, Task
 
     def factory(engine_config: EngineConfig) -> ModelRunner:
@@ -266,7 +266,7 @@ def matmul_table() -> list[dict]:
     """One 3072x16384 product (the model's largest) per precision and library at 1, 4 and 512 rows."""
     import copy
 
-    from inference.cpu_int8 import DequantScratch, Int8Linear
+    from inference.kernels.cpu_int8 import DequantScratch, Int8Linear
 
     rows_list, table = (1, 4, 512), []
     base = torch.nn.Linear(3072, 16384, bias=False)

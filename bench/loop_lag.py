@@ -51,8 +51,8 @@ from bench.serving import FixedLengthRunner, OnLoopEngine, percentiles_ms, versi
 from bot.images import ImageLimits, ImageSource, decode_image, load_images
 from bot.reply import EditBudget, Reply
 from bot.settings import DOWNLOAD_TIMEOUT_S, Settings
-from inference.engine import LocalEngine
 from inference.loading import LoadedModel, load, resolve_attention, resolve_device, resolve_dtype
+from inference.serving.engine import LocalEngine
 from inference.types import EngineConfig, Request, Task
 
 DEFAULT_CONCURRENCY = 16

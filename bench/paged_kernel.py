@@ -29,8 +29,8 @@ import torch
 
 from bench.engine import run_benchmark
 from bench.serving import versions
-from inference.paged_cache import PagedBatch, _gather_decode
-from inference.triton_paged import MAX_SPLITS, STAGES, TILE, WARPS, paged_decode, splits_for
+from inference.kernels.paged_cache import PagedBatch, _gather_decode
+from inference.kernels.triton_paged import MAX_SPLITS, STAGES, TILE, WARPS, paged_decode, splits_for
 
 log = logging.getLogger("bench.paged_kernel")
 

@@ -27,7 +27,7 @@ from PIL import Image
 
 from bench.serving import versions
 from inference.loading import load
-from inference.runner import ModelRunner
+from inference.serving.runner import ModelRunner
 from inference.types import EngineConfig, Request, Task
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,10 +22,10 @@ import torch
 import transformers
 
 from inference.decoding import Event
-from inference.engine import LocalEngine
 from inference.loading import LoadedModel
 from inference.prepare import Prepared
-from inference.runner import ModelRunner
+from inference.serving.engine import LocalEngine
+from inference.serving.runner import ModelRunner
 from inference.types import EngineConfig
 
 MS = 1000.0

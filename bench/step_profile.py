@@ -41,7 +41,7 @@ from transformers import DynamicCache
 from bench.engine import run_benchmark, synchronize
 from bench.serving import FixedLengthRunner, versions
 from bench.throughput import build_setup, engine_way, model_inputs, model_parser, parse_ways
-from inference.paged_cache import PagedStorage
+from inference.kernels.paged_cache import PagedStorage
 from inference.prepare import Prepared
 from inference.types import Request, Task
 

@@ -13,9 +13,9 @@ at the same moment, in several ways, one after the other in the same process:
   thread), exactly as the bot calls it, in each way ``--ways`` names: ``graphs`` (decoding from CUDA
   graphs where they run and pass their start-up check: the default), ``eager`` (the same runner
   stepping eagerly), and graphs with one of the fused parts replaced by transformers' own (``plain-norms``:
-  RMSNorm, inference/norms.py; ``plain-rope``: the rotary embedding and KV write,
-  inference/fused_attention.py; ``unfused``: both). The first is ``ours``; the others appear under their
-  names, with ``speedup_over`` each;
+  RMSNorm, inference/kernels/norms.py; ``plain-rope``: the rotary embedding and KV write,
+  inference/kernels/fused_attention.py; ``unfused``: both). The first is ``ours``; the others appear under
+  their names, with ``speedup_over`` each;
 - the model card's way: the same N requests one after another, each
   ``model.generate(**processor(prompt, [image]), ...)`` then ``batch_decode``, as Microsoft's model card
   shows; request k waits for the k-1 before it, so its latency counts their time too.
@@ -61,10 +61,9 @@ from bench.engine import (
     synthetic_image,
 )
 from bench.serving import FixedLengthRunner, percentiles_ms, versions
-from inference.block_pool import BLOCK_TOKENS
-from inference.engine import LocalEngine
 from inference.errors import InferenceError
-from inference.fused_attention import use_fused_rope
+from inference.kernels.fused_attention import use_fused_rope
+from inference.kernels.norms import use_fused_norms
 from inference.loading import (
     LoadedModel,
     resolve_attention,
@@ -72,15 +71,16 @@ from inference.loading import (
     resolve_dtype,
     use_language_attention,
 )
-from inference.norms import use_fused_norms
 from inference.prompts import build_prompt
+from inference.serving.block_pool import BLOCK_TOKENS
+from inference.serving.engine import LocalEngine
 from inference.types import EngineConfig, Request, Task
 
 DEFAULT_LEVELS = (1, 8, 16, 32)
 # The engine's ways, by name: decoding from CUDA graphs where they run (the default), eagerly; and from
-# graphs with transformers' own RMSNorm instead of the fused one (inference/norms.py), with transformers'
-# rotary embedding and the cache's own write instead of the fused kernel (inference/fused_attention.py),
-# or with neither fused.
+# graphs with transformers' own RMSNorm instead of the fused one (inference/kernels/norms.py), with
+# transformers' rotary embedding and the cache's own write instead of the fused kernel
+# (inference/kernels/fused_attention.py), or with neither fused.
 WAYS = ("graphs", "eager", "plain-norms", "plain-rope", "unfused")
 
 

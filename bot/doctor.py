@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.settings import Settings
-from inference.block_pool import BLOCK_TOKENS
-from inference.cache_size import (
+from inference.serving.block_pool import BLOCK_TOKENS
+from inference.serving.cache_size import (
     CacheDoesNotFit,
     CacheShape,
     available_ram,
@@ -34,7 +34,7 @@ from inference.cache_size import (
 from inference.types import PUBLISHED_WEIGHT_BYTES
 
 if TYPE_CHECKING:
-    from inference.pace import Pace
+    from inference.serving.pace import Pace
 
 GB = 10**9  # as the README counts
 # The weights' share of their bf16 size per mode (README, "GPU memory": 8.3, 4.7 and 3.2 GB).
@@ -151,8 +151,9 @@ def checkpoint_crops(settings: Settings) -> int:
 def cpu_pace(settings: Settings) -> Pace | None:
     """On the CPU, what the start will measure, estimated from products at the model's shapes (a second or
     two); None elsewhere, or when the device settings cannot work (the device line says why)."""
-    from inference import InvalidRequest, pace
+    from inference import InvalidRequest
     from inference.loading import resolve_choices, resolve_quantization
+    from inference.serving import pace
 
     try:
         device, dtype, *_ = resolve_choices(settings.engine_config())
@@ -165,7 +166,7 @@ def cpu_pace(settings: Settings) -> Pace | None:
 
 def crops_at_start(settings: Settings, estimate: Pace | None) -> int:
     """The crops the start will read pictures at: ``NUM_CROPS``, the checkpoint's, or fewer on a slow CPU."""
-    from inference import pace
+    from inference.serving import pace
 
     if estimate is None:
         return settings.num_crops or checkpoint_crops(settings)
@@ -284,7 +285,7 @@ def _kv_cache_finding(
 def check_cpu_speed(settings: Settings, estimate: Pace | None) -> Finding | None:
     """On the CPU: roughly how long a one-picture answer takes here (``estimate``, from :func:`cpu_pace`;
     the start measures the real weights)."""
-    from inference import pace
+    from inference.serving import pace
 
     if estimate is None:
         return None

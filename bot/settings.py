@@ -32,7 +32,7 @@ from inference.types import DEFAULT_MODEL_ID, DEFAULT_REQUEST_TIMEOUT_S, MAX_NEW
 # Where Discord serves uploads. Anything else is never downloaded.
 DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 MAX_IMAGES_LIMIT = 16
-MIN_TOKEN_BUDGET = 1024  # the same floor as inference.cache_size's
+MIN_TOKEN_BUDGET = 1024  # the same floor as inference.serving.cache_size's
 BYTES_PER_MB = 1024 * 1024
 DEFAULT_DATABASE_PATH = "data/bot.sqlite3"
 DOWNLOAD_TIMEOUT_S = 20.0  # one image from Discord's CDN

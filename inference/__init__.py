@@ -45,7 +45,7 @@ __all__ = [
 def __getattr__(name: str):
     # LocalEngine pulls in torch and transformers; import the engines only when asked for.
     if name == "LocalEngine":
-        from inference.engine import LocalEngine
+        from inference.serving.engine import LocalEngine
 
         return LocalEngine
     if name in ("RemoteEngine", "RemoteConfig"):

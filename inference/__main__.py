@@ -135,7 +135,7 @@ def open_image(
 
 
 async def answer(args: argparse.Namespace) -> int:
-    from inference.engine import LocalEngine
+    from inference.serving.engine import LocalEngine
 
     task = Task(args.task)
     # Read before the model loads, so a bad file is said at once; reduced for --num-crops where it is given.

@@ -182,7 +182,7 @@ def resolve_checkpoint(model_id: str) -> Path:
 
 class CpuInt8:
     """``QUANTIZATION=8bit`` on the CPU: the language model's linear layers get int8 weights after loading
-    (:mod:`inference.cpu_int8`); no extra package needed."""
+    (:mod:`inference.kernels.cpu_int8`); no extra package needed."""
 
     def __repr__(self) -> str:
         return "CpuInt8()"
@@ -286,7 +286,7 @@ def load(config: EngineConfig) -> LoadedModel:
     except (OSError, ValueError) as exc:
         raise ModelNotFound(f"Could not load a Phi-3-vision checkpoint from {source}: {exc}") from exc
     if on_cpu_int8:
-        from inference.cpu_int8 import cache_file, quantize_language_model
+        from inference.kernels.cpu_int8 import cache_file, quantize_language_model
 
         started = time.perf_counter()
         layers = quantize_language_model(model, cache=cache_file(source))

@@ -29,6 +29,7 @@ PY
 # Left out: the inference tests that never reach transformers (the remote client, the block pool, the queue,
 # image checks, the paged kernels on their own and under Triton's interpreter).
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/inference tests/cogs/test_end_to_end.py \
-    --ignore=tests/inference/test_remote.py --ignore=tests/inference/test_block_pool.py \
-    --ignore=tests/inference/test_scheduler.py --ignore=tests/inference/test_images.py \
-    --ignore=tests/inference/test_paged_cache.py --ignore=tests/inference/test_triton_interpreter.py
+    --ignore=tests/inference/test_remote.py --ignore=tests/inference/serving/test_block_pool.py \
+    --ignore=tests/inference/serving/test_scheduler.py --ignore=tests/inference/test_images.py \
+    --ignore=tests/inference/kernels/test_paged_cache.py \
+    --ignore=tests/inference/kernels/test_triton_interpreter.py

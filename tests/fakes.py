@@ -317,7 +317,7 @@ class ScriptedRunner:
         self.rows.clear()
 
     def is_fatal(self, error):
-        from inference.self_check import is_fatal
+        from inference.kernels.checks import is_fatal
 
         return is_fatal(error)
 

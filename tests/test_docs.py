@@ -118,8 +118,8 @@ def test_the_readmes_sample_check_lists_what_check_checks():
 
 
 def test_the_map_in_the_readme_names_every_module():
-    """ "How it is built" is the page a newcomer reads first: every module of bot/, bot/reply/ and
-    inference/ is on it (the cogs are named together)."""
+    """ "How it is built" is the page a newcomer reads first: every module of bot/, bot/reply/, inference/
+    and its serving/ and kernels/ wings is on it (the cogs are named together)."""
     import re
 
     readme = (ROOT / "README.md").read_text()
@@ -127,7 +127,7 @@ def test_the_map_in_the_readme_names_every_module():
     block = section[: section.index("```", section.index("```") + 3)]
     missing = [
         f"{folder}/{path.name}"
-        for folder in ("bot", "bot/reply", "inference")
+        for folder in ("bot", "bot/reply", "inference", "inference/serving", "inference/kernels")
         for path in sorted((ROOT / folder).glob("*.py"))
         if path.name not in ("__init__.py", "__main__.py")
         and not re.search(rf"\b{re.escape(path.name)}\b", block)

@@ -121,7 +121,7 @@ def test_check_passes_for_a_good_set_up_and_never_prints_the_token(capsys):
 
 
 def test_the_speed_estimate_names_the_crops_a_slow_cpu_uses_and_the_limit_it_sets():
-    from inference import pace
+    from inference.serving import pace
 
     slow = pace.Pace(crop_s=2.0, prompt_token_s=0.05, token_s=0.5)
     finding = doctor.check_cpu_speed(Settings(model_id=TINY_MODEL, device="cpu", max_new_tokens=512), slow)
@@ -137,8 +137,8 @@ def test_the_speed_estimate_names_the_crops_a_slow_cpu_uses_and_the_limit_it_set
 
 
 def test_on_a_slow_cpu_check_counts_the_cache_at_the_crops_the_start_will_use(monkeypatch):
-    from inference import pace
-    from inference.cache_size import full_request_tokens
+    from inference.serving import pace
+    from inference.serving.cache_size import full_request_tokens
 
     slow = pace.Pace(crop_s=2.0, prompt_token_s=0.05, token_s=0.5)
     settings = Settings(model_id=TINY_MODEL, device="cpu", max_batch_size=2)
@@ -228,11 +228,11 @@ def test_token_budget_auto_is_predicted_for_the_card(card_gib, quantization, ver
 
 def test_check_predicts_the_token_budget_the_cpu_start_takes(monkeypatch):
     from inference.loading import load
-    from inference.runner import ModelRunner
+    from inference.serving.runner import ModelRunner
 
     settings = Settings(model_id=TINY_MODEL, device="cpu", quantization="none")  # full float32 weights
     after_load = 20 * 1024**2
-    monkeypatch.setattr("inference.runner.available_ram", lambda: after_load)
+    monkeypatch.setattr("inference.serving.runner.available_ram", lambda: after_load)
     runner = ModelRunner(load(settings.engine_config()), settings.engine_config())
     # What --check counts for the weights: the checkpoint's bf16 size, doubled in float32.
     weights = runner.loaded.dtype.itemsize / 2 * doctor.model_bytes(settings)

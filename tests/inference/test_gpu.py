@@ -69,8 +69,8 @@ async def test_engine_batches_on_the_gpu_like_alone():
 def test_the_runner_answers_like_generate_in_bf16():
     """The kernel the start-up check chose (in place, prompts in chunks) against transformers' generate."""
     from inference.loading import load
-    from inference.runner import ModelRunner
-    from tests.inference.test_runner import Recorder, generate, image
+    from inference.serving.runner import ModelRunner
+    from tests.inference.serving.test_runner import Recorder, generate, image
 
     config = EngineConfig(
         model_id=str(TINY_CHECKPOINT),
@@ -96,7 +96,7 @@ def test_the_runner_answers_like_generate_in_bf16():
 
 
 def test_the_start_up_check_passes_at_the_published_shape():
-    from inference.self_check import check_causal_bias, check_fused_norm, check_fused_rope, choose_kernel
+    from inference.kernels.checks import check_causal_bias, check_fused_norm, check_fused_rope, choose_kernel
 
     cuda = torch.device("cuda")
     assert check_causal_bias(cuda, torch.bfloat16, heads=32, head_dim=96) is None
@@ -122,8 +122,8 @@ def test_decoding_from_cuda_graphs_answers_like_eager_steps():
     three rows replay the graph of four (a padded row), and matrix products of a different height may
     round differently; in bf16 that flips the tiny random model's near-even choices."""
     from inference.loading import load
-    from inference.runner import ModelRunner
-    from tests.inference.test_runner import image
+    from inference.serving.runner import ModelRunner
+    from tests.inference.serving.test_runner import image
 
     requests = [
         Request(Task.DESCRIBE, (image(300, 500, 2),), question="What is this?"),

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from inference.cache_size import PROMPT_TEXT_TOKENS, image_tokens
 from inference.loading import use_language_attention
+from inference.serving.cache_size import PROMPT_TEXT_TOKENS, image_tokens
 from inference.types import DEFAULT_REQUEST_TIMEOUT_S, TYPICAL_ANSWER_TOKENS
 
 # A CPU on which a picture at the checkpoint's crops takes longer than this to its first words reads pictures
@@ -158,7 +158,7 @@ def from_products(dtype: torch.dtype, *, int8: bool) -> Pace:
     """The :class:`Pace` of the published model in ``dtype`` (and an 8-bit language model if ``int8``), scaled
     from the language model's largest product timed at one row (reading the weights) and at a prompt chunk's
     rows (computing), about a second; attention and the rest are left out."""
-    from inference.cpu_int8 import DequantScratch, Int8Linear
+    from inference.kernels.cpu_int8 import DequantScratch, Int8Linear
 
     def per_weight(rows: int, quantized: bool, shape: tuple[int, int] = LARGEST) -> float:
         """Seconds per weight and row of one product of ``rows`` rows."""

@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from inference.block_pool import BLOCK_TOKENS
 from inference.errors import (
     EngineBusy,
     EngineDead,
@@ -39,7 +38,8 @@ from inference.errors import (
     RequestTimedOut,
     TooLarge,
 )
-from inference.scheduler import DoesNotFit, QueueFull, Scheduler, Ticket, rope_regime
+from inference.serving.block_pool import BLOCK_TOKENS
+from inference.serving.scheduler import DoesNotFit, QueueFull, Scheduler, Ticket, rope_regime
 from inference.types import (
     DEFAULT_REQUEST_TIMEOUT_S,
     TYPICAL_ANSWER_TOKENS,
@@ -53,8 +53,8 @@ from inference.types import (
 )
 
 if TYPE_CHECKING:
-    from inference.pace import Pace
     from inference.prepare import Prepared
+    from inference.serving.pace import Pace
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,9 @@ ANSWER_TIME_WEIGHT = 0.3  # how much the latest answer moves the measured answer
 
 
 class Runner(Protocol):
-    """What the engine asks of the model runner (inference/runner.py; the tests script their own). Only the
-    model thread calls ``step`` and ``reset``; ``validate`` and ``prepare`` run on the preparing threads."""
+    """What the engine asks of the model runner (inference/serving/runner.py; the tests script their own).
+    Only the model thread calls ``step`` and ``reset``; ``validate`` and ``prepare`` run on the preparing
+    threads."""
 
     token_budget: int
     pace: Pace | None  # the measured speed on a CPU
@@ -94,7 +95,7 @@ class Runner(Protocol):
 
 def _default_runner_factory(config: EngineConfig) -> Runner:
     from inference.loading import load
-    from inference.runner import ModelRunner
+    from inference.serving.runner import ModelRunner
 
     return ModelRunner(load(config), config)
 

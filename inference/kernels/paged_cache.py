@@ -2,8 +2,8 @@
 
 :class:`PagedStorage` holds every layer's keys and values, allocated once at start-up:
 ``[blocks, block_tokens, kv_heads, head_dim]`` per layer. A request owns the blocks a
-:class:`~inference.block_pool.BlockPool` gave it and nothing else, so a request joining or leaving never
-moves another request's keys and values.
+:class:`~inference.serving.block_pool.BlockPool` gave it and nothing else, so a request joining or leaving
+never moves another request's keys and values.
 
 One forward pass of the runner is *packed*: every row's new tokens (one for a row that is decoding, a
 chunk of its prompt for a row being prefilled) lie side by side in a batch of one sequence, and a
@@ -12,11 +12,12 @@ they are written (``lengths``), where each new key goes (``slots``) and which bl
 (``block_table``). :func:`paged_attention`, registered with transformers as :data:`ATTENTION_NAME`,
 writes the new keys and values into their slots and lets every query see its own row's keys only,
 up to itself, with one of three kernels (:data:`KERNELS`; the fastest of those that run here and agree
-with ``plain`` at the model's own shapes is chosen at start-up, :mod:`inference.self_check`):
+with ``plain`` at the model's own shapes is chosen at start-up, :mod:`inference.kernels.checks`):
 
 - ``fused``: PyTorch's FlashAttention with a block table (``varlen_attn``, PyTorch 2.12 and newer, CUDA
   compute capability 8+, bf16/fp16): every row at once, keys read where they lie;
-- ``triton``: our Triton kernel (:mod:`inference.triton_paged`, any PyTorch with Triton on CUDA) for the
+- ``triton``: our Triton kernel (:mod:`inference.kernels.triton_paged`, any PyTorch with Triton on CUDA) for
+the
   rows that decode one token, keys read where they lie; rows with a prompt chunk as ``plain`` does;
 - ``plain``: anywhere. Rows that decode one token: their keys gathered (padded to the longest) and one
   sdpa; rows with a prompt chunk: one at a time. Exact, and the reference the tests compare against,
@@ -225,7 +226,7 @@ def _by_rows(q, keys, values, batch: PagedBatch, scaling: float | None) -> torch
 
 
 def _triton_decode(q, keys, values, table, lengths, longest: int, batch: PagedBatch, scale: float):
-    from inference.triton_paged import paged_decode
+    from inference.kernels.triton_paged import paged_decode
 
     return paged_decode(q.contiguous(), keys, values, table, lengths, scale, batch.sliding_window)
 

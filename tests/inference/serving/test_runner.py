@@ -19,16 +19,18 @@ from PIL import Image
 from torch.nn.attention.bias import causal_upper_left
 from transformers.models.phi3.modeling_phi3 import Phi3Attention, Phi3RMSNorm
 
-from inference import cache_size, fused_attention, norms, paged_cache, phi3v
-from inference import runner as runner_module
-from inference.cache_size import CacheDoesNotFit
+from inference import phi3v
 from inference.decoding import IncrementalDecoder
-from inference.fused_attention import FusedRopeAttention
+from inference.kernels import fused_attention, norms, paged_cache
+from inference.kernels.fused_attention import FusedRopeAttention
+from inference.kernels.norms import FusedRMSNorm
+from inference.kernels.paged_cache import PagedStorage
 from inference.loading import LoadedModel, load
-from inference.norms import FusedRMSNorm
-from inference.paged_cache import PagedStorage
 from inference.prepare import Prepared
-from inference.runner import CALIBRATION_STEPS, ModelRunner
+from inference.serving import cache_size
+from inference.serving import runner as runner_module
+from inference.serving.cache_size import CacheDoesNotFit
+from inference.serving.runner import CALIBRATION_STEPS, ModelRunner
 from inference.types import EngineConfig, Request, Task, Turn
 from tests.inference.conftest import OFFICIAL, TINY_CHECKPOINT
 from tests.inference.phi3v.test_modeling_phi3v import random_model, tiny_config
@@ -375,8 +377,8 @@ def test_oom_while_only_decoding_fails_the_batch_and_frees_every_block(requests)
 
 def test_token_budget_auto_on_the_cpu_takes_half_the_free_ram_capped(monkeypatch, caplog):
     per_token = 2 * 2 * 4 * 16 * 4  # K and V, 2 layers, 4 KV heads of 16, float32: 1 KiB
-    monkeypatch.setattr("inference.runner.available_ram", lambda: 20 * 1024**2)
-    with caplog.at_level(logging.INFO, logger="inference.runner"):
+    monkeypatch.setattr("inference.serving.runner.available_ram", lambda: 20 * 1024**2)
+    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
         runner = ModelRunner(load(tiny()), tiny(max_batch_size=8))
     # 10 MiB: 40 blocks of 256 KiB, less the scratch block
     assert runner.token_budget == (10 * 1024**2 // (256 * per_token) - 1) * 256 == 9984
@@ -389,12 +391,12 @@ def test_token_budget_auto_on_the_cpu_takes_half_the_free_ram_capped(monkeypatch
         "KV cache: 9984 tokens (TOKEN_BUDGET=auto), 0.0 GiB allocated once in 40 blocks of 256; "
         "room for 3 people at once with an image at 16 crops and a 12-token answer each (MAX_BATCH_SIZE=8)"
     )
-    monkeypatch.setattr("inference.runner.available_ram", lambda: 64 * 1024**3)
+    monkeypatch.setattr("inference.serving.runner.available_ram", lambda: 64 * 1024**3)
     assert ModelRunner(load(tiny()), tiny()).token_budget == cache_size.CPU_TOKEN_CAP  # a large machine
 
 
 def test_a_machine_that_cannot_hold_one_request_stops_the_start_with_one_line(monkeypatch):
-    monkeypatch.setattr("inference.runner.available_ram", lambda: 4 * 1024**2)
+    monkeypatch.setattr("inference.serving.runner.available_ram", lambda: 4 * 1024**2)
     with pytest.raises(CacheDoesNotFit) as error:
         ModelRunner(load(tiny()), tiny())
     assert str(error.value).startswith("The KV cache has room for 1792 tokens in half the free RAM (0.0 GiB)")
@@ -404,7 +406,7 @@ def test_a_machine_that_cannot_hold_one_request_stops_the_start_with_one_line(mo
 
 
 def test_an_explicit_token_budget_is_kept_and_the_engine_schedules_within_it():
-    from inference.engine import LocalEngine
+    from inference.serving.engine import LocalEngine
 
     runner = ModelRunner(load(tiny()), tiny(token_budget=5000))
     assert runner.token_budget == 5000 and runner.blocks_per_row == runner.pool.num_blocks == 20
@@ -444,11 +446,11 @@ def test_token_budget_auto_on_a_gpu_warms_up_then_takes_the_fraction_left(
 ):
     gib = 1024**3
     memory = FakeGpuMemory(total=int(0.5 * gib), in_use=int(0.1 * gib), activations=int(0.05 * gib))
-    monkeypatch.setattr("inference.runner.gpu_memory_of", lambda device: memory)
+    monkeypatch.setattr("inference.serving.runner.gpu_memory_of", lambda device: memory)
     tower_calls = []
     loaded = load(tiny())
     loaded.model.model.vision_embed_tokens.register_forward_hook(lambda *_: tower_calls.append(1))
-    with caplog.at_level(logging.INFO, logger="inference.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
         runner = ModelRunner(loaded, tiny(max_images=4))
     runner.stop_ids = set()
     assert memory.measured == 1 and len(tower_calls) == 1  # four images at 16 crops, through the tower once
@@ -513,7 +515,7 @@ TIMES_MS = {"fused": 1.0, "triton": 2.0, "plain": 5.0}
 @pytest.fixture
 def planted_kernels(monkeypatch):
     """Every kernel 'exists' here; each one's time is planted (a CPU's timings of stand-ins mean nothing)."""
-    from inference import self_check
+    from inference.kernels import checks as self_check
 
     monkeypatch.setattr(self_check, "kernel_runs_here", lambda kernel, device, dtype: True)
     last_run = []
@@ -572,7 +574,7 @@ def test_the_fastest_kernel_that_agrees_with_the_plain_one_is_chosen(
 
 
 def test_a_kernel_that_breaks_the_device_ends_the_start(planted_kernels):
-    from inference.self_check import SelfCheckFailed
+    from inference.kernels.checks import SelfCheckFailed
 
     planted_kernels(breaking_kernel, gather_decode)
     with pytest.raises(
@@ -582,7 +584,7 @@ def test_a_kernel_that_breaks_the_device_ends_the_start(planted_kernels):
 
 
 def test_the_runner_uses_the_fused_norm_after_its_check(caplog, requests, reference):
-    with caplog.at_level(logging.INFO, logger="inference.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
         runner = paged()
     assert runner.fused_norms
     assert all(type(m) is FusedRMSNorm for m in runner.loaded.model.modules() if isinstance(m, Phi3RMSNorm))
@@ -591,7 +593,7 @@ def test_the_runner_uses_the_fused_norm_after_its_check(caplog, requests, refere
 
 
 def test_a_prompts_later_chunks_attend_without_a_mask_after_the_check(caplog):
-    with caplog.at_level(logging.INFO, logger="inference.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
         runner = paged()
     assert runner.causal_bias
     assert any(
@@ -607,7 +609,7 @@ def test_later_chunks_build_their_mask_when_attention_without_one_fails_its_chec
 ):
     """Aligned to the keys' start instead of their end, every later chunk would see the wrong keys."""
     monkeypatch.setattr(paged_cache, "causal_lower_right", causal_upper_left)
-    with caplog.at_level(logging.INFO, logger="inference.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
         runner = paged(prefill_chunk_tokens=97)
     assert not runner.causal_bias
     [warning] = [
@@ -622,7 +624,7 @@ def test_a_fused_norm_that_fails_its_check_leaves_transformers_own(monkeypatch, 
         return self.weight * torch.nn.functional.rms_norm(hidden, self.weight.shape, eps=0.1)
 
     monkeypatch.setattr(norms.FusedRMSNorm, "forward", epsilon_too_large)
-    with caplog.at_level(logging.INFO, logger="inference.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
         runner = paged()
     assert not runner.fused_norms
     assert all(type(m) is Phi3RMSNorm for m in runner.loaded.model.modules() if isinstance(m, Phi3RMSNorm))
@@ -641,7 +643,7 @@ def test_fused_norms_off_means_no_check_and_transformers_norms(monkeypatch):
 
 
 def test_the_runner_uses_the_fused_rope_where_triton_runs_after_its_check(monkeypatch, requests, reference):
-    from tests.inference.test_fused_rope import rope_in_torch
+    from tests.inference.kernels.test_fused_rope import rope_in_torch
 
     monkeypatch.setattr(runner_module, "kernel_runs_here", lambda kernel, device, dtype: True)
     monkeypatch.setattr(fused_attention, "rope_and_write", rope_in_torch)
@@ -652,11 +654,11 @@ def test_the_runner_uses_the_fused_rope_where_triton_runs_after_its_check(monkey
 
 
 def test_a_fused_rope_that_fails_its_check_leaves_transformers_attention(monkeypatch, caplog):
-    from tests.inference.test_fused_rope import sine_backwards
+    from tests.inference.kernels.test_fused_rope import sine_backwards
 
     monkeypatch.setattr(runner_module, "kernel_runs_here", lambda kernel, device, dtype: True)
     monkeypatch.setattr(fused_attention, "rope_and_write", sine_backwards)
-    with caplog.at_level(logging.INFO, logger="inference.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
         runner = paged()
     assert not runner.fused_rope and "fused RMSNorm (checked)" in runner.attention_text
     assert all(type(layer.self_attn) is Phi3Attention for layer in runner.loaded.model.model.layers)
@@ -698,7 +700,7 @@ class PlantedGraphs:
         self.shift, self.error, self.replays = shift, error, 0
 
     def capture(self, step, max_rows: int):
-        from inference.decode_step import buckets_up_to
+        from inference.serving.decode_step import buckets_up_to
 
         def replay_for(bucket):
             def replay():
@@ -718,7 +720,7 @@ class PlantedGraphs:
 
 @pytest.fixture
 def planted_graphs(monkeypatch):
-    from inference.decode_step import DecodeStep
+    from inference.serving.decode_step import DecodeStep
 
     def plant(graphs: PlantedGraphs) -> None:
         monkeypatch.setattr(DecodeStep, "can_capture", lambda self: True)
@@ -730,7 +732,7 @@ def planted_graphs(monkeypatch):
 def test_graphs_that_replay_like_eager_steps_are_kept(planted_graphs, caplog, requests, reference):
     graphs = PlantedGraphs()
     planted_graphs(graphs)
-    with caplog.at_level(logging.INFO, logger="inference.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
         runner = paged(max_batch_size=4)
     assert runner.graphs_checked and sorted(runner.decode_step.graphs) == [1, 2, 4]
     # Each bucket checked once; then, on this CPU, the start's own timing steps of one row (a warm-up and
@@ -757,7 +759,7 @@ def test_graphs_that_differ_from_eager_steps_are_dropped_with_one_error(
     planted_graphs, caplog, requests, reference, graphs, why
 ):
     planted_graphs(graphs)
-    with caplog.at_level(logging.INFO, logger="inference.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
         runner = paged(max_batch_size=4)
     assert not runner.graphs_checked and runner.decode_step.graphs == {}
     assert runner.attention_text.endswith("CUDA graphs off (they failed their start-up check)")
@@ -789,14 +791,14 @@ def test_graphs_that_choose_other_tokens_are_dropped(planted_graphs, caplog):
             step.graphs[bucket] = moved
 
     graphs.capture = capture
-    with caplog.at_level(logging.ERROR, logger="inference.runner"):
+    with caplog.at_level(logging.ERROR, logger="inference.serving.runner"):
         runner = paged(max_batch_size=2)
     assert runner.decode_step.graphs == {}
     assert "chose other tokens than the eager step" in caplog.text
 
 
 def test_a_graph_that_breaks_the_device_ends_the_start(planted_graphs):
-    from inference.self_check import SelfCheckFailed
+    from inference.kernels.checks import SelfCheckFailed
 
     planted_graphs(PlantedGraphs(error=RuntimeError("CUDA error: device-side assert triggered")))
     with pytest.raises(SelfCheckFailed, match="restart with CUDA_GRAPHS=false"):
@@ -804,7 +806,7 @@ def test_a_graph_that_breaks_the_device_ends_the_start(planted_graphs):
 
 
 def test_the_owner_sees_how_the_model_attends():
-    from inference.engine import LocalEngine
+    from inference.serving.engine import LocalEngine
 
     engine = LocalEngine(tiny())
     engine._runner = paged(token_budget=4096)

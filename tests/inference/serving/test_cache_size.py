@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from inference import phi3v
-from inference.cache_size import (
+from inference.prompts import build_prompt
+from inference.serving.cache_size import (
     CPU_TOKEN_CAP,
     GIB,
     CacheDoesNotFit,
@@ -18,7 +19,6 @@ from inference.cache_size import (
     gpu_budget,
     image_tokens,
 )
-from inference.prompts import build_prompt
 from inference.types import Task
 from tests.inference.conftest import OFFICIAL
 

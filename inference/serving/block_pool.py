@@ -4,7 +4,7 @@ Pure bookkeeping, no torch: the cache tensors live elsewhere and are indexed by 
 block belongs to at most one request at a time; a request holds enough blocks for the tokens it
 reserved. Joining takes free ids, leaving returns them: nothing of any other request moves.
 
-Used by :class:`~inference.runner.ModelRunner`.
+Used by :class:`~inference.serving.runner.ModelRunner`.
 """
 
 from __future__ import annotations

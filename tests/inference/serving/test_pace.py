@@ -8,16 +8,16 @@ import logging
 import pytest
 import torch
 
-from inference import pace
-from inference.cache_size import PROMPT_TEXT_TOKENS, image_tokens
-from inference.engine import LocalEngine
 from inference.loading import load
-from inference.pace import CPU_CROPS, Pace
-from inference.runner import ModelRunner
+from inference.serving import pace
+from inference.serving.cache_size import PROMPT_TEXT_TOKENS, image_tokens
+from inference.serving.engine import LocalEngine
+from inference.serving.pace import CPU_CROPS, Pace
+from inference.serving.runner import ModelRunner
 from inference.types import DEFAULT_REQUEST_TIMEOUT_S, TYPICAL_ANSWER_TOKENS, Request, Task
 from tests.fakes import ScriptedRunner
-from tests.inference.test_engine import IMAGE
-from tests.inference.test_runner import tiny
+from tests.inference.serving.test_engine import IMAGE
+from tests.inference.serving.test_runner import tiny
 
 SLOW = Pace(crop_s=2.0, prompt_token_s=0.05, token_s=0.5)  # a small CPU at real size, roughly
 FAST = Pace(crop_s=0.01, prompt_token_s=0.0001, token_s=0.01)
@@ -56,7 +56,7 @@ def test_measuring_times_real_work_and_leaves_the_attention_as_it_was():
 
 def test_the_runner_on_a_slow_cpu_reads_fewer_crops_and_says_so(monkeypatch, caplog):
     monkeypatch.setattr(pace, "measure", lambda model, dtype: SLOW)
-    with caplog.at_level(logging.INFO, logger="inference.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
         runner = ModelRunner(load(tiny()), tiny())
     assert runner.pace.crop_s == SLOW.crop_s and runner.num_crops == CPU_CROPS
     assert runner.loaded.processor.image_processor.num_crops == CPU_CROPS
@@ -108,7 +108,7 @@ def test_pace_from_products_is_positive_and_slower_for_a_token_than_for_a_prompt
 
 
 def test_the_start_times_a_real_answering_step_and_leaves_nothing_behind(monkeypatch):
-    from inference import runner as runner_module
+    from inference.serving import runner as runner_module
 
     monkeypatch.setattr(
         pace, "measure", lambda model, dtype: Pace(crop_s=0.01, prompt_token_s=0.0, token_s=0.0)

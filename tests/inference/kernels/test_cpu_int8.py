@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from inference import InvalidRequest
-from inference.cpu_int8 import (
+from inference.kernels.cpu_int8 import (
     KERNEL_MAX_ROWS,
     WEIGHT_ALIGNMENT,
     DequantScratch,
@@ -21,10 +21,10 @@ from inference.cpu_int8 import (
     quantize_language_model,
 )
 from inference.loading import CpuInt8, load, resolve_choices
-from inference.runner import ModelRunner
+from inference.serving.runner import ModelRunner
 from inference.types import EngineConfig, Request, Task
 from tests.inference.conftest import TINY
-from tests.inference.test_runner import tiny
+from tests.inference.serving.test_runner import tiny
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -142,10 +142,10 @@ def test_the_8bit_weights_are_kept_for_the_next_start_and_read_instead_of_rounde
 ):
     from huggingface_hub import constants
 
-    from inference import cpu_int8
+    from inference.kernels import cpu_int8
 
     monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
-    with caplog.at_level(logging.INFO, logger="inference.cpu_int8"):
+    with caplog.at_level(logging.INFO, logger="inference.kernels.cpu_int8"):
         first = load(tiny(quantization="8bit"))
     kept = cpu_int8.cache_file(first.source)
     assert kept.is_file() and kept.is_relative_to(tmp_path) and f"8-bit weights kept in {kept}" in caplog.text
@@ -181,13 +181,13 @@ def test_a_weight_at_an_unaligned_address_is_kept_aligned():
 def test_damaged_kept_weights_are_rounded_again_and_rewritten(monkeypatch, caplog, tmp_path):
     from huggingface_hub import constants
 
-    from inference import cpu_int8
+    from inference.kernels import cpu_int8
 
     monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
     kept = cpu_int8.cache_file(TINY / "checkpoint")
     kept.parent.mkdir(parents=True)
     kept.write_bytes(b"not a safetensors file")
-    with caplog.at_level(logging.WARNING, logger="inference.cpu_int8"):
+    with caplog.at_level(logging.WARNING, logger="inference.kernels.cpu_int8"):
         load(tiny(quantization="8bit"))
     assert "could not be read" in caplog.text and "rounding them again" in caplog.text
     assert kept.stat().st_size > 1000  # written anew, whole
@@ -199,7 +199,7 @@ def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_start(monkeypatc
     blocked = tmp_path / "a-file-not-a-folder"
     blocked.write_text("")
     monkeypatch.setattr(constants, "HF_HOME", str(blocked))
-    with caplog.at_level(logging.WARNING, logger="inference.cpu_int8"):
+    with caplog.at_level(logging.WARNING, logger="inference.kernels.cpu_int8"):
         loaded = load(tiny(quantization="8bit"))
     assert "Could not keep the 8-bit weights" in caplog.text
     assert rounded_layers(loaded)
@@ -208,7 +208,7 @@ def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_start(monkeypatc
 def test_a_changed_checkpoint_is_rounded_anew(tmp_path):
     import shutil
 
-    from inference import cpu_int8
+    from inference.kernels import cpu_int8
 
     copy = tmp_path / "checkpoint"
     shutil.copytree(TINY / "checkpoint", copy)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from inference.block_pool import BlockPool, PoolExhausted
+from inference.serving.block_pool import BlockPool, PoolExhausted
 
 
 def test_a_request_gets_enough_blocks_and_gives_them_back():

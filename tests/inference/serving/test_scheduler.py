@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from inference.scheduler import DoesNotFit, QueueFull, RopeRegime, Scheduler, Ticket, rope_regime
+from inference.serving.scheduler import DoesNotFit, QueueFull, RopeRegime, Scheduler, Ticket, rope_regime
 from inference.types import Priority
 
 _ids = itertools.count(1)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.decode_step import DecodeInputs, DecodeRow, buckets_up_to
-from tests.inference.test_runner import Recorder, alone, paged, reference, same_answers
+from inference.serving.decode_step import DecodeInputs, DecodeRow, buckets_up_to
+from tests.inference.serving.test_runner import Recorder, alone, paged, reference, same_answers
 
 __all__ = ["reference"]  # the fixture: transformers' generate on the same weights
 
@@ -81,7 +81,7 @@ def test_a_capture_that_cannot_happen_leaves_eager_steps(requests, reference):
 @pytest.fixture(scope="module")
 def requests():
     from inference.types import Request, Task
-    from tests.inference.test_runner import image
+    from tests.inference.serving.test_runner import image
 
     return [
         Request(Task.DESCRIBE, (image(90, 60, 1),), question="What is this?"),

@@ -16,10 +16,10 @@ import pytest
 import torch
 from transformers.models.phi3.modeling_phi3 import Phi3Attention, apply_rotary_pos_emb
 
-from inference import fused_attention
-from inference import runner as runner_module
-from inference.fused_attention import FusedRopeAttention, use_fused_rope
-from inference.self_check import check_fused_rope
+from inference.kernels import fused_attention
+from inference.kernels.checks import check_fused_rope
+from inference.kernels.fused_attention import FusedRopeAttention, use_fused_rope
+from inference.serving import runner as runner_module
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -60,7 +60,7 @@ def case(tokens, heads, kv_heads, head_dim, dtype, seed=0):
     "tokens, heads, kv_heads, head_dim", [(1, 32, 32, 96), (19, 4, 4, 16), (5, 8, 2, 64)]
 )
 def test_the_kernel_is_transformers_rotary_and_write_bit_for_bit(dtype, tokens, heads, kv_heads, head_dim):
-    from inference.triton_rope import rope_and_write
+    from inference.kernels.triton_rope import rope_and_write
 
     qkv, cos, sin, slots, shape = case(tokens, heads, kv_heads, head_dim, dtype)
     got = [torch.zeros(shape, dtype=dtype, device=DEVICE) for _ in range(2)]
@@ -117,7 +117,7 @@ def test_the_check_refuses_a_kernel_that_computes_something_else(monkeypatch, ke
 
 
 def test_a_kernel_that_breaks_the_device_ends_the_start(monkeypatch):
-    from inference.self_check import SelfCheckFailed
+    from inference.kernels.checks import SelfCheckFailed
 
     def breaks(*args):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -133,10 +133,10 @@ def test_a_kernel_that_breaks_the_device_ends_the_start(monkeypatch):
 def test_the_runner_with_the_kernel_answers_like_generate(monkeypatch, caplog):
     """The real kernel, interpreted, in the runner's packed passes: prompt chunks and decoding."""
     from inference.types import Request, Task
-    from tests.inference.test_runner import Generated, alone, image, paged, same_answers
+    from tests.inference.serving.test_runner import Generated, alone, image, paged, same_answers
 
     monkeypatch.setattr(runner_module, "kernel_runs_here", lambda kernel, device, dtype: True)
-    with caplog.at_level(logging.INFO, logger="inference.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
         runner = paged(prefill_chunk_tokens=300)
     assert runner.fused_rope
     assert any(r.getMessage().startswith("Rotary embedding and KV write: fused") for r in caplog.records)

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from inference.paged_cache import GIB, PagedBatch, PagedStorage, block_table_tensor
-from inference.self_check import verify_graphs
+from inference.kernels.checks import verify_graphs
+from inference.kernels.paged_cache import GIB, PagedBatch, PagedStorage, block_table_tensor
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 from transformers.models.phi3.modeling_phi3 import Phi3RMSNorm
 
-from inference import norms, self_check
-from inference.norms import FusedRMSNorm, use_fused_norms
-from inference.self_check import SelfCheckFailed, check_fused_norm
+from inference.kernels import checks as self_check
+from inference.kernels import norms
+from inference.kernels.checks import SelfCheckFailed, check_fused_norm
+from inference.kernels.norms import FusedRMSNorm, use_fused_norms
 from tests.inference.phi3v.test_modeling_phi3v import random_model, tiny_config
 
 HIDDEN = 3072  # the real model's

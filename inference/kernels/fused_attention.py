@@ -1,12 +1,13 @@
 """The language model's attention in the runner's packed passes, with the rotary embedding and the KV
-write in one Triton kernel (:mod:`inference.triton_rope`) instead of transformers' dozen small ones.
+write in one Triton kernel (:mod:`inference.kernels.triton_rope`) instead of transformers' dozen small ones.
 
 :class:`FusedRopeAttention` is transformers' ``Phi3Attention`` (same weights, same names) whose forward,
 given the runner's ``paged_batch``, projects ``qkv``, hands it to the kernel, and attends with
-:func:`inference.paged_cache.attend` as :func:`~inference.paged_cache.paged_attention` would; anything
-else (``generate``, a partial rotary embedding) goes to transformers' own forward. The runner swaps it in
-(:func:`use_fused_rope`) only where Triton runs and after :func:`inference.self_check.check_fused_rope`
-found the kernel equal to transformers' rotary embedding and the cache's own write.
+:func:`inference.kernels.paged_cache.attend` as :func:`~inference.kernels.paged_cache.paged_attention` would;
+anything else (``generate``, a partial rotary embedding) goes to transformers' own forward. The runner swaps
+it in (:func:`use_fused_rope`) only where Triton runs and after
+:func:`inference.kernels.checks.check_fused_rope` found the kernel equal to transformers' rotary embedding
+and the cache's own write.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import cast
 import torch
 from transformers.models.phi3.modeling_phi3 import Phi3Attention
 
-from inference.paged_cache import PagedBatch, attend
+from inference.kernels.paged_cache import PagedBatch, attend
 
 
 def rope_and_write(*args) -> torch.Tensor:
-    """:func:`inference.triton_rope.rope_and_write`, imported when first used (Triton is not everywhere)."""
-    from inference.triton_rope import rope_and_write as kernel
+    """:func:`inference.kernels.triton_rope.rope_and_write`, imported when first used (Triton is not
+    everywhere)."""
+    from inference.kernels.triton_rope import rope_and_write as kernel
 
     return kernel(*args)
 

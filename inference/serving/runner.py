@@ -1,9 +1,9 @@
 """The synchronous model runner, the same on every device. One worker thread owns it; nothing here is async.
 
     start-up   weights loaded ──► attention kernels checked against the plain one, the fastest correct
-               chosen (inference/self_check.py) ──► the KV cache sized (TOKEN_BUDGET, or what memory is
-               left: inference/cache_size.py) and allocated once, in blocks ──► on CUDA, decoding steps
-               captured as graphs and replayed against eager steps before they are used
+               chosen (inference/kernels/checks.py) ──► the KV cache sized (TOKEN_BUDGET, or what memory is
+               left: inference/serving/cache_size.py) and allocated once, in blocks ──► on CUDA, decoding
+               steps captured as graphs and replayed against eager steps before they are used
     join       BlockPool.reserve(prompt + answer tokens) ──► the row's block table; nothing else moves
     each step  one packed forward pass: a token for every answering row
                + up to PREFILL_CHUNK_TOKENS of newcomers' prompts (images encoded once, before their
@@ -29,9 +29,31 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from inference import pace
-from inference.block_pool import BLOCK_TOKENS, BlockPool
-from inference.cache_size import (
+from inference.decoding import STOP_TOKENS, Event, IncrementalDecoder
+from inference.errors import OutOfMemory
+from inference.kernels.checks import (
+    KernelChoice,
+    check_causal_bias,
+    check_fused_norm,
+    check_fused_rope,
+    choose_kernel,
+    is_fatal,
+)
+from inference.kernels.fused_attention import use_fused_rope
+from inference.kernels.norms import use_fused_norms
+from inference.kernels.paged_cache import (
+    ATTENTION_NAME,
+    PagedBatch,
+    PagedStorage,
+    block_table_tensor,
+    kernel_runs_here,
+    slots_of,
+)
+from inference.loading import LoadedModel, use_language_attention
+from inference.prepare import Prepared, Preparer
+from inference.serving import pace
+from inference.serving.block_pool import BLOCK_TOKENS, BlockPool
+from inference.serving.cache_size import (
     GIB,
     CacheDoesNotFit,
     CacheShape,
@@ -42,30 +64,8 @@ from inference.cache_size import (
     gpu_budget,
     people_text,
 )
-from inference.decode_step import DecodeInputs, DecodeRow, DecodeStep
-from inference.decoding import STOP_TOKENS, Event, IncrementalDecoder
-from inference.errors import OutOfMemory
-from inference.fused_attention import use_fused_rope
-from inference.loading import LoadedModel, use_language_attention
-from inference.norms import use_fused_norms
-from inference.pace import Pace
-from inference.paged_cache import (
-    ATTENTION_NAME,
-    PagedBatch,
-    PagedStorage,
-    block_table_tensor,
-    kernel_runs_here,
-    slots_of,
-)
-from inference.prepare import Prepared, Preparer
-from inference.self_check import (
-    KernelChoice,
-    check_causal_bias,
-    check_fused_norm,
-    check_fused_rope,
-    choose_kernel,
-    is_fatal,
-)
+from inference.serving.decode_step import DecodeInputs, DecodeRow, DecodeStep
+from inference.serving.pace import Pace
 from inference.types import EngineConfig, Request, Task
 
 log = logging.getLogger(__name__)
@@ -291,8 +291,8 @@ class ModelRunner:
 
     def _check_causal_bias(self, heads: int) -> bool:
         """Whether a prompt's later chunks attend without a mask (PyTorch's ``causal_lower_right``, see
-        :func:`~inference.paged_cache.attend_at_end`): where it agrees with the mask here. Grouped-query
-        models always build the mask, so nothing is checked for them."""
+        :func:`~inference.kernels.paged_cache.attend_at_end`): where it agrees with the mask here.
+        Grouped-query models always build the mask, so nothing is checked for them."""
         if self.kv_heads != heads:
             return False
         device = self.loaded.device

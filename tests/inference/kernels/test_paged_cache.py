@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_upper_left
 
-from inference import paged_cache
-from inference.block_pool import BlockPool
-from inference.paged_cache import PagedBatch, PagedStorage, attend_at_end, paged_attention, slots_of
-from inference.self_check import SelfCheckFailed, check_causal_bias
+from inference.kernels import paged_cache
+from inference.kernels.checks import SelfCheckFailed, check_causal_bias
+from inference.kernels.paged_cache import PagedBatch, PagedStorage, attend_at_end, paged_attention, slots_of
+from inference.serving.block_pool import BlockPool
 
 BLOCK = 16
 
@@ -234,7 +234,8 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 triton_here = pytest.mark.skipif(
     not (INTERPRETED or torch.cuda.is_available()),
     reason="on a CPU these run under Triton's interpreter, in a process of their own that "
-    "tests/inference/test_triton_interpreter.py starts (the interpreter is chosen before Triton loads)",
+    "tests/inference/kernels/test_triton_interpreter.py starts (the interpreter is chosen before Triton "
+    "loads)",
 )
 
 
@@ -276,8 +277,8 @@ def test_the_triton_kernel_splits_a_rows_keys_between_programs(triton_device, sp
     """Several programs per row and head, each a stretch of keys, merged: the same as one program alone.
 
     Rows of 300, 17 and 1 keys: with 3 or 4 splits some stretches are empty (one tile covers all)."""
-    from inference.paged_cache import _gather_decode
-    from inference.triton_paged import paged_decode
+    from inference.kernels.paged_cache import _gather_decode
+    from inference.kernels.triton_paged import paged_decode
 
     generator = torch.Generator().manual_seed(splits)
     keys, values = (torch.randn(60, BLOCK, 2, 8, generator=generator) for _ in range(2))
@@ -305,7 +306,7 @@ def test_the_triton_kernel_splits_a_rows_keys_between_programs(triton_device, sp
 @pytest.mark.parametrize("kv_heads", [2, 4], ids=["grouped heads", "as many key heads"])
 @pytest.mark.parametrize("kernel", ["plain", "fused", "triton"])
 def test_the_kernels_equal_the_reference_on_a_gpu(kernel, kv_heads):
-    from inference.paged_cache import kernel_runs_here
+    from inference.kernels.paged_cache import kernel_runs_here
 
     device = torch.device("cuda")
     if not kernel_runs_here(kernel, device, torch.bfloat16):

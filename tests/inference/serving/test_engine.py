@@ -22,8 +22,6 @@ from inference import (
     Task,
     Turn,
 )
-from inference import engine as engine_module
-from inference.engine import MAX_STEP_FAILURES
 from inference.errors import (
     EngineDead,
     EngineStopping,
@@ -35,6 +33,8 @@ from inference.errors import (
     TooManyImages,
 )
 from inference.loading import load
+from inference.serving import engine as engine_module
+from inference.serving.engine import MAX_STEP_FAILURES
 from tests.fakes import ScriptedRunner
 from tests.inference.conftest import TINY, TINY_CHECKPOINT
 
@@ -593,7 +593,7 @@ async def test_the_engine_keeps_figures_for_the_owner():
 
 
 async def test_the_real_engine_reports_its_hardware(engine):
-    from inference.cache_size import CPU_TOKEN_CAP
+    from inference.serving.cache_size import CPU_TOKEN_CAP
 
     stats = engine.stats()
     budget = engine._runner.token_budget

@@ -7,7 +7,7 @@ multiplies, casts back and scales by its weight: one small kernel each on a GPU,
 (one fused kernel on CUDA since PyTorch 2.8, computed in float32 and rounded once, as transformers
 rounds) and keeps transformers' last step, the weight applied in the input's dtype, so its output is
 the same: bit for bit on the CPU (tested); on a GPU the runner's start-up check
-(:func:`inference.self_check.check_fused_norm`) compares the two before the fused one is used.
+(:func:`inference.kernels.checks.check_fused_norm`) compares the two before the fused one is used.
 
 The swap changes only the modules' class: the same parameters, names and checkpoint keys.
 """

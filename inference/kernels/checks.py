@@ -8,10 +8,10 @@ against the plain path here, at the model's own shapes, and used only if they ag
   one row and the largest batch bucket; rows of 1, ~300, ~2,600 and over 4,096 keys; a prompt chunk
   beside answering rows; block tables shuffled. Each output element must agree within a tolerance for
   the dtype. The fastest kernel that agrees is chosen, by its measured time on the largest check.
-- :func:`check_fused_norm`: the fused RMSNorm (:mod:`inference.norms`) against transformers' own on
+- :func:`check_fused_norm`: the fused RMSNorm (:mod:`inference.kernels.norms`) against transformers' own on
   activations of a residual stream's range, one row to a prompt chunk's worth.
 - :func:`check_fused_rope`: the rotary embedding and KV write in one Triton kernel
-  (:mod:`inference.fused_attention`) against transformers' rotary embedding and the cache's own write:
+  (:mod:`inference.kernels.fused_attention`) against transformers' rotary embedding and the cache's own write:
   the same queries and every slot of the cache the same, for one token, a batch and a prompt chunk.
 - :func:`check_causal_bias`: a prompt's later chunk attending through PyTorch's ``causal_lower_right``
   (no mask built) against the same attention through an explicit mask, in float32: the published shape's
@@ -38,8 +38,8 @@ import torch
 from transformers.models.phi3.modeling_phi3 import Phi3RMSNorm, apply_rotary_pos_emb
 
 from inference.errors import EngineUnavailable
-from inference.norms import FusedRMSNorm
-from inference.paged_cache import (
+from inference.kernels.norms import FusedRMSNorm
+from inference.kernels.paged_cache import (
     KERNELS,
     PagedBatch,
     PagedStorage,
@@ -235,7 +235,8 @@ def choose_kernel(
     sliding_window: int | None,
     max_rows: int,
 ) -> KernelChoice:
-    """The fastest of :data:`~inference.paged_cache.KERNELS` that exists here and agrees with the plain one.
+    """The fastest of :data:`~inference.kernels.paged_cache.KERNELS` that exists here and agrees with the
+    plain one.
 
     Where only ``plain`` exists (the CPU, Apple's ``mps``) nothing is compared: it is the reference.
     """
@@ -274,9 +275,9 @@ def choose_kernel(
 
 @torch.inference_mode()
 def check_fused_norm(device: torch.device, dtype: torch.dtype, hidden_size: int, eps: float) -> str | None:
-    """:class:`~inference.norms.FusedRMSNorm` against transformers' ``Phi3RMSNorm`` with the same weight, on
-    rows whose sizes range as a residual stream's do; None when every element agrees within the dtype's
-    tolerance, else what differed (then the runner keeps transformers' norms)."""
+    """:class:`~inference.kernels.norms.FusedRMSNorm` against transformers' ``Phi3RMSNorm`` with the same
+    weight, on rows whose sizes range as a residual stream's do; None when every element agrees within the
+    dtype's tolerance, else what differed (then the runner keeps transformers' norms)."""
     generator = torch.Generator().manual_seed(0)
     fused = FusedRMSNorm(hidden_size, eps)
     fused.weight.copy_(1 + 0.2 * torch.randn(hidden_size, generator=generator))
@@ -300,11 +301,12 @@ def check_fused_norm(device: torch.device, dtype: torch.dtype, hidden_size: int,
 def check_fused_rope(
     device: torch.device, dtype: torch.dtype, *, heads: int, kv_heads: int, head_dim: int
 ) -> str | None:
-    """:func:`inference.fused_attention.rope_and_write` against transformers' ``apply_rotary_pos_emb`` and
-    :meth:`~inference.paged_cache.PagedStorage.write` on random rows of ``qkv`` at random positions: the
-    same queries, and every slot of both caches the same (the right slots written, no other); None when
-    all agree within the dtype's tolerance, else what differed (then the runner keeps transformers')."""
-    from inference import fused_attention
+    """:func:`inference.kernels.fused_attention.rope_and_write` against transformers'
+    ``apply_rotary_pos_emb`` and :meth:`~inference.kernels.paged_cache.PagedStorage.write` on random rows of
+    ``qkv`` at random positions: the same queries, and every slot of both caches the same (the right slots
+    written, no other); None when all agree within the dtype's tolerance, else what differed (then the runner
+    keeps transformers')."""
+    from inference.kernels import fused_attention
 
     generator = torch.Generator().manual_seed(0)
     tolerance = TOLERANCE.get(dtype, 1e-2)
@@ -353,8 +355,8 @@ def check_fused_rope(
 
 @torch.inference_mode()
 def check_causal_bias(device: torch.device, dtype: torch.dtype, *, heads: int, head_dim: int) -> str | None:
-    """:func:`~inference.paged_cache.attend_at_end` with PyTorch's ``causal_lower_right`` against the same
-    attention through an explicit mask, computed in float32, for :data:`LATER_CHUNKS`; None when every
+    """:func:`~inference.kernels.paged_cache.attend_at_end` with PyTorch's ``causal_lower_right`` against the
+    same attention through an explicit mask, computed in float32, for :data:`LATER_CHUNKS`; None when every
     element agrees within the dtype's tolerance, else what differed (then the runner builds the mask)."""
     generator = torch.Generator().manual_seed(0)
     tolerance = TOLERANCE.get(dtype, 1e-2)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def interpreted(*pytest_args: str) -> str:
@@ -33,12 +33,12 @@ def interpreted(*pytest_args: str) -> str:
 
 def test_the_triton_kernel_under_the_interpreter():
     pytest.importorskip("triton", reason="Triton has no build for this platform (it ships for Linux x86-64)")
-    assert "8 passed" in interpreted("tests/inference/test_paged_cache.py", "-k", "triton")
+    assert "8 passed" in interpreted("tests/inference/kernels/test_paged_cache.py", "-k", "triton")
 
 
 def test_the_rotary_kernel_under_the_interpreter():
     pytest.importorskip("triton", reason="Triton has no build for this platform (it ships for Linux x86-64)")
-    assert "12 passed" in interpreted("tests/inference/test_fused_rope.py")
+    assert "12 passed" in interpreted("tests/inference/kernels/test_fused_rope.py")
 
 
 @pytest.mark.parametrize("capability", [80, 90])  # Ampere (A100, RTX 30xx), Hopper (H100, H200)
@@ -50,7 +50,7 @@ def test_the_triton_kernel_compiles_for_nvidia_gpus(capability):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from inference.triton_paged import STAGES, TILE, _merge_kernel, _paged_decode_kernel
+    from inference.kernels.triton_paged import STAGES, TILE, _merge_kernel, _paged_decode_kernel
 
     pointers = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "out_ptr": "*bf16"}
     pointers |= {"table_ptr": "*i32", "lengths_ptr": "*i32"}
@@ -92,7 +92,7 @@ def test_the_rotary_kernel_compiles_for_nvidia_gpus(capability):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from inference.triton_rope import _rope_write_kernel
+    from inference.kernels.triton_rope import _rope_write_kernel
 
     pointers = dict.fromkeys(
         ["qkv_ptr", "cos_ptr", "sin_ptr", "q_out_ptr", "k_cache_ptr", "v_cache_ptr"], "*bf16"

@@ -284,6 +284,10 @@ class ScriptedRunner:
     rope_switch = 4096
     pace = None  # a GPU's: no speed measured at start
     num_crops = 16
+    hardware_text = "scripted, no model"
+
+    def memory_bytes(self):
+        return None
 
     def __init__(self, config):
         self.config = config

@@ -24,8 +24,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from inference.decoding import Event
 from inference.errors import (
     EngineBusy,
     EngineDead,
@@ -88,9 +89,22 @@ class Runner(Protocol):
 
     def prepare(self, request: Request) -> Prepared: ...
 
-    def step(self, admit: list[tuple[int, Prepared]], abort: list[int]) -> list[Any]: ...
+    @property
+    def hardware_text(self) -> str:
+        """Where and how the model runs, for the owner's status (e.g. "cuda:0, bfloat16, paged KV cache…")."""
+        ...
+
+    def memory_bytes(self) -> int | None:
+        """Accelerator memory in use, where it can be known."""
+        ...
+
+    def step(self, admit: list[tuple[int, Prepared]], abort: list[int]) -> list[Event]: ...
 
     def reset(self) -> None: ...
+
+    def is_fatal(self, error: Exception) -> bool:
+        """Whether a step's error means the device cannot be used any more (a CUDA error, not a bad input)."""
+        ...
 
 
 def _default_runner_factory(config: EngineConfig) -> Runner:
@@ -128,17 +142,6 @@ _DONE = object()
 class _StepFailure:
     summary: str  # for the log only
     fatal: bool  # the device cannot be used any more
-
-
-class _FailedEvent:
-    """A finished-with-error event, shaped like the runner's (the engine imports no torch)."""
-
-    def __init__(self, request_id: int) -> None:
-        self.request_id = request_id
-        self.text = ""
-        self.finished = True
-        self.error = ModelFailed()
-        self.new_tokens = 0
 
 
 class LocalEngine:
@@ -198,18 +201,9 @@ class LocalEngine:
         )
 
     def _hardware(self) -> dict:
-        loaded = getattr(self._runner, "loaded", None)
-        if loaded is None:
+        if self._runner is None:
             return {}
-        dtype = str(loaded.dtype).removeprefix("torch.")
-        attention = getattr(self._runner, "attention_text", None) or f"{loaded.attn_implementation} attention"
-        text = f"{loaded.device}, {dtype}, {attention}"
-        memory = None
-        if loaded.device.type == "cuda":
-            import torch  # the runner has it loaded already
-
-            memory = int(torch.cuda.memory_allocated(loaded.device))
-        return {"hardware": text, "memory_bytes": memory}
+        return {"hardware": self._runner.hardware_text, "memory_bytes": self._runner.memory_bytes()}
 
     @property
     def in_flight(self) -> int:
@@ -452,8 +446,8 @@ class LocalEngine:
             log.exception("A model step failed")
             victims = list(dict.fromkeys([*self._live_runner.running_ids, *(rid for rid, _ in admit)]))
             self._live_runner.reset()
-            fatal = bool(getattr(self._runner, "is_fatal", lambda _: False)(exc))
-            events = [_FailedEvent(rid) for rid in victims]
+            fatal = self._live_runner.is_fatal(exc)
+            events = [Event(rid, finished=True, error=ModelFailed()) for rid in victims]
             return events, _StepFailure(f"{type(exc).__name__}: {exc}"[:300], fatal)
 
     def _decode_steps(self, admit: list, aborted: list[int], loop: asyncio.AbstractEventLoop) -> list:

@@ -312,6 +312,16 @@ class ModelRunner:
         return True
 
     @property
+    def hardware_text(self) -> str:
+        dtype = str(self.loaded.dtype).removeprefix("torch.")
+        return f"{self.loaded.device}, {dtype}, {self.attention_text}"
+
+    def memory_bytes(self) -> int | None:
+        if self.loaded.device.type != "cuda":
+            return None
+        return int(torch.cuda.memory_allocated(self.loaded.device))
+
+    @property
     def attention_text(self) -> str:
         """How the model attends, for the owner's status."""
         timing = f" ({self.kernel_choice.time_ms:.2f} ms)" if self.kernel_choice.time_ms is not None else ""

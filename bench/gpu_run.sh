@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# On the lent GPU machine (see scripts/gpu-wheels.sh): install the carried wheels beside its PyTorch, run
-# bench/gpu_suite.sh, then put what came out where the device tool brings files back ($OUT, which takes at most
-# 8 files): results.jsonl (every step's JSON line, named) and bench.tgz (every step's JSON and log).
-# Without OUT (any other GPU machine) the results stay in bench-results/.
+# On a GPU machine without internet access (see scripts/gpu-wheels.sh): install the wheels from .whl/ beside
+# its PyTorch, run bench/gpu_suite.sh, and, where OUT names a folder, write there two files: results.jsonl
+# (every step's JSON line, named) and bench.tgz (every step's JSON and log). Without OUT the results stay in
+# bench-results/.
 set -u
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "installing the carried wheels failed" >&2; exit 1; }
+    || { echo "installing the wheels from .whl/ failed (run scripts/gpu-wheels.sh first)" >&2; exit 1; }
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 results=${OUT:+/tmp/bench-results}
 results=${results:-bench-results}

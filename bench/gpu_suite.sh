@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs the GPU benchmarks (and the CUDA-only tests) one after another, each under its own time limit, and keeps
 # every output. Usage, from the repository root, on a machine with a CUDA GPU and the project's packages
-# (on the lent GPU machine: bench/gpu_run.sh, after scripts/gpu-wheels.sh here):
+# (on a GPU machine without internet access: bench/gpu_run.sh, after scripts/gpu-wheels.sh elsewhere):
 #
 #   bash bench/gpu_suite.sh [OUTDIR] [STEP...]
 #
 # Steps (default: env tests burst profile fusions firsttoken throughput16 throughput4, about 5-6 minutes on an
-# H200, each under a time limit, the eight together at most 575 s: one device call of 590 s); also on request:
+# H200, each under a time limit, the eight together at most 575 s: a ten-minute run); also on request:
 # kernel engine looplag looplagcpu.
 # Each step writes OUTDIR/<step>.json (the benchmark's JSON line) and OUTDIR/<step>.log (its progress).
 # A step that fails or runs out of time is reported and the next one still runs.

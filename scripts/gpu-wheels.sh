@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Downloads, into .whl/, the Python packages the lent GPU machine lacks for bench/gpu_suite.sh (it has PyTorch,
-# Triton, tokenizers and safetensors, but an older transformers and none of the bot's own packages, and it
-# cannot reach the internet). Run it here, then carry .whl to the machine:
+# Downloads, into .whl/, the Python packages bench/gpu_suite.sh needs beyond what a GPU machine with PyTorch
+# already has (Triton, tokenizers and safetensors come with it; transformers may be older there, and the bot's
+# own packages are not needed), for a GPU machine that cannot reach the internet. Run it on a machine that can,
+# then copy the checkout with .whl/ to the GPU machine:
 #
-#   bash scripts/gpu-wheels.sh          # once per machine that prepares the run; ~14 MB
-#   # device run, carry [".whl"]:
-#   bash bench/gpu_run.sh               # installs them into /tmp/site and runs the suite into $OUT
+#   bash scripts/gpu-wheels.sh          # here, once; ~14 MB
+#   bash bench/gpu_run.sh               # there: installs them into /tmp/site and runs the suite
 #
 # .whl/ is ignored by git (this script adds it to .git/info/exclude).
 set -euo pipefail

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from inference.serving.pace import Pace
 
 GB = 10**9  # as the README counts
-# The weights' share of their bf16 size per mode (README, "GPU memory": 8.3, 4.7 and 3.2 GB).
+# The weights' share of their bf16 size per mode (docs/gpu.md, "GPU memory": 8.3, 4.7 and 3.2 GB).
 # The language model's linear layers' share of Phi-3-vision's weights (3.62 of 4.15 billion): what 8-bit
 # rounds on the CPU; the vision tower, embeddings and lm_head keep the model's precision.
 LINEAR_SHARE = 0.872

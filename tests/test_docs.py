@@ -117,13 +117,12 @@ def test_the_readmes_sample_check_lists_what_check_checks():
     assert sample[-1] == "Ready to start."
 
 
-def test_the_map_in_the_readme_names_every_module():
-    """ "How it is built" is the page a newcomer reads first: every module of bot/, bot/reply/, inference/
+def test_the_architecture_page_names_every_module():
+    """docs/architecture.md is the page a newcomer reads first: every module of bot/, bot/reply/, inference/
     and its serving/ and kernels/ wings is on it (the cogs are named together)."""
     import re
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## How it is built") :]
+    section = (ROOT / "docs" / "architecture.md").read_text()
     block = section[: section.index("```", section.index("```") + 3)]
     missing = [
         f"{folder}/{path.name}"

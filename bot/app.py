@@ -12,17 +12,17 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.alt_text import OptOuts
-from bot.context import VisionContext
 from bot.conversation import Conversations
 from bot.database import Database
 from bot.engine_errors import SHUTTING_DOWN_TEXT
-from bot.errors import send_error_to_context, send_error_to_interaction
+from bot.error_replies import send_error_to_context, send_error_to_interaction
 from bot.i18n import CatalogTranslator
 from bot.images import Fetcher, HttpFetcher, ImageLimits
-from bot.jobs import STOPPED_BY_DELETE_TEXT, RunningJobs, answer_follow_up_mention
+from bot.jobs import STOPPED_BY_DELETE_TEXT, answer_follow_up_mention
 from bot.limits import AccessPolicy, JobLimiter, RefusalThrottle
 from bot.metrics import Metrics
 from bot.reply import Replies
+from bot.running_jobs import RunningJobs
 from bot.server_settings import ServerPolicy, ServerSettings, server_policy
 from bot.settings import DOWNLOAD_TIMEOUT_S, Settings
 from inference import Engine, EngineStats
@@ -197,16 +197,13 @@ class VisionBot(commands.Bot):
             return
         await self.invoke(ctx)
 
-    def _mentioned_in_reply(self, ctx: VisionContext) -> bool:
+    def _mentioned_in_reply(self, ctx: commands.Context) -> bool:
         if self.user is None or ctx.message.reference is None or not ctx.prefix:
             return False
         return ctx.prefix.strip() in (f"<@{self.user.id}>", f"<@!{self.user.id}>")
 
-    async def get_context(self, origin, /, *, cls=VisionContext):
-        return await super().get_context(origin, cls=cls)
-
     async def on_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
-        await send_error_to_context(ctx, error)  # type: ignore[arg-type]
+        await send_error_to_context(ctx, error)
 
     async def on_ready(self) -> None:
         log.info(
@@ -247,7 +244,7 @@ async def sync_app_commands(bot: commands.Bot, guild_id: int | None) -> int:
 
 @commands.command(name="sync", hidden=True)
 @commands.is_owner()
-async def sync_command(ctx: VisionContext, scope: Literal["guild", "global"] = "guild") -> None:
+async def sync_command(ctx: commands.Context, scope: Literal["guild", "global"] = "guild") -> None:
     """Owner only: publish app commands to this server ("guild") or everywhere ("global")."""
     guild_id = ctx.guild.id if scope == "guild" and ctx.guild is not None else None
     count = await sync_app_commands(ctx.bot, guild_id)

@@ -8,12 +8,9 @@ explanation as the final state of the job's :class:`bot.reply.Reply`.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -25,10 +22,6 @@ from bot.reply import Outcome
 from bot.safe_text import shown_name
 from bot.text import N_, T, Text
 from inference.errors import EngineBusy, EngineStopping, InferenceError, InvalidRequest
-
-if TYPE_CHECKING:
-    from bot.app import VisionBot
-    from bot.context import VisionContext
 
 log = logging.getLogger(__name__)
 
@@ -164,58 +157,3 @@ def explain(error: BaseException) -> Explanation | None:
             return Explanation(FORBIDDEN_TEXT, Outcome.FAILURE, unexpected=True)
         case _:
             return Explanation(UNEXPECTED_ERROR_TEXT, Outcome.FAILURE, unexpected=True)
-
-
-def _log(error: BaseException, explanation: Explanation, where: str) -> None:
-    original = unwrap(error)
-    if explanation.unexpected:
-        log.error("Unexpected error in %s", where, exc_info=original)
-    elif isinstance(original, InferenceError):
-        log.warning("Inference failed in %s: %s: %s", where, type(original).__name__, original)
-    else:
-        log.info("Refused %s: %s", where, original)
-
-
-async def send_error_to_context(ctx: VisionContext, error: BaseException) -> None:
-    """End a prefix command's reply with what went wrong (the 'working' message becomes the explanation)."""
-    explanation = explain(error)
-    if explanation is None:
-        return
-    where = f"!{ctx.command.qualified_name if ctx.command else '?'}"
-    _log(error, explanation, where)
-    reply = ctx.bot.replies.for_context(ctx)
-    # A refusal is public here: someone refused moments ago is not told again (nothing shows for it).
-    told_lately = explanation.outcome is Outcome.REFUSAL and not ctx.bot.refusals.may_tell(ctx.author.id)
-    if told_lately and reply.unseen:
-        reply.end_unseen(explanation.outcome)
-        log.info("Not telling the refusal of %s again so soon", where)
-        return
-    await reply.finish(explanation.outcome, explanation.text, private=explanation.private)
-
-
-async def send_error_to_interaction(interaction: discord.Interaction, error: BaseException) -> None:
-    """End an interaction's reply with what went wrong, whatever state the interaction is in."""
-    explanation = explain(error)
-    if explanation is None:
-        return
-    command = interaction.command
-    _log(error, explanation, f"/{command.qualified_name}" if command else "an interaction")
-    bot: VisionBot = interaction.client  # type: ignore[assignment]
-    reply = bot.replies.for_interaction(interaction)
-    await reply.finish(explanation.outcome, explanation.text, private=explanation.private)
-
-
-def reports_errors(callback: Callable[[Any, discord.Interaction], Awaitable[None]]):
-    """For a button's or a form's callback: its errors reach the person as a command's do.
-
-    (discord.py only logs what a component's callback raises, leaving the click unanswered.)
-    """
-
-    @functools.wraps(callback)
-    async def reporting(self: Any, interaction: discord.Interaction) -> None:
-        try:
-            await callback(self, interaction)
-        except Exception as error:
-            await send_error_to_interaction(interaction, error)
-
-    return reporting

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import discord
@@ -107,8 +108,16 @@ def _same_file(url: str, other: str) -> bool:
     return urlsplit(url).path == urlsplit(other).path
 
 
+class Channels(Protocol):
+    """Where messages are looked up: the bot (a ``discord.Client``)."""
+
+    def get_channel(self, id: int, /) -> Any: ...
+
+    async def fetch_channel(self, channel_id: int, /) -> Any: ...
+
+
 async def refresh_sources(
-    client: discord.Client, sources: Iterable[ImageSource], allowed_hosts: Iterable[str]
+    client: Channels, sources: Iterable[ImageSource], allowed_hosts: Iterable[str]
 ) -> tuple[ImageSource, ...]:
     """The same images with fresh links, read again from their messages (Discord's links expire).
 
@@ -138,10 +147,10 @@ async def refresh_sources(
     return tuple(fresh)
 
 
-async def _fetch_message(client: discord.Client, channel_id: int, message_id: int) -> discord.Message:
+async def _fetch_message(client: Channels, channel_id: int, message_id: int) -> discord.Message:
     try:
         channel = client.get_channel(channel_id) or await client.fetch_channel(channel_id)
-        return await channel.fetch_message(message_id)  # type: ignore[union-attr]
+        return await channel.fetch_message(message_id)
     except (discord.NotFound, discord.Forbidden, AttributeError):
         raise ImagesGone() from None
 

@@ -10,20 +10,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
 import discord
 
 from bot.conversation import QUESTION_NEEDED_TEXT, Answered
+from bot.error_replies import send_error_to_context
 from bot.errors import (
     AnswerWindowClosed,
     NoImage,
     NotEnoughImages,
     TooManyImages,
     UserFacingError,
-    send_error_to_context,
 )
 from bot.gather import referenced_message, refresh_sources, sources_from_messages
 from bot.images import ImageSource, check_sources, fetch_images
@@ -31,13 +30,13 @@ from bot.limits import Requester
 from bot.log_context import set_request_id
 from bot.reply import Controls, Outcome, Reply, ReplyGone
 from bot.safe_text import shown_name
+from bot.services import Services, services_of
 from bot.text import N_, T, Text
 from inference import Request, Task, Turn
 from inference.prompts import MIN_COMPARE_IMAGES, check_turn_count, clean_question
 
 if TYPE_CHECKING:
-    from bot.app import VisionBot
-    from bot.context import VisionContext
+    from discord.ext import commands
 
 NO_IMAGE_IN_COMMAND_TEXT = N_("Attach an image to your message, or reply to a message that has one.")
 NO_IMAGE_IN_MESSAGE_TEXT = N_("That message has no image I can look at.")
@@ -71,42 +70,7 @@ MIN_ANSWER_TIME_S = 20.0
 log = logging.getLogger(__name__)
 
 
-class RunningJobs:
-    """Jobs in progress by id (the asking message's, or the interaction's), so they can be stopped.
-
-    Stopping cancels the job's task; the engine aborts the answer at its next step and the job
-    shows the text it was stopped with (:func:`stoppable`).
-    """
-
-    def __init__(self) -> None:
-        self._tasks: dict[int, asyncio.Task] = {}
-        self._stop_texts: dict[int, str | Text] = {}
-
-    @contextmanager
-    def track(self, job_id: int) -> Iterator[None]:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks[job_id] = task
-        try:
-            yield
-        finally:
-            self._tasks.pop(job_id, None)
-            self._stop_texts.pop(job_id, None)
-
-    def stop(self, job_id: int, text: str | Text) -> bool:
-        """Stop a running job, which then shows ``text``; False if it is not running (any more)."""
-        task = self._tasks.get(job_id)
-        if task is None or job_id in self._stop_texts:
-            return task is not None
-        self._stop_texts[job_id] = text
-        task.cancel()
-        return True
-
-    def stop_text(self, job_id: int) -> str | Text | None:
-        return self._stop_texts.get(job_id)
-
-
-async def stoppable(bot: VisionBot, job_id: int, reply: Reply, work: Awaitable[None]) -> None:
+async def stoppable(bot: Services, job_id: int, reply: Reply, work: Awaitable[None]) -> None:
     """Run a job so that :meth:`RunningJobs.stop` ends it with its text (shutdown still cancels it)."""
     with bot.running_jobs.track(job_id):
         try:
@@ -143,7 +107,7 @@ def choose_images(
 
 
 async def run_job(
-    bot: VisionBot,
+    bot: Services,
     *,
     requester: Requester,
     task: Task,
@@ -243,7 +207,7 @@ def answer_time_limit(reply: Reply) -> float | None:
     return left
 
 
-def is_private(bot: VisionBot, task: Task, guild_id: int | None) -> bool:
+def is_private(bot: Services, task: Task, guild_id: int | None) -> bool:
     """OCR answers are ephemeral unless the server (or the owner) chose otherwise."""
     return task is Task.OCR and not bot.policy(guild_id).ocr_public
 
@@ -264,7 +228,7 @@ async def answer_interaction(
     A follow-up (``earlier``) keeps the conversation's task, images and format, and is shown like
     the answer it continues (public or private). ``private`` forces the answer's visibility.
     """
-    bot: VisionBot = interaction.client  # type: ignore[assignment]
+    bot: Services = services_of(interaction.client)
     set_request_id(f"i{interaction.id}")
     if earlier is not None:
         task, markdown = earlier.task, earlier.markdown
@@ -311,7 +275,7 @@ def requester_of(interaction: discord.Interaction) -> Requester:
     return dataclasses.replace(requester, guild_id=interaction.guild_id)
 
 
-async def continue_conversation(bot: VisionBot, requester: Requester, earlier: Answered) -> list[ImageSource]:
+async def continue_conversation(bot: Services, requester: Requester, earlier: Answered) -> list[ImageSource]:
     """Check a follow-up may be asked, and find the conversation's images again (fresh links)."""
     bot.policy(requester.guild_id).access.check(
         requester, earlier.task
@@ -321,14 +285,14 @@ async def continue_conversation(bot: VisionBot, requester: Requester, earlier: A
 
 
 async def answer_command(
-    ctx: VisionContext, task: Task, *, question: str | None = None, markdown: bool = False
+    ctx: commands.Context, task: Task, *, question: str | None = None, markdown: bool = False
 ) -> None:
     """Answer a prefix command about the images on the message or the one it replies to.
 
     In reply to one of the bot's answers it is a follow-up in that answer's conversation (whose task,
     images and format it keeps).
     """
-    bot = ctx.bot
+    bot = services_of(ctx.bot)
     set_request_id(f"m{ctx.message.id}")
     reply = bot.replies.for_context(ctx, code_block=task is Task.OCR)
     reply.task = task.value
@@ -364,12 +328,12 @@ async def answer_command(
     await stoppable(bot, ctx.message.id, reply, job)
 
 
-async def answer_follow_up_mention(ctx: VisionContext) -> None:
+async def answer_follow_up_mention(ctx: commands.Context) -> None:
     """ "@bot <question>" in reply to one of the bot's answers: a follow-up without a command word.
 
     A mention in reply to anything else is left alone (people talk about the bot, too).
     """
-    bot = ctx.bot
+    bot = services_of(ctx.bot)
     replied = await referenced_message(ctx.message)
     if replied is None or bot.user is None or replied.author.id != bot.user.id:
         return

@@ -18,7 +18,7 @@ from bot.jobs import answer_interaction
 from inference import Task
 
 if TYPE_CHECKING:
-    from bot.app import VisionBot
+    from bot.services import Services
 
 T = TypeVar("T")
 
@@ -46,7 +46,7 @@ class TaskCog(commands.Cog):
     task: ClassVar[Task]
     menu_name: ClassVar[str]
 
-    def __init__(self, bot: VisionBot) -> None:
+    def __init__(self, bot: Services) -> None:
         self.bot = bot
         self.menu = menu(self.menu_name, self.answer_menu)
 

@@ -25,7 +25,8 @@ from bot.alt_text import (
     images_needing_alt_text,
     tidy_alt_text,
 )
-from bot.errors import Denied, UserFacingError, explain, reports_errors
+from bot.error_replies import reports_errors
+from bot.errors import Denied, UserFacingError, explain
 from bot.gather import refresh_sources, source_from_attachment
 from bot.i18n import render
 from bot.images import ImageSource, load_images

@@ -20,7 +20,8 @@ import discord
 from discord.ext import commands
 
 from bot.conversation import Answered
-from bot.errors import Denied, UserFacingError, reports_errors, send_error_to_interaction
+from bot.error_replies import reports_errors, send_error_to_interaction
+from bot.errors import Denied, UserFacingError
 from bot.i18n import render
 from bot.jobs import answer_interaction, requester_of, stopped_by
 from bot.reply import Controls, Outcome

@@ -7,7 +7,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import VisionBot
-from bot.context import VisionContext
 from bot.gather import source_from_attachment
 from bot.jobs import answer_command, answer_interaction
 from bot.task_cog import TaskCog, everywhere
@@ -44,7 +43,7 @@ class Compare(TaskCog):
         await answer_interaction(interaction, Task.COMPARE, sources, question=question)
 
     @commands.command(name="compare")
-    async def compare_prefix(self, ctx: VisionContext, *, question: str | None = None) -> None:
+    async def compare_prefix(self, ctx: commands.Context, *, question: str | None = None) -> None:
         """Compare the images attached to your message (and to the message you reply to)."""
         await answer_command(ctx, Task.COMPARE, question=question)
 

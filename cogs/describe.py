@@ -7,7 +7,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import VisionBot
-from bot.context import VisionContext
 from bot.gather import source_from_attachment
 from bot.jobs import answer_command, answer_interaction
 from bot.task_cog import TaskCog, everywhere
@@ -35,7 +34,7 @@ class Describe(TaskCog):
         )
 
     @commands.command(name="describe")
-    async def describe_prefix(self, ctx: VisionContext, *, question: str | None = None) -> None:
+    async def describe_prefix(self, ctx: commands.Context, *, question: str | None = None) -> None:
         """Describe the image attached to your message (or to the message you reply to)."""
         await answer_command(ctx, Task.DESCRIBE, question=question)
 

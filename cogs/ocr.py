@@ -13,7 +13,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import VisionBot
-from bot.context import VisionContext
 from bot.errors import UserFacingError
 from bot.gather import referenced_message, source_from_attachment, sources_from_messages
 from bot.jobs import answer_command, answer_interaction
@@ -67,7 +66,7 @@ class Ocr(TaskCog):
         await answer_interaction(interaction, Task.OCR, sources, markdown=True)
 
     @commands.command(name="ocr")
-    async def ocr_prefix(self, ctx: VisionContext, *, words: str | None = None) -> None:
+    async def ocr_prefix(self, ctx: commands.Context, *, words: str | None = None) -> None:
         """Read the text in the image attached to your message (or to the message you reply to).
 
         `!ocr md` gives Markdown: tables, headings and lists. In reply to an answer, the words
@@ -84,7 +83,7 @@ class Ocr(TaskCog):
                 )
         await answer_command(ctx, Task.OCR, question=question, markdown=markdown)
 
-    async def _replies_to_the_bot(self, ctx: VisionContext) -> bool:
+    async def _replies_to_the_bot(self, ctx: commands.Context) -> bool:
         replied = await referenced_message(ctx.message)
         return replied is not None and self.bot.user is not None and replied.author.id == self.bot.user.id
 

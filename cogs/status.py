@@ -9,7 +9,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import VisionBot, engine_text
-from bot.context import VisionContext
 from bot.text import N_
 
 OWNER_ONLY_TEXT = N_("Only the bot's owner can see its status.")
@@ -50,7 +49,7 @@ class Status(commands.Cog):
 
     @commands.command(name="status", hidden=True)
     @commands.is_owner()
-    async def status_prefix(self, ctx: VisionContext) -> None:
+    async def status_prefix(self, ctx: commands.Context) -> None:
         """Owner only: the model, the queue and the pace."""
         await ctx.reply(status_text(self.bot), mention_author=False)
 

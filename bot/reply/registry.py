@@ -9,6 +9,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from bot.reply.surfaces import InteractionSurface, MessageSurface, Surface, Unas
 from bot.text import Text
 
 if TYPE_CHECKING:
-    from bot.context import VisionContext
+    from discord.ext import commands
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class Replies:
         self._handovers: list[tuple[float, int, Reply]] = []
         self._handover_timer: asyncio.TimerHandle | None = None
         self._handover_ids = itertools.count()
+        # A prefix command's reply, by its context (an interaction keeps its own in ``extras``).
+        self._by_context: weakref.WeakKeyDictionary[commands.Context, Reply] = weakref.WeakKeyDictionary()
 
     def _make(self, surface: Surface, *, code_block: bool) -> Reply:
         reply = Reply(
@@ -97,11 +100,14 @@ class Replies:
             reply.locale = interaction.guild_locale if interaction.guild_id else interaction.locale
         return reply
 
-    def for_context(self, ctx: VisionContext, *, code_block: bool = False) -> Reply:
-        if ctx.reply_state is None:
-            ctx.reply_state = reply = self._make(MessageSurface(ctx), code_block=code_block)
+    def for_context(self, ctx: commands.Context, *, code_block: bool = False) -> Reply:
+        """The reply of a prefix command: one for as long as its context lives (the command, then any error
+        it raised, end the same reply)."""
+        reply = self._by_context.get(ctx)
+        if reply is None:
+            reply = self._by_context[ctx] = self._make(MessageSurface(ctx), code_block=code_block)
             reply.locale = reply.private_locale = ctx.guild.preferred_locale if ctx.guild else None
-        return ctx.reply_state
+        return reply
 
     def for_unasked(self, message: discord.Message, *, view: Any = discord.utils.MISSING) -> Reply:
         """A reply nobody asked for, under ``message`` (automatic alt text), in the server's language."""

@@ -26,7 +26,7 @@ from bot.reply.calls import ReplyGone
 from bot.text import N_
 
 if TYPE_CHECKING:
-    from bot.context import VisionContext
+    from discord.ext import commands
 
 WORKING_TEXT = N_("Looking at it… \N{LEFT-POINTING MAGNIFYING GLASS}")
 HANDED_OVER_TEXT = N_(
@@ -149,7 +149,7 @@ class _ChannelMessage:
 class MessageSurface(_ChannelMessage):
     """A prefix command's answer: a reply to the command message, then edits of it."""
 
-    def __init__(self, ctx: VisionContext) -> None:
+    def __init__(self, ctx: commands.Context) -> None:
         self.ctx = ctx
         self.main: discord.Message | None = None
         self.budget_keys: tuple[Hashable, ...] = (("channel", ctx.channel.id),)

@@ -16,7 +16,7 @@ from bot.reply import Outcome
 from bot.services import services_of
 from inference.errors import InferenceError
 
-log = logging.getLogger("bot.errors")
+log = logging.getLogger(__name__)
 
 
 def _log(error: BaseException, explanation: Explanation, where: str) -> None:

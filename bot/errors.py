@@ -8,7 +8,6 @@ explanation as the final state of the job's :class:`bot.reply.Reply`.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -23,7 +22,6 @@ from bot.safe_text import shown_name
 from bot.text import N_, T, Text
 from inference.errors import EngineBusy, EngineStopping, InferenceError, InvalidRequest
 
-log = logging.getLogger(__name__)
 
 FORBIDDEN_TEXT = N_("I'm missing a Discord permission I need to answer here (send messages, attach files).")
 NOT_OWNER_TEXT = N_("Only the bot's owner can use this command.")

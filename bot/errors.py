@@ -22,7 +22,6 @@ from bot.safe_text import shown_name
 from bot.text import N_, T, Text
 from inference.errors import EngineBusy, EngineStopping, InferenceError, InvalidRequest
 
-
 FORBIDDEN_TEXT = N_("I'm missing a Discord permission I need to answer here (send messages, attach files).")
 NOT_OWNER_TEXT = N_("Only the bot's owner can use this command.")
 SERVER_ONLY_TEXT = N_("This command only works in a server.")

@@ -129,6 +129,7 @@ async def one_way(args: argparse.Namespace) -> dict:
     from inference.prepare import Prepared
     from inference.serving.engine import LocalEngine
     from inference.serving.runner import ModelRunner
+    from inference.serving.startup import start_runner
     from inference.types import EngineConfig, Request, Task
 
     dtype, quantization = WAYS[args.one]
@@ -151,7 +152,7 @@ async def one_way(args: argparse.Namespace) -> dict:
     say(f"{args.one}: loaded in {result['load_s']} s")
 
     def factory(engine_config: EngineConfig) -> ModelRunner:
-        runner = ModelRunner(loaded, engine_config)
+        runner = start_runner(loaded, engine_config)
         runner.stop_ids = set()  # every answer as long as asked
         return runner
 
@@ -225,12 +226,13 @@ async def longest_answer(args: argparse.Namespace) -> dict:
     from inference.errors import RequestTimedOut
     from inference.serving.engine import LocalEngine
     from inference.serving.runner import ModelRunner
+    from inference.serving.startup import start_runner
     from inference.types import EngineConfig, Request, Task
 
     def factory(engine_config: EngineConfig) -> ModelRunner:
         from inference.loading import load
 
-        runner = ModelRunner(load(engine_config), engine_config)
+        runner = start_runner(load(engine_config), engine_config)
         runner.stop_ids = set()  # as long as allowed
         return runner
 

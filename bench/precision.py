@@ -27,7 +27,7 @@ from PIL import Image
 
 from bench.serving import versions
 from inference.loading import load
-from inference.serving.runner import ModelRunner
+from inference.serving.startup import start_runner
 from inference.types import EngineConfig, Request, Task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def greedy_answers(dtype: str, quantization: str, requests: list[Request], token
         max_new_tokens=tokens,
         token_budget=8192,
     )
-    runner = ModelRunner(load(config), config)
+    runner = start_runner(load(config), config)
     runner.stop_ids = set()
     answers = []
     for request in requests:

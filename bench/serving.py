@@ -25,7 +25,7 @@ from inference.decoding import Event
 from inference.loading import LoadedModel
 from inference.prepare import Prepared
 from inference.serving.engine import LocalEngine
-from inference.serving.runner import ModelRunner
+from inference.serving.startup import start_runner
 from inference.types import EngineConfig
 
 MS = 1000.0
@@ -41,7 +41,7 @@ class FixedLengthRunner:
     """
 
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
-        runner = ModelRunner(loaded, config)
+        runner = start_runner(loaded, config)
         runner.stop_ids = set()
         self.runner = runner
         self.tokens_generated = 0

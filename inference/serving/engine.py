@@ -109,9 +109,9 @@ class Runner(Protocol):
 
 def _default_runner_factory(config: EngineConfig) -> Runner:
     from inference.loading import load
-    from inference.serving.runner import ModelRunner
+    from inference.serving.startup import start_runner
 
-    return ModelRunner(load(config), config)
+    return start_runner(load(config), config)
 
 
 @dataclass

@@ -1,9 +1,7 @@
 """The synchronous model runner, the same on every device. One worker thread owns it; nothing here is async.
 
-    start-up   weights loaded ──► attention kernels checked against the plain one, the fastest correct
-               chosen (inference/kernels/checks.py) ──► the KV cache sized (TOKEN_BUDGET, or what memory is
-               left: inference/serving/cache_size.py) and allocated once, in blocks ──► on CUDA, decoding
-               steps captured as graphs and replayed against eager steps before they are used
+    built      from what the start decided on the device (startup.py: kernels and fused parts checked, the
+               cache sized, graphs captured): the KV cache allocated once, in blocks
     join       BlockPool.reserve(prompt + answer tokens) ──► the row's block table; nothing else moves
     each step  one packed forward pass: a token for every answering row
                + up to PREFILL_CHUNK_TOKENS of newcomers' prompts (images encoded once, before their
@@ -19,26 +17,15 @@ prompt past the switch is told to use the long factors, as the whole prompt woul
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 
 from inference.decoding import STOP_TOKENS, Event, IncrementalDecoder
 from inference.errors import OutOfMemory
-from inference.kernels.checks import (
-    KernelChoice,
-    check_causal_bias,
-    check_fused_norm,
-    check_fused_rope,
-    choose_kernel,
-    is_fatal,
-)
+from inference.kernels.checks import KernelChoice, is_fatal
 from inference.kernels.fused_attention import use_fused_rope
 from inference.kernels.norms import use_fused_norms
 from inference.kernels.paged_cache import (
@@ -46,38 +33,34 @@ from inference.kernels.paged_cache import (
     PagedBatch,
     PagedStorage,
     block_table_tensor,
-    kernel_runs_here,
     slots_of,
 )
 from inference.loading import LoadedModel, use_language_attention
 from inference.prepare import Prepared, Preparer
-from inference.serving import pace
 from inference.serving.block_pool import BLOCK_TOKENS, BlockPool
 from inference.serving.cache_size import (
-    GIB,
     CacheDoesNotFit,
     CacheShape,
-    available_ram,
-    cpu_budget,
     explicit_budget_problem,
     full_request_tokens,
-    gpu_budget,
-    people_text,
 )
 from inference.serving.decode_step import DecodeInputs, DecodeRow, DecodeStep
 from inference.serving.pace import Pace
-from inference.types import EngineConfig, Request, Task
+from inference.types import EngineConfig, Request
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_ROW = -1  # the start's own timing row (the engine numbers requests from 1)
-CALIBRATION_STEPS = 2
 
-KERNEL_TEXT = {
-    "fused": "PyTorch's FlashAttention, reading the blocks in place",
-    "triton": "a Triton kernel reading the blocks in place (prompt chunks: gathered row by row)",
-    "plain": "gathered row by row",
-}
+@dataclass(frozen=True)
+class Decisions:
+    """What the start decided on this device (``inference.serving.startup``), handed to the runner."""
+
+    kernel_choice: KernelChoice  # the attention kernel, checked against the plain one
+    fused_norms: bool  # RMSNorm in one call (checked against transformers')
+    fused_rope: bool  # rotary embedding and KV write in one Triton kernel (checked)
+    causal_bias: bool  # a prompt's later chunks attend without a mask (checked)
+    token_budget: int  # KV-cache tokens
+    pace: Pace | None = None  # a CPU's measured speed
 
 
 @dataclass
@@ -116,7 +99,10 @@ class ModelRunner:
 
     is_fatal = staticmethod(is_fatal)
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig):
+    def __init__(self, loaded: LoadedModel, config: EngineConfig, decisions: Decisions):
+        """A runner on ``loaded``'s device, as ``decisions`` say (``inference.serving.startup`` makes them,
+        checking each fast path on the device first): its model's attention set up, its KV cache allocated.
+        Nothing is checked, measured or run here."""
         self.loaded = loaded
         self.config = config
         tokenizer = loaded.processor.tokenizer
@@ -129,111 +115,22 @@ class ModelRunner:
         self.num_layers = model_config.num_hidden_layers
         self.sliding_window = getattr(model_config, "sliding_window", None)
         self.block_tokens = BLOCK_TOKENS
-        self.kernel_choice: KernelChoice = choose_kernel(
-            loaded.device,
-            loaded.dtype,
-            heads=heads,
-            kv_heads=self.kv_heads,
-            head_dim=self.head_dim,
-            sliding_window=self.sliding_window,
-            max_rows=config.max_batch_size,
-        )
+        self.kernel_choice: KernelChoice = decisions.kernel_choice
         self.kernel = self.kernel_choice.name
-        model_config = loaded.model.config
-        self.fused_norms = self._use_checked(
-            "RMSNorm",
-            "one call a norm",
-            config.fused_norms,
-            lambda: check_fused_norm(
-                loaded.device, loaded.dtype, model_config.hidden_size, model_config.rms_norm_eps
-            ),
-            use_fused_norms,
-        )
-        self.fused_rope = self._use_checked(
-            "Rotary embedding and KV write",
-            "one Triton kernel a layer",
-            config.fused_rope and kernel_runs_here("triton", loaded.device, loaded.dtype),
-            lambda: check_fused_rope(
-                loaded.device, loaded.dtype, heads=heads, kv_heads=self.kv_heads, head_dim=self.head_dim
-            ),
-            use_fused_rope,
-        )
-        self.causal_bias = self._check_causal_bias(heads)
-        self.pace: Pace | None = None  # measured on a CPU, where limits and waits depend on it
-        if loaded.device.type == "cpu":
-            self.pace = pace.measure(loaded.model, loaded.dtype)
-            self._fit_crops_to_cpu(config, self.pace)
+        self.fused_norms = decisions.fused_norms
+        self.fused_rope = decisions.fused_rope
+        self.causal_bias = decisions.causal_bias
+        self.pace: Pace | None = decisions.pace  # measured on a CPU, where limits and waits depend on it
+        use_fused_norms(loaded.model, self.fused_norms)
+        use_fused_rope(loaded.model, self.fused_rope)
         use_language_attention(loaded.model, ATTENTION_NAME)
         self.rows: dict[int, _Row] = {}  # in order of admission
-        self.full_request_tokens = full_request_tokens(
-            loaded.processor.image_processor.num_crops, config.max_new_tokens
-        )
-        self.token_budget = self._size_budget()
+        self.full_request_tokens = full_request_tokens(self.num_crops, config.max_new_tokens)
+        self.token_budget = decisions.token_budget
         self.preparer = Preparer(loaded.processor, config, self.token_budget, self.block_tokens)
         self._allocate_cache(self.token_budget)
-        log.info(
-            "KV cache: %d tokens (%s), %.1f GiB allocated once in %d blocks of %d; room for %s at once "
-            "with an image at %d crops and a %d-token answer each (MAX_BATCH_SIZE=%d); prompts prefilled %d "
-            "tokens per step",
-            self.token_budget,
-            "TOKEN_BUDGET" if config.token_budget is not None else "TOKEN_BUDGET=auto",
-            self.cache_bytes / GIB,
-            self.pool.num_blocks + 1,
-            self.block_tokens,
-            people_text(self.people),
-            loaded.processor.image_processor.num_crops,
-            config.max_new_tokens,
-            config.max_batch_size,
-            config.prefill_chunk_tokens,
-        )
-        checked = self.kernel_choice.summary()
-        log.info(
-            "Attention kernel: %s, %s%s",
-            self.kernel,
-            KERNEL_TEXT[self.kernel],
-            f" (checked on {loaded.device} against the plain kernel: {checked})" if checked else "",
-        )
         self.graphs_checked = False  # decoding steps replay CUDA graphs that passed their check
         self.graphs_refused = False  # graphs were captured but failed their check: decoding is eager
-        if config.cuda_graphs and self.decode_step.can_capture():
-            self._capture_graphs()
-        if self.pace is not None:
-            self.pace = dataclasses.replace(
-                self.pace, token_s=max(self.pace.token_s, self._answering_step_s())
-            )
-            log.info(
-                "Speed on this CPU (measured): %s", self.pace.summary(self.num_crops, config.max_new_tokens)
-            )
-
-    def _fit_crops_to_cpu(self, config: EngineConfig, measured: Pace) -> None:
-        """On a CPU too slow for the checkpoint's crops, unless ``NUM_CROPS`` is set: fewer, and say so."""
-        image_processor = self.loaded.processor.image_processor
-        crops = pace.crops_for(measured, config.num_crops, image_processor.num_crops)
-        if crops != image_processor.num_crops:
-            log.warning(
-                "NUM_CROPS=%d on this CPU: %s",
-                crops,
-                pace.fewer_crops_text(measured, image_processor.num_crops, crops),
-            )
-            image_processor.num_crops = crops
-
-    def _answering_step_s(self) -> float:
-        """Seconds of one real answering step, everything around the model included (one person, a short
-        prompt): the layers timed alone understate it. The row leaves, its blocks go back, before serving."""
-        ids = self.tokenizer("<|user|>\nHello.<|end|>\n<|assistant|>\n", return_tensors="pt")["input_ids"][0]
-        stop_ids, self.stop_ids = self.stop_ids, set()  # no early stop: every step decodes
-        try:
-            self.step(
-                [(CALIBRATION_ROW, Prepared(ids, None, None, max_new_tokens=CALIBRATION_STEPS + 2))], []
-            )
-            self.step([], [])  # the first answering step pays for first-call set-up
-            started = time.perf_counter()
-            for _ in range(CALIBRATION_STEPS):
-                self.step([], [])
-            return (time.perf_counter() - started) / CALIBRATION_STEPS
-        finally:
-            self.step([], [CALIBRATION_ROW])
-            self.stop_ids = stop_ids
 
     # -- requests (any thread) -----------------------------------------------------------------
     @property
@@ -270,47 +167,6 @@ class ModelRunner:
         full = self.pool.blocks_for(self.full_request_tokens) * self.block_tokens
         return min(self.token_budget // full, self.config.max_batch_size)
 
-    def _use_checked(
-        self,
-        part: str,
-        how: str,
-        wanted: bool,
-        check: Callable[[], str | None],
-        use: Callable[[torch.nn.Module, bool], object],
-    ) -> bool:
-        """A fused ``part`` of the model where wanted and it agrees with transformers' here (``check``); else
-        transformers' own. Returns whether the fused one is used."""
-        problem = check() if wanted else None
-        fused = wanted and problem is None
-        use(self.loaded.model, fused)
-        if problem is not None:
-            log.warning("%s: transformers' own; the fused one failed its start-up check (%s)", part, problem)
-        elif fused:
-            log.info("%s: fused, %s (checked on %s against transformers' own)", part, how, self.loaded.device)
-        return fused
-
-    def _check_causal_bias(self, heads: int) -> bool:
-        """Whether a prompt's later chunks attend without a mask (PyTorch's ``causal_lower_right``, see
-        :func:`~inference.kernels.paged_cache.attend_at_end`): where it agrees with the mask here.
-        Grouped-query models always build the mask, so nothing is checked for them."""
-        if self.kv_heads != heads:
-            return False
-        device = self.loaded.device
-        problem = check_causal_bias(device, self.loaded.dtype, heads=heads, head_dim=self.head_dim)
-        if problem is not None:
-            log.warning(
-                "A prompt's later chunks: attention through a mask; PyTorch's causal attention without one "
-                "failed its start-up check (%s)",
-                problem,
-            )
-            return False
-        log.info(
-            "A prompt's later chunks: PyTorch's causal attention without a mask (checked on %s against a "
-            "mask)",
-            device,
-        )
-        return True
-
     @property
     def hardware_text(self) -> str:
         dtype = str(self.loaded.dtype).removeprefix("torch.")
@@ -333,34 +189,6 @@ class ModelRunner:
         return (
             f"paged KV cache of {self.token_budget} tokens (room for {self.people}), "
             f"{self.kernel} attention kernel{timing}{fusions}{graphs}"
-        )
-
-    def _size_budget(self) -> int:
-        """``TOKEN_BUDGET`` as set, checked against free GPU memory; or, for ``auto``, what memory is left."""
-        config, shape, memory = self.config, self.cache_shape, gpu_memory_of(self.loaded.device)
-        if config.token_budget is not None:
-            if memory is not None:
-                free, _ = memory.free_and_total()
-                problem = explicit_budget_problem(shape, config.token_budget, free)
-                if problem is not None:
-                    raise CacheDoesNotFit(problem)
-            return config.token_budget
-        if memory is not None:
-            activation_peak = self._warm_up(memory)
-            free, total = memory.free_and_total()
-            return gpu_budget(
-                shape,
-                total=total,
-                free=free,
-                activation_peak=activation_peak,
-                fraction=config.gpu_memory_fraction,
-                full_request_tokens=self.full_request_tokens,
-            )
-        return cpu_budget(
-            shape,
-            free_ram=available_ram(),
-            full_request_tokens=self.full_request_tokens,
-            max_rows=self.config.max_batch_size,
         )
 
     def _allocate_cache(self, token_budget: int) -> None:
@@ -402,22 +230,9 @@ class ModelRunner:
             problem = explicit_budget_problem(self.cache_shape, budget, free)
             raise CacheDoesNotFit(problem or "The KV cache could not be allocated: out of memory.") from None
 
-    def _warm_up(self, memory: GpuMemory) -> int:
-        """On CUDA, before the cache exists: the largest prompt the settings allow (``MAX_IMAGES`` images at
-        the most crops, through the vision tower) and one prefill chunk of it through the language model, on
-        a cache just large enough for that chunk. Returns the activations' peak in bytes."""
-        chunk = self.config.prefill_chunk_tokens
-        images = self.config.max_images
-        side = 336 * max(1, int(self.loaded.processor.image_processor.num_crops**0.5))
-        request = Request(
-            Task.COMPARE if images > 1 else Task.DESCRIBE,
-            tuple(Image.new("RGB", (side, side), (127, 127, 127)) for _ in range(images)),
-            max_new_tokens=1,
-        )
-        prepared = Preparer(self.loaded.processor, self.config, token_budget=1 << 30).prepare(request)
-        count = min(chunk, prepared.prompt_tokens)
-        self._allocate_cache(count)
-        base = memory.start_peak()
+    def prefill_alone(self, prepared: Prepared, tokens: int) -> None:
+        """One forward pass of the first ``tokens`` of ``prepared``'s prompt into the cache, nothing kept: the
+        start's warm-up measures what it takes (the cache holds ``tokens`` here)."""
         row = _Row(
             0,
             1,
@@ -427,41 +242,7 @@ class ModelRunner:
             prompt=prepared,
         )
         with torch.inference_mode():
-            self.loaded.model(use_cache=False, **self._packed_inputs([_Entry(row, 0, count, emits=True)]))
-        peak = memory.peak() - base
-        del row
-        del self.storage, self.pool, self.decode_inputs, self.decode_step  # made again at their full size
-        self._free_memory()
-        log.info(
-            "Warm-up: %d images at %d crops and a %d-token prefill chunk peaked at %.2f GiB of activations",
-            images,
-            self.loaded.processor.image_processor.num_crops,
-            count,
-            peak / GIB,
-        )
-        return int(peak)
-
-    def _capture_graphs(self) -> None:
-        """Capture the decoding steps as CUDA graphs, then replay each against an eager step before use."""
-        with torch.inference_mode():
-            problem = self.decode_step.capture(self.config.max_batch_size)
-            if problem is not None:
-                log.warning("CUDA graphs are off, decoding steps run eagerly: %s", problem)
-                return
-            problem = self.decode_step.verify(self.pool.num_blocks)
-        if problem is not None:
-            self.decode_step.graphs.clear()
-            self.graphs_refused = True
-            self._free_memory()
-            log.error(
-                "CUDA graphs failed their start-up check and are off; decoding steps run eagerly: %s", problem
-            )
-            return
-        self.graphs_checked = True
-        log.info(
-            "CUDA graphs: every batch bucket (%s) replayed like an eager step: same tokens, same logits",
-            ", ".join(map(str, sorted(self.decode_step.graphs))),
-        )
+            self.loaded.model(use_cache=False, **self._packed_inputs([_Entry(row, 0, tokens, emits=True)]))
 
     def _free_memory(self) -> None:
         if torch.cuda.is_available():

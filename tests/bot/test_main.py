@@ -228,12 +228,12 @@ def test_token_budget_auto_is_predicted_for_the_card(card_gib, quantization, ver
 
 def test_check_predicts_the_token_budget_the_cpu_start_takes(monkeypatch):
     from inference.loading import load
-    from inference.serving.runner import ModelRunner
+    from inference.serving.startup import start_runner
 
     settings = Settings(model_id=TINY_MODEL, device="cpu", quantization="none")  # full float32 weights
     after_load = 20 * 1024**2
-    monkeypatch.setattr("inference.serving.runner.available_ram", lambda: after_load)
-    runner = ModelRunner(load(settings.engine_config()), settings.engine_config())
+    monkeypatch.setattr("inference.serving.startup.available_ram", lambda: after_load)
+    runner = start_runner(load(settings.engine_config()), settings.engine_config())
     # What --check counts for the weights: the checkpoint's bf16 size, doubled in float32.
     weights = runner.loaded.dtype.itemsize / 2 * doctor.model_bytes(settings)
     monkeypatch.setattr("bot.doctor.available_ram", lambda: int(after_load + weights))

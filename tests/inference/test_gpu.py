@@ -69,7 +69,7 @@ async def test_engine_batches_on_the_gpu_like_alone():
 def test_the_runner_answers_like_generate_in_bf16():
     """The kernel the start-up check chose (in place, prompts in chunks) against transformers' generate."""
     from inference.loading import load
-    from inference.serving.runner import ModelRunner
+    from inference.serving.startup import start_runner
     from tests.inference.serving.test_runner import Recorder, generate, image
 
     config = EngineConfig(
@@ -81,7 +81,7 @@ def test_the_runner_answers_like_generate_in_bf16():
         token_budget=SMALL_CACHE,
     )
     request = Request(Task.DESCRIBE, (image(300, 500, 2),), question="What is this?")
-    runner = ModelRunner(load(config), config)
+    runner = start_runner(load(config), config)
     assert runner.kernel in ("fused", "triton")  # keys read in place, no gather
     assert runner.fused_norms and runner.fused_rope  # against generate's model, freshly loaded: transformers'
     runner.stop_ids = set()
@@ -122,7 +122,7 @@ def test_decoding_from_cuda_graphs_answers_like_eager_steps():
     three rows replay the graph of four (a padded row), and matrix products of a different height may
     round differently; in bf16 that flips the tiny random model's near-even choices."""
     from inference.loading import load
-    from inference.serving.runner import ModelRunner
+    from inference.serving.startup import start_runner
     from tests.inference.serving.test_runner import image
 
     requests = [
@@ -140,7 +140,7 @@ def test_decoding_from_cuda_graphs_answers_like_eager_steps():
             cuda_graphs=graphs,
             token_budget=SMALL_CACHE,
         )
-        runner = ModelRunner(load(config), config)
+        runner = start_runner(load(config), config)
         assert bool(runner.decode_step.graphs) is graphs and runner.graphs_checked is graphs
         runner.stop_ids = set()  # every answer its full length: the same steps both ways
         texts, tokens, logits = {1: "", 2: "", 3: ""}, {1: 0, 2: 0, 3: 0}, []

@@ -21,7 +21,7 @@ from inference.kernels.cpu_int8 import (
     quantize_language_model,
 )
 from inference.loading import CpuInt8, load, resolve_choices
-from inference.serving.runner import ModelRunner
+from inference.serving.startup import start_runner
 from inference.types import EngineConfig, Request, Task
 from tests.inference.conftest import TINY
 from tests.inference.serving.test_runner import tiny
@@ -92,7 +92,7 @@ def test_8bit_on_the_cpu_needs_no_extra_package_and_4bit_is_refused_with_the_way
 
 def answer_with(config: EngineConfig, request: Request, tokens: int) -> tuple[list[int], torch.Tensor]:
     """Greedy tokens (stop tokens off) and the first answer token's logits."""
-    runner = ModelRunner(load(config), config)
+    runner = start_runner(load(config), config)
     runner.stop_ids = set()
     rows: list[torch.Tensor] = []
     runner.loaded.model.lm_head.register_forward_hook(

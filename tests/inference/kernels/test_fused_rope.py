@@ -19,7 +19,7 @@ from transformers.models.phi3.modeling_phi3 import Phi3Attention, apply_rotary_p
 from inference.kernels import fused_attention
 from inference.kernels.checks import check_fused_rope
 from inference.kernels.fused_attention import FusedRopeAttention, use_fused_rope
-from inference.serving import runner as runner_module
+from inference.serving import startup as startup_module
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -135,8 +135,8 @@ def test_the_runner_with_the_kernel_answers_like_generate(monkeypatch, caplog):
     from inference.types import Request, Task
     from tests.inference.serving.test_runner import Generated, alone, image, paged, same_answers
 
-    monkeypatch.setattr(runner_module, "kernel_runs_here", lambda kernel, device, dtype: True)
-    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
+    monkeypatch.setattr(startup_module, "kernel_runs_here", lambda kernel, device, dtype: True)
+    with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
         runner = paged(prefill_chunk_tokens=300)
     assert runner.fused_rope
     assert any(r.getMessage().startswith("Rotary embedding and KV write: fused") for r in caplog.records)

@@ -13,7 +13,7 @@ from inference.serving import pace
 from inference.serving.cache_size import PROMPT_TEXT_TOKENS, image_tokens
 from inference.serving.engine import LocalEngine
 from inference.serving.pace import CPU_CROPS, Pace
-from inference.serving.runner import ModelRunner
+from inference.serving.startup import start_runner
 from inference.types import DEFAULT_REQUEST_TIMEOUT_S, TYPICAL_ANSWER_TOKENS, Request, Task
 from tests.fakes import ScriptedRunner
 from tests.inference.serving.test_engine import IMAGE
@@ -56,14 +56,18 @@ def test_measuring_times_real_work_and_leaves_the_attention_as_it_was():
 
 def test_the_runner_on_a_slow_cpu_reads_fewer_crops_and_says_so(monkeypatch, caplog):
     monkeypatch.setattr(pace, "measure", lambda model, dtype: SLOW)
-    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
-        runner = ModelRunner(load(tiny()), tiny())
+    loaded = load(tiny())
+    checkpoint_crops = loaded.processor.image_processor.num_crops
+    with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
+        runner = start_runner(loaded, tiny())
     assert runner.pace.crop_s == SLOW.crop_s and runner.num_crops == CPU_CROPS
     assert runner.loaded.processor.image_processor.num_crops == CPU_CROPS
+    # The runner reads at fewer crops through a processor of its own; the one loaded is left as it was.
+    assert loaded.processor.image_processor.num_crops == checkpoint_crops > CPU_CROPS
     assert f"NUM_CROPS={CPU_CROPS} on this CPU" in caplog.text
     assert "Speed on this CPU (measured): one picture at 4 crops" in caplog.text
 
-    told = ModelRunner(load(tiny(num_crops=16)), tiny(num_crops=16))
+    told = start_runner(load(tiny(num_crops=16)), tiny(num_crops=16))
     assert told.num_crops == 16
 
 
@@ -109,6 +113,7 @@ def test_pace_from_products_is_positive_and_slower_for_a_token_than_for_a_prompt
 
 def test_the_start_times_a_real_answering_step_and_leaves_nothing_behind(monkeypatch):
     from inference.serving import runner as runner_module
+    from inference.serving.startup import CALIBRATION_STEPS
 
     monkeypatch.setattr(
         pace, "measure", lambda model, dtype: Pace(crop_s=0.01, prompt_token_s=0.0, token_s=0.0)
@@ -120,9 +125,9 @@ def test_the_start_times_a_real_answering_step_and_leaves_nothing_behind(monkeyp
         "step",
         lambda self, admit, abort: steps.append(1) or real_step(self, admit, abort),
     )
-    runner = ModelRunner(load(tiny()), tiny())
+    runner = start_runner(load(tiny()), tiny())
     assert runner.pace.token_s > 0  # the layers said 0: the real steps took time
     assert (
-        len(steps) == 1 + 1 + runner_module.CALIBRATION_STEPS + 1
+        len(steps) == 1 + 1 + CALIBRATION_STEPS + 1
     )  # the prompt, a warm-up, timed, the leave
     assert runner.rows == {} and runner.pool.free_blocks == runner.pool.num_blocks  # all given back

@@ -28,9 +28,10 @@ from inference.kernels.paged_cache import PagedStorage
 from inference.loading import LoadedModel, load
 from inference.prepare import Prepared
 from inference.serving import cache_size
-from inference.serving import runner as runner_module
+from inference.serving import startup as startup_module
 from inference.serving.cache_size import CacheDoesNotFit
-from inference.serving.runner import CALIBRATION_STEPS, ModelRunner
+from inference.serving.runner import ModelRunner
+from inference.serving.startup import CALIBRATION_STEPS, start_runner
 from inference.types import EngineConfig, Request, Task, Turn
 from tests.inference.conftest import OFFICIAL, TINY_CHECKPOINT
 from tests.inference.phi3v.test_modeling_phi3v import random_model, tiny_config
@@ -101,7 +102,7 @@ def requests():
 def paged(**overrides) -> ModelRunner:
     """The runner on the tiny checkpoint, writing every token up to its limit (as the reference does)."""
     config = tiny(**overrides)
-    runner = ModelRunner(load(config), config)
+    runner = start_runner(load(config), config)
     runner.stop_ids = set()
     return runner
 
@@ -272,7 +273,7 @@ def test_three_layers_and_four_crops_equal_generate(requests):
         num_hidden_layers=3, attn_implementation="sdpa", original_max_position_embeddings=4096
     )
     engine_config = tiny(prefill_chunk_tokens=200)
-    runner = ModelRunner(random_loaded(config, 4, seed=5), engine_config)
+    runner = start_runner(random_loaded(config, 4, seed=5), engine_config)
     runner.stop_ids = set()
     recorder = Recorder(runner)
     recorder.step([(1, runner.prepare(requests[1]))])
@@ -324,7 +325,7 @@ def test_chunks_keep_longrope_exact(length, new_tokens):
     prepared = text_prompt(length, seed=length, new_tokens=new_tokens)
     tokens, logits = generate(random_model(copy.deepcopy(config), seed=7), prepared)
     engine_config = tiny(prefill_chunk_tokens=25, max_new_tokens=new_tokens)
-    runner = ModelRunner(random_loaded(config, 16, seed=7), engine_config)
+    runner = start_runner(random_loaded(config, 16, seed=7), engine_config)
     runner.stop_ids = set()  # the reference is made to write every token too
     recorder = Recorder(runner)
     recorder.step([(1, prepared)])
@@ -339,7 +340,7 @@ def test_without_the_long_factors_a_chunked_long_prompt_would_answer_differently
     prepared = text_prompt(100, seed=100, new_tokens=1)
     answers = []
     for long_rope in (True, False):
-        runner = ModelRunner(
+        runner = start_runner(
             random_loaded(config, 16, seed=7), tiny(prefill_chunk_tokens=25, max_new_tokens=1)
         )
         recorder = Recorder(runner)
@@ -377,9 +378,9 @@ def test_oom_while_only_decoding_fails_the_batch_and_frees_every_block(requests)
 
 def test_token_budget_auto_on_the_cpu_takes_half_the_free_ram_capped(monkeypatch, caplog):
     per_token = 2 * 2 * 4 * 16 * 4  # K and V, 2 layers, 4 KV heads of 16, float32: 1 KiB
-    monkeypatch.setattr("inference.serving.runner.available_ram", lambda: 20 * 1024**2)
-    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
-        runner = ModelRunner(load(tiny()), tiny(max_batch_size=8))
+    monkeypatch.setattr("inference.serving.startup.available_ram", lambda: 20 * 1024**2)
+    with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
+        runner = start_runner(load(tiny()), tiny(max_batch_size=8))
     # 10 MiB: 40 blocks of 256 KiB, less the scratch block
     assert runner.token_budget == (10 * 1024**2 // (256 * per_token) - 1) * 256 == 9984
     assert runner.pool.num_blocks == 39 and runner.storage.keys[0].shape[0] == 40
@@ -391,14 +392,14 @@ def test_token_budget_auto_on_the_cpu_takes_half_the_free_ram_capped(monkeypatch
         "KV cache: 9984 tokens (TOKEN_BUDGET=auto), 0.0 GiB allocated once in 40 blocks of 256; "
         "room for 3 people at once with an image at 16 crops and a 12-token answer each (MAX_BATCH_SIZE=8)"
     )
-    monkeypatch.setattr("inference.serving.runner.available_ram", lambda: 64 * 1024**3)
-    assert ModelRunner(load(tiny()), tiny()).token_budget == cache_size.CPU_TOKEN_CAP  # a large machine
+    monkeypatch.setattr("inference.serving.startup.available_ram", lambda: 64 * 1024**3)
+    assert start_runner(load(tiny()), tiny()).token_budget == cache_size.CPU_TOKEN_CAP  # a large machine
 
 
 def test_a_machine_that_cannot_hold_one_request_stops_the_start_with_one_line(monkeypatch):
-    monkeypatch.setattr("inference.serving.runner.available_ram", lambda: 4 * 1024**2)
+    monkeypatch.setattr("inference.serving.startup.available_ram", lambda: 4 * 1024**2)
     with pytest.raises(CacheDoesNotFit) as error:
-        ModelRunner(load(tiny()), tiny())
+        start_runner(load(tiny()), tiny())
     assert str(error.value).startswith("The KV cache has room for 1792 tokens in half the free RAM (0.0 GiB)")
     assert str(error.value).endswith(
         "use QUANTIZATION=4bit, a smaller NUM_CROPS or MAX_NEW_TOKENS, or a larger GPU."
@@ -408,7 +409,7 @@ def test_a_machine_that_cannot_hold_one_request_stops_the_start_with_one_line(mo
 def test_an_explicit_token_budget_is_kept_and_the_engine_schedules_within_it():
     from inference.serving.engine import LocalEngine
 
-    runner = ModelRunner(load(tiny()), tiny(token_budget=5000))
+    runner = start_runner(load(tiny()), tiny(token_budget=5000))
     assert runner.token_budget == 5000 and runner.blocks_per_row == runner.pool.num_blocks == 20
 
     async def started() -> LocalEngine:
@@ -446,12 +447,12 @@ def test_token_budget_auto_on_a_gpu_warms_up_then_takes_the_fraction_left(
 ):
     gib = 1024**3
     memory = FakeGpuMemory(total=int(0.5 * gib), in_use=int(0.1 * gib), activations=int(0.05 * gib))
-    monkeypatch.setattr("inference.serving.runner.gpu_memory_of", lambda device: memory)
+    monkeypatch.setattr("inference.serving.startup.gpu_memory_of", lambda device: memory)
     tower_calls = []
     loaded = load(tiny())
     loaded.model.model.vision_embed_tokens.register_forward_hook(lambda *_: tower_calls.append(1))
-    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
-        runner = ModelRunner(loaded, tiny(max_images=4))
+    with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
+        runner = start_runner(loaded, tiny(max_images=4))
     runner.stop_ids = set()
     assert memory.measured == 1 and len(tower_calls) == 1  # four images at 16 crops, through the tower once
     per_token = 2 * 2 * 4 * 16 * 4
@@ -468,7 +469,7 @@ def test_token_budget_auto_on_a_gpu_warms_up_then_takes_the_fraction_left(
     with pytest.raises(
         CacheDoesNotFit, match="GPU_MEMORY_FRACTION=0.9 of the GPU's 0.1 GiB, after the .* GiB in use"
     ):
-        ModelRunner(load(tiny()), tiny(max_images=4))
+        start_runner(load(tiny()), tiny(max_images=4))
 
 
 def test_the_allocation_failing_ends_the_start_with_one_line(monkeypatch):
@@ -477,7 +478,7 @@ def test_the_allocation_failing_ends_the_start_with_one_line(monkeypatch):
 
     monkeypatch.setattr(PagedStorage, "__init__", full)
     with pytest.raises(CacheDoesNotFit, match="set TOKEN_BUDGET|use QUANTIZATION"):
-        ModelRunner(load(tiny()), tiny(token_budget=4096))
+        start_runner(load(tiny()), tiny(token_budget=4096))
 
 
 # -- Start-up self-checks: stand-ins for the CUDA kernels and graphs, on the CPU -------------------
@@ -584,7 +585,7 @@ def test_a_kernel_that_breaks_the_device_ends_the_start(planted_kernels):
 
 
 def test_the_runner_uses_the_fused_norm_after_its_check(caplog, requests, reference):
-    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
         runner = paged()
     assert runner.fused_norms
     assert all(type(m) is FusedRMSNorm for m in runner.loaded.model.modules() if isinstance(m, Phi3RMSNorm))
@@ -593,7 +594,7 @@ def test_the_runner_uses_the_fused_norm_after_its_check(caplog, requests, refere
 
 
 def test_a_prompts_later_chunks_attend_without_a_mask_after_the_check(caplog):
-    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
         runner = paged()
     assert runner.causal_bias
     assert any(
@@ -609,7 +610,7 @@ def test_later_chunks_build_their_mask_when_attention_without_one_fails_its_chec
 ):
     """Aligned to the keys' start instead of their end, every later chunk would see the wrong keys."""
     monkeypatch.setattr(paged_cache, "causal_lower_right", causal_upper_left)
-    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
         runner = paged(prefill_chunk_tokens=97)
     assert not runner.causal_bias
     [warning] = [
@@ -624,7 +625,7 @@ def test_a_fused_norm_that_fails_its_check_leaves_transformers_own(monkeypatch, 
         return self.weight * torch.nn.functional.rms_norm(hidden, self.weight.shape, eps=0.1)
 
     monkeypatch.setattr(norms.FusedRMSNorm, "forward", epsilon_too_large)
-    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
         runner = paged()
     assert not runner.fused_norms
     assert all(type(m) is Phi3RMSNorm for m in runner.loaded.model.modules() if isinstance(m, Phi3RMSNorm))
@@ -636,7 +637,7 @@ def test_a_fused_norm_that_fails_its_check_leaves_transformers_own(monkeypatch, 
 
 
 def test_fused_norms_off_means_no_check_and_transformers_norms(monkeypatch):
-    monkeypatch.setattr(runner_module, "check_fused_norm", lambda *args: pytest.fail("checked"))
+    monkeypatch.setattr(startup_module, "check_fused_norm", lambda *args: pytest.fail("checked"))
     runner = paged(fused_norms=False)
     assert not runner.fused_norms
     assert all(type(m) is Phi3RMSNorm for m in runner.loaded.model.modules() if isinstance(m, Phi3RMSNorm))
@@ -645,7 +646,7 @@ def test_fused_norms_off_means_no_check_and_transformers_norms(monkeypatch):
 def test_the_runner_uses_the_fused_rope_where_triton_runs_after_its_check(monkeypatch, requests, reference):
     from tests.inference.kernels.test_fused_rope import rope_in_torch
 
-    monkeypatch.setattr(runner_module, "kernel_runs_here", lambda kernel, device, dtype: True)
+    monkeypatch.setattr(startup_module, "kernel_runs_here", lambda kernel, device, dtype: True)
     monkeypatch.setattr(fused_attention, "rope_and_write", rope_in_torch)
     runner = paged()
     assert runner.fused_rope and "fused RMSNorm and rotary (checked)" in runner.attention_text
@@ -656,9 +657,9 @@ def test_the_runner_uses_the_fused_rope_where_triton_runs_after_its_check(monkey
 def test_a_fused_rope_that_fails_its_check_leaves_transformers_attention(monkeypatch, caplog):
     from tests.inference.kernels.test_fused_rope import sine_backwards
 
-    monkeypatch.setattr(runner_module, "kernel_runs_here", lambda kernel, device, dtype: True)
+    monkeypatch.setattr(startup_module, "kernel_runs_here", lambda kernel, device, dtype: True)
     monkeypatch.setattr(fused_attention, "rope_and_write", sine_backwards)
-    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
         runner = paged()
     assert not runner.fused_rope and "fused RMSNorm (checked)" in runner.attention_text
     assert all(type(layer.self_attn) is Phi3Attention for layer in runner.loaded.model.model.layers)
@@ -668,9 +669,9 @@ def test_a_fused_rope_that_fails_its_check_leaves_transformers_attention(monkeyp
 
 @pytest.mark.parametrize("why", ["no Triton here", "turned off"])
 def test_without_triton_or_turned_off_the_rope_is_not_checked(monkeypatch, why):
-    monkeypatch.setattr(runner_module, "check_fused_rope", lambda *args, **kwargs: pytest.fail("checked"))
+    monkeypatch.setattr(startup_module, "check_fused_rope", lambda *args, **kwargs: pytest.fail("checked"))
     if why == "turned off":
-        monkeypatch.setattr(runner_module, "kernel_runs_here", lambda kernel, device, dtype: True)
+        monkeypatch.setattr(startup_module, "kernel_runs_here", lambda kernel, device, dtype: True)
     runner = paged(fused_rope=why != "turned off")
     assert not runner.fused_rope
     assert all(type(layer.self_attn) is Phi3Attention for layer in runner.loaded.model.model.layers)
@@ -687,7 +688,7 @@ def test_the_check_uses_the_models_window_and_long_rows(planted_kernels):
     planted_kernels(fused_as_plain, no_window)
     loaded = load(tiny())
     loaded.model.config.sliding_window = 2048  # shorter than the check's rows of 2,600 and 4,400 keys
-    runner = ModelRunner(loaded, tiny())
+    runner = start_runner(loaded, tiny())
     assert "values differ" in runner.kernel_choice.refused["triton"]
     assert runner.kernel == "fused"
 
@@ -732,7 +733,7 @@ def planted_graphs(monkeypatch):
 def test_graphs_that_replay_like_eager_steps_are_kept(planted_graphs, caplog, requests, reference):
     graphs = PlantedGraphs()
     planted_graphs(graphs)
-    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
         runner = paged(max_batch_size=4)
     assert runner.graphs_checked and sorted(runner.decode_step.graphs) == [1, 2, 4]
     # Each bucket checked once; then, on this CPU, the start's own timing steps of one row (a warm-up and
@@ -759,7 +760,7 @@ def test_graphs_that_differ_from_eager_steps_are_dropped_with_one_error(
     planted_graphs, caplog, requests, reference, graphs, why
 ):
     planted_graphs(graphs)
-    with caplog.at_level(logging.INFO, logger="inference.serving.runner"):
+    with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
         runner = paged(max_batch_size=4)
     assert not runner.graphs_checked and runner.decode_step.graphs == {}
     assert runner.attention_text.endswith("CUDA graphs off (they failed their start-up check)")
@@ -791,7 +792,7 @@ def test_graphs_that_choose_other_tokens_are_dropped(planted_graphs, caplog):
             step.graphs[bucket] = moved
 
     graphs.capture = capture
-    with caplog.at_level(logging.ERROR, logger="inference.serving.runner"):
+    with caplog.at_level(logging.ERROR, logger="inference.serving.startup"):
         runner = paged(max_batch_size=2)
     assert runner.decode_step.graphs == {}
     assert "chose other tokens than the eager step" in caplog.text
@@ -854,11 +855,11 @@ def test_a_conversation_too_long_for_the_budget_leaves_out_its_oldest_follow_ups
     )
     request = Request(Task.DESCRIBE, (image,), "last question?", history=history, max_new_tokens=16)
     loaded = load(tiny(max_new_tokens=16))
-    whole = ModelRunner(loaded, tiny(max_new_tokens=16, token_budget=24_576)).prepare(request)
+    whole = start_runner(loaded, tiny(max_new_tokens=16, token_budget=24_576)).prepare(request)
     assert whole.left_out == 0
 
     budget = whole.prompt_tokens + 16 - 200  # room for all but about two follow-up exchanges
-    trimmed = ModelRunner(loaded, tiny(max_new_tokens=16, token_budget=budget)).prepare(request)
+    trimmed = start_runner(loaded, tiny(max_new_tokens=16, token_budget=budget)).prepare(request)
     assert trimmed.left_out >= 1
     assert trimmed.prompt_tokens + trimmed.max_new_tokens <= budget
     image_token = phi3v.IMAGE_TOKEN_ID
@@ -883,3 +884,19 @@ class OutOfMemoryAt:
 
     def __exit__(self, *exc):
         setattr(self.target, self.name, self.original)
+
+
+def test_a_runner_is_built_from_decisions_alone_and_answers_as_the_started_one():
+    """The hot path without the start-up: no check, measurement or step runs in the constructor."""
+    from inference.kernels.checks import KernelChoice
+    from inference.serving.runner import Decisions
+
+    request = Request(Task.DESCRIBE, (image(90, 60, 1),), question="What is this?", max_new_tokens=6)
+    started = start_runner(load(tiny()), tiny(token_budget=8192))
+    decisions = Decisions(
+        KernelChoice("plain"), fused_norms=False, fused_rope=False, causal_bias=True, token_budget=8192
+    )
+    built = ModelRunner(load(tiny()), tiny(token_budget=8192), decisions)
+    assert built.pace is None and built.rows == {} and not built.graphs_checked
+    tokens = alone(built, request).tokens[1]
+    assert len(tokens) == 6 and tokens == alone(started, request).tokens[1]

@@ -127,7 +127,5 @@ def test_the_start_times_a_real_answering_step_and_leaves_nothing_behind(monkeyp
     )
     runner = start_runner(load(tiny()), tiny())
     assert runner.pace.token_s > 0  # the layers said 0: the real steps took time
-    assert (
-        len(steps) == 1 + 1 + CALIBRATION_STEPS + 1
-    )  # the prompt, a warm-up, timed, the leave
+    assert len(steps) == 1 + 1 + CALIBRATION_STEPS + 1  # the prompt, a warm-up, timed, the leave
     assert runner.rows == {} and runner.pool.free_blocks == runner.pool.num_blocks  # all given back

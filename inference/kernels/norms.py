@@ -9,7 +9,8 @@ rounds) and keeps transformers' last step, the weight applied in the input's dty
 the same: bit for bit on the CPU (tested); on a GPU the runner's start-up check
 (:func:`inference.kernels.checks.check_fused_norm`) compares the two before the fused one is used.
 
-The swap changes only the modules' class: the same parameters, names and checkpoint keys.
+Each norm is replaced by a new module of the wanted kind that holds the same weight (the same parameter
+object, under the same name), so checkpoints, the 8-bit layers and the parameter count see no difference.
 """
 
 from __future__ import annotations
@@ -29,9 +30,17 @@ class FusedRMSNorm(Phi3RMSNorm):
 
 def use_fused_norms(model: torch.nn.Module, fused: bool) -> int:
     """Make every RMSNorm of ``model`` fused (or transformers' own again); returns how many there are."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, Phi3RMSNorm):
-            module.__class__ = FusedRMSNorm if fused else Phi3RMSNorm
-            count += 1
-    return count
+    wanted = FusedRMSNorm if fused else Phi3RMSNorm
+    norms = [(name, module) for name, module in model.named_modules() if isinstance(module, Phi3RMSNorm)]
+    for name, module in norms:
+        if type(module) is not wanted:
+            model.set_submodule(name, _sharing_weight(wanted, module))
+    return len(norms)
+
+
+def _sharing_weight(kind: type[Phi3RMSNorm], norm: Phi3RMSNorm) -> Phi3RMSNorm:
+    """A ``kind`` norm with ``norm``'s epsilon and its very weight (made on the meta device)."""
+    with torch.device("meta"):
+        replacement = kind(norm.weight.shape[0], eps=norm.variance_epsilon)
+    replacement.weight = norm.weight
+    return replacement.train(norm.training)

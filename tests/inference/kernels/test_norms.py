@@ -45,7 +45,11 @@ def test_every_norm_of_the_language_model_is_swapped_and_back_and_the_logits_sta
     with torch.no_grad():
         plain_logits = model(input_ids=ids).logits
     names = {name for name, module in model.named_modules() if isinstance(module, Phi3RMSNorm)}
+    parameters = dict(model.named_parameters())
     assert use_fused_norms(model, True) == 2 * config.num_hidden_layers + 1 == len(names)
+    # Each norm is a new module holding the very same weight, under the same name (no class swapped).
+    assert all(parameters[name] is parameter for name, parameter in model.named_parameters())
+    assert len(dict(model.named_parameters())) == len(parameters)
     assert all(type(module) is FusedRMSNorm for name, module in model.named_modules() if name in names)
     assert any(
         isinstance(module, nn.LayerNorm) for module in model.modules()

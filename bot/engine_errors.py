@@ -79,7 +79,10 @@ def engine_error_text(error: e.InferenceError) -> str | Text:
         case e.NoImage():
             return ATTACH_AN_IMAGE_TEXT
         case e.TooManyImages(count=count, limit=limit):
-            return T("Too many images: {count} (at most {limit} per request).", count=count, limit=limit)
+            # Only compare takes more than one picture.
+            return T(
+                "You gave me {count} images; I can compare up to {limit} at once.", count=count, limit=limit
+            )
         case e.TooFewImages(count=count, minimum=minimum):
             return T("Compare needs at least {minimum} images; got {count}.", minimum=minimum, count=count)
         case e.QuestionTooLong(length=length, limit=limit):

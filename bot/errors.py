@@ -44,10 +44,6 @@ class NotEnoughImages(UserFacingError):
     """Comparing needs at least two images."""
 
 
-class TooManyImages(UserFacingError):
-    """More images than the bot accepts in one request."""
-
-
 class ImageRejected(UserFacingError):
     """One file cannot be used; the message names the file and says why."""
 
@@ -134,8 +130,10 @@ def explain(error: BaseException) -> Explanation | None:
             return None
         case UserFacingError():
             return Explanation(text_of(error), private=error.private)
-        case EngineBusy() | InvalidRequest():
+        case EngineBusy():
             return Explanation(engine_error_text(error), private=False)
+        case InvalidRequest():  # a refusal of what was asked: told privately where Discord allows
+            return Explanation(engine_error_text(error))
         case EngineStopping():
             return Explanation(engine_error_text(error), Outcome.STOPPED, private=False)
         case InferenceError():

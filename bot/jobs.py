@@ -21,7 +21,6 @@ from bot.errors import (
     AnswerWindowClosed,
     NoImage,
     NotEnoughImages,
-    TooManyImages,
     UserFacingError,
 )
 from bot.gather import referenced_message, refresh_sources, sources_from_messages
@@ -33,7 +32,7 @@ from bot.safe_text import shown_name
 from bot.services import Services, services_of
 from bot.text import N_, T, Text
 from inference import Request, Task, Turn
-from inference.prompts import MIN_COMPARE_IMAGES, check_turn_count, clean_question
+from inference.prompts import MIN_COMPARE_IMAGES, check_image_count, check_turn_count, clean_question
 
 if TYPE_CHECKING:
     from discord.ext import commands
@@ -95,14 +94,7 @@ def choose_images(
         return (sources[0],)
     if len(sources) < MIN_COMPARE_IMAGES:
         raise NotEnoughImages(NOT_ENOUGH_IMAGES_TEXT)
-    if len(sources) > max_images:
-        raise TooManyImages(
-            T(
-                "You gave me {count} images; I can compare up to {limit} at once.",
-                count=len(sources),
-                limit=max_images,
-            )
-        )
+    check_image_count(len(sources), max_images)  # the engines' own rule, before anything is downloaded
     return tuple(sources)
 
 

@@ -44,7 +44,7 @@ def test_rejected_images_name_the_file():
         (OutOfMemory(while_answering=False), OUT_OF_MEMORY_TEXT[False]),
         (EngineBusy(), BUSY_TEXT),
         (EngineDead("CUDA error: an illegal memory access"), MODEL_UNAVAILABLE_TEXT),
-        (TooManyImages(5, 4), "Too many images: 5 (at most 4 per request)."),
+        (TooManyImages(5, 4), "You gave me 5 images; I can compare up to 4 at once."),
     ],
 )
 def test_inference_errors_are_worded_for_people(error, words):

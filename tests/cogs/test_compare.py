@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.errors import NotEnoughImages, TooManyImages
+from bot.errors import NotEnoughImages
 from inference import Task
+from inference.errors import TooManyImages
 from tests.conftest import acknowledge_errors, bot_messages, image_bytes
 
 

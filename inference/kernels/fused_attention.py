@@ -1,11 +1,11 @@
 """The language model's attention in the runner's packed passes, with the rotary embedding and the KV
 write in one Triton kernel (:mod:`inference.kernels.triton_rope`) instead of transformers' dozen small ones.
 
-:class:`FusedRopeAttention` is transformers' ``Phi3Attention`` (same weights, same names) whose forward,
-given the runner's ``paged_batch``, projects ``qkv``, hands it to the kernel, and attends with
+:class:`FusedRopeAttention` is transformers' ``Phi3Attention`` (the same projections, under the same names)
+whose forward, given the runner's ``paged_batch``, projects ``qkv``, hands it to the kernel, and attends with
 :func:`inference.kernels.paged_cache.attend` as :func:`~inference.kernels.paged_cache.paged_attention` would;
-anything else (``generate``, a partial rotary embedding) goes to transformers' own forward. The runner swaps
-it in (:func:`use_fused_rope`) only where Triton runs and after
+anything else (``generate``, a partial rotary embedding) goes to transformers' own forward. The runner puts
+it in place of each attention layer (:func:`use_fused_rope`) only where Triton runs and after
 :func:`inference.kernels.checks.check_fused_rope` found the kernel equal to transformers' rotary embedding
 and the cache's own write.
 """
@@ -58,9 +58,21 @@ class FusedRopeAttention(Phi3Attention):
 
 def use_fused_rope(model: torch.nn.Module, fused: bool) -> int:
     """Make every Phi-3 attention of ``model`` fused (or transformers' own again); returns how many."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, Phi3Attention):
-            module.__class__ = FusedRopeAttention if fused else Phi3Attention
-            count += 1
-    return count
+    wanted = FusedRopeAttention if fused else Phi3Attention
+    layers = [(name, module) for name, module in model.named_modules() if isinstance(module, Phi3Attention)]
+    for name, module in layers:
+        if type(module) is not wanted:
+            model.set_submodule(name, _taking_over(wanted, module))
+    return len(layers)
+
+
+def _taking_over(kind: type[Phi3Attention], attention: Phi3Attention) -> Phi3Attention:
+    """A ``kind`` attention layer with ``attention``'s projections themselves (their weights, 8-bit layers
+    included): built on the meta device, so nothing is allocated twice."""
+    with torch.device("meta"):
+        replacement = kind(attention.config, attention.layer_idx)
+    replacement.qkv_proj = attention.qkv_proj
+    replacement.o_proj = attention.o_proj
+    for key, value in vars(attention).items():  # what loading marked on it (transformers' initialised flag)
+        vars(replacement).setdefault(key, value)
+    return replacement.train(attention.training)

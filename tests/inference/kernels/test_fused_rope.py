@@ -86,9 +86,13 @@ def test_the_layer_without_a_paged_batch_is_transformers_attention():
 
     model = random_model(tiny_config())
     ids = torch.randint(0, 32064, (1, 12), generator=torch.Generator().manual_seed(3))
+    parameters = dict(model.named_parameters())
     with torch.no_grad():
         plain = model(input_ids=ids).logits
         assert use_fused_rope(model, True) == model.config.num_hidden_layers
+        # New layers holding the very same projections, under the same names (no class swapped).
+        assert all(parameters[name] is parameter for name, parameter in model.named_parameters())
+        assert len(dict(model.named_parameters())) == len(parameters)
         assert all(type(layer.self_attn) is FusedRopeAttention for layer in model.model.layers)
         assert torch.equal(model(input_ids=ids).logits, plain)
     assert use_fused_rope(model, False) == model.config.num_hidden_layers

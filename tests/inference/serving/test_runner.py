@@ -516,11 +516,11 @@ TIMES_MS = {"fused": 1.0, "triton": 2.0, "plain": 5.0}
 @pytest.fixture
 def planted_kernels(monkeypatch):
     """Every kernel 'exists' here; each one's time is planted (a CPU's timings of stand-ins mean nothing)."""
-    from inference.kernels import checks as self_check
+    from inference.kernels import checks
 
-    monkeypatch.setattr(self_check, "kernel_runs_here", lambda kernel, device, dtype: True)
+    monkeypatch.setattr(checks, "kernel_runs_here", lambda kernel, device, dtype: True)
     last_run = []
-    original = self_check._Planted.run
+    original = checks._Planted.run
 
     def run(self, name, kernel):
         last_run[:] = [kernel]
@@ -530,8 +530,8 @@ def planted_kernels(monkeypatch):
         call()
         return TIMES_MS[last_run[0]]
 
-    monkeypatch.setattr(self_check._Planted, "run", run)
-    monkeypatch.setattr(self_check, "_time_ms", time_ms)
+    monkeypatch.setattr(checks._Planted, "run", run)
+    monkeypatch.setattr(checks, "_time_ms", time_ms)
 
     def plant(fused, triton):
         monkeypatch.setattr(paged_cache, "_fused", fused)

@@ -128,8 +128,7 @@ class FakeEngine:
         place: Place | None = None,
     ) -> AsyncIterator[str]:
         self._raise_if_stopped()
-        with place or self.hold_place(request.priority, request.group_id):  # given back on joining the line
-            pass
+        (place or self.hold_place(request.priority, request.group_id)).release()  # given back: in line now
         self.requests.append(request)
         answer = self._next_answer()
         if request.history and self.left_out_next and on_trimmed is not None:

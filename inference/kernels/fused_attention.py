@@ -18,6 +18,7 @@ import torch
 from transformers.models.phi3.modeling_phi3 import Phi3Attention
 
 from inference.kernels.paged_cache import PagedBatch, attend
+from inference.kernels.replace import replace_modules
 
 
 def rope_and_write(*args) -> torch.Tensor:
@@ -58,12 +59,7 @@ class FusedRopeAttention(Phi3Attention):
 
 def use_fused_rope(model: torch.nn.Module, fused: bool) -> int:
     """Make every Phi-3 attention of ``model`` fused (or transformers' own again); returns how many."""
-    wanted = FusedRopeAttention if fused else Phi3Attention
-    layers = [(name, module) for name, module in model.named_modules() if isinstance(module, Phi3Attention)]
-    for name, module in layers:
-        if type(module) is not wanted:
-            model.set_submodule(name, _taking_over(wanted, module))
-    return len(layers)
+    return replace_modules(model, Phi3Attention, FusedRopeAttention if fused else Phi3Attention, _taking_over)
 
 
 def _taking_over(kind: type[Phi3Attention], attention: Phi3Attention) -> Phi3Attention:

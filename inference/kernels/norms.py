@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from transformers.models.phi3.modeling_phi3 import Phi3RMSNorm
 
+from inference.kernels.replace import replace_modules
+
 
 class FusedRMSNorm(Phi3RMSNorm):
     """``Phi3RMSNorm`` normalising in one ``rms_norm`` call, then applying its weight as transformers does."""
@@ -30,12 +32,7 @@ class FusedRMSNorm(Phi3RMSNorm):
 
 def use_fused_norms(model: torch.nn.Module, fused: bool) -> int:
     """Make every RMSNorm of ``model`` fused (or transformers' own again); returns how many there are."""
-    wanted = FusedRMSNorm if fused else Phi3RMSNorm
-    norms = [(name, module) for name, module in model.named_modules() if isinstance(module, Phi3RMSNorm)]
-    for name, module in norms:
-        if type(module) is not wanted:
-            model.set_submodule(name, _sharing_weight(wanted, module))
-    return len(norms)
+    return replace_modules(model, Phi3RMSNorm, FusedRMSNorm if fused else Phi3RMSNorm, _sharing_weight)
 
 
 def _sharing_weight(kind: type[Phi3RMSNorm], norm: Phi3RMSNorm) -> Phi3RMSNorm:

@@ -37,7 +37,7 @@ for step in "${steps[@]}"; do
             $py -c 'import torch, transformers, sys; print(torch.__version__, transformers.__version__, sys.version)'" ;;
         # --noconftest: the inference tests need none of the bot's fixtures (nor its Discord packages).
         tests) run_step tests 70 "$py" -m pytest -q -p no:cacheprovider --noconftest tests/inference/test_gpu.py \
-            tests/inference/kernels/test_paged_cache.py tests/inference/kernels/test_fused_rope.py ;;
+            tests/inference/kernels/test_attention_backends.py tests/inference/kernels/test_fused_rope.py ;;
         burst) run_step burst 60 "$py" bench/burst.py --real-size ;;
         # Decoding steps against the memory-bandwidth limit, three ways, and graphs against eager steps; the
         # top operators of a few steps of each (by host and by GPU time) go to profile.log.

@@ -29,7 +29,8 @@ import torch
 
 from bench.engine import run_benchmark
 from bench.serving import versions
-from inference.kernels.paged_cache import PagedBatch, _gather_decode
+from inference.kernels.attention_backends import PLAIN, gather_decode
+from inference.kernels.paged_cache import PagedBatch
 from inference.kernels.triton_paged import MAX_SPLITS, STAGES, TILE, WARPS, paged_decode, splits_for
 
 log = logging.getLogger("bench.paged_kernel")
@@ -96,8 +97,9 @@ def plain(query, keys, values, table, lengths, context: int) -> torch.Tensor:
         block_table=table,
         q_lengths=[1] * rows,
         k_lengths=[context] * rows,
+        backend=PLAIN,
     )
-    return _gather_decode(query, keys, values, table, lengths, context, batch, SCALE)
+    return gather_decode(query, keys, values, table, lengths, context, batch, SCALE)
 
 
 def time_us(fn, device: torch.device) -> float:

@@ -31,5 +31,5 @@ PY
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/inference tests/cogs/test_end_to_end.py \
     --ignore=tests/inference/test_remote.py --ignore=tests/inference/serving/test_block_pool.py \
     --ignore=tests/inference/serving/test_scheduler.py --ignore=tests/inference/test_images.py \
-    --ignore=tests/inference/kernels/test_paged_cache.py \
+    --ignore=tests/inference/kernels/test_attention_backends.py \
     --ignore=tests/inference/kernels/test_triton_interpreter.py

@@ -3,10 +3,10 @@ write in one Triton kernel (:mod:`inference.kernels.triton_rope`) instead of tra
 
 :class:`FusedRopeAttention` is transformers' ``Phi3Attention`` (the same projections, under the same names)
 whose forward, given the runner's ``paged_batch``, projects ``qkv``, hands it to the kernel, and attends with
-:func:`inference.kernels.paged_cache.attend` as :func:`~inference.kernels.paged_cache.paged_attention` would;
+its batch's attention backend as :func:`~inference.kernels.paged_cache.paged_attention` would;
 anything else (``generate``, a partial rotary embedding) goes to transformers' own forward. The runner puts
 it in place of each attention layer (:func:`use_fused_rope`) only where Triton runs and after
-:func:`inference.kernels.checks.check_fused_rope` found the kernel equal to transformers' rotary embedding
+:func:`check_fused_rope` (below) found the kernel equal to transformers' rotary embedding
 and the cache's own write.
 """
 
@@ -15,10 +15,14 @@ from __future__ import annotations
 from typing import cast
 
 import torch
-from transformers.models.phi3.modeling_phi3 import Phi3Attention
+from transformers.models.phi3.modeling_phi3 import Phi3Attention, apply_rotary_pos_emb
 
-from inference.kernels.paged_cache import PagedBatch, attend
+from inference.kernels.checks import TOLERANCE, disagreement, reason_unless_fatal
+from inference.kernels.paged_cache import PagedBatch, PagedStorage
 from inference.kernels.replace import replace_modules
+
+ROPE_TOKENS = (1, 33, 700)  # checked at start-up: a decoding row, a batch, a prompt chunk
+ROPE_POSITIONS = 8192  # positions drawn below this (past LongRoPE's switch at 4,096)
 
 
 def rope_and_write(*args) -> torch.Tensor:
@@ -53,7 +57,7 @@ class FusedRopeAttention(Phi3Attention):
             values,
             self.config.num_attention_heads,
         )
-        out = attend(queries, keys, values, batch, self.scaling)  # [tokens, heads, head_dim]
+        out = batch.backend.attend(queries, keys, values, batch, self.scaling)  # [tokens, heads, head_dim]
         return self.o_proj(out.reshape(1, tokens, -1)), None
 
 
@@ -72,3 +76,55 @@ def _taking_over(kind: type[Phi3Attention], attention: Phi3Attention) -> Phi3Att
     for key, value in vars(attention).items():  # what loading marked on it (transformers' initialised flag)
         vars(replacement).setdefault(key, value)
     return replacement.train(attention.training)
+
+
+@torch.inference_mode()
+def check_fused_rope(
+    device: torch.device, dtype: torch.dtype, *, heads: int, kv_heads: int, head_dim: int
+) -> str | None:
+    """:func:`rope_and_write` against transformers'
+    ``apply_rotary_pos_emb`` and :meth:`~inference.kernels.paged_cache.PagedStorage.write` on random rows of
+    ``qkv`` at random positions: the same queries, and every slot of both caches the same (the right slots
+    written, no other); None when all agree within the dtype's tolerance, else what differed (then the runner
+    keeps transformers')."""
+    generator = torch.Generator().manual_seed(0)
+    tolerance = TOLERANCE.get(dtype, 1e-2)
+    widths = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+    frequencies = 1 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    block_tokens = 16
+    try:
+        for tokens in ROPE_TOKENS:
+            num_blocks = -(-tokens // block_tokens) + 2  # room for slots no token writes
+            qkv = (torch.randn(tokens, sum(widths), generator=generator) * 4).to(device, dtype)
+            positions = torch.randint(0, ROPE_POSITIONS, (tokens, 1), generator=generator).float()
+            angles = torch.cat([positions * frequencies, positions * frequencies], dim=-1)
+            cos, sin = angles.cos().to(device, dtype), angles.sin().to(device, dtype)
+            slots = torch.randperm(num_blocks * block_tokens, generator=generator)[:tokens].to(device)
+            fused, plain = (
+                PagedStorage(
+                    num_layers=1,
+                    num_blocks=num_blocks,
+                    block_tokens=block_tokens,
+                    kv_heads=kv_heads,
+                    head_dim=head_dim,
+                    dtype=dtype,
+                    device=device,
+                )
+                for _ in range(2)
+            )
+            queries = rope_and_write(qkv, cos, sin, slots, fused.keys[0], fused.values[0], heads)
+            q, k, v = (part.view(1, tokens, -1, head_dim).transpose(1, 2) for part in qkv.split(widths, -1))
+            q, k = apply_rotary_pos_emb(q, k, cos[None], sin[None])
+            plain.write(0, slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
+            compared = {
+                "queries": (queries, q[0].transpose(0, 1)),
+                "keys": (fused.keys[0], plain.keys[0]),
+                "values": (fused.values[0], plain.values[0]),
+            }
+            for name, (got, expected) in compared.items():
+                why = disagreement(got, expected.float(), tolerance, "transformers'")
+                if why is not None:
+                    return f"{name}: {why} ({tokens} tokens)"
+    except Exception as error:
+        return reason_unless_fatal(error, "The fused rotary embedding")
+    return None

@@ -11,7 +11,8 @@ It computes what transformers computes, rounding where transformers rounds: ``q 
 ``rotate_half(q) * sin`` each rounded to the model's dtype, then their sum, so the results are the same
 bit for bit: tested on a GPU in bf16 and float32, and under Triton's interpreter in float32 (the
 interpreter truncates float32 to bf16 where a GPU rounds to nearest, so there bf16 is compared within a
-few steps); checked on the GPU at start-up by :func:`inference.kernels.checks.check_fused_rope` before use.
+few steps); checked on the GPU at start-up by :func:`inference.kernels.fused_attention.check_fused_rope`
+before use.
 """
 
 from __future__ import annotations

@@ -28,13 +28,11 @@ from dataclasses import dataclass
 
 import torch
 
-from inference.kernels.checks import verify_graphs
-from inference.kernels.paged_cache import GIB, PagedBatch, PagedStorage, block_table_tensor
+from inference.kernels.checks import TOLERANCE, SelfCheckFailed, is_fatal, short
+from inference.kernels.paged_cache import GIB, AttentionBackend, PagedBatch, PagedStorage, block_table_tensor
 
 log = logging.getLogger(__name__)
 
-# Graph-safe kernels: their launches depend only on shapes (``plain`` sizes its gather by lengths).
-GRAPH_KERNELS = ("fused", "triton")
 WARMUP_STEPS = 2  # eager runs on a side stream before each capture, as CUDA graph capture needs
 
 
@@ -124,12 +122,12 @@ class DecodeStep:
         model,
         storage: PagedStorage,
         inputs: DecodeInputs,
-        kernel: str,
+        backend: AttentionBackend,
         sliding_window: int | None,
         max_keys: int,
     ) -> None:
         self.model, self.storage, self.inputs = model, storage, inputs
-        self.kernel, self.sliding_window = kernel, sliding_window
+        self.backend, self.sliding_window = backend, sliding_window
         self.max_keys = max_keys  # the most keys a row can have: what a captured step is sized for
         self.buckets: tuple[int, ...] = ()  # set when steps are padded to buckets (graphs, or a test)
         # Per bucket: replays the captured step and returns its logits (where the replays write them).
@@ -161,7 +159,7 @@ class DecodeStep:
             block_table=inputs.block_table[:bucket],
             q_lengths=[1] * bucket,
             k_lengths=lengths,
-            kernel=self.kernel,
+            backend=self.backend,
             sliding_window=self.sliding_window,
         )
         # No long_rope hint: a decoding row of a prompt past LongRoPE's switch is past it itself.
@@ -176,12 +174,12 @@ class DecodeStep:
         return logits
 
     def can_capture(self) -> bool:
-        return self.inputs.ids.device.type == "cuda" and self.kernel in GRAPH_KERNELS
+        return self.inputs.ids.device.type == "cuda" and self.backend.graph_safe
 
     def capture(self, max_rows: int) -> str | None:
         """Capture a graph per bucket, largest first, in one memory pool; None, or why it failed."""
-        if self.kernel not in GRAPH_KERNELS:
-            return f"the {self.kernel} attention kernel sizes its work on the host"
+        if not self.backend.graph_safe:
+            return f"the {self.backend.name} attention kernel sizes its work on the host"
         device = self.inputs.ids.device
         buckets = buckets_up_to(max_rows)
         started = time.perf_counter()
@@ -263,3 +261,50 @@ class DecodeStep:
             return verify_graphs(self.graphs, eager, fill, tokens, self.storage.keys[0].dtype)
         finally:
             self.inputs.table_owners = None  # the next real step rewrites the block table
+
+
+@torch.inference_mode()
+def verify_graphs(
+    graphs: dict[int, Callable[[], torch.Tensor]],
+    eager: Callable[[int], torch.Tensor],
+    fill: Callable[[int], None],
+    tokens: Callable[[int], list[int]],
+    dtype: torch.dtype,
+) -> str | None:
+    """Replay each bucket's graph and run the same step eagerly on the same inputs; None when every bucket
+    gives the same greedy tokens and logits within tolerance, else what differed.
+
+    ``fill(bucket)`` writes planted inputs for that many rows; ``graphs[bucket]()`` replays and returns the
+    logits; ``eager(bucket)`` runs the step without the graph; ``tokens(bucket)`` reads the greedy tokens the
+    last of them wrote. Both write the same new keys and values into the same slots, so the second
+    run sees the state the first saw.
+    """
+    tolerance = TOLERANCE.get(dtype, 1e-2)
+    for bucket, replay in sorted(graphs.items()):
+        fill(bucket)
+        try:
+            expected = eager(bucket).float().clone()
+            expected_tokens = tokens(bucket)
+            got = replay().float().clone()
+            got_tokens = tokens(bucket)
+        except Exception as error:
+            if is_fatal(error):
+                raise SelfCheckFailed(
+                    "A CUDA graph of the decoding step broke the GPU during its start-up check "
+                    f"({short(error)}); restart with CUDA_GRAPHS=false."
+                ) from error
+            return f"replaying the graph for {bucket} rows raised {short(error)}"
+        if got_tokens != expected_tokens:
+            same = sum(a == b for a, b in zip(got_tokens, expected_tokens))
+            return (
+                f"the graph for {bucket} rows chose other tokens than the eager step "
+                f"({same} of {bucket} alike)"
+            )
+        scale = float(expected.abs().max()) or 1.0
+        difference = float((got - expected).abs().max())
+        if not difference <= tolerance * scale:
+            return (
+                f"the graph for {bucket} rows gave logits {difference:.3g} away from the eager step's "
+                f"(allowed {tolerance * scale:.3g})"
+            )
+    return None

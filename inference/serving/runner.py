@@ -25,14 +25,15 @@ import torch
 
 from inference.decoding import STOP_TOKENS, Event, IncrementalDecoder
 from inference.errors import OutOfMemory
-from inference.kernels.checks import KernelChoice, is_fatal
+from inference.kernels.attention_backends import BackendChoice
+from inference.kernels.checks import is_fatal
 from inference.kernels.fused_attention import use_fused_rope
 from inference.kernels.norms import use_fused_norms
 from inference.kernels.paged_cache import (
-    ATTENTION_NAME,
     PagedBatch,
     PagedStorage,
     block_table_tensor,
+    register_attention,
     slots_of,
 )
 from inference.loading import LoadedModel, use_language_attention
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 class Decisions:
     """What the start decided on this device (``inference.serving.startup``), handed to the runner."""
 
-    kernel_choice: KernelChoice  # the attention kernel, checked against the plain one
+    attention: BackendChoice  # the attention backend, checked against the plain one
     fused_norms: bool  # RMSNorm in one call (checked against transformers')
     fused_rope: bool  # rotary embedding and KV write in one Triton kernel (checked)
     causal_bias: bool  # a prompt's later chunks attend without a mask (checked)
@@ -115,15 +116,15 @@ class ModelRunner:
         self.num_layers = model_config.num_hidden_layers
         self.sliding_window = getattr(model_config, "sliding_window", None)
         self.block_tokens = BLOCK_TOKENS
-        self.kernel_choice: KernelChoice = decisions.kernel_choice
-        self.kernel = self.kernel_choice.name
+        self.attention_choice = decisions.attention
+        self.attention = self.attention_choice.backend
         self.fused_norms = decisions.fused_norms
         self.fused_rope = decisions.fused_rope
         self.causal_bias = decisions.causal_bias
         self.pace: Pace | None = decisions.pace  # measured on a CPU, where limits and waits depend on it
         use_fused_norms(loaded.model, self.fused_norms)
         use_fused_rope(loaded.model, self.fused_rope)
-        use_language_attention(loaded.model, ATTENTION_NAME)
+        use_language_attention(loaded.model, register_attention())
         self.rows: dict[int, _Row] = {}  # in order of admission
         self.full_request_tokens = full_request_tokens(self.num_crops, config.max_new_tokens)
         self.token_budget = decisions.token_budget
@@ -180,7 +181,8 @@ class ModelRunner:
     @property
     def attention_text(self) -> str:
         """How the model attends, for the owner's status."""
-        timing = f" ({self.kernel_choice.time_ms:.2f} ms)" if self.kernel_choice.time_ms is not None else ""
+        measured = self.attention_choice.time_ms
+        timing = f" ({measured:.2f} ms)" if measured is not None else ""
         graphs = ", CUDA graphs (checked)" if self.graphs_checked else ""
         if self.graphs_refused:
             graphs = ", CUDA graphs off (they failed their start-up check)"
@@ -188,7 +190,7 @@ class ModelRunner:
         fusions = f", fused {' and '.join(fused)} (checked)" if fused else ""
         return (
             f"paged KV cache of {self.token_budget} tokens (room for {self.people}), "
-            f"{self.kernel} attention kernel{timing}{fusions}{graphs}"
+            f"{self.attention.name} attention kernel{timing}{fusions}{graphs}"
         )
 
     def _allocate_cache(self, token_budget: int) -> None:
@@ -206,7 +208,7 @@ class ModelRunner:
             self.loaded.model,
             self.storage,
             self.decode_inputs,
-            self.kernel,
+            self.attention,
             self.sliding_window,
             self.blocks_per_row * self.block_tokens,
         )
@@ -393,7 +395,7 @@ class ModelRunner:
             ),
             q_lengths=[entry.count for entry in entries],
             k_lengths=k_lengths,
-            kernel=self.kernel,
+            backend=self.attention,
             sliding_window=self.sliding_window,
             causal_bias=self.causal_bias,
         )

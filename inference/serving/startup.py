@@ -2,7 +2,7 @@
 CPU's pace measured, the KV cache sized, CUDA graphs captured and replayed against eager steps. The runner
 (``runner.py``) is then the hot path alone; what was decided here reaches it as :class:`Decisions`.
 
-    weights loaded ──► attention kernels checked, the fastest correct chosen (kernels/checks.py)
+    weights loaded ──► attention backends checked, the fastest correct chosen (kernels/attention_backends.py)
                ──► the fused RMSNorm, rotary embedding and mask-free chunks checked, each used if it agrees
                ──► on a CPU: its pace measured, fewer crops where the checkpoint's would be too slow
                ──► the KV cache sized (TOKEN_BUDGET, or what memory is left after a warm-up on CUDA)
@@ -20,10 +20,10 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
-from inference.kernels.checks import check_causal_bias, check_fused_norm, check_fused_rope, choose_kernel
-from inference.kernels.fused_attention import use_fused_rope
-from inference.kernels.norms import use_fused_norms
-from inference.kernels.paged_cache import PagedStorage, kernel_runs_here
+from inference.kernels.attention_backends import check_causal_bias, choose_backend, triton_runs_here
+from inference.kernels.fused_attention import check_fused_rope, use_fused_rope
+from inference.kernels.norms import check_fused_norm, use_fused_norms
+from inference.kernels.paged_cache import PagedStorage
 from inference.loading import LoadedModel
 from inference.prepare import Prepared, Preparer
 from inference.serving import pace
@@ -48,12 +48,6 @@ log = logging.getLogger(__name__)
 CALIBRATION_ROW = -1  # the start's own timing row (the engine numbers requests from 1)
 CALIBRATION_STEPS = 2
 
-KERNEL_TEXT = {
-    "fused": "PyTorch's FlashAttention, reading the blocks in place",
-    "triton": "a Triton kernel reading the blocks in place (prompt chunks: gathered row by row)",
-    "plain": "gathered row by row",
-}
-
 
 def start_runner(loaded: LoadedModel, config: EngineConfig) -> ModelRunner:
     """The runner for ``loaded`` on its device, every decision checked or measured there first."""
@@ -61,7 +55,7 @@ def start_runner(loaded: LoadedModel, config: EngineConfig) -> ModelRunner:
     heads = model_config.num_attention_heads
     kv_heads = model_config.num_key_value_heads or heads
     head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
-    kernel_choice = choose_kernel(
+    attention = choose_backend(
         loaded.device,
         loaded.dtype,
         heads=heads,
@@ -84,7 +78,7 @@ def start_runner(loaded: LoadedModel, config: EngineConfig) -> ModelRunner:
         loaded,
         "Rotary embedding and KV write",
         "one Triton kernel a layer",
-        config.fused_rope and kernel_runs_here("triton", loaded.device, loaded.dtype),
+        config.fused_rope and triton_runs_here(loaded.device),
         lambda: check_fused_rope(
             loaded.device, loaded.dtype, heads=heads, kv_heads=kv_heads, head_dim=head_dim
         ),
@@ -95,7 +89,7 @@ def start_runner(loaded: LoadedModel, config: EngineConfig) -> ModelRunner:
     if loaded.device.type == "cpu":
         measured = pace.measure(loaded.model, loaded.dtype)  # with the fused norms as they will run
         loaded = _with_crops(loaded, pace.crops_for(measured, config.num_crops, _crops(loaded)), measured)
-    decisions = Decisions(kernel_choice, fused_norms, fused_rope, causal_bias, token_budget=0, pace=measured)
+    decisions = Decisions(attention, fused_norms, fused_rope, causal_bias, token_budget=0, pace=measured)
     shape = CacheShape(
         PagedStorage.bytes_per_token(model_config.num_hidden_layers, kv_heads, head_dim, loaded.dtype),
         BLOCK_TOKENS,
@@ -153,8 +147,8 @@ def _use_checked(
 
 def _causal_bias_agrees(loaded: LoadedModel, heads: int, head_dim: int) -> bool:
     """Whether a prompt's later chunks attend without a mask (PyTorch's ``causal_lower_right``, see
-    :func:`~inference.kernels.paged_cache.attend_at_end`): where it agrees with the mask here. (Grouped-query
-    models always build the mask, so nothing is checked for them.)"""
+    :func:`~inference.kernels.attention_backends.attend_at_end`): where it agrees with the mask here.
+    (Grouped-query models always build the mask, so nothing is checked for them.)"""
     problem = check_causal_bias(loaded.device, loaded.dtype, heads=heads, head_dim=head_dim)
     if problem is not None:
         log.warning(
@@ -242,11 +236,11 @@ def _log_cache(runner: ModelRunner, config: EngineConfig) -> None:
         config.max_batch_size,
         config.prefill_chunk_tokens,
     )
-    checked = runner.kernel_choice.summary()
+    checked = runner.attention_choice.summary()
     log.info(
         "Attention kernel: %s, %s%s",
-        runner.kernel,
-        KERNEL_TEXT[runner.kernel],
+        runner.attention.name,
+        runner.attention.text,
         f" (checked on {runner.loaded.device} against the plain kernel: {checked})" if checked else "",
     )
 

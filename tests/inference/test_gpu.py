@@ -82,7 +82,7 @@ def test_the_runner_answers_like_generate_in_bf16():
     )
     request = Request(Task.DESCRIBE, (image(300, 500, 2),), question="What is this?")
     runner = start_runner(load(config), config)
-    assert runner.kernel in ("fused", "triton")  # keys read in place, no gather
+    assert runner.attention.name in ("fused", "triton")  # keys read in place, no gather
     assert runner.fused_norms and runner.fused_rope  # against generate's model, freshly loaded: transformers'
     runner.stop_ids = set()
     recorder = Recorder(runner)
@@ -96,14 +96,16 @@ def test_the_runner_answers_like_generate_in_bf16():
 
 
 def test_the_start_up_check_passes_at_the_published_shape():
-    from inference.kernels.checks import check_causal_bias, check_fused_norm, check_fused_rope, choose_kernel
+    from inference.kernels.attention_backends import check_causal_bias, choose_backend
+    from inference.kernels.fused_attention import check_fused_rope
+    from inference.kernels.norms import check_fused_norm
 
     cuda = torch.device("cuda")
     assert check_causal_bias(cuda, torch.bfloat16, heads=32, head_dim=96) is None
     assert check_fused_norm(cuda, torch.bfloat16, 3072, 1e-5) is None
     assert check_fused_rope(cuda, torch.bfloat16, heads=32, kv_heads=32, head_dim=96) is None
 
-    choice = choose_kernel(
+    choice = choose_backend(
         torch.device("cuda"),
         torch.bfloat16,
         heads=32,
@@ -112,7 +114,7 @@ def test_the_start_up_check_passes_at_the_published_shape():
         sliding_window=131072,
         max_rows=32,
     )
-    assert choice.name in ("fused", "triton") and not choice.refused, choice.summary()
+    assert choice.backend.name in ("fused", "triton") and not choice.refused, choice.summary()
 
 
 def test_decoding_from_cuda_graphs_answers_like_eager_steps():

@@ -17,8 +17,7 @@ import torch
 from transformers.models.phi3.modeling_phi3 import Phi3Attention, apply_rotary_pos_emb
 
 from inference.kernels import fused_attention
-from inference.kernels.checks import check_fused_rope
-from inference.kernels.fused_attention import FusedRopeAttention, use_fused_rope
+from inference.kernels.fused_attention import FusedRopeAttention, check_fused_rope, use_fused_rope
 from inference.serving import startup as startup_module
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -139,7 +138,7 @@ def test_the_runner_with_the_kernel_answers_like_generate(monkeypatch, caplog):
     from inference.types import Request, Task
     from tests.inference.serving.test_runner import Generated, alone, image, paged, same_answers
 
-    monkeypatch.setattr(startup_module, "kernel_runs_here", lambda kernel, device, dtype: True)
+    monkeypatch.setattr(startup_module, "triton_runs_here", lambda device: True)
     with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
         runner = paged(prefill_chunk_tokens=300)
     assert runner.fused_rope

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from transformers.models.phi3.modeling_phi3 import Phi3RMSNorm
 
-from inference.kernels import checks, norms
-from inference.kernels.checks import SelfCheckFailed, check_fused_norm
-from inference.kernels.norms import FusedRMSNorm, use_fused_norms
+from inference.kernels import norms
+from inference.kernels.checks import SelfCheckFailed
+from inference.kernels.norms import FusedRMSNorm, check_fused_norm, use_fused_norms
 from tests.inference.phi3v.test_modeling_phi3v import random_model, tiny_config
 
 HIDDEN = 3072  # the real model's
@@ -92,4 +92,4 @@ def test_a_norm_that_raises_is_refused_with_the_reason(monkeypatch):
     assert check_fused_norm(torch.device("cpu"), torch.float32, 64, 1e-6) == (
         "NotImplementedError: rms_norm: no kernel for this device"
     )
-    assert checks.NORM_ROWS[-1] >= 2048  # a prompt chunk's worth is among the rows checked
+    assert norms.NORM_ROWS[-1] >= 2048  # a prompt chunk's worth is among the rows checked

@@ -1,7 +1,8 @@
 """Our Triton kernels on the CPU, under Triton's interpreter.
 
-The interpreter is chosen when Triton is first imported, so the kernels' tests in test_paged_cache.py and
-test_fused_rope.py run in a process of their own, started here with ``TRITON_INTERPRET=1``.
+The interpreter is chosen when Triton is first imported, so the kernels' tests in
+test_attention_backends.py and test_fused_rope.py run in a process of their own, started here with
+``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def interpreted(*pytest_args: str) -> str:
 
 def test_the_triton_kernel_under_the_interpreter():
     pytest.importorskip("triton", reason="Triton has no build for this platform (it ships for Linux x86-64)")
-    assert "8 passed" in interpreted("tests/inference/kernels/test_paged_cache.py", "-k", "triton")
+    assert "8 passed" in interpreted("tests/inference/kernels/test_attention_backends.py", "-k", "triton")
 
 
 def test_the_rotary_kernel_under_the_interpreter():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from inference.kernels.attention_backends import BACKENDS
 from inference.serving.decode_step import DecodeInputs, DecodeRow, buckets_up_to
 from tests.inference.serving.test_runner import Recorder, alone, paged, reference, same_answers
 
@@ -70,10 +71,10 @@ def test_a_capture_that_cannot_happen_leaves_eager_steps(requests, reference):
     runner = paged()
     step = runner.decode_step
     assert step.capture(8) == "the plain attention kernel sizes its work on the host"
-    step.kernel = "triton"  # as if it ran here: the capture itself fails on a machine without CUDA
+    step.backend = BACKENDS["triton"]  # as if it ran here: the capture itself fails on a machine without CUDA
     problem = step.capture(8)
     assert problem and not step.graphs and step.buckets == ()
-    step.kernel = "plain"
+    step.backend = BACKENDS["plain"]
     assert not step.can_capture()  # no CUDA here: the runner never tries
     same_answers(alone(runner, requests[0]), 1, reference.answer(requests[0]), 1)
 

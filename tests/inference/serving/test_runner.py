@@ -21,7 +21,8 @@ from transformers.models.phi3.modeling_phi3 import Phi3Attention, Phi3RMSNorm
 
 from inference import phi3v
 from inference.decoding import IncrementalDecoder
-from inference.kernels import fused_attention, norms, paged_cache
+from inference.kernels import attention_backends, fused_attention, norms
+from inference.kernels.attention_backends import PLAIN, FusedBackend, TritonBackend
 from inference.kernels.fused_attention import FusedRopeAttention
 from inference.kernels.norms import FusedRMSNorm
 from inference.kernels.paged_cache import PagedStorage
@@ -485,11 +486,11 @@ def test_the_allocation_failing_ends_the_start_with_one_line(monkeypatch):
 
 
 def fused_as_plain(q, keys, values, batch, scale):
-    return paged_cache._by_rows(q, keys, values, dataclasses.replace(batch, kernel="plain"), scale)
+    return PLAIN.attend(q, keys, values, dataclasses.replace(batch, backend=PLAIN), scale)
 
 
 def gather_decode(*args):
-    return paged_cache._gather_decode(*args)
+    return attention_backends.gather_decode(*args)
 
 
 def failing_kernel(*args):
@@ -503,11 +504,11 @@ def breaking_kernel(*args):
 def drops_a_key(q, keys, values, table, lengths, longest, batch, scale):
     """Almost right: rows of a few hundred keys lose their newest one (a check of short rows misses it)."""
     shorter = lengths - ((lengths > 100) & (lengths < 1000)).int()
-    return paged_cache._gather_decode(q, keys, values, table, shorter, longest, batch, scale)
+    return attention_backends.gather_decode(q, keys, values, table, shorter, longest, batch, scale)
 
 
 def wrong_kernel(*args):
-    return paged_cache._gather_decode(*args) + 1
+    return attention_backends.gather_decode(*args) + 1
 
 
 TIMES_MS = {"fused": 1.0, "triton": 2.0, "plain": 5.0}
@@ -516,26 +517,25 @@ TIMES_MS = {"fused": 1.0, "triton": 2.0, "plain": 5.0}
 @pytest.fixture
 def planted_kernels(monkeypatch):
     """Every kernel 'exists' here; each one's time is planted (a CPU's timings of stand-ins mean nothing)."""
-    from inference.kernels import checks
-
-    monkeypatch.setattr(checks, "kernel_runs_here", lambda kernel, device, dtype: True)
+    for backend in (FusedBackend, TritonBackend):
+        monkeypatch.setattr(backend, "runs_here", lambda self, device, dtype: True)
     last_run = []
-    original = checks._Planted.run
+    original = attention_backends._Planted.run
 
-    def run(self, name, kernel):
-        last_run[:] = [kernel]
-        return original(self, name, kernel)
+    def run(self, name, backend):
+        last_run[:] = [backend.name]
+        return original(self, name, backend)
 
     def time_ms(call, device):
         call()
         return TIMES_MS[last_run[0]]
 
-    monkeypatch.setattr(checks._Planted, "run", run)
-    monkeypatch.setattr(checks, "_time_ms", time_ms)
+    monkeypatch.setattr(attention_backends._Planted, "run", run)
+    monkeypatch.setattr(attention_backends, "time_ms", time_ms)
 
     def plant(fused, triton):
-        monkeypatch.setattr(paged_cache, "_fused", fused)
-        monkeypatch.setattr(paged_cache, "_triton_decode", triton)
+        monkeypatch.setattr(FusedBackend, "attend", lambda self, *args: fused(*args))
+        monkeypatch.setattr(TritonBackend, "decode", lambda self, *args: triton(*args))
 
     return plant
 
@@ -560,10 +560,10 @@ def test_the_fastest_kernel_that_agrees_with_the_plain_one_is_chosen(
     planted_kernels(fused, triton)
     with caplog.at_level(logging.INFO, logger="inference"):
         runner = paged()
-    assert runner.kernel == chosen
-    assert set(runner.kernel_choice.refused) == set(refused)
+    assert runner.attention.name == chosen
+    assert set(runner.attention_choice.refused) == set(refused)
     for kernel, why in refused.items():
-        assert why in runner.kernel_choice.refused[kernel]
+        assert why in runner.attention_choice.refused[kernel]
         [warning] = [
             r for r in caplog.records if f"The {kernel} paged attention kernel failed" in r.getMessage()
         ]
@@ -609,7 +609,7 @@ def test_later_chunks_build_their_mask_when_attention_without_one_fails_its_chec
     monkeypatch, caplog, requests, reference
 ):
     """Aligned to the keys' start instead of their end, every later chunk would see the wrong keys."""
-    monkeypatch.setattr(paged_cache, "causal_lower_right", causal_upper_left)
+    monkeypatch.setattr(attention_backends, "causal_lower_right", causal_upper_left)
     with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
         runner = paged(prefill_chunk_tokens=97)
     assert not runner.causal_bias
@@ -646,7 +646,7 @@ def test_fused_norms_off_means_no_check_and_transformers_norms(monkeypatch):
 def test_the_runner_uses_the_fused_rope_where_triton_runs_after_its_check(monkeypatch, requests, reference):
     from tests.inference.kernels.test_fused_rope import rope_in_torch
 
-    monkeypatch.setattr(startup_module, "kernel_runs_here", lambda kernel, device, dtype: True)
+    monkeypatch.setattr(startup_module, "triton_runs_here", lambda device: True)
     monkeypatch.setattr(fused_attention, "rope_and_write", rope_in_torch)
     runner = paged()
     assert runner.fused_rope and "fused RMSNorm and rotary (checked)" in runner.attention_text
@@ -657,7 +657,7 @@ def test_the_runner_uses_the_fused_rope_where_triton_runs_after_its_check(monkey
 def test_a_fused_rope_that_fails_its_check_leaves_transformers_attention(monkeypatch, caplog):
     from tests.inference.kernels.test_fused_rope import sine_backwards
 
-    monkeypatch.setattr(startup_module, "kernel_runs_here", lambda kernel, device, dtype: True)
+    monkeypatch.setattr(startup_module, "triton_runs_here", lambda device: True)
     monkeypatch.setattr(fused_attention, "rope_and_write", sine_backwards)
     with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
         runner = paged()
@@ -671,7 +671,7 @@ def test_a_fused_rope_that_fails_its_check_leaves_transformers_attention(monkeyp
 def test_without_triton_or_turned_off_the_rope_is_not_checked(monkeypatch, why):
     monkeypatch.setattr(startup_module, "check_fused_rope", lambda *args, **kwargs: pytest.fail("checked"))
     if why == "turned off":
-        monkeypatch.setattr(startup_module, "kernel_runs_here", lambda kernel, device, dtype: True)
+        monkeypatch.setattr(startup_module, "triton_runs_here", lambda device: True)
     runner = paged(fused_rope=why != "turned off")
     assert not runner.fused_rope
     assert all(type(layer.self_attn) is Phi3Attention for layer in runner.loaded.model.model.layers)
@@ -681,7 +681,7 @@ def test_the_check_uses_the_models_window_and_long_rows(planted_kernels):
     """A kernel that ignores the sliding window is refused when the model has one shorter than the rows."""
 
     def no_window(q, keys, values, table, lengths, longest, batch, scale):
-        return paged_cache._gather_decode(
+        return attention_backends.gather_decode(
             q, keys, values, table, lengths, longest, dataclasses.replace(batch, sliding_window=None), scale
         )
 
@@ -689,8 +689,8 @@ def test_the_check_uses_the_models_window_and_long_rows(planted_kernels):
     loaded = load(tiny())
     loaded.model.config.sliding_window = 2048  # shorter than the check's rows of 2,600 and 4,400 keys
     runner = start_runner(loaded, tiny())
-    assert "values differ" in runner.kernel_choice.refused["triton"]
-    assert runner.kernel == "fused"
+    assert "values differ" in runner.attention_choice.refused["triton"]
+    assert runner.attention.name == "fused"
 
 
 class PlantedGraphs:
@@ -888,13 +888,13 @@ class OutOfMemoryAt:
 
 def test_a_runner_is_built_from_decisions_alone_and_answers_as_the_started_one():
     """The hot path without the start-up: no check, measurement or step runs in the constructor."""
-    from inference.kernels.checks import KernelChoice
+    from inference.kernels.attention_backends import BackendChoice
     from inference.serving.runner import Decisions
 
     request = Request(Task.DESCRIBE, (image(90, 60, 1),), question="What is this?", max_new_tokens=6)
     started = start_runner(load(tiny()), tiny(token_budget=8192))
     decisions = Decisions(
-        KernelChoice("plain"), fused_norms=False, fused_rope=False, causal_bias=True, token_budget=8192
+        BackendChoice(PLAIN), fused_norms=False, fused_rope=False, causal_bias=True, token_budget=8192
     )
     built = ModelRunner(load(tiny()), tiny(token_budget=8192), decisions)
     assert built.pace is None and built.rows == {} and not built.graphs_checked

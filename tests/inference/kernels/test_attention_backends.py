@@ -15,9 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_upper_left
 
-from inference.kernels import paged_cache
-from inference.kernels.checks import SelfCheckFailed, check_causal_bias
-from inference.kernels.paged_cache import PagedBatch, PagedStorage, attend_at_end, paged_attention, slots_of
+from inference.kernels import attention_backends
+from inference.kernels.attention_backends import (
+    BACKENDS,
+    PLAIN,
+    attend_at_end,
+    check_causal_bias,
+    gather_decode,
+)
+from inference.kernels.checks import SelfCheckFailed
+from inference.kernels.paged_cache import PagedBatch, PagedStorage, paged_attention, slots_of
 from inference.serving.block_pool import BlockPool
 
 BLOCK = 16
@@ -82,7 +89,7 @@ def run_rows(
         block_table=table.to(device),
         q_lengths=q_lengths,
         k_lengths=k_lengths,
-        kernel=kernel,
+        backend=BACKENDS[kernel],
         sliding_window=window,
         causal_bias=causal_bias,
     )
@@ -177,7 +184,7 @@ def test_the_start_up_check_of_attention_without_a_mask_passes_here(dtype):
 
 
 def test_the_check_refuses_attention_aligned_to_the_start_of_the_keys(monkeypatch):
-    monkeypatch.setattr(paged_cache, "causal_lower_right", causal_upper_left)
+    monkeypatch.setattr(attention_backends, "causal_lower_right", causal_upper_left)
     problem = check_causal_bias(torch.device("cpu"), torch.bfloat16, heads=4, head_dim=16)
     assert problem is not None and "values differ from an explicit mask's" in problem
     assert problem.endswith("(300 queries on 2600 keys)")
@@ -187,7 +194,7 @@ def test_attention_without_a_mask_that_raises_is_refused_with_the_reason(monkeyp
     def raises(q_len, k_len):
         raise NotImplementedError("no kernel for this bias")
 
-    monkeypatch.setattr(paged_cache, "causal_lower_right", raises)
+    monkeypatch.setattr(attention_backends, "causal_lower_right", raises)
     problem = check_causal_bias(torch.device("cpu"), torch.float32, heads=4, head_dim=16)
     assert problem == "NotImplementedError: no kernel for this bias"
 
@@ -196,7 +203,7 @@ def test_attention_without_a_mask_that_breaks_the_device_ends_the_start(monkeypa
     def breaks(q_len, k_len):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(paged_cache, "causal_lower_right", breaks)
+    monkeypatch.setattr(attention_backends, "causal_lower_right", breaks)
     with pytest.raises(SelfCheckFailed, match="causal attention without a mask broke the GPU"):
         check_causal_bias(torch.device("cpu"), torch.float32, heads=4, head_dim=16)
 
@@ -277,7 +284,6 @@ def test_the_triton_kernel_splits_a_rows_keys_between_programs(triton_device, sp
     """Several programs per row and head, each a stretch of keys, merged: the same as one program alone.
 
     Rows of 300, 17 and 1 keys: with 3 or 4 splits some stretches are empty (one tile covers all)."""
-    from inference.kernels.paged_cache import _gather_decode
     from inference.kernels.triton_paged import paged_decode
 
     generator = torch.Generator().manual_seed(splits)
@@ -294,9 +300,10 @@ def test_the_triton_kernel_splits_a_rows_keys_between_programs(triton_device, sp
         block_table=table,
         q_lengths=[1, 1, 1],
         k_lengths=lengths.tolist(),
+        backend=PLAIN,
         sliding_window=window,
     )
-    expected = _gather_decode(query, keys, values, table, lengths, 300, batch, 0.3)
+    expected = gather_decode(query, keys, values, table, lengths, 300, batch, 0.3)
     on = [t.to(triton_device) for t in (query, keys, values, table, lengths)]
     out = paged_decode(*on, 0.3, window, splits=splits)
     torch.testing.assert_close(out.cpu(), expected, atol=1e-5, rtol=1e-5)
@@ -306,10 +313,8 @@ def test_the_triton_kernel_splits_a_rows_keys_between_programs(triton_device, sp
 @pytest.mark.parametrize("kv_heads", [2, 4], ids=["grouped heads", "as many key heads"])
 @pytest.mark.parametrize("kernel", ["plain", "fused", "triton"])
 def test_the_kernels_equal_the_reference_on_a_gpu(kernel, kv_heads):
-    from inference.kernels.paged_cache import kernel_runs_here
-
     device = torch.device("cuda")
-    if not kernel_runs_here(kernel, device, torch.bfloat16):
+    if not BACKENDS[kernel].runs_here(device, torch.bfloat16):
         pytest.skip(f"the {kernel} kernel does not exist here (PyTorch or GPU too old, or no Triton)")
     # FlashAttention's block tables need blocks of a multiple of 256 tokens; prompts then span several.
     check_against_reference(device, torch.bfloat16, kernel, atol=2e-2, block=256, scale=12, kv_heads=kv_heads)

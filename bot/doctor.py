@@ -10,7 +10,6 @@ import base64
 import binascii
 import contextlib
 import ipaddress
-import json
 import os
 import re
 import sqlite3
@@ -20,33 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot.settings import Settings
-from inference.serving.block_pool import BLOCK_TOKENS
-from inference.serving.cache_size import (
-    CacheDoesNotFit,
-    CacheShape,
-    available_ram,
-    cpu_budget,
-    explicit_budget_problem,
-    full_request_tokens,
-    gpu_budget,
-    people_text,
-)
+from inference.serving.cache_size import people_text
 from inference.types import PUBLISHED_WEIGHT_BYTES
 
 if TYPE_CHECKING:
+    from inference.serving.forecast import Forecast
     from inference.serving.pace import Pace
 
 GB = 10**9  # as the README counts
-# The weights' share of their bf16 size per mode (docs/gpu.md, "GPU memory": 8.3, 4.7 and 3.2 GB).
-# The language model's linear layers' share of Phi-3-vision's weights (3.62 of 4.15 billion): what 8-bit
-# rounds on the CPU; the vision tower, embeddings and lm_head keep the model's precision.
-LINEAR_SHARE = 0.872
-WEIGHTS_SHARE = {"none": 1.0, "8bit": 4.7 / 8.3, "4bit": 3.2 / 8.3}
-KV_BYTES_PER_TOKEN = 32 * 2 * 3072 * 2  # layers x (keys, values) x width x bf16
-# Activations' peak: the vision tower on MAX_IMAGES images at 16 crops and one 2,048-token prefill chunk. An
-# estimate until a GPU measures it; the start measures it itself (a warm-up) before sizing the cache.
-ACTIVATIONS_BYTES = int(0.6 * 1024**3)
-DEFAULT_NUM_CROPS = 16  # the published Phi-3-vision's preprocessor setting
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
 
 
@@ -138,39 +118,25 @@ def _cached_bytes(model_id: str) -> int:
     return 0
 
 
-def checkpoint_crops(settings: Settings) -> int:
-    """The crops the checkpoint asks for: a local folder's ``preprocessor_config.json``, else the
-    published 16."""
-    config_file = Path(settings.model_id).expanduser() / "preprocessor_config.json"
-    try:
-        return int(json.loads(config_file.read_text()).get("num_crops", DEFAULT_NUM_CROPS))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return DEFAULT_NUM_CROPS
-
-
-def cpu_pace(settings: Settings) -> Pace | None:
-    """On the CPU, what the start will measure, estimated from products at the model's shapes (a second or
-    two); None elsewhere, or when the device settings cannot work (the device line says why)."""
+def forecast(
+    settings: Settings,
+    *,
+    cuda_free: Callable[[], tuple[int, int] | None] | None = None,
+    estimate: Pace | None = None,
+) -> Forecast | str:
+    """What the start would decide here (``inference``'s forecast), or why the device settings cannot work,
+    in the start's own words."""
     from inference import InvalidRequest
-    from inference.loading import resolve_choices, resolve_quantization
-    from inference.serving import pace
+    from inference.serving.forecast import forecast_start
 
     try:
-        device, dtype, *_ = resolve_choices(settings.engine_config())
-    except InvalidRequest:
-        return None
-    if device.type != "cpu":
-        return None
-    return pace.from_products(dtype, int8=resolve_quantization(settings.quantization, device) == "8bit")
-
-
-def crops_at_start(settings: Settings, estimate: Pace | None) -> int:
-    """The crops the start will read pictures at: ``NUM_CROPS``, the checkpoint's, or fewer on a slow CPU."""
-    from inference.serving import pace
-
-    if estimate is None:
-        return settings.num_crops or checkpoint_crops(settings)
-    return pace.crops_for(estimate, settings.num_crops, checkpoint_crops(settings))
+        return forecast_start(
+            settings.engine_config(),
+            gpu_memory=(lambda device: cuda_free()) if cuda_free is not None else None,
+            pace=estimate,
+        )
+    except InvalidRequest as error:
+        return str(error)
 
 
 def check_device(
@@ -178,125 +144,82 @@ def check_device(
     *,
     cuda_free: Callable[[], tuple[int, int] | None] | None = None,
     estimate: Pace | None = None,
+    expected: Forecast | str | None = None,
 ) -> Finding:
-    import torch
-
-    from inference import InvalidRequest
-    from inference.loading import resolve_choices, resolve_quantization
-
-    try:  # what the start decides before loading anything, refused in the start's own words
-        device, dtype, *_ = resolve_choices(settings.engine_config())
-    except InvalidRequest as error:
-        return Finding("device", "fail", str(error))
-    quantization = resolve_quantization(settings.quantization, device)
-    if device.type == "cuda":
-        free_total = (cuda_free or (lambda: torch.cuda.mem_get_info(device)))()
-        if free_total is None:
-            return Finding("device", "warn", f"{device}: free memory unknown")
-        free, total = free_total
-        weights = model_bytes(settings) * WEIGHTS_SHARE[quantization]
-        name = torch.cuda.get_device_name(device)
-        text = (
-            f"{name}: {free / GB:.1f} of {total / GB:.1f} GB free; the weights take about "
-            f"{weights / GB:.1f} GB (QUANTIZATION={quantization})"
-        )
-        if free < weights + ACTIVATIONS_BYTES:
-            return Finding("device", "fail", text + ": the model does not fit; use QUANTIZATION=8bit or 4bit")
-        return _kv_cache_finding(
-            settings,
-            text,
-            crops=crops_at_start(settings, None),
-            value_bytes=2,
-            gpu_free_after_weights=int(free - weights),
-            gpu_total=total,
-        )
+    """Whether the model and its KV cache fit on the device the start would use."""
+    expected = (
+        expected if expected is not None else forecast(settings, cuda_free=cuda_free, estimate=estimate)
+    )
+    if isinstance(expected, str):
+        return Finding("device", "fail", expected)
+    device = expected.device
     if device.type == "mps":
         return Finding("device", "ok", "Apple GPU (mps); bf16 weights need ~8.3 GB of unified memory")
-    # float32, or bf16 where the CPU computes it: DTYPE=auto decides as at the start. Checkpoints are in bf16.
-    value_bytes = dtype.itemsize
-    precision = str(dtype).removeprefix("torch.")
-    ram, need = available_ram(), value_bytes / 2 * model_bytes(settings)
-    if quantization == "8bit":  # loaded in bf16, then the language model's layers become int8
-        need = model_bytes(settings) * (LINEAR_SHARE / 2 + (1 - LINEAR_SHARE) * value_bytes / 2)
+    if device.type == "cuda":
+        import torch
+
+        if expected.free_bytes is None or expected.total_bytes is None:
+            return Finding("device", "warn", f"{device}: free memory unknown")
+        text = (
+            f"{torch.cuda.get_device_name(device)}: {expected.free_bytes / GB:.1f} of "
+            f"{expected.total_bytes / GB:.1f} GB free; the weights take about "
+            f"{size_text(expected.weights_bytes)} (QUANTIZATION={expected.quantization})"
+        )
+        if not expected.weights_fit:
+            return Finding("device", "fail", text + ": the model does not fit; use QUANTIZATION=8bit or 4bit")
+        return _with_cache(settings, expected, text)
+    precision = str(expected.dtype).removeprefix("torch.")
+    if expected.quantization == "8bit":
         precision = f"8-bit, {precision} elsewhere"
-    text = f"CPU only: answers take minutes; the model needs ~{need / GB:.1f} GB of RAM ({precision})"
-    if quantization == "8bit" and ram is not None and ram < model_bytes(settings):
-        return Finding("device", "fail", f"{text}, and ~{model_bytes(settings) / GB:.1f} GB while loading")
+    needs = f"~{size_text(expected.weights_bytes)} of RAM ({precision})"
+    text = f"CPU only (no GPU: answers are slower, see speed): the model needs {needs}"
+    ram = expected.free_bytes
     if ram is None:
         return Finding("device", "warn", text)
+    if expected.loading_bytes > expected.weights_bytes and ram < expected.loading_bytes:
+        return Finding("device", "fail", f"{text}, and ~{size_text(expected.loading_bytes)} while loading")
     text += f" ({ram / GB:.1f} GB available)"
-    if ram < need:
+    if not expected.weights_fit:
         return Finding("device", "fail", text + ": not enough memory")
-    crops = crops_at_start(settings, estimate or cpu_pace(settings))
-    finding = _kv_cache_finding(
-        settings, text, crops=crops, value_bytes=value_bytes, ram_free_after_weights=int(ram - need)
-    )
+    finding = _with_cache(settings, expected, text)
     return Finding("device", "warn" if finding.verdict == "ok" else finding.verdict, finding.detail)
 
 
-def _kv_cache_finding(
-    settings: Settings,
-    text: str,
-    *,
-    crops: int,
-    value_bytes: int,
-    gpu_free_after_weights: int | None = None,
-    gpu_total: int = 0,
-    ram_free_after_weights: int | None = None,
-) -> Finding:
-    """What the start will make of TOKEN_BUDGET here, with the start's own words when it would refuse."""
-    shape = CacheShape(kv_bytes_per_token(settings, value_bytes), BLOCK_TOKENS)
-    full = full_request_tokens(crops, settings.max_new_tokens)
+def _with_cache(settings: Settings, expected: Forecast, text: str) -> Finding:
+    """The device line with what the start will make of TOKEN_BUDGET here (its own words when it would
+    refuse)."""
+    if expected.cache_problem is not None:
+        return Finding("device", "fail", f"{text}. {expected.cache_problem}")
     if settings.token_budget is not None:
-        problem = None
-        if gpu_free_after_weights is not None:
-            problem = explicit_budget_problem(shape, settings.token_budget, gpu_free_after_weights)
-        if problem is not None:
-            return Finding("device", "fail", f"{text}. {problem}")
         return Finding("device", "ok", f"{text}; KV cache: TOKEN_BUDGET={settings.token_budget} tokens fit")
-    try:
-        if gpu_free_after_weights is not None:
-            budget = gpu_budget(
-                shape,
-                total=gpu_total,
-                free=gpu_free_after_weights,
-                activation_peak=ACTIVATIONS_BYTES,
-                fraction=settings.gpu_memory_fraction,
-                full_request_tokens=full,
-            )
-        else:
-            budget = cpu_budget(
-                shape,
-                free_ram=ram_free_after_weights,
-                full_request_tokens=full,
-                max_rows=settings.max_batch_size,
-            )
-    except CacheDoesNotFit as error:
-        return Finding("device", "fail", f"{text}. {error}")
-    people = min(budget // (-(-full // BLOCK_TOKENS) * BLOCK_TOKENS), settings.max_batch_size)
+    people = expected.people or 0
     return Finding(
         "device",
         "ok",
-        f"{text}; KV cache (TOKEN_BUDGET=auto): about {budget} tokens, room for {people_text(people)} at "
-        "once (the start measures it exactly)",
+        f"{text}; KV cache (TOKEN_BUDGET=auto): about {expected.token_budget} tokens, room for "
+        f"{people_text(people)} at once (the start measures it exactly)",
     )
 
 
-def check_cpu_speed(settings: Settings, estimate: Pace | None) -> Finding | None:
-    """On the CPU: roughly how long a one-picture answer takes here (``estimate``, from :func:`cpu_pace`;
-    the start measures the real weights)."""
-    from inference.serving import pace
+def size_text(size: float) -> str:
+    """``8.3 GB``, or ``12 MB`` for what a tenth of a gigabyte would round away (a small checkpoint)."""
+    return f"{size / GB:.1f} GB" if size >= GB / 10 else f"{size / 10**6:.0f} MB"
 
-    if estimate is None:
+
+def check_cpu_speed(settings: Settings, expected: Forecast | str | None) -> Finding | None:
+    """On the CPU: roughly how long a one-picture answer takes here (the forecast's estimate; the start
+    measures the real weights)."""
+    if isinstance(expected, str) or expected is None or expected.pace is None:
         return None
-    crops, asked = crops_at_start(settings, estimate), checkpoint_crops(settings)
+    estimate, crops = expected.pace, expected.crops
     text = f"roughly, {estimate.summary(crops, settings.max_new_tokens)}"
     if settings.request_timeout_s is None:
         text += (
             f"; REQUEST_TIMEOUT_S=auto: {estimate.request_timeout_s(crops, settings.max_new_tokens):.0f} s"
         )
-    if crops != (settings.num_crops or asked):
-        text += f"; NUM_CROPS={crops}: {pace.fewer_crops_text(estimate, asked, crops)}"
+    fewer = expected.fewer_crops_text()
+    if fewer is not None:
+        text += f"; NUM_CROPS={crops}: {fewer}"
     return Finding("speed", "ok", text)
 
 
@@ -330,27 +253,6 @@ def check_triton(settings: Settings) -> Finding | None:
             f"apt-get install gcc python3-dev): {fallback}",
         )
     return Finding("triton", "ok", f"its kernel launcher can be built ({compiler}, {headers.parent})")
-
-
-def kv_bytes_per_token(settings: Settings, value_bytes: int) -> int:
-    """Keys and values of one token in every layer: from a local checkpoint's config.json, else the published
-    model's; ``value_bytes`` a value (2 in bf16 or fp16, 4 in float32)."""
-    config_file = Path(settings.model_id).expanduser() / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-        heads = config["num_attention_heads"]
-        per_layer = (config.get("num_key_value_heads") or heads) * (config["hidden_size"] // heads)
-        return 2 * config["num_hidden_layers"] * per_layer * value_bytes
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
-        return KV_BYTES_PER_TOKEN // 2 * value_bytes
-
-
-def model_bytes(settings: Settings) -> float:
-    """The weights' size as published (bf16): a local folder's files, a known hub model's, else ~8.3 GB."""
-    local = Path(settings.model_id).expanduser()
-    if local.is_dir():
-        return float(sum(path.stat().st_size for path in local.glob("*.safetensors")))
-    return float(PUBLISHED_WEIGHT_BYTES.get(settings.model_id, 8.3 * GB))
 
 
 def check_remote(settings: Settings) -> Finding:
@@ -443,9 +345,9 @@ def run_checks(
     else:
         findings.append(check_model(settings))
         if device:
-            estimate = cpu_pace(settings)
-            findings.append(check_device(settings, estimate=estimate))
-            for finding in (check_triton(settings), check_cpu_speed(settings, estimate)):
+            expected = forecast(settings)
+            findings.append(check_device(settings, expected=expected))
+            for finding in (check_triton(settings), check_cpu_speed(settings, expected)):
                 if finding is not None:
                     findings.append(finding)
     return findings

@@ -24,22 +24,22 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from inference.decoding import Event
 from inference.errors import (
     EngineBusy,
     EngineDead,
     EngineStopping,
     EngineUnavailable,
     InferenceError,
-    ModelFailed,
     NotReady,
     OutOfMemory,
     RequestTimedOut,
     TooLarge,
 )
 from inference.serving.block_pool import BLOCK_TOKENS
+from inference.serving.model_thread import StepFailure, run_steps
+from inference.serving.runner_protocol import Runner
 from inference.serving.scheduler import DoesNotFit, QueueFull, Scheduler, Ticket, rope_regime
 from inference.types import (
     DEFAULT_REQUEST_TIMEOUT_S,
@@ -66,45 +66,6 @@ PREP_THREADS = max(1, min(4, (os.cpu_count() or 1) // 4))
 # otherwise fail every request forever); one success resets the count.
 MAX_STEP_FAILURES = 3
 ANSWER_TIME_WEIGHT = 0.3  # how much the latest answer moves the measured answer time
-
-
-class Runner(Protocol):
-    """What the engine asks of the model runner (inference/serving/runner.py; the tests script their own).
-    Only the model thread calls ``step`` and ``reset``; ``validate`` and ``prepare`` run on the preparing
-    threads."""
-
-    token_budget: int
-    pace: Pace | None  # the measured speed on a CPU
-
-    @property
-    def rope_switch(self) -> int: ...
-
-    @property
-    def running_ids(self) -> list[int]: ...
-
-    @property
-    def num_crops(self) -> int: ...
-
-    def validate(self, request: Request) -> None: ...
-
-    def prepare(self, request: Request) -> Prepared: ...
-
-    @property
-    def hardware_text(self) -> str:
-        """Where and how the model runs, for the owner's status (e.g. "cuda:0, bfloat16, paged KV cache…")."""
-        ...
-
-    def memory_bytes(self) -> int | None:
-        """Accelerator memory in use, where it can be known."""
-        ...
-
-    def step(self, admit: list[tuple[int, Prepared]], abort: list[int]) -> list[Event]: ...
-
-    def reset(self) -> None: ...
-
-    def is_fatal(self, error: Exception) -> bool:
-        """Whether a step's error means the device cannot be used any more (a CUDA error, not a bad input)."""
-        ...
 
 
 def _default_runner_factory(config: EngineConfig) -> Runner:
@@ -136,12 +97,6 @@ class _Channel:
 
 
 _DONE = object()
-
-
-@dataclass(frozen=True)
-class _StepFailure:
-    summary: str  # for the log only
-    fatal: bool  # the device cannot be used any more
 
 
 class LocalEngine:
@@ -400,7 +355,13 @@ class LocalEngine:
             self._announce_positions()
             self._needs_driver.clear()
             events, failure = await loop.run_in_executor(
-                self._model_thread, self._steps, admit, aborted, loop
+                self._model_thread,
+                run_steps,
+                self._live_runner,
+                admit,
+                aborted,
+                self._needs_driver,
+                lambda events: loop.call_soon_threadsafe(self._route, events),
             )
             self._route(events)
             if failure is None:
@@ -408,7 +369,7 @@ class LocalEngine:
             else:
                 self._step_failed(failure)
 
-    def _step_failed(self, failure: _StepFailure) -> None:
+    def _step_failed(self, failure: StepFailure) -> None:
         """After a failed step (its requests already failed): count it, and give up on a broken model."""
         self._step_failures += 1
         self._totals.step_failures += 1
@@ -431,42 +392,6 @@ class LocalEngine:
                 self.on_dead(reason)
             except Exception:
                 log.exception("on_dead callback failed")
-
-    def _steps(
-        self, admit: list, aborted: list[int], loop: asyncio.AbstractEventLoop
-    ) -> tuple[list, _StepFailure | None]:
-        """On the model thread: :meth:`_decode_steps`, or, when a step raises, the end of its batch.
-
-        The model thread owns the runner, so it also resets it: every request in the failed step
-        ends with a plain message, and the traceback goes to the log.
-        """
-        try:
-            return self._decode_steps(admit, aborted, loop), None
-        except Exception as exc:
-            log.exception("A model step failed")
-            victims = list(dict.fromkeys([*self._live_runner.running_ids, *(rid for rid, _ in admit)]))
-            self._live_runner.reset()
-            fatal = self._live_runner.is_fatal(exc)
-            events = [Event(rid, finished=True, error=ModelFailed()) for rid in victims]
-            return events, _StepFailure(f"{type(exc).__name__}: {exc}"[:300], fatal)
-
-    def _decode_steps(self, admit: list, aborted: list[int], loop: asyncio.AbstractEventLoop) -> list:
-        """On the model thread: one step, then more decoding steps for as long as nothing needs the driver.
-
-        The driver is needed when a request arrives or is aborted (``_needs_driver``) or one finishes
-        (its place goes to the next in line). Until then the pieces of each step go to the loop as they
-        come, and the model thread does not wait for the loop between steps: on a machine where a step
-        is bound by the CPU launching kernels, that wait cost a single user ~20% of its speed.
-        """
-        events = self._live_runner.step(admit, aborted)
-        while (
-            self._live_runner.running_ids
-            and not self._needs_driver.is_set()
-            and not any(event.finished for event in events)
-        ):
-            loop.call_soon_threadsafe(self._route, events)
-            events = self._live_runner.step([], [])
-        return events
 
     def _route(self, events: list) -> None:
         """Hand each request its new text; a finished one leaves the scheduler."""

@@ -102,8 +102,14 @@ def check(settings: Settings, *, device: bool = True, unknown: list[str] | None 
     findings = run_checks(settings, device=device, unknown_names=unknown or [])
     for finding in findings:
         print(finding.line())
-    failed = [finding for finding in findings if finding.verdict == "fail"]
-    print("Ready to start." if not failed else f"Not ready: {len(failed)} problem(s) above.")
+    failed = sum(finding.verdict == "fail" for finding in findings)
+    warned = sum(finding.verdict == "warn" for finding in findings)
+    if failed:
+        print(f"Not ready: {failed} problem{'s' if failed > 1 else ''} above.")
+    elif warned:
+        print(f"Ready to start, with {warned} warning{'s' if warned > 1 else ''} above.")
+    else:
+        print("Ready to start.")
     return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
@@ -114,7 +120,8 @@ def main(environ: Mapping[str, str] | None = None, argv: list[str] | None = None
         settings = Settings.from_env(environ, env_file=args.env_file)
         unknown = unknown_names(environ, env_file=args.env_file)
     except SettingsError as error:
-        print(f"Configuration error: {error}", file=sys.stderr)
+        for problem in error.problems:
+            print(f"Configuration error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check:
         return check(settings, device=not args.no_device, unknown=unknown)

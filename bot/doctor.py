@@ -334,8 +334,9 @@ def run_checks(
 ) -> list[Finding]:
     """Every check; ``unknown_names``: the lines ``bot.settings.unknown_names`` wrote (misspelt settings)."""
     findings = [Finding("settings", "warn", line) for line in unknown_names]
+    if not findings:
+        findings.append(Finding("settings", "ok", "read and valid"))
     findings += [
-        Finding("settings", "ok", "read and valid"),
         check_token(settings),
         check_intents(settings),
         check_database(settings),

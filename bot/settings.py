@@ -11,19 +11,31 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from dotenv import dotenv_values, find_dotenv, load_dotenv
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
-    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-from yarl import URL
 
+from bot.setting_values import (
+    MIN_TOKEN_BUDGET,
+    IdSet,
+    ShardCount,
+    ShardIds,
+    Timeout,
+    TokenBudget,
+    choice,
+    parse_device,
+    parse_http_url,
+    parsed,
+    setting,
+)
 from inference import EngineConfig
 from inference.images import DEFAULT_MAX_PIXELS
 from inference.remote import RemoteConfig
@@ -32,7 +44,6 @@ from inference.types import DEFAULT_MODEL_ID, DEFAULT_REQUEST_TIMEOUT_S, MAX_NEW
 # Where Discord serves uploads. Anything else is never downloaded.
 DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 MAX_IMAGES_LIMIT = 16
-MIN_TOKEN_BUDGET = 1024  # the same floor as inference.serving.cache_size's
 BYTES_PER_MB = 1024 * 1024
 DEFAULT_DATABASE_PATH = "data/bot.sqlite3"
 DOWNLOAD_TIMEOUT_S = 20.0  # one image from Discord's CDN
@@ -51,86 +62,13 @@ REMOVED = {
 
 
 class SettingsError(ValueError):
-    """A setting is missing or has a value the bot cannot use; the message names it."""
+    """Settings are missing or have values the bot cannot use: one line per problem (``problems``), each
+    naming its setting; the message is those lines."""
 
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
 
-def setting(default: Any, doc: str, *, section: str | None = None, **bounds: Any) -> Any:
-    """One setting: its default, the sentence documenting it, and where a new section of the docs begins."""
-    return Field(
-        default, description=doc, json_schema_extra={"section": section} if section else None, **bounds
-    )
-
-
-def _parsed(parse: Any) -> BeforeValidator:
-    """Text from the environment through ``parse``; values given as Python objects pass as they are."""
-    return BeforeValidator(lambda value: parse(value.strip()) if isinstance(value, str) else value)
-
-
-def _choice(*allowed: str, upper: bool = False) -> Any:
-    return Annotated[Literal[allowed], _parsed(str.upper if upper else str.lower)]
-
-
-def _auto_or(parse: Any) -> BeforeValidator:
-    return _parsed(lambda raw: None if raw.lower() == "auto" else parse(raw))
-
-
-def _numbers(what: str) -> Any:
-    """ "1, 2,3" as {1, 2, 3}; anything else names the bad part."""
-
-    def parse(raw: str) -> frozenset[int]:
-        parts = [part.strip() for part in raw.split(",") if part.strip()]
-        for part in parts:
-            if not part.isdigit():
-                raise ValueError(f"{part!r} is not {what}")
-        return frozenset(int(part) for part in parts)
-
-    return parse
-
-
-def _http_url(raw: str) -> str:
-    try:
-        url = URL(raw.rstrip("/"))
-    except ValueError:
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("use an http:// or https:// address such as http://127.0.0.1:8000/v1")
-    return str(url)
-
-
-def _device(raw: str) -> str:
-    value = raw.lower()
-    if value in ("auto", "cpu", "mps", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-        return value
-    raise ValueError("use auto, cpu, mps, cuda or cuda:N (for example cuda:1)")
-
-
-def _whole(raw: str, what: str, minimum: int) -> int:
-    try:
-        number = int(raw.replace("_", ""))
-    except ValueError:
-        raise ValueError(f"use auto or a whole number of {what}") from None
-    if number < minimum:
-        raise ValueError(f"must be at least {minimum}")
-    return number
-
-
-def _seconds(raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError("use auto or a number of seconds") from None
-
-
-_discord_ids = _numbers("a Discord ID (IDs are numbers, separated by commas)")
-_shard_ids = _numbers("a shard ID (numbers from 0, separated by commas)")
-IdSet = Annotated[frozenset[int], NoDecode, _parsed(_discord_ids)]
-ShardIds = Annotated[tuple[int, ...], NoDecode, _parsed(lambda raw: tuple(sorted(_shard_ids(raw))))]
-ShardCount = Annotated[
-    int | Literal["auto"] | None,
-    _parsed(lambda raw: "auto" if raw.lower() == "auto" else _whole(raw, "shards", 1)),
-]
-TokenBudget = Annotated[int | None, _auto_or(lambda raw: _whole(raw, "tokens", MIN_TOKEN_BUDGET))]
-Timeout = Annotated[float | None, _auto_or(_seconds)]
 
 DISCORD, WHERE, MODEL = (
     "Discord",
@@ -185,13 +123,13 @@ class Settings(BaseSettings):
         "blank "
         "runs them all.",
     )
-    backend: _choice("local", "remote") = setting(  # type: ignore[valid-type]
+    backend: choice("local", "remote") = setting(  # type: ignore[valid-type]
         "local",
         "local runs the model in this process; remote asks an OpenAI-compatible server such as vLLM (see "
         "docs/deployment.md).",
         section=WHERE,
     )
-    remote_url: Annotated[str | None, _parsed(_http_url)] = setting(
+    remote_url: Annotated[str | None, parsed(parse_http_url)] = setting(
         None,
         "The model server's OpenAI-compatible address, ending in /v1 (needed for BACKEND=remote), e.g. "
         "http://127.0.0.1:8000/v1.",
@@ -215,22 +153,22 @@ class Settings(BaseSettings):
         "Hugging Face model id or local folder of a Phi-3-vision checkpoint.",
         section=MODEL,
     )
-    device: Annotated[str, _parsed(_device)] = setting(
+    device: Annotated[str, parsed(parse_device)] = setting(
         "auto", "Where to run the model: auto, cuda, cuda:N, mps or cpu."
     )
-    dtype: _choice("auto", "bfloat16", "float16", "float32") = setting(  # type: ignore[valid-type]
+    dtype: choice("auto", "bfloat16", "float16", "float32") = setting(  # type: ignore[valid-type]
         "auto",
         "Weight precision: auto, bfloat16, float16 or float32. auto: bf16 on a GPU that has it (else "
         "float16), float16 on Apple's GPU, and on a CPU bf16 where it computes it natively (Intel AMX, "
         "AVX-512 BF16), float32 elsewhere.",
     )
-    quantization: _choice("auto", "none", "4bit", "8bit") = setting(  # type: ignore[valid-type]
+    quantization: choice("auto", "none", "4bit", "8bit") = setting(  # type: ignore[valid-type]
         "auto",
         "Smaller weights: auto, none, 4bit or 8bit. auto is 8bit on a CPU (answers about twice as fast; no "
         "extra package; 4bit is refused there) and none on a GPU, where 8bit and 4bit save memory "
         "(bitsandbytes).",
     )
-    attn_implementation: _choice("auto", "flash_attention_2", "sdpa", "eager") = setting(  # type: ignore[valid-type]
+    attn_implementation: choice("auto", "flash_attention_2", "sdpa", "eager") = setting(  # type: ignore[valid-type]
         "auto",
         "The vision tower's attention: auto, flash_attention_2, sdpa or eager (the language model reads the "
         "paged KV cache with the kernel the start-up check chose).",
@@ -337,7 +275,7 @@ class Settings(BaseSettings):
         'with the bot stopped, or with `sqlite3 FILE ".backup copy.sqlite3"`.',
         section="Storage",
     )
-    log_level: _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", upper=True) = setting(  # type: ignore[valid-type]
+    log_level: choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", upper=True) = setting(  # type: ignore[valid-type]
         "INFO", "How much to log: DEBUG, INFO, WARNING, ERROR or CRITICAL.", section="Logging"
     )
     metrics_port: int | None = setting(
@@ -390,7 +328,8 @@ class Settings(BaseSettings):
             path = _dotenv_path(env_file)
             load_dotenv(path)  # into the environment, where the libraries read HF_HOME and friends too
             environ = os.environ
-        source = EnvSettingsSource(cls, case_sensitive=False)
+        problems = _spelt_twice(environ)
+        source = EnvSettingsSource(cls, case_sensitive=False)  # any case, as unknown_names reads names
         source.env_vars = {name.lower(): value for name, value in environ.items()}
         given = {name: str(value).strip() for name, value in source().items() if name in SETTINGS}
         values: dict[str, Any] = {
@@ -399,7 +338,9 @@ class Settings(BaseSettings):
         try:
             settings = cls(**values)
         except ValidationError as error:
-            raise SettingsError(_one_line(error, given)) from None
+            problems += [_problem_line(problem, given) for problem in error.errors()]
+        if problems:
+            raise SettingsError(*problems) from None
         _check_together(settings)
         return settings
 
@@ -458,11 +399,14 @@ def unknown_names(environ: Mapping[str, str] | None = None, *, env_file: str | N
     else:
         path = _dotenv_path(env_file)
         suspects = set(dotenv_values(path)) if path else set()
-        suspects |= {name for name in os.environ if difflib.get_close_matches(name, names, n=1, cutoff=0.85)}
+        suspects |= {
+            name for name in os.environ if difflib.get_close_matches(name.upper(), names, n=1, cutoff=0.85)
+        }
     lines = []
-    for name in sorted(suspects - names):
-        if name in REMOVED:
-            lines.append(f"{name} is no longer a setting ({REMOVED[name]}); remove it from .env")
+    for name in sorted(name for name in suspects if name.upper() not in names):  # any case is read
+        removed = REMOVED.get(name.upper())
+        if removed is not None:
+            lines.append(f"{name} is no longer a setting ({removed}); remove it from .env")
             continue
         closest = difflib.get_close_matches(name.upper(), names, n=1, cutoff=0.7)
         if closest:
@@ -472,9 +416,23 @@ def unknown_names(environ: Mapping[str, str] | None = None, *, env_file: str | N
     return lines
 
 
-def _one_line(error: ValidationError, given: Mapping[str, str]) -> str:
-    """The first problem, as ``NAME='value' is not valid: what is expected``."""
-    problem = error.errors()[0]
+def _spelt_twice(environ: Mapping[str, str]) -> list[str]:
+    """A line for each setting given under two spellings (``DEVICE`` and ``device``) with different values:
+    names are read in any case, so which one wins would be chance."""
+    spellings: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if name.lower() in SETTINGS:
+            spellings.setdefault(name.lower(), {})[name] = str(value).strip()
+    return [
+        " and ".join(f"{name}={value!r}" for name, value in sorted(given.items()))
+        + f" both set {setting.upper()} (names are read in any case): keep one"
+        for setting, given in sorted(spellings.items())
+        if len(set(given.values())) > 1
+    ]
+
+
+def _problem_line(problem: ErrorDetails, given: Mapping[str, str]) -> str:
+    """One problem, as ``NAME='value' is not valid: what is expected``."""
     name = str(problem["loc"][0]) if problem["loc"] else ""
     context = problem.get("ctx") or {}
     match problem["type"]:
@@ -498,16 +456,19 @@ def _one_line(error: ValidationError, given: Mapping[str, str]) -> str:
 
 
 def _check_together(settings: Settings) -> None:
-    """Settings that are only valid in combination."""
+    """Settings that are only valid in combination: every problem at once."""
+    problems = []
     if settings.backend == "remote" and not settings.remote_url:
-        raise SettingsError(REMOTE_URL_MISSING)
+        problems.append(REMOTE_URL_MISSING)
     if settings.shard_ids:
         count = settings.shard_count
         if not isinstance(count, int):
-            raise SettingsError("SHARD_IDS needs SHARD_COUNT set to the total number of shards (a number).")
-        if settings.shard_ids[-1] >= count:
+            problems.append("SHARD_IDS needs SHARD_COUNT set to the total number of shards (a number).")
+        elif settings.shard_ids[-1] >= count:
             ids = ",".join(map(str, settings.shard_ids))
-            raise SettingsError(
+            problems.append(
                 f"SHARD_IDS={ids!r} is not valid: "
                 f"with SHARD_COUNT={count} the shard IDs run from 0 to {count - 1}"
             )
+    if problems:
+        raise SettingsError(*problems)

@@ -95,11 +95,12 @@ def test_the_readmes_sample_start_matches_what_the_start_logs(monkeypatch, tmp_p
     assert f"Synced {len(commands)} app commands" in synced_line
 
 
-def test_the_readmes_sample_check_lists_what_check_checks():
+def test_the_readmes_sample_check_lists_what_check_checks(capsys):
     from unittest.mock import patch
 
-    from bot import doctor
+    from bot.__main__ import check
     from bot.settings import Settings
+    from tests.bot.test_main import FAKE_TOKEN
 
     sample = readme_block("python -m bot --check` says whether the machine is ready", "text")
     items = [
@@ -112,9 +113,10 @@ def test_the_readmes_sample_check_lists_what_check_checks():
         patch("torch.cuda.mem_get_info", return_value=(23.7e9, 25.4e9)),
         patch("bot.doctor._cached_bytes", return_value=0),
     ):
-        findings = doctor.run_checks(Settings(device="cuda"))
-    assert items == [finding.item for finding in findings]
-    assert sample[-1] == "Ready to start."
+        check(Settings(device="cuda", discord_token=FAKE_TOKEN))
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert items == [re.match(r"\[(?:ok  |warn|FAIL)\] (\w+):", line).group(1) for line in printed[:-1]]
+    assert sample[-1] == printed[-1]
 
 
 def test_the_architecture_page_names_every_module():

@@ -41,6 +41,23 @@ def test_bad_setting_prints_what_is_wrong(capsys):
     assert "\n" not in err
 
 
+def test_every_bad_setting_gets_its_own_line(capsys):
+    environ = {"DISCORD_TOKEN": "x", "NUM_CROPS": "99", "MAX_IMAGES": "0"}
+    assert entry.main(environ) == entry.EXIT_CONFIG
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("Configuration error: ") for line in lines)
+    assert any("NUM_CROPS='99'" in line for line in lines) and any("MAX_IMAGES='0'" in line for line in lines)
+
+
+def test_check_with_a_misspelt_setting_is_ready_with_a_warning_not_plainly_ready(capsys):
+    environ = {"DISCORD_TOKEN": FAKE_TOKEN, "MODEL_ID": TINY_MODEL, "DEVICE": "cpu", "MAX_IMAGE": "2"}
+    assert entry.main(environ, ["--check", "--no-device"]) == entry.EXIT_OK
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0] == "[warn] settings: MAX_IMAGE is not a setting (did you mean MAX_IMAGES?); it is ignored"
+    assert not any("read and valid" in line for line in out)
+    assert out[-1] == "Ready to start, with 1 warning above."
+
+
 def bot_whose_login_fails(monkeypatch, engine: FakeEngine, error: BaseException) -> list:
     built = []
 
@@ -117,7 +134,7 @@ def test_check_passes_for_a_good_set_up_and_never_prints_the_token(capsys):
     assert "REQUEST_TIMEOUT_S=auto: " in out
     assert FAKE_TOKEN not in out and FAKE_TOKEN.split(".")[2] not in out
     assert code == entry.EXIT_OK
-    assert out.strip().splitlines()[-1] == "Ready to start."
+    assert out.strip().splitlines()[-1] == "Ready to start, with 1 warning above."  # the CPU's
 
 
 def test_the_speed_estimate_names_the_crops_a_slow_cpu_uses_and_the_limit_it_sets():

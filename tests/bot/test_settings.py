@@ -8,6 +8,7 @@ from pydantic import SecretStr
 from bot.settings import (
     DEFAULT_MODEL_ID,
     DISCORD_CDN_HOSTS,
+    REMOTE_URL_MISSING,
     REMOVED,
     SETTINGS,
     Settings,
@@ -345,4 +346,41 @@ def test_a_misspelt_setting_names_the_closest_one(tmp_path):
     # In the process environment only names close to a setting count (PATH, HOME... are not ours).
     assert unknown_names({"PATH": "/bin", "MAX_IMAGE": "3"}) == [
         "MAX_IMAGE is not a setting (did you mean MAX_IMAGES?); it is ignored"
+    ]
+
+
+def test_a_setting_in_lower_case_is_applied_and_not_called_unknown(tmp_path):
+    """One rule: names are read in any case, and the warning about unknown names agrees."""
+    (tmp_path / ".env").write_text("max_new_tokens=5\nbatch_window_ms=5\n")
+    assert Settings.from_env({"max_new_tokens": "5"}).max_new_tokens == 5
+    lines = unknown_names(env_file=str(tmp_path / ".env"))  # (and names in this process's environment)
+    removed = REMOVED["BATCH_WINDOW_MS"]
+    assert f"batch_window_ms is no longer a setting ({removed}); remove it from .env" in lines
+    assert not any("max_new_tokens" in line for line in lines)
+
+
+def test_one_setting_under_two_spellings_with_different_values_is_refused():
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"DEVICE": "cpu", "device": "cuda"})
+    assert caught.value.problems == [
+        "DEVICE='cpu' and device='cuda' both set DEVICE (names are read in any case): keep one"
+    ]
+    assert Settings.from_env({"DEVICE": "cpu", "device": "cpu"}).device == "cpu"  # the same: no doubt
+
+
+def test_every_bad_setting_is_reported_at_once_each_on_its_own_line():
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"NUM_CROPS": "99", "MAX_IMAGES": "0", "DEVICE": "gpu"})
+    problems = caught.value.problems
+    assert len(problems) == 3 and str(caught.value) == "\n".join(problems)
+    assert {problem.split("=", 1)[0] for problem in problems} == {"NUM_CROPS", "MAX_IMAGES", "DEVICE"}
+    assert all(" is not valid: " in problem for problem in problems)
+
+
+def test_settings_valid_only_together_are_all_reported():
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"BACKEND": "remote", "SHARD_IDS": "1"})
+    assert caught.value.problems == [
+        REMOTE_URL_MISSING,
+        "SHARD_IDS needs SHARD_COUNT set to the total number of shards (a number).",
     ]

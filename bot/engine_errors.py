@@ -83,8 +83,8 @@ def engine_error_text(error: e.InferenceError) -> str | Text:
             return T(
                 "You gave me {count} images; I can compare up to {limit} at once.", count=count, limit=limit
             )
-        case e.TooFewImages(count=count, minimum=minimum):
-            return T("Compare needs at least {minimum} images; got {count}.", minimum=minimum, count=count)
+        case e.TooFewImages():  # one picture (none is NoImage), and compare needs two
+            return N_("Comparing needs at least two images; I found only one.")
         case e.QuestionTooLong(length=length, limit=limit):
             return T(
                 "The question is too long ({length} characters; the limit is {limit}).",

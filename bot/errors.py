@@ -40,10 +40,6 @@ class NoImage(UserFacingError):
     """The request had no image to look at."""
 
 
-class NotEnoughImages(UserFacingError):
-    """Comparing needs at least two images."""
-
-
 class ImageRejected(UserFacingError):
     """One file cannot be used; the message names the file and says why."""
 

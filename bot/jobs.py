@@ -20,7 +20,6 @@ from bot.error_replies import send_error_to_context
 from bot.errors import (
     AnswerWindowClosed,
     NoImage,
-    NotEnoughImages,
     UserFacingError,
 )
 from bot.gather import referenced_message, refresh_sources, sources_from_messages
@@ -32,7 +31,7 @@ from bot.safe_text import shown_name
 from bot.services import Services, services_of
 from bot.text import N_, T, Text
 from inference import Request, Task, Turn
-from inference.prompts import MIN_COMPARE_IMAGES, check_image_count, check_turn_count, clean_question
+from inference.prompts import check_image_count, check_turn_count, clean_question
 
 if TYPE_CHECKING:
     from discord.ext import commands
@@ -41,7 +40,6 @@ NO_IMAGE_IN_COMMAND_TEXT = N_("Attach an image to your message, or reply to a me
 NO_IMAGE_IN_MESSAGE_TEXT = N_("That message has no image I can look at.")
 STOPPED_BY_DELETE_TEXT = N_("Stopped: the message that asked was deleted.")
 STOPPED_OUTPUT_GONE_TEXT = N_("Stopped: the answer could not be shown any more.")
-NOT_ENOUGH_IMAGES_TEXT = N_("Comparing needs at least two images; I found only one.")
 CANNOT_SEE_OTHERS_TEXT = N_(
     "I can't see pictures in messages that don't mention me: this bot runs without Discord's Message "
     "Content intent. Right-click the message → Apps → Describe image instead, or attach the picture to a "
@@ -92,9 +90,7 @@ def choose_images(
         raise NoImage(no_image_text)
     if task is not Task.COMPARE:
         return (sources[0],)
-    if len(sources) < MIN_COMPARE_IMAGES:
-        raise NotEnoughImages(NOT_ENOUGH_IMAGES_TEXT)
-    check_image_count(len(sources), max_images)  # the engines' own rule, before anything is downloaded
+    check_image_count(len(sources), max_images, task)  # the engines' own rule, before anything is downloaded
     return tuple(sources)
 
 

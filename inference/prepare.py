@@ -36,7 +36,7 @@ class Preparer:
         self.block_tokens = block_tokens  # the cache is reserved in whole blocks
 
     def validate(self, request: Request) -> None:
-        check_image_count(len(request.images), self.config.max_images)
+        check_image_count(len(request.images), self.config.max_images, request.task)
 
     def max_new_tokens(self, request: Request) -> int:
         asked = request.max_new_tokens or self.config.max_new_tokens

@@ -81,10 +81,13 @@ def image_tags(count: int, labelled: bool = False) -> str:
     return "".join(f"<|image_{i}|>\n" for i in range(1, count + 1))
 
 
-def check_image_count(count: int, max_images: int) -> None:
-    """The limits every engine puts on how many images one request carries."""
+def check_image_count(count: int, max_images: int, task: Task | None = None) -> None:
+    """The limits every engine puts on how many images one request carries: at least one, at least
+    :data:`MIN_COMPARE_IMAGES` to compare, at most ``max_images``."""
     if count < 1:
         raise NoImage()
+    if task is Task.COMPARE and count < MIN_COMPARE_IMAGES:
+        raise TooFewImages(count, MIN_COMPARE_IMAGES)
     if count > max_images:
         raise TooManyImages(count, max_images)
 

@@ -263,7 +263,7 @@ class RemoteEngine:
         self._check_serving()
         client = self._client
         assert client is not None  # checked just above
-        check_image_count(len(request.images), self.config.max_images)
+        check_image_count(len(request.images), self.config.max_images, request.task)
         turns = conversation(
             request.task, len(request.images), request.question, request.history, markdown=request.markdown
         )

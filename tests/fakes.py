@@ -305,7 +305,7 @@ class ScriptedRunner:
     def validate(self, request):
         from inference.prompts import check_image_count
 
-        check_image_count(len(request.images), self.config.max_images)
+        check_image_count(len(request.images), self.config.max_images, request.task)
 
     def prepare(self, request):
         self.validate(request)

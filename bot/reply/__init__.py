@@ -1,18 +1,16 @@
-"""What people see of each job: the reply (reply.py), where its messages go (surfaces.py), the edit budgets
-(budget.py), the Discord calls and their retries (calls.py), and all open replies (registry.py)."""
+"""What people see of each job: the reply (reply.py), how it ends and what it leaves (outcomes.py), where its
+messages go (surfaces.py), the edit budgets (budget.py), the Discord calls and their retries (calls.py), and
+all open replies (registry.py)."""
 
 from bot.reply.budget import CHANNEL_EDIT_BURST, CHANNEL_EDITS_PER_S, EditBudget, EditBudgets
 from bot.reply.calls import FINAL_ATTEMPTS, ReplyGone, call_discord
+from bot.reply.outcomes import Controls, ControlsRenderer, JobRecord, Outcome
 from bot.reply.registry import REPLY_KEY, Replies
 from bot.reply.reply import (
     ANSWER_FILENAME,
     EDIT_INTERVAL_S,
     MARKDOWN_FILENAME,
     MAX_MESSAGE_PARTS,
-    Controls,
-    ControlsRenderer,
-    JobRecord,
-    Outcome,
     Reply,
     long_answer_text,
     queue_text,

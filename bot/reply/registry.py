@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.reply.budget import EditBudgets, monotonic
-from bot.reply.reply import ControlsRenderer, JobRecord, Outcome, Reply
+from bot.reply.outcomes import ControlsRenderer, JobRecord, Outcome
+from bot.reply.reply import Reply
 from bot.reply.surfaces import InteractionSurface, MessageSurface, Surface, UnaskedSurface
 from bot.text import Text
 

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import io
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, nullcontext
-from dataclasses import dataclass
 from typing import Any, cast
 
 import discord
@@ -27,6 +25,7 @@ from bot.i18n import render
 from bot.markdown import for_discord, tidy_markdown
 from bot.reply.budget import EditBudget, monotonic
 from bot.reply.calls import FINAL_ATTEMPTS, ReplyGone, call_discord
+from bot.reply.outcomes import RUNNING, Controls, ControlsRenderer, JobRecord, Outcome
 from bot.reply.surfaces import HANDED_OVER_TEXT, WORKING_TEXT, Posted, Surface, _with_view
 from bot.text import T, Text
 
@@ -57,42 +56,6 @@ def long_answer_text(length: int) -> Text:
 
 ANSWER_FILENAME = "answer.txt"
 MARKDOWN_FILENAME = "answer.md"
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """What the owner's figures keep of one finished job (the metrics read this, not the reply)."""
-
-    task: str | None  # describe, ocr, compare, alt_text
-    outcome: Outcome | None  # None: the job ended without a final state
-    started_at: float
-    first_text_at: float | None
-    finished_at: float | None
-    discord_retries: int  # calls tried again after Discord was busy or failing
-    previews_skipped: int  # live previews left out because the edit budget was spent
-
-
-class Outcome(enum.StrEnum):
-    ANSWER = "answer"
-    REFUSAL = "refusal"
-    FAILURE = "failure"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class Controls:
-    """What the buttons under an answer need: the job (to stop it), who asked, who can see it, and
-    the language of their labels."""
-
-    job_id: int
-    asker_id: int
-    private: bool
-    locale: discord.Locale | None = None
-
-
-# The buttons for a running answer (outcome None) or a finished one; None for no buttons.
-ControlsRenderer = Callable[[Controls, "Outcome | None"], Any]
-RUNNING = "running"
 
 
 class Reply:

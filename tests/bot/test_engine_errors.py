@@ -57,8 +57,8 @@ def test_every_engine_error_has_its_own_words(cls):
 
 
 def test_errors_carry_data_and_the_words_use_it():
-    text = engine_error_text(errors.TooFewImages(count=1, minimum=2))
-    assert str(text) == "Compare needs at least 2 images; got 1."
+    text = engine_error_text(errors.TooManyImages(count=6, limit=4))
+    assert str(text) == "You gave me 6 images; I can compare up to 4 at once."
     assert "180 seconds" in str(engine_error_text(errors.RequestTimedOut(180.0)))
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.errors import NotEnoughImages
 from inference import Task
-from inference.errors import TooManyImages
+from inference.errors import TooFewImages, TooManyImages
 from tests.conftest import acknowledge_errors, bot_messages, image_bytes
 
 
@@ -58,7 +57,7 @@ async def test_prefix_compare_needs_two_images(world, fake_engine):
     await world.member.send(world.channel, "!compare", attachments=[png(1)])
 
     assert "at least two images" in bot_messages(world.channel)[-1].content
-    assert acknowledge_errors(world.env) == [NotEnoughImages]
+    assert acknowledge_errors(world.env) == [TooFewImages]
 
 
 async def test_compare_images_menu(world, fake_engine):
@@ -77,4 +76,4 @@ async def test_compare_images_menu_on_a_single_image_refuses_privately(world, fa
 
     assert result.ephemeral
     assert "at least two images" in result.response.content
-    assert acknowledge_errors(world.env) == [NotEnoughImages]
+    assert acknowledge_errors(world.env) == [TooFewImages]

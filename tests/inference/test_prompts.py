@@ -6,13 +6,14 @@ import pytest
 from PIL import Image
 
 from inference import phi3v
-from inference.errors import InvalidRequest, NoImage, QuestionTooLong, TooFewImages
+from inference.errors import InvalidRequest, NoImage, QuestionTooLong, TooFewImages, TooManyImages
 from inference.prompts import (
     DESCRIBE,
     MAX_QUESTION_CHARS,
     MAX_TURNS,
     OCR_MARKDOWN,
     build_prompt,
+    check_image_count,
     droppable_turns,
     neutralise,
 )
@@ -157,3 +158,16 @@ def test_the_markdown_ocr_prompt_keeps_the_same_guarantees(processor, injection)
     ids = processor(text=prompt, images=[Image.new("RGB", (50, 40))])["input_ids"][0].tolist()
     assert control_ids(ids) == [USER, END, ASSISTANT, END, USER, END, ASSISTANT]
     assert build_prompt(Task.OCR, 1) != build_prompt(Task.OCR, 1, markdown=True)
+
+
+def test_one_image_count_rule_for_every_engine_and_the_bot():
+    check_image_count(1, 4, Task.DESCRIBE)
+    check_image_count(2, 4, Task.COMPARE)
+    with pytest.raises(NoImage):
+        check_image_count(0, 4, Task.DESCRIBE)
+    with pytest.raises(TooFewImages) as few:
+        check_image_count(1, 4, Task.COMPARE)
+    assert (few.value.count, few.value.minimum) == (1, 2)
+    with pytest.raises(TooManyImages) as many:
+        check_image_count(5, 4, Task.COMPARE)
+    assert (many.value.count, many.value.limit) == (5, 4)

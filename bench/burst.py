@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import torch
 
-from bench.engine import PeakMemory, device_name, run_benchmark, synthetic_image
+from bench.engine import PeakMemory, device_name, new_picture, run_benchmark, synthetic_image
 from bench.serving import percentiles_ms, versions
 from bench.throughput import (
     IMAGE_SIZE,
@@ -151,8 +151,14 @@ async def measure(engines: Engines, way: str, shape: dict) -> dict:
         times, runner.join_leave_s[:] = runner.token_times, []
         times.clear()
         started, tokens_before = time.perf_counter(), runner.tokens_generated
+        newcomers = [
+            newcomer_request(new_picture(*IMAGE_SIZE), shape["newcomer_images"], i, shape["newcomer_tokens"])
+            for i in range(shape["newcomers"])
+        ]
         running = [
-            asyncio.ensure_future(answer(engine, Request(Task.DESCRIBE, (setup.image,), user_id=1000 + i)))
+            asyncio.ensure_future(
+                answer(engine, Request(Task.DESCRIBE, (new_picture(*IMAGE_SIZE),), user_id=1000 + i))
+            )
             for i in range(shape["running"])
         ]
         while len(times) < shape["running"] or min(len(t) for t in times.values()) < TOKENS_BEFORE_BURST:
@@ -160,10 +166,6 @@ async def measure(engines: Engines, way: str, shape: dict) -> dict:
         running_ids = set(times)
         log.info("%d answers running; %d newcomers ask now", len(running_ids), shape["newcomers"])
         burst_at = time.perf_counter()
-        newcomers = [
-            newcomer_request(setup.image, shape["newcomer_images"], i, shape["newcomer_tokens"])
-            for i in range(shape["newcomers"])
-        ]
         await asyncio.gather(*running, *(answer(engine, request) for request in newcomers))
         wall_s = time.perf_counter() - started
         tokens = runner.tokens_generated - tokens_before

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import torch
 
-from bench.engine import OFFICIAL_DIR, synthetic_image
+from bench.engine import OFFICIAL_DIR, new_picture
 from bench.serving import versions
 
 WAYS = {"float32": ("float32", "none"), "bf16": ("bfloat16", "none"), "8bit": ("auto", "8bit")}
@@ -167,7 +167,6 @@ async def one_way(args: argparse.Namespace) -> dict:
     result["start_estimate"] = {f"first_text_s_{n}_crops": round(pace.first_text_s(n), 1) for n in crops} | {
         "token_s": round(pace.token_s, 3)
     }
-    picture = synthetic_image(IMAGE_SIDE, IMAGE_SIDE)
     image_processor = loaded.processor.image_processor
 
     async def answer(new_tokens: int) -> tuple[float, float, int]:
@@ -175,7 +174,7 @@ async def one_way(args: argparse.Namespace) -> dict:
         before = engine.stats().tokens_generated
         started = time.perf_counter()
         first = None
-        request = Request(Task.DESCRIBE, (picture,), max_new_tokens=new_tokens)
+        request = Request(Task.DESCRIBE, (new_picture(IMAGE_SIDE, IMAGE_SIDE),), max_new_tokens=new_tokens)
         async for _piece in engine.stream(request):
             first = first or time.perf_counter() - started
         return first, time.perf_counter() - started, engine.stats().tokens_generated - before
@@ -250,7 +249,7 @@ async def longest_answer(args: argparse.Namespace) -> dict:
     }
     started, first = time.perf_counter(), None
     try:
-        async for _piece in engine.stream(Request(Task.DESCRIBE, (synthetic_image(IMAGE_SIDE, IMAGE_SIDE),))):
+        async for _piece in engine.stream(Request(Task.DESCRIBE, (new_picture(IMAGE_SIDE, IMAGE_SIDE),))):
             first = first or time.perf_counter() - started
         result["finished"] = True
     except RequestTimedOut:

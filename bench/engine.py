@@ -12,6 +12,7 @@ See bench/RESULTS.md for what each figure means and the figures measured so far.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -85,14 +86,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def synthetic_image(width: int, height: int) -> Image.Image:
-    """A deterministic photo-like image: smooth gradients plus noise, so resizing does real work."""
-    rng = np.random.default_rng(IMAGE_SEED)
+def synthetic_image(width: int, height: int, seed: int = IMAGE_SEED) -> Image.Image:
+    """A deterministic photo-like image: smooth gradients plus noise, so resizing does real work. Another
+    ``seed``, another picture: the benchmarks give each request its own, so that blocks kept from an earlier
+    request with the same picture never make a figure look better than a stream of new pictures gets."""
+    rng = np.random.default_rng(seed)
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
     base = np.concatenate([x + 0 * y, y + 0 * x, (x + y) / 2], axis=2)
     pixels = np.clip(base + rng.normal(0, 20, size=base.shape), 0, 255).astype(np.uint8)
     return Image.fromarray(pixels, mode="RGB")
+
+
+_picture_seeds = itertools.count(IMAGE_SEED + 1)
+
+
+def new_picture(width: int, height: int) -> Image.Image:
+    """A :func:`synthetic_image` no request of this run had (a stream of members' posts, not one picture
+    asked about again and again)."""
+    return synthetic_image(width, height, seed=next(_picture_seeds))
 
 
 def ensure_finite(model: torch.nn.Module) -> None:

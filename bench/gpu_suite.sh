@@ -7,7 +7,7 @@
 #
 # Steps (default: env tests burst profile fusions firsttoken throughput16 throughput4, about 5-6 minutes on an
 # H200, each under a time limit, the eight together at most 575 s: a ten-minute run); also on request:
-# kernel engine looplag looplagcpu.
+# kernel engine looplag looplagcpu followup.
 # Each step writes OUTDIR/<step>.json (the benchmark's JSON line) and OUTDIR/<step>.log (its progress).
 # A step that fails or runs out of time is reported and the next one still runs.
 set -u
@@ -58,6 +58,8 @@ for step in "${steps[@]}"; do
         # The paged-decode kernel alone: every schedule at 1, 8 and 32 rows, checked and timed.
         kernel) run_step kernel 240 "$py" bench/paged_kernel.py ;;
         engine) run_step engine 300 "$py" bench/engine.py ;;
+        # A picture asked about again (a follow-up, a second task), with kept KV-cache blocks and without.
+        followup) run_step followup 240 "$py" bench/follow_up.py ;;
         looplag) run_step looplag 300 "$py" bench/loop_lag.py --real-size ;;
         looplagcpu) run_step looplagcpu 120 "$py" bench/loop_lag.py --device cpu ;;
         *) echo "unknown step: $step" >&2 ;;

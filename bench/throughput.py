@@ -56,6 +56,7 @@ from bench.engine import (
     build_model,
     device_name,
     load_processor,
+    new_picture,
     run_benchmark,
     synchronize,
     synthetic_image,
@@ -296,7 +297,7 @@ async def run_ours(
     """``users`` requests made at once through the engine."""
     tokens_before = runner.tokens_generated
     requests = [
-        Request(Task.DESCRIBE, (setup.image,), user_id=user, max_new_tokens=max_new_tokens)
+        Request(Task.DESCRIBE, (new_picture(*IMAGE_SIZE),), user_id=user, max_new_tokens=max_new_tokens)
         for user in range(1, users + 1)
     ]
     started = time.perf_counter()

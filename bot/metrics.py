@@ -63,6 +63,12 @@ class EngineCollector(Collector):
                 stats.out_of_memory,
             ),
             (CounterMetricFamily, "engine_step_failures", "Model steps that raised", stats.step_failures),
+            (
+                CounterMetricFamily,
+                "prompt_tokens_reused",
+                "Prompt tokens taken from kept KV-cache blocks instead of computed",
+                stats.prompt_tokens_reused,
+            ),
         )
         for family, name, description, value in figures:
             yield family(f"{PREFIX}_{name}", description, value=value)

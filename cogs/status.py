@@ -28,7 +28,8 @@ def status_text(bot: VisionBot) -> str:
         lines.append(f"**Engine:** {state}; {stats.running} answering, {stats.waiting} waiting")
         lines.append(
             f"**Since start:** {stats.answers_finished:,} answers, {stats.tokens_generated:,} tokens, "
-            f"{stats.out_of_memory} out of memory, {stats.step_failures} failed model steps"
+            f"{stats.out_of_memory} out of memory, {stats.step_failures} failed model steps, "
+            f"{stats.prompt_tokens_reused:,} prompt tokens reused (pictures asked about again)"
         )
     minutes = max(rates.window_s / 60, 1)
     pace = f"{rates.answers_per_min:.1f} answers/min, {rates.tokens_per_s:.1f} tokens/s"

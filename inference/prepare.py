@@ -3,10 +3,13 @@ trimmed to fit the KV cache. Needs only the processor, so it runs on threads bes
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from dataclasses import dataclass
 
 import torch
 
+from inference.hd_canvas import CROP_SIZE
 from inference.prompts import build_prompt, check_image_count, droppable_turns
 from inference.types import EngineConfig, Request
 
@@ -20,6 +23,7 @@ class Prepared:
     image_sizes: torch.Tensor | None  # [N, 2]
     max_new_tokens: int
     left_out: int = 0  # old exchanges of a conversation left out to fit the token budget
+    picture_hashes: tuple[bytes, ...] = ()  # each picture's name as the model reads it (picture_hash)
 
     @property
     def prompt_tokens(self) -> int:
@@ -78,6 +82,7 @@ class Preparer:
             image_sizes=inputs["image_sizes"],
             max_new_tokens=max_new_tokens,
             left_out=left_out,
+            picture_hashes=picture_hashes(inputs["pixel_values"], inputs["image_sizes"]),
         )
 
     def _fits(self, tokens: int) -> bool:
@@ -85,3 +90,23 @@ class Preparer:
 
     def _text_tokens(self, prompt: str) -> int:
         return len(self.processor.tokenizer(prompt)["input_ids"])
+
+
+def picture_hash(tiles: torch.Tensor, image_size: torch.Tensor) -> bytes:
+    """The name of one picture as the model reads it: its size and its tiles' pixels (``[tiles, 3, H, W]``,
+    the crops included), so equal names mean equal vision features."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(array("q", [int(v) for v in image_size.tolist()]).tobytes())
+    digest.update(tiles.detach().cpu().contiguous().numpy().tobytes())
+    return digest.digest()
+
+
+def picture_hashes(pixel_values: torch.Tensor | None, image_sizes: torch.Tensor | None) -> tuple[bytes, ...]:
+    """:func:`picture_hash` of each picture's real tiles (the padding depends on the other pictures)."""
+    if pixel_values is None or image_sizes is None:
+        return ()
+    names = []
+    for tiles, size in zip(pixel_values, image_sizes):
+        height, width = (int(v) for v in size.tolist())
+        names.append(picture_hash(tiles[: (height // CROP_SIZE) * (width // CROP_SIZE) + 1], size))
+    return tuple(names)

@@ -154,6 +154,7 @@ class EngineStats:
     dead: bool = False  # the engine gave up on the model
     hardware: str | None = None  # e.g. "cuda:0, bfloat16, sdpa attention"
     memory_bytes: int | None = None  # accelerator memory in use, where it can be known
+    prompt_tokens_reused: int = 0  # prompt tokens taken from kept KV-cache blocks instead of computed
 
 
 @dataclass(frozen=True)

@@ -284,6 +284,7 @@ class ScriptedRunner:
     pace = None  # a GPU's: no speed measured at start
     num_crops = 16
     hardware_text = "scripted, no model"
+    reused_tokens = 0  # no KV cache
 
     def memory_bytes(self):
         return None

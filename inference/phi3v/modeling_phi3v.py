@@ -160,10 +160,14 @@ class Phi3VModel(Phi3Model):
         # Our processor writes the image token id; the reference writes negative ids. Accept both.
         return (input_ids == self.config.image_token_id) | (input_ids < 0)
 
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The token embeddings; image-token positions get a placeholder row (their features replace it)."""
+        return self.embed_tokens(input_ids.clamp(0, self.config.vocab_size - 1))
+
     def embed_with_images(
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, image_sizes: torch.Tensor | None
     ) -> torch.Tensor:
-        embeds = self.embed_tokens(input_ids.clamp(0, self.config.vocab_size - 1))
+        embeds = self.embed_text(input_ids)
         if pixel_values is None:
             return embeds
         if image_sizes is None:

@@ -13,8 +13,12 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inference.errors import EngineUnavailable
+
+if TYPE_CHECKING:
+    import torch
 
 GIB = 1024**3
 MIN_TOKEN_BUDGET = 1024  # the smallest TOKEN_BUDGET the settings accept
@@ -170,3 +174,39 @@ def image_tokens(num_crops: int) -> int:
 def full_request_tokens(num_crops: int, max_new_tokens: int) -> int:
     """KV-cache tokens of the largest ordinary request: one image at the most crops, the longest answer."""
     return image_tokens(num_crops) + PROMPT_TEXT_TOKENS + max_new_tokens
+
+
+class GpuMemory:
+    """What the runner reads of a CUDA device's memory (tests stand in for it to run the warm-up on a CPU)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def free_and_total(self) -> tuple[int, int]:
+        """(free, total) bytes, counting what PyTorch caches but no tensor uses as free (it hands that out
+        first)."""
+        import torch
+
+        free, total = torch.cuda.mem_get_info(self.device)
+        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return int(free + max(cached, 0)), int(total)
+
+    def start_peak(self) -> int:
+        """Start measuring a peak; returns the bytes allocated now."""
+        import torch
+
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return int(torch.cuda.memory_allocated(self.device))
+
+    def peak(self) -> int:
+        """The most bytes allocated since :meth:`start_peak`, once the device has finished its work."""
+        import torch
+
+        torch.cuda.synchronize(self.device)
+        return int(torch.cuda.max_memory_allocated(self.device))
+
+
+def gpu_memory_of(device: torch.device) -> GpuMemory | None:
+    """The memory the runner sizes its cache by: a CUDA device's; None elsewhere (RAM is read instead)."""
+    return GpuMemory(device) if device.type == "cuda" else None

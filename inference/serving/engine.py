@@ -158,7 +158,12 @@ class LocalEngine:
     def _hardware(self) -> dict:
         if self._runner is None:
             return {}
-        return {"hardware": self._runner.hardware_text, "memory_bytes": self._runner.memory_bytes()}
+        runner = self._runner
+        return {
+            "hardware": runner.hardware_text,
+            "memory_bytes": runner.memory_bytes(),
+            "prompt_tokens_reused": runner.reused_tokens,
+        }
 
     @property
     def in_flight(self) -> int:

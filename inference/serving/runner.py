@@ -44,9 +44,12 @@ from inference.serving.cache_size import (
     CacheShape,
     explicit_budget_problem,
     full_request_tokens,
+    gpu_memory_of,
 )
 from inference.serving.decode_step import DecodeInputs, DecodeRow, DecodeStep
 from inference.serving.pace import Pace
+from inference.serving.picture_features import PictureFeatures
+from inference.serving.prefix_hash import picture_spans, prefix_hashes
 from inference.types import EngineConfig, Request
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,8 @@ class _Row:
     prompt: Prepared | None = None  # until the whole prompt is in the cache
     embeds: torch.Tensor | None = None  # the prompt's embeddings (images included) while it is prefilled
     long_rope: bool = False  # its prompt is past LongRoPE's switch: every pass uses the long factors
+    prefix_hashes: tuple[bytes, ...] = ()  # its prompt's full blocks' names (prefix_hash.py)
+    kept: int = 0  # its first blocks that are kept for reuse (taken as kept, or kept once written)
     last_token: int = 0
     generated: int = 0
 
@@ -129,6 +134,9 @@ class ModelRunner:
         self.full_request_tokens = full_request_tokens(self.num_crops, config.max_new_tokens)
         self.token_budget = decisions.token_budget
         self.preparer = Preparer(loaded.processor, config, self.token_budget, self.block_tokens)
+        self.pictures = PictureFeatures(
+            loaded.model, loaded.device, loaded.dtype, int(model_config.image_token_id)
+        )
         self._allocate_cache(self.token_budget)
         self.graphs_checked = False  # decoding steps replay CUDA graphs that passed their check
         self.graphs_refused = False  # graphs were captured but failed their check: decoding is eager
@@ -172,6 +180,10 @@ class ModelRunner:
     def hardware_text(self) -> str:
         dtype = str(self.loaded.dtype).removeprefix("torch.")
         return f"{self.loaded.device}, {dtype}, {self.attention_text}"
+
+    @property
+    def reused_tokens(self) -> int:
+        return self.pool.hits * self.block_tokens
 
     def memory_bytes(self) -> int | None:
         if self.loaded.device.type != "cuda":
@@ -245,6 +257,7 @@ class ModelRunner:
         )
         with torch.inference_mode():
             self.loaded.model(use_cache=False, **self._packed_inputs([_Entry(row, 0, tokens, emits=True)]))
+        self.pictures.clear()
 
     def _free_memory(self) -> None:
         if torch.cuda.is_available():
@@ -260,17 +273,33 @@ class ModelRunner:
             self._leave(request_id)
 
     def _join(self, request_id: int, prepared: Prepared) -> None:
+        """The request takes its blocks: first those of its prompt's leading blocks that are kept (their keys
+        and values are in the cache already: it starts after them), then new ones for the rest."""
+        long_rope = prepared.prompt_tokens > self.rope_switch
+        ids = prepared.input_ids.tolist()
+        names = prefix_hashes(
+            ids,
+            picture_spans(ids, self.pictures.image_token_id),
+            prepared.picture_hashes,
+            self.block_tokens,
+            long_rope=long_rope,
+        )
+        reusable = (prepared.prompt_tokens - 1) // self.block_tokens  # its last token is computed: its logits
         # The scheduler keeps the reservations, rounded up to whole blocks, within the budget, and the pool
         # holds the budget's blocks, so this cannot run short (PoolExhausted would be a bug).
-        self.pool.reserve(request_id, prepared.prompt_tokens + prepared.max_new_tokens)
+        reused = self.pool.reserve_reusing(
+            request_id, prepared.prompt_tokens + prepared.max_new_tokens, names[:reusable]
+        )
         self.rows[request_id] = _Row(
             request_id,
             prepared.max_new_tokens,
-            next_position=0,
+            next_position=reused * self.block_tokens,
             decoder=IncrementalDecoder(self.tokenizer),
             table=tuple(self.pool.table(request_id)),
             prompt=prepared,
-            long_rope=prepared.prompt_tokens > self.rope_switch,
+            long_rope=long_rope,
+            prefix_hashes=tuple(names),
+            kept=reused,
         )
 
     def _leave(self, request_id: int) -> None:
@@ -338,10 +367,20 @@ class ModelRunner:
             ).logits[0]
             tokens = logits.argmax(-1).tolist()
         for entry in entries:
-            entry.row.next_position += entry.count
-            if entry.row.prefilling and entry.emits:  # its whole prompt is in the cache now
-                entry.row.prompt = entry.row.embeds = None
+            row = entry.row
+            row.next_position += entry.count
+            if row.prefilling:
+                self._keep_written_blocks(row)
+                if entry.emits:  # its whole prompt is in the cache now
+                    row.prompt = row.embeds = None
         return self._accept([entry.row for entry in entries if entry.emits], tokens)
+
+    def _keep_written_blocks(self, row: _Row) -> None:
+        """The prompt's full blocks written so far are kept for reuse (other rows only read them)."""
+        written = min(row.next_position // self.block_tokens, len(row.prefix_hashes))
+        for index in range(row.kept, written):
+            self.pool.keep(row.request_id, index, row.prefix_hashes[index])
+        row.kept = max(row.kept, written)
 
     def _accept(self, rows: list[_Row], tokens: list[int]) -> list[Event]:
         """Record one new token per row; finished rows leave the batch."""
@@ -407,45 +446,9 @@ class ModelRunner:
         }
 
     def _prompt_embeds(self, row: _Row) -> torch.Tensor:
-        """The prompt's embeddings, images included: the vision tower runs once, before the first chunk."""
+        """The prompt's embeddings from where its computing starts, pictures included, made once before its
+        first chunk (a picture inside the reused blocks is not read; one read lately is not read again)."""
         if row.embeds is None:
-            prompt, device = row.prompt, self.loaded.device
-            assert prompt is not None  # kept until the prompt is in
-            pixel_values = image_sizes = None
-            if prompt.pixel_values is not None and prompt.image_sizes is not None:
-                pixel_values = prompt.pixel_values.to(device, self.loaded.dtype)
-                image_sizes = prompt.image_sizes.to(device)
-            row.embeds = self.loaded.model.model.embed_with_images(
-                prompt.input_ids[None].to(device), pixel_values, image_sizes
-            )[0]
+            assert row.prompt is not None  # kept until the prompt is in
+            row.embeds = self.pictures.prompt_embeds(row.prompt, from_position=row.next_position)
         return row.embeds
-
-
-class GpuMemory:
-    """What the runner reads of a CUDA device's memory (tests stand in for it to run the warm-up on a CPU)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def free_and_total(self) -> tuple[int, int]:
-        """(free, total) bytes, counting what PyTorch caches but no tensor uses as free (it hands that out
-        first)."""
-        free, total = torch.cuda.mem_get_info(self.device)
-        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        return int(free + max(cached, 0)), int(total)
-
-    def start_peak(self) -> int:
-        """Start measuring a peak; returns the bytes allocated now."""
-        torch.cuda.synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        return int(torch.cuda.memory_allocated(self.device))
-
-    def peak(self) -> int:
-        """The most bytes allocated since :meth:`start_peak`, once the device has finished its work."""
-        torch.cuda.synchronize(self.device)
-        return int(torch.cuda.max_memory_allocated(self.device))
-
-
-def gpu_memory_of(device: torch.device) -> GpuMemory | None:
-    """The memory the runner sizes its cache by: a CUDA device's; None elsewhere (RAM is read instead)."""
-    return GpuMemory(device) if device.type == "cuda" else None

@@ -40,6 +40,11 @@ class Runner(Protocol):
         """Where and how the model runs, for the owner's status (e.g. "cuda:0, bfloat16, paged KV cache…")."""
         ...
 
+    @property
+    def reused_tokens(self) -> int:
+        """Prompt tokens taken from kept KV-cache blocks instead of computed, since start."""
+        ...
+
     def memory_bytes(self) -> int | None:
         """Accelerator memory in use, where it can be known."""
         ...

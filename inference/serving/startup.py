@@ -32,15 +32,17 @@ from inference.serving.cache_size import (
     GIB,
     CacheDoesNotFit,
     CacheShape,
+    GpuMemory,
     available_ram,
     cpu_budget,
     explicit_budget_problem,
     full_request_tokens,
     gpu_budget,
+    gpu_memory_of,
     people_text,
 )
 from inference.serving.pace import Pace
-from inference.serving.runner import Decisions, GpuMemory, ModelRunner, gpu_memory_of
+from inference.serving.runner import Decisions, ModelRunner
 from inference.types import EngineConfig, Request, Task
 
 log = logging.getLogger(__name__)

@@ -55,6 +55,10 @@ RUNS = {
         {"runner", "plain_forward_batch1_step_ms"},
     ),
     "paged_kernel.py": (["--smoke"], {"by_rows", "copy_gb_s"}),
+    "follow_up.py": (
+        ["--checkpoint", "tests/fixtures/phi3v-tiny/checkpoint", "--crops", "4", "--tokens", "2"],
+        {"by_way", "load_and_start_s"},
+    ),
     "first_token.py": (
         ["--tiny", "--repeats", "1", "--ways", "graphs,plain-norms", "--profile"],
         {"prepare_ms", "vision_ms", "prefill_ms", "engine_ttft_ms", "work_tflop"},

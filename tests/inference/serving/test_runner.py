@@ -361,7 +361,7 @@ def test_oom_in_a_prefill_fails_only_the_newcomer(requests):
     while runner.rows[1].prefilling:
         runner.step([], [])
     free = runner.pool.free_blocks
-    with OutOfMemoryAt(runner.loaded.model.model, "embed_with_images"):
+    with OutOfMemoryAt(runner.pictures, "prompt_embeds"):
         events = runner.step([(2, runner.prepare(requests[1]))], [])
     assert [(e.request_id, type(e.error).__name__) for e in events] == [(2, "OutOfMemory")]
     assert runner.running_ids == [1] and runner.pool.free_blocks == free

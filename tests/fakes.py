@@ -285,6 +285,7 @@ class ScriptedRunner:
     num_crops = 16
     hardware_text = "scripted, no model"
     reused_tokens = 0  # no KV cache
+    block_tokens = 256
 
     def memory_bytes(self):
         return None

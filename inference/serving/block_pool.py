@@ -19,7 +19,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-BLOCK_TOKENS = 256  # FlashAttention reads block tables only in blocks of a multiple of 256 tokens
+# On a CUDA GPU: FlashAttention reads block tables only in blocks of a multiple of 256 tokens.
+BLOCK_TOKENS = 256
+# Elsewhere nothing asks for large blocks, and small ones reuse more: a prompt that starts like a kept one
+# computes at most 15 of the tokens they share (a follow-up about a picture: its new words and little else).
+SMALL_BLOCK_TOKENS = 16
+
+
+def block_tokens_for(device_type: str) -> int:
+    """The block size of the KV cache on a device of this type (``cuda``, ``cpu``, ``mps``)."""
+    return BLOCK_TOKENS if device_type == "cuda" else SMALL_BLOCK_TOKENS
 
 
 class PoolExhausted(Exception):

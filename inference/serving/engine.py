@@ -117,7 +117,7 @@ class LocalEngine:
             self.config.max_batch_size,
             self.config.max_queued,
             self.config.token_budget or 1,
-            block_tokens=BLOCK_TOKENS,
+            block_tokens=BLOCK_TOKENS,  # until the runner says its own
         )
         self._channels: dict[int, _Channel] = {}
         self._places = PlacesHeld()  # promised to requests not queued yet (pictures on the way, preparing)
@@ -181,6 +181,7 @@ class LocalEngine:
             runner = await loop.run_in_executor(self._model_thread, self._runner_factory, self.config)
             self._runner = runner
             self.scheduler.token_budget = runner.token_budget
+            self.scheduler.block_tokens = runner.block_tokens
         except InferenceError:
             await self._shutdown_threads()
             raise

@@ -19,7 +19,7 @@ import torch
 from inference.kernels.paged_cache import PagedStorage
 from inference.loading import resolve_choices, resolve_quantization
 from inference.serving import pace as pace_module
-from inference.serving.block_pool import BLOCK_TOKENS
+from inference.serving.block_pool import block_tokens_for
 from inference.serving.cache_size import (
     CacheDoesNotFit,
     CacheShape,
@@ -124,7 +124,8 @@ def forecast_start(
 
 def _with_cache(forecast: Forecast, config: EngineConfig, free_after_weights: int) -> Forecast:
     """``forecast`` with the KV cache the start would size in ``free_after_weights`` bytes."""
-    shape = CacheShape(kv_bytes_per_token(config.model_id, forecast.dtype), BLOCK_TOKENS)
+    block_tokens = block_tokens_for(forecast.device.type)
+    shape = CacheShape(kv_bytes_per_token(config.model_id, forecast.dtype), block_tokens)
     full = full_request_tokens(forecast.crops, config.max_new_tokens)
     on_gpu = forecast.device.type == "cuda"
     if config.token_budget is not None:
@@ -146,7 +147,7 @@ def _with_cache(forecast: Forecast, config: EngineConfig, free_after_weights: in
             )
     except CacheDoesNotFit as error:
         return replace(forecast, cache_problem=str(error))
-    people = min(budget // (-(-full // BLOCK_TOKENS) * BLOCK_TOKENS), config.max_batch_size)
+    people = min(budget // (-(-full // block_tokens) * block_tokens), config.max_batch_size)
     return replace(forecast, token_budget=budget, people=people)
 
 

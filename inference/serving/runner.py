@@ -38,7 +38,7 @@ from inference.kernels.paged_cache import (
 )
 from inference.loading import LoadedModel, use_language_attention
 from inference.prepare import Prepared, Preparer
-from inference.serving.block_pool import BLOCK_TOKENS, BlockPool
+from inference.serving.block_pool import BlockPool, block_tokens_for
 from inference.serving.cache_size import (
     CacheDoesNotFit,
     CacheShape,
@@ -120,7 +120,7 @@ class ModelRunner:
         self.head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
         self.num_layers = model_config.num_hidden_layers
         self.sliding_window = getattr(model_config, "sliding_window", None)
-        self.block_tokens = BLOCK_TOKENS
+        self.block_tokens = block_tokens_for(loaded.device.type)
         self.attention_choice = decisions.attention
         self.attention = self.attention_choice.backend
         self.fused_norms = decisions.fused_norms

@@ -20,6 +20,7 @@ class Runner(Protocol):
     ``validate`` and ``prepare`` run on the preparing threads."""
 
     token_budget: int
+    block_tokens: int  # the KV cache's block size: reservations round up to it
     pace: Pace | None  # the measured speed on a CPU
 
     @property

@@ -27,7 +27,7 @@ from inference.kernels.paged_cache import PagedStorage
 from inference.loading import LoadedModel
 from inference.prepare import Prepared, Preparer
 from inference.serving import pace
-from inference.serving.block_pool import BLOCK_TOKENS
+from inference.serving.block_pool import block_tokens_for
 from inference.serving.cache_size import (
     GIB,
     CacheDoesNotFit,
@@ -94,7 +94,7 @@ def start_runner(loaded: LoadedModel, config: EngineConfig) -> ModelRunner:
     decisions = Decisions(attention, fused_norms, fused_rope, causal_bias, token_budget=0, pace=measured)
     shape = CacheShape(
         PagedStorage.bytes_per_token(model_config.num_hidden_layers, kv_heads, head_dim, loaded.dtype),
-        BLOCK_TOKENS,
+        block_tokens_for(loaded.device.type),
     )
     budget = _size_budget(loaded, config, decisions, shape)
     runner = ModelRunner(loaded, config, dataclasses.replace(decisions, token_budget=budget))

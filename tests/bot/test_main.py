@@ -157,12 +157,14 @@ def test_the_speed_estimate_names_the_crops_a_slow_cpu_uses_and_the_limit_it_set
 
 def test_on_a_slow_cpu_check_counts_the_cache_at_the_crops_the_start_will_use(monkeypatch):
     from inference.serving import pace
+    from inference.serving.block_pool import block_tokens_for
     from inference.serving.cache_size import full_request_tokens
 
     slow = pace.Pace(crop_s=2.0, prompt_token_s=0.05, token_s=0.5)
     settings = Settings(model_id=TINY_MODEL, device="cpu", max_batch_size=2)
     monkeypatch.setattr("inference.serving.forecast.available_ram", lambda: 64 * 1024**3)
-    per_request = -(-full_request_tokens(pace.CPU_CROPS, settings.max_new_tokens) // 256) * 256
+    block = block_tokens_for("cpu")
+    per_request = -(-full_request_tokens(pace.CPU_CROPS, settings.max_new_tokens) // block) * block
     finding = doctor.check_device(settings, estimate=slow)  # MAX_BATCH_SIZE people at 4 crops, no more
     assert f"about {2 * per_request} tokens, room for 2 people" in finding.detail
 

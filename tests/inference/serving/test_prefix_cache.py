@@ -18,13 +18,22 @@ def reference() -> Generated:
     return Generated()
 
 
+@pytest.fixture(params=[16, 256], ids=["CPU blocks", "GPU blocks"])
+def block_tokens(request, monkeypatch):
+    """The KV cache's block size: the CPU's, and a GPU's (FlashAttention's 256) on the CPU."""
+    for module in ("inference.serving.runner", "inference.serving.startup"):
+        monkeypatch.setattr(f"{module}.block_tokens_for", lambda device_type: request.param)
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def describe():
     return Request(Task.DESCRIBE, (PICTURE,), question="What is this?")
 
 
-def test_the_same_picture_asked_again_is_read_once_and_answered_the_same(describe, reference):
+def test_the_same_picture_asked_again_is_read_once_and_answered_the_same(describe, reference, block_tokens):
     runner = paged()
+    assert runner.block_tokens == block_tokens
     same_answers(alone(runner, describe), 1, reference.answer(describe), 1)
     assert runner.pool.hits == 0 and runner.pictures.pictures_read == 1
     prompt = runner.prepare(describe).prompt_tokens
@@ -33,7 +42,7 @@ def test_the_same_picture_asked_again_is_read_once_and_answered_the_same(describ
     assert runner.pictures.pictures_read == 1  # the vision tower did not run again
 
 
-def test_a_second_task_on_the_same_picture_reuses_what_the_first_computed(describe, reference):
+def test_a_second_task_on_the_same_picture_reuses_what_the_first_computed(describe, reference, block_tokens):
     ocr = Request(Task.OCR, (PICTURE,))
     runner = paged()
     alone(runner, describe)
@@ -41,7 +50,7 @@ def test_a_second_task_on_the_same_picture_reuses_what_the_first_computed(descri
     assert runner.pool.hits > 0 and runner.pictures.pictures_read == 1
 
 
-def test_a_follow_up_reuses_its_pictures_blocks(describe, reference):
+def test_a_follow_up_reuses_its_pictures_blocks(describe, reference, block_tokens):
     follow_up = Request(
         Task.DESCRIBE, (PICTURE,), question="And its colours?", history=(Turn("What is this?", "A test."),)
     )
@@ -68,7 +77,7 @@ def test_two_people_on_one_picture_share_its_blocks_while_both_answer(describe, 
 
 def test_kept_blocks_give_way_under_pressure_and_a_later_ask_computes_them_again(describe, reference):
     other = Request(Task.OCR, (image(300, 500, 2),))
-    runner = paged(token_budget=2560)  # 10 blocks: the larger of the two, nothing to spare
+    runner = paged(token_budget=2560)  # the larger of the two, nothing to spare
     alone(runner, describe)
     kept = runner.pool.kept_blocks
     assert kept > 0
@@ -102,7 +111,7 @@ def test_a_prompt_past_the_rotary_switch_reuses_blocks_computed_with_the_long_fa
     assert runner.pool.hits > 0
 
 
-def test_another_picture_of_the_same_size_reuses_nothing_of_the_first(describe, reference):
+def test_another_picture_of_the_same_size_reuses_nothing_of_the_first(describe, reference, block_tokens):
     """Its prompt has the very same tokens (a picture is one placeholder id repeated): only pixels differ."""
     lookalike = Request(Task.DESCRIBE, (image(90, 60, 99),), question="What is this?")
     runner = paged()

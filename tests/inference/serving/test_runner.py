@@ -377,7 +377,14 @@ def test_oom_while_only_decoding_fails_the_batch_and_frees_every_block(requests)
     assert runner.running_ids == [] and runner.pool.free_blocks == runner.pool.num_blocks
 
 
-def test_token_budget_auto_on_the_cpu_takes_half_the_free_ram_capped(monkeypatch, caplog):
+@pytest.fixture
+def blocks_of_256(monkeypatch):
+    """The sizing arithmetic below is written in blocks of 256 tokens (a GPU's size); the CPU's are 16."""
+    for module in ("inference.serving.runner", "inference.serving.startup"):
+        monkeypatch.setattr(f"{module}.block_tokens_for", lambda device_type: 256)
+
+
+def test_token_budget_auto_on_the_cpu_takes_half_the_free_ram_capped(monkeypatch, caplog, blocks_of_256):
     per_token = 2 * 2 * 4 * 16 * 4  # K and V, 2 layers, 4 KV heads of 16, float32: 1 KiB
     monkeypatch.setattr("inference.serving.startup.available_ram", lambda: 20 * 1024**2)
     with caplog.at_level(logging.INFO, logger="inference.serving.startup"):
@@ -397,7 +404,7 @@ def test_token_budget_auto_on_the_cpu_takes_half_the_free_ram_capped(monkeypatch
     assert start_runner(load(tiny()), tiny()).token_budget == cache_size.CPU_TOKEN_CAP  # a large machine
 
 
-def test_a_machine_that_cannot_hold_one_request_stops_the_start_with_one_line(monkeypatch):
+def test_a_machine_that_cannot_hold_one_request_stops_the_start_with_one_line(monkeypatch, blocks_of_256):
     monkeypatch.setattr("inference.serving.startup.available_ram", lambda: 4 * 1024**2)
     with pytest.raises(CacheDoesNotFit) as error:
         start_runner(load(tiny()), tiny())
@@ -407,7 +414,7 @@ def test_a_machine_that_cannot_hold_one_request_stops_the_start_with_one_line(mo
     )
 
 
-def test_an_explicit_token_budget_is_kept_and_the_engine_schedules_within_it():
+def test_an_explicit_token_budget_is_kept_and_the_engine_schedules_within_it(blocks_of_256):
     from inference.serving.engine import LocalEngine
 
     runner = start_runner(load(tiny()), tiny(token_budget=5000))
@@ -444,7 +451,7 @@ class FakeGpuMemory:
 
 
 def test_token_budget_auto_on_a_gpu_warms_up_then_takes_the_fraction_left(
-    monkeypatch, caplog, requests, reference
+    monkeypatch, caplog, requests, reference, blocks_of_256
 ):
     gib = 1024**3
     memory = FakeGpuMemory(total=int(0.5 * gib), in_use=int(0.1 * gib), activations=int(0.05 * gib))

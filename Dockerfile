@@ -21,7 +21,7 @@ RUN apt-get update \
 COPY constraints.txt ./
 # PyTorch first, in its own layer: the largest download, and the one that changes least.
 RUN pip install --no-cache-dir -c constraints.txt torch
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY bot ./bot
 COPY cogs ./cogs
 COPY inference ./inference

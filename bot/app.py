@@ -11,6 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.about import DISTRIBUTION, server_invite_url, version
 from bot.alt_text import OptOuts
 from bot.conversation import Conversations
 from bot.database import Database
@@ -118,6 +119,7 @@ class VisionBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         # The database first: a damaged file stops the start in seconds, not after the model loaded.
+        log.info("%s %s", DISTRIBUTION, version())
         self.database = await Database.open(self.settings.database_path)
         log.info("Database: %s", self.settings.database_path)
         self.conversations = Conversations(self.database)
@@ -209,6 +211,8 @@ class VisionBot(commands.Bot):
         log.info(
             "Logged in as %s (%s) in %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds)
         )
+        if self.application_id is not None:
+            log.info("Invite link (add the bot to a server): %s", server_invite_url(self.application_id))
         if self.engine.dead_reason is not None:
             self._engine_died(self.engine.dead_reason)
 

@@ -41,25 +41,48 @@ class Finding:
         return f"[{mark}] {self.item}: {self.detail}"
 
 
-def check_token(settings: Settings) -> Finding:
+def application_id(settings: Settings) -> str | None:
+    """The application a bot token belongs to: its first part is the id in base64; None when it is not one."""
     token = settings.discord_token.get_secret_value()
-    if not token:
-        return Finding(
-            "token", "fail", "DISCORD_TOKEN is not set (Developer Portal > your app > Bot > Reset Token)"
-        )
     if not TOKEN_SHAPE.match(token):
-        return Finding(
-            "token", "fail", "DISCORD_TOKEN does not look like a bot token (three parts, dot-separated)"
-        )
+        return None
     first = token.split(".", 1)[0]
     try:
         app_id = base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError):
-        app_id = ""
-    if not app_id.isdigit():
+        return None
+    return app_id if app_id.isdigit() else None
+
+
+def check_token(settings: Settings) -> Finding:
+    if not settings.discord_token.get_secret_value():
+        return Finding(
+            "token", "fail", "DISCORD_TOKEN is not set (Developer Portal > your app > Bot > Reset Token)"
+        )
+    if not TOKEN_SHAPE.match(settings.discord_token.get_secret_value()):
+        return Finding(
+            "token", "fail", "DISCORD_TOKEN does not look like a bot token (three parts, dot-separated)"
+        )
+    app_id = application_id(settings)
+    if app_id is None:
         return Finding("token", "fail", "DISCORD_TOKEN's first part is not a bot's id: is it a bot token?")
     return Finding(
         "token", "ok", f"has the shape of a bot token for application {app_id} (not sent to Discord)"
+    )
+
+
+def check_invite(settings: Settings) -> Finding | None:
+    """The links that add the bot, once the token names its application."""
+    from bot.about import server_invite_url, user_install_url
+
+    app_id = application_id(settings)
+    if app_id is None:
+        return None
+    return Finding(
+        "invite",
+        "ok",
+        f"add the bot to a server: {server_invite_url(app_id)} ; to your own account (User Install): "
+        f"{user_install_url(app_id)}",
     )
 
 
@@ -336,11 +359,11 @@ def run_checks(
     findings = [Finding("settings", "warn", line) for line in unknown_names]
     if not findings:
         findings.append(Finding("settings", "ok", "read and valid"))
-    findings += [
-        check_token(settings),
-        check_intents(settings),
-        check_database(settings),
-    ]
+    findings.append(check_token(settings))
+    invite = check_invite(settings)
+    if invite is not None:
+        findings.append(invite)
+    findings += [check_intents(settings), check_database(settings)]
     if settings.backend == "remote":
         findings.append(check_remote(settings))
     else:

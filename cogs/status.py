@@ -8,6 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.about import version
 from bot.app import VisionBot, engine_text
 from bot.text import N_
 
@@ -34,7 +35,7 @@ def status_text(bot: VisionBot) -> str:
     minutes = max(rates.window_s / 60, 1)
     pace = f"{rates.answers_per_min:.1f} answers/min, {rates.tokens_per_s:.1f} tokens/s"
     lines.append(f"**Last {minutes:.0f} min:** {pace}")
-    lines.append(f"**Up for:** {uptime}")
+    lines.append(f"**Up for:** {uptime}; version {version()}")
     return "\n".join(lines)
 
 

@@ -127,6 +127,10 @@ def test_check_passes_for_a_good_set_up_and_never_prints_the_token(capsys):
     code = entry.main({"DISCORD_TOKEN": FAKE_TOKEN, "MODEL_ID": TINY_MODEL, "DEVICE": "cpu"}, ["--check"])
     out = capsys.readouterr().out
     assert "[ok  ] token: has the shape of a bot token for application 123456789012345678" in out
+    assert (
+        "[ok  ] invite: add the bot to a server: https://discord.com/oauth2/authorize?client_id=123456789012345678"
+        in out
+    )
     assert f"[ok  ] model: local folder {TINY_MODEL}" in out
     assert "CPU only" in out and "~0.0 GB" not in out and re.search(r"needs ~\d+ MB of RAM", out)
     # How long an answer takes here, from products at the published model's shapes timed on this CPU.
@@ -188,6 +192,7 @@ def test_check_fails_each_problem_with_its_reason(capsys, environ, expected):
     assert entry.main(environ, ["--check"]) == entry.EXIT_CHECK_FAILED
     out = capsys.readouterr().out
     assert expected in out and "hunter2" not in out
+    assert ("[ok  ] invite:" in out) == ("[ok  ] token:" in out)  # a link only for a token that names its app
     assert out.strip().splitlines()[-1].startswith("Not ready")
 
 

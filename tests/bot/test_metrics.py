@@ -6,6 +6,7 @@ import urllib.request
 
 import pytest
 
+from bot.about import version
 from bot.metrics import Metrics
 from bot.reply import JobRecord, Outcome
 from inference import EngineStats, OutOfMemory
@@ -64,7 +65,8 @@ async def test_status_shows_the_owner_the_queue_and_the_pace(world, fake_engine)
     assert "**Model:** microsoft/Phi-3-vision-128k-instruct" in text
     assert "cuda:0, bfloat16, sdpa attention, 21.5 GB in use" in text
     assert "8 answering, 4 waiting" in text and "21 answers, 1,234 tokens" in text
-    assert "**Up for:**" in text
+    assert "**Up for:**" in text and f"version {version()}" in text and version() != "unknown"
+    assert "0 prompt tokens reused" in text
 
 
 async def test_status_is_refused_to_everyone_else(world):

@@ -35,7 +35,7 @@ def wheel(tmp_path_factory) -> Path:
     """Built as the Dockerfile builds it, from what it copies (no egg-info or build folder of this checkout,
     whose file lists would hide what the project itself declares)."""
     source = tmp_path_factory.mktemp("source")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     for package in ("bot", "cogs", "inference"):
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
@@ -49,6 +49,17 @@ def wheel(tmp_path_factory) -> Path:
     assert done.returncode == 0, done.stderr[-2000:]
     [built] = out.glob("phi3v_discord_bot-*.whl")
     return built
+
+
+def test_the_wheel_carries_its_licence_and_version(wheel):
+    import tomllib
+
+    archive = zipfile.ZipFile(wheel)
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    [metadata] = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
+    text = archive.read(metadata).decode()
+    assert "License-Expression: MIT" in text and f"Version: {version}" in text
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in archive.namelist())
 
 
 def test_the_wheel_carries_every_catalog(wheel):

@@ -56,6 +56,8 @@ def timed_out_text(seconds: float) -> Text:
 def image_problem_text(error: e.UnreadableImage) -> str | Text:
     """Why a file cannot be used, as the end of "I can't use **name**: ..."."""
     match error.problem:
+        case e.ImageProblem.EMPTY:
+            return N_("the file is empty")
         case e.ImageProblem.NOT_AN_IMAGE:
             return T("it is not an image I can read ({formats})", formats=error.formats)
         case e.ImageProblem.NO_PIXELS:

@@ -15,18 +15,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
 from pathlib import Path
 
 from PIL import Image
 
-from inference.errors import EngineBusy, EngineDead, InferenceError, TooLarge, UnreadableImage
+from inference.errors import (
+    EngineBusy,
+    EngineDead,
+    InferenceError,
+    TooFewImages,
+    TooLarge,
+    TooManyImages,
+    UnreadableImage,
+)
 from inference.images import DEFAULT_MAX_PIXELS, decode_image
 from inference.process import exit_process
-from inference.prompts import MIN_COMPARE_IMAGES
+from inference.prompts import check_image_count
 from inference.types import MAX_NEW_TOKENS_LIMIT, EngineConfig, Request, Task
 
 DEFAULT_MODEL = EngineConfig.model_id
+MAX_IMAGES = EngineConfig.max_images  # as the bot's MAX_IMAGES by default: compare takes the same
+# The engine words a bad setting by the bot's name for it; here the person typed a flag.
+FLAGS = {
+    "DEVICE": "--device",
+    "DTYPE": "--dtype",
+    "QUANTIZATION": "--quantization",
+    "NUM_CROPS": "--num-crops",
+    "MAX_NEW_TOKENS": "--max-new-tokens",
+    "MODEL_ID": "--model",
+}
+SETTING_NAMED = re.compile(rf"\b({'|'.join(FLAGS)})(?: is set to |=)")
 
 
 MAX_NUM_CROPS = 16
@@ -111,8 +131,12 @@ def for_the_terminal(error: Exception) -> str:
             return "the model stopped working; the messages above say why"
         case EngineBusy():
             return "the engine is busy; try again"
+        case TooManyImages(limit=limit):
+            return f"compare takes at most {limit} images (as the bot does by default)"
+        case TooFewImages(minimum=minimum):
+            return f"compare needs at least {minimum} images"
         case _:
-            return str(error)
+            return SETTING_NAMED.sub(lambda named: f"{FLAGS[named.group(1)]} ", str(error))
 
 
 def open_image(
@@ -139,9 +163,8 @@ async def answer(args: argparse.Namespace) -> int:
 
     task = Task(args.task)
     # Read before the model loads, so a bad file is said at once; reduced for --num-crops where it is given.
+    check_image_count(len(args.images), MAX_IMAGES, task)  # the bot's rule, before any file is read
     images = tuple(open_image(p, num_crops=args.num_crops) for p in args.images)
-    if task is Task.COMPARE and len(images) < MIN_COMPARE_IMAGES:
-        raise CliError("compare needs at least two images")
     config = EngineConfig(
         model_id=args.model,
         device=args.device,
@@ -149,7 +172,7 @@ async def answer(args: argparse.Namespace) -> int:
         quantization=args.quantization,
         num_crops=args.num_crops,
         max_new_tokens=args.max_new_tokens,
-        max_images=max(len(images), 1),
+        max_images=MAX_IMAGES,
         request_timeout_s=3600.0,
     )
     engine = LocalEngine(config)

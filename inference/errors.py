@@ -60,6 +60,7 @@ class TooManyTurns(InvalidRequest):
 
 
 class ImageProblem(enum.Enum):
+    EMPTY = "the file is empty"
     NOT_AN_IMAGE = "not an image in a supported format"
     NO_PIXELS = "no pixels"
     TOO_MANY_PIXELS = "more pixels than the limit"

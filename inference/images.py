@@ -139,6 +139,8 @@ def decode_image(data: bytes, *, max_pixels: int, num_crops: int | None = None) 
     its own) it is reduced to the canvas of :data:`MAX_CROPS` crops, unpadded. Decoding then holds the
     decoded picture and a few megabytes, whatever its mode.
     """
+    if not data:
+        raise UnreadableImage(ImageProblem.EMPTY)
     try:
         with warnings.catch_warnings():  # our own pixel limit, below, decides; no warning in the log
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

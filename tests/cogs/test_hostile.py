@@ -22,7 +22,7 @@ def png(image: Image.Image) -> bytes:
 
 REFUSED = {
     "a decompression bomb": ("bomb.png", png_header_only(50_000, 50_000), "pixels"),
-    "an empty file": ("empty.png", b"", "not an image"),
+    "an empty file": ("empty.png", b"", "the file is empty"),
     "text named as a picture": ("notes.png", b"claim your prize at https://evil.example", "not an image"),
     "half a picture": ("half.png", image_bytes((400, 300))[:200], "damaged"),
     "a name with markdown and a link": ("**[x](https://evil.example)**.png", b"GIF89a", "not an image"),

@@ -44,7 +44,30 @@ def test_file_that_is_not_an_image(capsys):
 
 def test_compare_needs_two_images(capsys):
     assert main(["compare", IMAGE, *MODEL]) == 2
-    assert "at least two images" in capsys.readouterr().err
+    assert "at least 2 images" in capsys.readouterr().err
+
+
+def test_compare_takes_at_most_as_many_images_as_the_bot_before_anything_is_read(capsys):
+    from inference.types import EngineConfig
+
+    limit = EngineConfig.max_images
+    assert main(["compare", *[IMAGE] * (limit + 1), "--model", "./no-such-model"]) == 2  # before loading
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: compare takes at most {limit} images (as the bot does by default)"
+
+
+def test_an_empty_file_is_said_to_be_empty(capsys, tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    assert main(["describe", str(empty), *MODEL]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {empty}: the file is empty"
+
+
+def test_a_device_that_is_not_here_is_named_by_the_flag_typed(capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["describe", IMAGE, *MODEL[:2], "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --device cuda but PyTorch sees no CUDA GPU") and "DEVICE" not in err
 
 
 def test_missing_model_folder(capsys):

@@ -7,14 +7,18 @@ edit budget. The scenario itself is in ``tests/load_scenario.py`` (``bench/load.
 
 from __future__ import annotations
 
+import logging
+
 import simcord
 
 from tests.conftest import image_bytes
 from tests.fakes import SlottedFakeEngine
 from tests.load_scenario import make_bot, run_scenario, summary
 
+log = logging.getLogger(__name__)
 
-async def test_every_request_ends_in_one_visible_final_state_under_load_and_faults(capsys):
+
+async def test_every_request_ends_in_one_visible_final_state_under_load_and_faults():
     engine = SlottedFakeEngine(None, slots=8, max_waiting=200, piece_delay_s=0.25, piece_size=200)
     bot = make_bot(engine)
     async with simcord.run(bot, check_errors=False) as env:
@@ -22,9 +26,9 @@ async def test_every_request_ends_in_one_visible_final_state_under_load_and_faul
             env, bot, engine, people=100, requests=500, channels=5, image=image_bytes()
         )
     await bot.close()
-    with capsys.disabled():
-        print(f"\nload and faults: {summary(counts)}; {counts['wall_s']} s")
-        print(f"Discord calls per channel {counts['discord_calls_per_channel']}, faults {counts['faults']}")
+    # In the test's captured log (shown when it fails); bench/load.py prints the same figures as JSON.
+    log.info("load and faults: %s; %s s", summary(counts), counts["wall_s"])
+    log.info("Discord calls per channel %s, faults %s", counts["discord_calls_per_channel"], counts["faults"])
 
     assert counts["lost"] == 0, counts["lost_examples"]
     assert counts["stale"] == 0, counts["stale_examples"]

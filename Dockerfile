@@ -1,7 +1,9 @@
-# The bot on an NVIDIA host: docker compose up -d (see compose.yaml and the README, "Docker").
+# The bot on an NVIDIA host: docker compose --profile gpu up -d (see compose.yaml and the README, "Docker").
 # The host needs the NVIDIA driver (580 or newer) and the NVIDIA Container Toolkit; PyTorch's wheel brings the
-# CUDA runtime.
+# CUDA runtime. On a host without a GPU (--profile cpu) TORCH_INDEX_URL names PyTorch's CPU wheels instead: the
+# same release, a tenth of the download.
 FROM python:3.12-slim
+ARG TORCH_INDEX_URL=
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -20,7 +22,7 @@ RUN apt-get update \
 # CUDA 13.0 build from PyPI, which needs NVIDIA driver 580 or newer on the host.
 COPY constraints.txt ./
 # PyTorch first, in its own layer: the largest download, and the one that changes least.
-RUN pip install --no-cache-dir -c constraints.txt torch
+RUN pip install --no-cache-dir -c constraints.txt ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch
 COPY pyproject.toml README.md LICENSE ./
 COPY bot ./bot
 COPY cogs ./cogs

@@ -65,3 +65,33 @@ def test_compose_rotates_the_logs():
     bot = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["bot"]
     assert bot["logging"]["driver"] == "json-file"
     assert bot["logging"]["options"] == {"max-size": "10m", "max-file": "5"}
+
+
+def compose_services() -> dict:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+
+
+def test_compose_has_a_gpu_and_a_cpu_profile_that_differ_only_in_the_gpu():
+    services = compose_services()
+    gpu, cpu = services["bot"], services["bot-cpu"]
+    assert gpu["profiles"] == ["gpu"] and cpu["profiles"] == ["cpu"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert "deploy" not in cpu  # a host without a GPU can start it
+    assert cpu["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    shared = ("env_file", "environment", "volumes", "ports", "logging", "restart", "stop_grace_period")
+    assert all(gpu[key] == cpu[key] for key in shared)
+    assert gpu["image"] != cpu["image"]
+
+
+def test_the_image_takes_pytorch_from_the_index_the_profile_names():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG TORCH_INDEX_URL=" in dockerfile
+    [torch_install] = [line for line in dockerfile.splitlines() if "pip install" in line and "torch" in line]
+    assert '${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}' in torch_install
+
+
+def test_the_compose_settings_are_the_bots():
+    from bot.settings import SETTINGS
+
+    for service in compose_services().values():
+        assert {name.lower() for name in service["environment"]} <= set(SETTINGS) | {"hf_home"}

@@ -195,6 +195,8 @@ def check_device(
     if expected.quantization == "8bit":
         precision = f"8-bit, {precision} elsewhere"
     needs = f"~{size_text(expected.weights_bytes)} of RAM ({precision})"
+    if expected.dense_bytes:
+        needs += f", and ~{size_text(expected.dense_bytes)} more for copies that read prompts faster"
     text = f"CPU only (no GPU: answers are slower, see speed): the model needs {needs}"
     ram = expected.free_bytes
     if ram is None:

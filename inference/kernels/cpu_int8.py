@@ -5,12 +5,14 @@ memory bandwidth: int8 weights are half of bf16's bytes and a quarter of float32
 language model keeps its weight as int8 with one scale per output row (symmetric, rounded to nearest); the
 vision tower, the embeddings and ``lm_head`` stay in the model's precision, as on the GPU.
 
-Two ways to multiply, by the number of rows in the product:
-- up to :data:`KERNEL_MAX_ROWS` (answering: one row per person): PyTorch's own CPU kernel for int8 weights,
+Three ways to multiply, by the number of rows in the product:
+- few rows (answering: one row per person): PyTorch's own CPU kernel for int8 weights,
   ``aten._weight_int8pack_mm``, with bf16 activations;
-- more rows (reading a prompt): the weight is expanded into the model's precision in a scratch buffer shared
-  by all layers and multiplied by the usual matrix product, which is faster there because the product, not
-  the reading, is the cost.
+- more rows (reading a prompt), where memory allowed the start to keep them (:func:`keep_dense_weights`):
+  the usual matrix product with the weight's dense copy (the int8 weight times its scales, in the model's
+  precision);
+- more rows without a dense copy: the weight is expanded into a scratch buffer shared by all layers, then
+  multiplied: the same numbers as the kept copy, but each prompt chunk pays for the expansion again.
 
 Why not torchao: on the CPUs we measured (``bench/cpu.py --matmul``), torchao 0.18's eager int8 weight-only
 path dequantizes on every call and was 14x slower than PyTorch's kernel for one row, its dynamic int8 path
@@ -38,6 +40,9 @@ KERNEL_MAX_ROWS = 192
 # address that is not a multiple of 64 bytes crashes the process, and safetensors hands tensors back at
 # any offset (24 bytes past, read from our cache file).
 WEIGHT_ALIGNMENT = 64
+# With a dense copy kept, rows above which the dense product is used: measured on 2 AVX-512 BF16 EPYC cores at
+# the model's 3072x16384 product, 16 rows took half the int8 kernel's time, 8 rows about as long.
+DENSE_KERNEL_MAX_ROWS = 8
 LINEAR_NAMES = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 CACHE_FORMAT = 1  # bump when the rounding changes: older files are then not read
 
@@ -87,6 +92,9 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self._scratch = scratch
+        # The dense copy for reading prompts (:func:`keep_dense_weights`): not a buffer, so neither saved nor
+        # moved; None where memory did not allow it.
+        self.dense: torch.Tensor | None = None
 
     @classmethod
     def rounding(cls, linear: nn.Linear, scratch: DequantScratch) -> Int8Linear:
@@ -94,7 +102,10 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] <= KERNEL_MAX_ROWS:
+        rows = flat.shape[0]
+        if self.dense is not None and rows > DENSE_KERNEL_MAX_ROWS and self.dense.dtype == x.dtype:
+            y = torch.nn.functional.linear(flat, self.dense)
+        elif rows <= KERNEL_MAX_ROWS:
             y = torch.ops.aten._weight_int8pack_mm(
                 flat.to(torch.bfloat16), self.weight_int8, self.scale.to(torch.bfloat16)
             ).to(x.dtype)
@@ -137,6 +148,21 @@ def quantize_language_model(model: nn.Module, cache: Path | None = None) -> int:
     if made and cache is not None:
         _write_cache(cache, stored | made)
     return replaced
+
+
+def keep_dense_weights(model: nn.Module, budget_bytes: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """Give the 8-bit layers of ``model`` dense copies in ``dtype`` (their int8 weights times their scales:
+    the very numbers the expanded path multiplies by), in order, while they fit in ``budget_bytes``; prompts
+    then multiply without expanding weights each chunk. Returns (layers with a copy, 8-bit layers, bytes)."""
+    layers = [module for module in model.modules() if isinstance(module, Int8Linear)]
+    kept = used = 0
+    for layer in layers:
+        size = layer.weight_int8.numel() * dtype.itemsize
+        if used + size > budget_bytes:
+            break
+        layer.dense = torch.mul(layer.weight_int8, layer.scale.to(dtype).unsqueeze(1))
+        kept, used = kept + 1, used + size
+    return kept, len(layers), used
 
 
 def cache_file(source: Path) -> Path:

@@ -24,6 +24,9 @@ GIB = 1024**3
 MIN_TOKEN_BUDGET = 1024  # the smallest TOKEN_BUDGET the settings accept
 ACTIVATION_HEADROOM = 2 * GIB  # kept beside an explicit TOKEN_BUDGET's cache on CUDA (no warm-up measures it)
 CPU_RAM_SHARE = 0.5  # of the RAM free after the weights, on the CPU (and Apple's unified memory)
+# On a CPU with 8-bit weights: the share of the RAM free after loading that the weights' dense copies for
+# reading prompts may take, before the KV cache takes its share of what is left.
+DENSE_RAM_SHARE = 0.5
 CPU_TOKEN_CAP = 16_384  # about five one-image answers at 16 crops: more than a CPU serves at once
 
 

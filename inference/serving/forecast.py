@@ -21,6 +21,7 @@ from inference.loading import resolve_choices, resolve_quantization
 from inference.serving import pace as pace_module
 from inference.serving.block_pool import block_tokens_for
 from inference.serving.cache_size import (
+    DENSE_RAM_SHARE,
     CacheDoesNotFit,
     CacheShape,
     available_ram,
@@ -63,6 +64,7 @@ class Forecast:
     token_budget: int | None  # KV-cache tokens; None when the weights do not fit or memory is unknown
     people: int | None  # full requests the cache holds at once (None with an explicit TOKEN_BUDGET)
     cache_problem: str | None  # the start's own words when the cache would not fit
+    dense_bytes: float = 0.0  # a CPU's dense copies of its 8-bit weights for prompts (RAM they may take)
 
     def fewer_crops_text(self) -> str | None:
         """Why a slow CPU reads pictures at fewer crops than the checkpoint asks; None when it does not."""
@@ -97,6 +99,7 @@ def forecast_start(
     asked = checkpoint_crops(config.model_id)
     total: int | None = None
     estimate: Pace | None = None
+    dense = 0.0
     if device.type == "cuda":
         memory = (gpu_memory or _cuda_memory)(device)
         free, total = memory if memory is not None else (None, None)
@@ -109,6 +112,8 @@ def forecast_start(
         if quantization == "8bit":  # loaded in bf16, then the language model's layers become int8
             weights = published * (LINEAR_SHARE / 2 + (1 - LINEAR_SHARE) * dtype.itemsize / 2)
             loading = published
+            if free is not None and free > weights:  # dense copies for prompts, in the share they may take
+                dense = min(published * LINEAR_SHARE * dtype.itemsize / 2, DENSE_RAM_SHARE * (free - weights))
         if device.type == "cpu":
             estimate = pace or estimate_pace(config)
         crops = config.num_crops or asked
@@ -117,9 +122,10 @@ def forecast_start(
     forecast = Forecast(
         device, dtype, quantization, weights, loading, free, total, estimate, crops, asked, None, None, None
     )
+    forecast = replace(forecast, dense_bytes=dense)
     if free is None or device.type == "mps" or not forecast.weights_fit:
         return forecast
-    return _with_cache(forecast, config, int(free - weights))
+    return _with_cache(forecast, config, int(free - weights - dense))
 
 
 def _with_cache(forecast: Forecast, config: EngineConfig, free_after_weights: int) -> Forecast:

@@ -4,7 +4,8 @@ CPU's pace measured, the KV cache sized, CUDA graphs captured and replayed again
 
     weights loaded ──► attention backends checked, the fastest correct chosen (kernels/attention_backends.py)
                ──► the fused RMSNorm, rotary embedding and mask-free chunks checked, each used if it agrees
-               ──► on a CPU: its pace measured, fewer crops where the checkpoint's would be too slow
+               ──► on a CPU: dense copies of the 8-bit weights where memory allows, its pace measured, fewer
+                   crops where the checkpoint's would be too slow
                ──► the KV cache sized (TOKEN_BUDGET, or what memory is left after a warm-up on CUDA)
                ──► the runner built ──► on CUDA: graphs captured and checked ──► on a CPU: a step timed
 """
@@ -29,6 +30,7 @@ from inference.prepare import Prepared, Preparer
 from inference.serving import pace
 from inference.serving.block_pool import block_tokens_for
 from inference.serving.cache_size import (
+    DENSE_RAM_SHARE,
     GIB,
     CacheDoesNotFit,
     CacheShape,
@@ -89,6 +91,7 @@ def start_runner(loaded: LoadedModel, config: EngineConfig) -> ModelRunner:
     causal_bias = kv_heads == heads and _causal_bias_agrees(loaded, heads, head_dim)
     measured: Pace | None = None  # a CPU's, where limits and waits depend on it
     if loaded.device.type == "cpu":
+        _keep_dense_weights(loaded)
         measured = pace.measure(loaded.model, loaded.dtype)  # with the fused norms as they will run
         loaded = _with_crops(loaded, pace.crops_for(measured, config.num_crops, _crops(loaded)), measured)
     decisions = Decisions(attention, fused_norms, fused_rope, causal_bias, token_budget=0, pace=measured)
@@ -145,6 +148,32 @@ def _use_checked(
     elif fused:
         log.info("%s: fused, %s (checked on %s against transformers' own)", part, how, loaded.device)
     return fused
+
+
+def _keep_dense_weights(loaded: LoadedModel) -> None:
+    """On a CPU with 8-bit weights: dense copies for reading prompts, within a share of the RAM free now."""
+    from inference.kernels.cpu_int8 import keep_dense_weights
+
+    free = available_ram() or 0
+    kept, layers, used = keep_dense_weights(loaded.model, int(DENSE_RAM_SHARE * free), loaded.dtype)
+    if layers == 0:
+        return
+    if kept == layers:
+        log.info(
+            "8-bit weights: dense %s copies kept for reading prompts (%.1f GiB of RAM; prompts read without "
+            "expanding weights at every chunk)",
+            str(loaded.dtype).removeprefix("torch."),
+            used / GIB,
+        )
+    else:
+        log.warning(
+            "8-bit weights: dense copies kept for %d of %d layers only (%.1f GiB; %.1f GiB of RAM free): "
+            "prompts read slower, expanding the other layers' weights at every chunk",
+            kept,
+            layers,
+            used / GIB,
+            free / GIB,
+        )
 
 
 def _causal_bias_agrees(loaded: LoadedModel, heads: int, head_dim: int) -> bool:

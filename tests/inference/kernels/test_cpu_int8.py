@@ -13,10 +13,12 @@ from PIL import Image
 
 from inference import InvalidRequest
 from inference.kernels.cpu_int8 import (
+    DENSE_KERNEL_MAX_ROWS,
     KERNEL_MAX_ROWS,
     WEIGHT_ALIGNMENT,
     DequantScratch,
     Int8Linear,
+    keep_dense_weights,
     quantize,
     quantize_language_model,
 )
@@ -53,6 +55,27 @@ def test_both_ways_of_multiplying_agree():
         together = quantized(x)  # past the kernel's rows: the weight expanded
         row_by_row = torch.cat([quantized(x[i : i + 8]) for i in range(0, x.shape[0], 8)])  # the int8 kernel
     assert relative_error(row_by_row, together) < 0.01  # only the kernel's bf16 activations differ
+
+
+def test_a_dense_copy_multiplies_as_the_expanded_weight_bit_for_bit_and_answers_use_the_kernel():
+    torch.manual_seed(1)
+    layer = Int8Linear.rounding(torch.nn.Linear(128, 96, bias=True), DequantScratch())
+    x = torch.randn(KERNEL_MAX_ROWS + 1, 128)  # past the kernel's rows: the weight expanded
+    with torch.inference_mode():
+        expanded, answering = layer(x), layer(x[:DENSE_KERNEL_MAX_ROWS])
+        assert keep_dense_weights(torch.nn.Sequential(layer), 1 << 20, torch.float32) == (1, 1, 96 * 128 * 4)
+        assert torch.equal(layer(x), expanded)  # the very numbers the expanded path multiplied by
+        assert torch.equal(layer(x[:DENSE_KERNEL_MAX_ROWS]), answering)  # few rows: still the int8 kernel
+
+
+def test_dense_copies_are_kept_in_order_while_they_fit():
+    layers = torch.nn.Sequential(
+        *(Int8Linear.rounding(torch.nn.Linear(64, 64, bias=False), DequantScratch()) for _ in range(4))
+    )
+    one = 64 * 64 * 2
+    assert keep_dense_weights(layers, 2 * one + one // 2, torch.bfloat16) == (2, 4, 2 * one)
+    assert [layer.dense is not None for layer in layers] == [True, True, False, False]
+    assert layers[0].dense.dtype == torch.bfloat16
 
 
 def test_an_all_zero_row_stays_zero_and_finite():
@@ -105,7 +128,8 @@ def answer_with(config: EngineConfig, request: Request, tokens: int) -> tuple[li
     return list(row.decoder.ids)[:tokens], rows[0]
 
 
-def test_the_runner_answers_in_8bit_close_to_float32(caplog, monkeypatch):
+@pytest.mark.parametrize("dense", [True, False], ids=["dense copies kept", "no room for dense copies"])
+def test_the_runner_answers_in_8bit_close_to_float32(caplog, monkeypatch, dense):
     picture = Image.open(sorted((TINY / "images").glob("*.png"))[0]).convert("RGB")
     request = Request(Task.DESCRIBE, (picture,), max_new_tokens=6)
     want, want_logits = answer_with(tiny(), request, 6)
@@ -123,10 +147,15 @@ def test_the_runner_answers_in_8bit_close_to_float32(caplog, monkeypatch):
 
     monkeypatch.setattr(DequantScratch, "expand", counting_expand)
     monkeypatch.setattr(torch.ops.aten, "_weight_int8pack_mm", counting_kernel)
-    with caplog.at_level(logging.INFO, logger="inference.loading"):
+    if not dense:
+        monkeypatch.setattr("inference.serving.startup.DENSE_RAM_SHARE", 0.0)
+    with caplog.at_level(logging.INFO, logger="inference"):
         got, got_logits = answer_with(tiny(quantization="8bit"), request, 6)
     assert "Language model in 8-bit: 8 linear layers" in caplog.text
-    assert calls["expanded"] > 0 and calls["kernel"] > 0  # the prompt (hundreds of tokens) and the answer
+    # The prompt (hundreds of tokens): the dense copies, or weights expanded; the answer: the int8 kernel.
+    assert calls["kernel"] > 0 and (calls["expanded"] == 0) == dense
+    said = "dense float32 copies kept for reading prompts" if dense else "dense copies kept for 0 of 8 layers"
+    assert said in caplog.text
     assert torch.nn.functional.cosine_similarity(got_logits, want_logits, dim=0) > 0.999
     assert got[0] == want[0]
 

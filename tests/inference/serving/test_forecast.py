@@ -37,6 +37,7 @@ def test_the_cpu_forecast_reads_at_the_crops_the_pace_allows_and_sizes_the_cache
     config = EngineConfig(device="cpu", max_batch_size=2)
     expected = forecast_start(config, pace=slow)
     assert expected.quantization == "8bit" and expected.loading_bytes > expected.weights_bytes
+    assert 0 < expected.dense_bytes <= expected.loading_bytes  # the 8-bit layers' dense copies, RAM to spare
     assert expected.checkpoint_crops == 16 and expected.crops < 16 and expected.fewer_crops_text()
     assert expected.weights_fit and expected.people == 2 and expected.cache_problem is None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ class Prepared:
     max_new_tokens: int
     left_out: int = 0  # old exchanges of a conversation left out to fit the token budget
     picture_hashes: tuple[bytes, ...] = ()  # each picture's name as the model reads it (picture_hash)
+    picture_spans: tuple[tuple[int, int], ...] = ()  # where each picture's tokens lie: (start, end)
 
     @property
     def prompt_tokens(self) -> int:
@@ -83,6 +85,9 @@ class Preparer:
             max_new_tokens=max_new_tokens,
             left_out=left_out,
             picture_hashes=picture_hashes(inputs["pixel_values"], inputs["image_sizes"]),
+            picture_spans=tuple(
+                picture_spans(inputs["input_ids"][0].tolist(), self.processor.image_token_id)
+            ),
         )
 
     def _fits(self, tokens: int) -> bool:
@@ -110,3 +115,16 @@ def picture_hashes(pixel_values: torch.Tensor | None, image_sizes: torch.Tensor 
         height, width = (int(v) for v in size.tolist())
         names.append(picture_hash(tiles[: (height // CROP_SIZE) * (width // CROP_SIZE) + 1], size))
     return tuple(names)
+
+
+def picture_spans(input_ids: Sequence[int], image_token_id: int) -> list[tuple[int, int]]:
+    """Where each picture's tokens lie: one ``(start, end)`` per run of the placeholder id, in order."""
+    spans: list[tuple[int, int]] = []
+    start = None
+    for position, token in enumerate([*input_ids, None]):
+        if token == image_token_id and start is None:
+            start = position
+        elif token != image_token_id and start is not None:
+            spans.append((start, position))
+            start = None
+    return spans

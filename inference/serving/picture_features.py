@@ -15,7 +15,6 @@ from collections import OrderedDict
 import torch
 
 from inference.prepare import Prepared
-from inference.serving.prefix_hash import picture_spans
 
 PICTURES_KEPT = 4  # a compare's worth at the default MAX_IMAGES
 
@@ -23,9 +22,8 @@ PICTURES_KEPT = 4  # a compare's worth at the default MAX_IMAGES
 class PictureFeatures:
     """The vision features of the last :data:`PICTURES_KEPT` pictures read, by picture hash (model thread)."""
 
-    def __init__(self, model, device: torch.device, dtype: torch.dtype, image_token_id: int) -> None:
+    def __init__(self, model, device: torch.device, dtype: torch.dtype) -> None:
         self.model, self.device, self.dtype = model, device, dtype
-        self.image_token_id = image_token_id
         self._kept: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self.pictures_read = 0  # pictures through the vision tower, since start
 
@@ -39,7 +37,7 @@ class PictureFeatures:
         embeds = self.model.model.embed_text(ids)
         if prompt.pixel_values is None or prompt.image_sizes is None:
             return embeds
-        spans = picture_spans(prompt.input_ids.tolist(), self.image_token_id)
+        spans = prompt.picture_spans
         if len(spans) != prompt.pixel_values.shape[0]:
             raise ValueError(
                 f"The prompt has {len(spans)} pictures' tokens but {prompt.pixel_values.shape[0]} pictures; "

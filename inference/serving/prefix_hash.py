@@ -18,19 +18,6 @@ from collections.abc import Sequence
 DIGEST_BYTES = 16
 
 
-def picture_spans(input_ids: Sequence[int], image_token_id: int) -> list[tuple[int, int]]:
-    """Where each picture's tokens lie: one ``(start, end)`` per run of the placeholder id, in order."""
-    spans: list[tuple[int, int]] = []
-    start = None
-    for position, token in enumerate([*input_ids, None]):
-        if token == image_token_id and start is None:
-            start = position
-        elif token != image_token_id and start is not None:
-            spans.append((start, position))
-            start = None
-    return spans
-
-
 def prefix_hashes(
     input_ids: Sequence[int],
     spans: Sequence[tuple[int, int]],

@@ -49,7 +49,7 @@ from inference.serving.cache_size import (
 from inference.serving.decode_step import DecodeInputs, DecodeRow, DecodeStep
 from inference.serving.pace import Pace
 from inference.serving.picture_features import PictureFeatures
-from inference.serving.prefix_hash import picture_spans, prefix_hashes
+from inference.serving.prefix_hash import prefix_hashes
 from inference.types import EngineConfig, Request
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,7 @@ class ModelRunner:
         self.full_request_tokens = full_request_tokens(self.num_crops, config.max_new_tokens)
         self.token_budget = decisions.token_budget
         self.preparer = Preparer(loaded.processor, config, self.token_budget, self.block_tokens)
-        self.pictures = PictureFeatures(
-            loaded.model, loaded.device, loaded.dtype, int(model_config.image_token_id)
-        )
+        self.pictures = PictureFeatures(loaded.model, loaded.device, loaded.dtype)
         self._allocate_cache(self.token_budget)
         self.graphs_checked = False  # decoding steps replay CUDA graphs that passed their check
         self.graphs_refused = False  # graphs were captured but failed their check: decoding is eager
@@ -279,7 +277,7 @@ class ModelRunner:
         ids = prepared.input_ids.tolist()
         names = prefix_hashes(
             ids,
-            picture_spans(ids, self.pictures.image_token_id),
+            prepared.picture_spans,
             prepared.picture_hashes,
             self.block_tokens,
             long_rope=long_rope,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from inference.serving.prefix_hash import picture_spans, prefix_hashes
+from inference.prepare import picture_spans
+from inference.serving.prefix_hash import prefix_hashes
 
 IMG = 9
 A, B = b"a" * 16, b"b" * 16

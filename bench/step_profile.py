@@ -42,7 +42,6 @@ from bench.engine import run_benchmark, synchronize
 from bench.serving import FixedLengthRunner, versions
 from bench.throughput import build_setup, engine_way, model_inputs, model_parser, parse_ways
 from inference.kernels.paged_cache import PagedStorage
-from inference.prepare import Prepared
 from inference.types import Request, Task
 
 log = logging.getLogger("bench.step_profile")
@@ -122,15 +121,9 @@ def kv_bytes_per_token(loaded) -> int:
 
 def time_runner_steps(setup, runner, batch: int, steps: int, profile: bool) -> dict:
     prepared = runner.prepare(Request(Task.DESCRIBE, (setup.image,), user_id=0))
-    admit = [
-        (
-            i,
-            Prepared(
-                prepared.input_ids, prepared.pixel_values, prepared.image_sizes, answer_length(steps, batch)
-            ),
-        )
-        for i in range(batch)
-    ]
+    # Each row computes its whole prompt: no picture names, so nothing is reused from an earlier batch size.
+    row = dataclasses.replace(prepared, max_new_tokens=answer_length(steps, batch), picture_hashes=())
+    admit = [(i, row) for i in range(batch)]
     runner.reset()
     device = setup.loaded.device
     synchronize(device)

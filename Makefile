@@ -20,8 +20,11 @@ $(VENV)/.installed-dev$(EXTRAS): pyproject.toml constraints.txt scripts/setup-ve
 
 comma := ,
 
+# The bot prints its own line when it stops on a setting to fix (exit 2) or cannot start (exit 3); make then
+# stops quietly instead of adding "Error 2" under it. Scripts and services that need the bot's exit status run
+# $(PY) -m bot directly (docs/systemd.md).
 run: $(VENV)/.installed-run$(EXTRAS)  ## set up .venv and start the bot (reads .env)
-	$(PY) -m bot
+	@$(PY) -m bot || case $$? in 2|3) ;; *) exit 1 ;; esac
 
 test: $(VENV)/.installed-dev$(EXTRAS)  ## set up .venv with the test tools and run every test on the CPU
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -73,6 +73,18 @@ def image_problem_text(error: e.UnreadableImage) -> str | Text:
             return N_("it has far too many pixels to open safely")
         case e.ImageProblem.DAMAGED:
             return N_("the file is damaged or incomplete")
+        case e.ImageProblem.PASSWORD:
+            return N_("the document is protected by a password; send it without one")
+        case e.ImageProblem.NO_PAGES:
+            return N_("the document has no pages")
+        case e.ImageProblem.NO_SUCH_PAGE:
+            return T("the document has only {count} pages", count=error.limit)
+        case e.ImageProblem.NO_VIDEO:
+            return N_("the file has no video in it")
+        case e.ImageProblem.TOO_LONG:
+            return T("it is longer than {minutes} minutes, the most I watch", minutes=error.limit // 60)
+        case e.ImageProblem.TOO_MANY_FRAMES:
+            return N_("it has too many frames, or frames too large, to read in reasonable time")
 
 
 def engine_error_text(error: e.InferenceError) -> str | Text:

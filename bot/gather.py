@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -10,17 +12,48 @@ from urllib.parse import unquote, urlsplit
 import discord
 
 from bot.errors import UserFacingError
-from bot.images import ImageSource, is_discord_upload
-from bot.text import N_
+from bot.images import LOTTIE_CONTENT_TYPE, ImageSource, is_discord_upload
+from bot.text import N_, T
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".webp", ".gif", ".bmp")
+# Files read as several pictures: a document's pages, a video's frames (inference.media).
+DOCUMENT_AND_VIDEO_EXTENSIONS = (".pdf", ".mp4", ".m4v", ".mov", ".webm")
+DOCUMENT_AND_VIDEO_TYPES = ("application/pdf", "video/mp4", "video/quicktime", "video/webm")
+# A custom emoji in a message's text: <:name:id>, or <a:name:id> when animated.
+CUSTOM_EMOJI = re.compile(r"<(a?):(\w{2,32}):(\d{15,21})>")
+MAX_EMOJI = 8  # custom emoji looked at in one message: the rest are left out
 IMAGE_EMBED_TYPES = ("image", "gifv", "rich", "article")
 IMAGES_GONE_TEXT = N_(
     "The image this conversation is about was deleted (or I can no longer see its message), so I "
     "cannot look at it again. Start a new conversation with the image."
 )
+
+
+PAGE_RANGE = re.compile(r"^(\d{1,5})(?:\s*-\s*(\d{1,5}))?$")
+
+
+def parse_pages(text: str | None, max_pages: int) -> tuple[int, ...] | None:
+    """The pages a person asked for: ``2``, ``1-3``, ``1, 4, 6-7``; None for none said. At most
+    ``max_pages``, in the order given, each once; anything else is a :class:`UserFacingError` saying how."""
+    if text is None or not text.strip():
+        return None
+    pages: list[int] = []
+    for part in text.split(","):
+        match = PAGE_RANGE.match(part.strip())
+        first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
+        if not match or first < 1 or last < first:
+            raise UserFacingError(
+                T(
+                    "I don't understand the pages `{text}`. Write them like `2`, `1-3` or `1, 4`.",
+                    text=text[:40],
+                )
+            )
+        if last - first + len(pages) >= max_pages:
+            raise UserFacingError(T("I read at most {limit} pages of a document at once.", limit=max_pages))
+        pages += [page for page in range(first, last + 1) if page not in pages]
+    return tuple(pages)
 
 
 class ImagesGone(UserFacingError):
@@ -45,11 +78,63 @@ def source_from_attachment(
     )
 
 
+PAGES_HELP = "A PDF's pages to read, like 2 or 1-3 (default: the first ones)"
+
+
+def source_with_pages(attachment: discord.Attachment, pages: str | None, max_pages: int) -> ImageSource:
+    """A slash command's attachment, with the pages of a document the person asked for."""
+    return dataclasses.replace(source_from_attachment(attachment), pages=parse_pages(pages, max_pages))
+
+
 def looks_like_image(attachment: discord.Attachment) -> bool:
-    """A first guess from metadata; the content is checked for real when decoded."""
-    if attachment.content_type and attachment.content_type.startswith("image/"):
+    """A still or animated picture, as a first guess from metadata (automatic alt text reads only these)."""
+    content_type = _content_type(attachment)
+    return content_type.startswith("image/") or attachment.filename.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def looks_readable(attachment: discord.Attachment) -> bool:
+    """A picture, a PDF or a video, as a first guess from metadata; the content is checked for real when
+    decoded."""
+    if looks_like_image(attachment) or _content_type(attachment) in DOCUMENT_AND_VIDEO_TYPES:
         return True
-    return attachment.filename.lower().endswith(IMAGE_EXTENSIONS)
+    return attachment.filename.lower().endswith(DOCUMENT_AND_VIDEO_EXTENSIONS)
+
+
+def _content_type(attachment: discord.Attachment) -> str:
+    return (attachment.content_type or "").split(";")[0].strip().lower()
+
+
+def sources_from_stickers(message: discord.Message) -> list[ImageSource]:
+    """The message's stickers as pictures (PNG, APNG, GIF on Discord's CDN); a Lottie sticker is kept, marked,
+    so the person hears why it cannot be read."""
+    found = []
+    for sticker in message.stickers:
+        lottie = sticker.format is discord.StickerFormatType.lottie
+        found.append(
+            ImageSource(
+                filename=f"{sticker.name} (sticker)",
+                url=sticker.url,
+                content_type=LOTTIE_CONTENT_TYPE if lottie else None,
+                channel_id=message.channel.id,
+                message_id=message.id,
+            )
+        )
+    return found
+
+
+def sources_from_emoji(message: discord.Message) -> list[ImageSource]:
+    """The custom emoji in the message's text, in order, each once, as pictures on Discord's CDN."""
+    found: dict[int, ImageSource] = {}
+    for animated, name, emoji_id in CUSTOM_EMOJI.findall(message.content or ""):
+        emoji = discord.PartialEmoji(name=name, id=int(emoji_id), animated=bool(animated))
+        if emoji.id is not None and emoji.id not in found and len(found) < MAX_EMOJI:
+            found[emoji.id] = ImageSource(
+                filename=f":{name}: (emoji)",
+                url=emoji.url,
+                channel_id=message.channel.id,
+                message_id=message.id,
+            )
+    return list(found.values())
 
 
 def _filename_from_url(url: str) -> str:
@@ -69,7 +154,8 @@ def _embed_image_urls(embed: discord.Embed) -> list[str]:
 def sources_from_messages(
     messages: Iterable[discord.Message], allowed_hosts: Iterable[str]
 ) -> list[ImageSource]:
-    """Images in these messages, in order: image attachments, then image embeds on the Discord CDN.
+    """Images in these messages, in order: image attachments (PDFs and videos too), image embeds on the
+    Discord CDN, stickers, then custom emoji in the text.
 
     If there are attachments but none look like images, they are all returned,
     so the person hears exactly which file is not an image.
@@ -88,7 +174,7 @@ def sources_from_messages(
         for attachment in message.attachments:
             add(
                 source_from_attachment(attachment, message),
-                sources if looks_like_image(attachment) else other_files,
+                sources if looks_readable(attachment) else other_files,
             )
         for embed in message.embeds:
             url = next((u for u in _embed_image_urls(embed) if is_discord_upload(u, hosts)), None)
@@ -100,6 +186,8 @@ def sources_from_messages(
                     message_id=message.id,
                 )
                 add(source, sources)
+        for source in [*sources_from_stickers(message), *sources_from_emoji(message)]:
+            add(source, sources)
     return sources or other_files
 
 

@@ -5,18 +5,19 @@ Three separate steps, so each can be tested alone:
 * :func:`check_source` looks only at metadata (URL host, declared size) and never touches the network;
 * a :class:`Fetcher` downloads bytes (:class:`HttpFetcher` in production: no redirects,
   a time limit, and a size cap enforced while streaming);
-* :func:`decode_image` is pure: bytes in, an RGB ``PIL.Image`` out, or :class:`ImageRejected`.
+* :func:`decode_file` is pure: bytes in, the pictures the model reads out (a picture, a PDF's pages, an
+  animation's or a video's frames: :class:`inference.media.Pictures`), or :class:`ImageRejected`.
 
-:func:`load_images` ties them together and decodes off the event loop, a fixed number at a time. The
-callers hold a place in the engine's line before any of this (``Engine.hold_place``), so nothing is
-downloaded for a request that would be refused as busy.
+:func:`load_images` and :func:`fetch_pictures` tie them together and decode off the event loop, a fixed
+number at a time. The callers hold a place in the engine's line before any of this
+(``Engine.hold_place``), so nothing is downloaded for a request that would be refused as busy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,14 +30,16 @@ from PIL import Image
 from bot.engine_errors import image_problem_text
 from bot.errors import ImageRejected
 from bot.text import T, Text
-from inference import errors, images
+from inference import errors, media
+from inference.media import Pictures
 
 # Pictures decoded at once, whatever the number of requests: each holds its picture at full size for a moment
 # (up to ~200 MB for 40 megapixels with transparency) before it is reduced to what the model reads.
 DECODES_AT_ONCE = 2
 _DECODING = ThreadPoolExecutor(max_workers=DECODES_AT_ONCE, thread_name_prefix="decode")
-# Paths on the Discord CDN that hold uploaded files (not proxied external links).
-CDN_UPLOAD_PATH_PREFIXES = ("/attachments/", "/ephemeral-attachments/")
+# Paths on the Discord CDN that hold uploaded files, stickers and custom emoji (not proxied external links).
+CDN_UPLOAD_PATH_PREFIXES = ("/attachments/", "/ephemeral-attachments/", "/stickers/", "/emojis/")
+LOTTIE_CONTENT_TYPE = "application/lottie+json"  # a sticker drawn as vectors (bot.gather marks it)
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
 
 
@@ -52,6 +55,11 @@ class ImageSource:
     channel_id: int | None = None
     message_id: int | None = None
     attachment_id: int | None = None
+    pages: tuple[int, ...] | None = None  # a document's pages asked for (1-based); None: the first ones
+
+    def __post_init__(self) -> None:
+        if self.pages is not None:  # read back from JSON as a list
+            object.__setattr__(self, "pages", tuple(self.pages))
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,11 @@ def larger_than(limit: int) -> Text:
 
 def check_source(source: ImageSource, limits: ImageLimits) -> None:
     """Reject a file from its metadata alone: wrong place, or declared too big."""
+    if source.content_type == LOTTIE_CONTENT_TYPE:
+        raise ImageRejected(
+            source.filename,
+            T("it is an animated vector sticker, which I cannot see; stickers made from a picture work"),
+        )
     if not is_discord_upload(source.url, limits.allowed_hosts):
         raise ImageRejected(source.filename, T("I only read files uploaded to Discord"))
     if source.size is not None and source.size > limits.max_bytes:
@@ -142,17 +155,34 @@ def check_source(source: ImageSource, limits: ImageLimits) -> None:
         )
 
 
-def decode_image(data: bytes, filename: str, *, max_pixels: int, num_crops: int | None = None) -> Image.Image:
-    """Turn file bytes into an upright RGB image of at most what the model reads at ``num_crops`` crops, or
-    raise :class:`ImageRejected` naming the file.
-
-    The rules (formats, pixel limit, damaged files, the reduction) are
-    :func:`inference.images.decode_image`'s, the same for the command line tool.
-    """
+def decode_file(
+    data: bytes,
+    filename: str,
+    *,
+    max_pixels: int,
+    num_crops: int | None = None,
+    max_pictures: int = 1,
+    pages: Sequence[int] | None = None,
+) -> Pictures:
+    """Turn file bytes into the pictures the model reads: a picture, pages of a PDF or frames of an animation
+    or video (:func:`inference.media.read_file`, the same rules as the command line tool), or raise
+    :class:`ImageRejected` naming the file."""
     try:
-        return images.decode_image(data, max_pixels=max_pixels, num_crops=num_crops)
+        return media.read_file(
+            data, max_pixels=max_pixels, num_crops=num_crops, max_pictures=max_pictures, pages=pages
+        )
     except errors.UnreadableImage as error:
         raise ImageRejected(filename, image_problem_text(error)) from None
+    except errors.TooManyImages as error:
+        raise ImageRejected(
+            filename, T("I read at most {limit} pages of a document at once", limit=error.limit)
+        ) from None
+
+
+def decode_image(data: bytes, filename: str, *, max_pixels: int, num_crops: int | None = None) -> Image.Image:
+    """One picture of the file: :func:`decode_file`'s first (a document's first page, a video's middle
+    frame)."""
+    return decode_file(data, filename, max_pixels=max_pixels, num_crops=num_crops).images[0]
 
 
 class HttpFetcher:
@@ -199,12 +229,17 @@ def check_sources(sources: Iterable[ImageSource], limits: ImageLimits) -> None:
         check_source(source, limits)
 
 
-async def fetch_image(
-    source: ImageSource, limits: ImageLimits, fetcher: Fetcher, *, num_crops: int | None = None
-) -> Image.Image:
-    """Download and decode one image that :func:`check_source` accepted. Decoding runs on one of
-    :data:`DECODES_AT_ONCE` threads, so however many pictures arrive together, only that many are held at
-    full size at once."""
+async def fetch_file(
+    source: ImageSource,
+    limits: ImageLimits,
+    fetcher: Fetcher,
+    *,
+    num_crops: int | None = None,
+    max_pictures: int = 1,
+) -> Pictures:
+    """Download and decode one file that :func:`check_source` accepted: up to ``max_pictures`` pages or
+    frames of it. Decoding runs on one of :data:`DECODES_AT_ONCE` threads, so however many files arrive
+    together, only that many are held at full size at once."""
     try:
         async with asyncio.timeout(limits.download_timeout_s):
             data = await fetcher.fetch(source.url, max_bytes=limits.max_bytes)
@@ -215,22 +250,49 @@ async def fetch_image(
     if len(data) > limits.max_bytes:
         raise ImageRejected(source.filename, larger_than(limits.max_bytes))
     decode = functools.partial(
-        decode_image, data, source.filename, max_pixels=limits.max_pixels, num_crops=num_crops
+        decode_file,
+        data,
+        source.filename,
+        max_pixels=limits.max_pixels,
+        num_crops=num_crops,
+        max_pictures=max_pictures,
+        pages=source.pages,
     )
     return await asyncio.get_running_loop().run_in_executor(_DECODING, decode)
 
 
-async def fetch_images(
-    sources: Iterable[ImageSource], limits: ImageLimits, fetcher: Fetcher, *, num_crops: int | None = None
-) -> tuple[Image.Image, ...]:
-    """Download and decode checked images one after the other, stopping at the first bad one."""
-    return tuple([await fetch_image(source, limits, fetcher, num_crops=num_crops) for source in sources])
+async def fetch_image(
+    source: ImageSource, limits: ImageLimits, fetcher: Fetcher, *, num_crops: int | None = None
+) -> Image.Image:
+    """One picture of one checked file (:func:`decode_image`)."""
+    return (await fetch_file(source, limits, fetcher, num_crops=num_crops)).images[0]
+
+
+async def fetch_pictures(
+    sources: Sequence[ImageSource],
+    limits: ImageLimits,
+    fetcher: Fetcher,
+    *,
+    num_crops: int | None = None,
+    max_pictures: int = 1,
+) -> Pictures:
+    """Download and decode checked files one after the other, stopping at the first bad one. One file gives
+    up to ``max_pictures`` pages or frames; several (to compare) give one picture each: a document's first
+    page, an animation's or a video's middle frame."""
+    if len(sources) == 1:
+        return await fetch_file(sources[0], limits, fetcher, num_crops=num_crops, max_pictures=max_pictures)
+    images = [
+        (await fetch_file(source, limits, fetcher, num_crops=num_crops)).images[0] for source in sources
+    ]
+    return Pictures(tuple(images))
 
 
 async def load_images(
     sources: Iterable[ImageSource], limits: ImageLimits, fetcher: Fetcher, *, num_crops: int | None = None
 ) -> tuple[Image.Image, ...]:
-    """Check every image's metadata first, then download and decode them."""
+    """Check every file's metadata first, then download and decode one picture of each."""
     sources = tuple(sources)
     check_sources(sources, limits)
-    return await fetch_images(sources, limits, fetcher, num_crops=num_crops)
+    return tuple(
+        [(await fetch_file(source, limits, fetcher, num_crops=num_crops)).images[0] for source in sources]
+    )

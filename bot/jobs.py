@@ -23,7 +23,7 @@ from bot.errors import (
     UserFacingError,
 )
 from bot.gather import referenced_message, refresh_sources, sources_from_messages
-from bot.images import ImageSource, check_sources, fetch_images
+from bot.images import ImageSource, check_sources, fetch_pictures
 from bot.limits import Requester
 from bot.log_context import set_request_id
 from bot.reply import Controls, Outcome, Reply, ReplyGone
@@ -139,12 +139,19 @@ async def run_job(
     ):
         try:
             await reply.acknowledge()
-            images = await fetch_images(
-                chosen, bot.image_limits, bot.fetcher, num_crops=bot.engine.picture_crops
+            pictures = await fetch_pictures(
+                chosen,
+                bot.image_limits,
+                bot.fetcher,
+                num_crops=bot.engine.picture_crops,
+                max_pictures=1 if task is Task.COMPARE else bot.settings.max_images,
             )
             request = Request(
                 task=task,
-                images=images,
+                images=pictures.images,
+                media=pictures.media,
+                labels=pictures.labels,
+                num_crops=pictures.num_crops,
                 question=question,
                 user_id=requester.user_id,
                 timeout_s=answer_time_limit(reply),

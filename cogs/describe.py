@@ -7,7 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import VisionBot
-from bot.gather import source_from_attachment
+from bot.gather import PAGES_HELP, source_with_pages
 from bot.jobs import answer_command, answer_interaction
 from bot.task_cog import TaskCog, everywhere
 from inference import Task
@@ -22,16 +22,20 @@ class Describe(TaskCog):
 
     @everywhere
     @app_commands.command(name="describe", description="Describe an image, or answer a question about it.")
-    @app_commands.describe(image="The image to look at", question="What you want to know (optional)")
+    @app_commands.describe(
+        image="The image to look at (a PDF, animation or short video too)",
+        question="What you want to know (optional)",
+        pages=PAGES_HELP,
+    )
     async def describe_slash(
         self,
         interaction: discord.Interaction,
         image: discord.Attachment,
         question: app_commands.Range[str, 1, MAX_QUESTION_CHARS] | None = None,
+        pages: app_commands.Range[str, 1, 40] | None = None,
     ) -> None:
-        await answer_interaction(
-            interaction, Task.DESCRIBE, [source_from_attachment(image)], question=question
-        )
+        source = source_with_pages(image, pages, self.bot.settings.max_images)
+        await answer_interaction(interaction, Task.DESCRIBE, [source], question=question)
 
     @commands.command(name="describe")
     async def describe_prefix(self, ctx: commands.Context, *, question: str | None = None) -> None:

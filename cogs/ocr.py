@@ -14,7 +14,7 @@ from discord.ext import commands
 
 from bot.app import VisionBot
 from bot.errors import UserFacingError
-from bot.gather import referenced_message, source_from_attachment, sources_from_messages
+from bot.gather import PAGES_HELP, referenced_message, source_with_pages, sources_from_messages
 from bot.jobs import answer_command, answer_interaction
 from bot.task_cog import TaskCog, everywhere, menu
 from bot.text import N_, T
@@ -46,8 +46,9 @@ class Ocr(TaskCog):
     @everywhere
     @app_commands.command(name="ocr", description="Read the text in an image.")
     @app_commands.describe(
-        image="The image to read",
+        image="The image to read (a PDF too)",
         output_format="text: exactly as written (default); markdown: tables, headings and lists",
+        pages=PAGES_HELP,
     )
     @app_commands.rename(output_format="format")
     async def ocr_slash(
@@ -55,10 +56,10 @@ class Ocr(TaskCog):
         interaction: discord.Interaction,
         image: discord.Attachment,
         output_format: Literal["text", "markdown"] = "text",
+        pages: app_commands.Range[str, 1, 40] | None = None,
     ) -> None:
-        await answer_interaction(
-            interaction, Task.OCR, [source_from_attachment(image)], markdown=output_format == "markdown"
-        )
+        source = source_with_pages(image, pages, self.bot.settings.max_images)
+        await answer_interaction(interaction, Task.OCR, [source], markdown=output_format == "markdown")
 
     async def answer_markdown_menu(self, interaction: discord.Interaction, message: discord.Message) -> None:
         """Right-click on a message: its image's text as Markdown (tables, headings, lists)."""

@@ -18,7 +18,7 @@ from inference.errors import (
     OutOfMemory,
     RequestTimedOut,
 )
-from inference.types import Engine, EngineConfig, EngineStats, Priority, Request, Result, Task, Turn
+from inference.types import Engine, EngineConfig, EngineStats, Media, Priority, Request, Result, Task, Turn
 
 __all__ = [
     "Priority",
@@ -30,6 +30,7 @@ __all__ = [
     "InferenceError",
     "InvalidRequest",
     "LocalEngine",
+    "Media",
     "ModelNotFound",
     "OutOfMemory",
     "RemoteConfig",

@@ -19,8 +19,6 @@ import re
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 from inference.errors import (
     EngineBusy,
     EngineDead,
@@ -30,7 +28,8 @@ from inference.errors import (
     TooManyImages,
     UnreadableImage,
 )
-from inference.images import DEFAULT_MAX_PIXELS, decode_image
+from inference.images import DEFAULT_MAX_PIXELS
+from inference.media import Pictures, read_file
 from inference.process import exit_process
 from inference.prompts import check_image_count
 from inference.types import MAX_NEW_TOKENS_LIMIT, EngineConfig, Request, Task
@@ -140,9 +139,10 @@ def for_the_terminal(error: Exception) -> str:
 
 
 def open_image(
-    path_text: str, max_pixels: int = DEFAULT_MAX_PIXELS, num_crops: int | None = None
-) -> Image.Image:
-    """Read an image file by the bot's intake rules, or raise :class:`CliError` with one line."""
+    path_text: str, max_pixels: int = DEFAULT_MAX_PIXELS, num_crops: int | None = None, max_pictures: int = 1
+) -> Pictures:
+    """Read a picture, a PDF's pages or a video's frames (up to ``max_pictures``) by the bot's intake rules,
+    or raise :class:`CliError` with one line."""
     path = Path(path_text)
     if path.is_dir():
         raise CliError(f"{path}: is a folder, not an image file")
@@ -153,8 +153,8 @@ def open_image(
     except OSError as error:
         raise CliError(f"{path}: cannot be read ({error.strerror or error})") from None
     try:
-        return decode_image(data, max_pixels=max_pixels, num_crops=num_crops)
-    except UnreadableImage as error:
+        return read_file(data, max_pixels=max_pixels, num_crops=num_crops, max_pictures=max_pictures)
+    except (UnreadableImage, TooManyImages) as error:
         raise CliError(f"{path}: {error}") from None
 
 
@@ -164,7 +164,10 @@ async def answer(args: argparse.Namespace) -> int:
     task = Task(args.task)
     # Read before the model loads, so a bad file is said at once; reduced for --num-crops where it is given.
     check_image_count(len(args.images), MAX_IMAGES, task)  # the bot's rule, before any file is read
-    images = tuple(open_image(p, num_crops=args.num_crops) for p in args.images)
+    if len(args.images) == 1:  # one file: its pages or frames too, as the bot reads them
+        pictures = open_image(args.images[0], num_crops=args.num_crops, max_pictures=MAX_IMAGES)
+    else:
+        pictures = Pictures(tuple(open_image(p, num_crops=args.num_crops).images[0] for p in args.images))
     config = EngineConfig(
         model_id=args.model,
         device=args.device,
@@ -178,7 +181,14 @@ async def answer(args: argparse.Namespace) -> int:
     engine = LocalEngine(config)
     await engine.start()
     try:
-        request = Request(task, images, question=getattr(args, "question", None))
+        request = Request(
+            task,
+            pictures.images,
+            question=getattr(args, "question", None),
+            media=pictures.media,
+            labels=pictures.labels,
+            num_crops=pictures.num_crops,
+        )
         async for piece in engine.stream(request):
             sys.stdout.write(piece)
             sys.stdout.flush()

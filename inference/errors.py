@@ -66,11 +66,18 @@ class ImageProblem(enum.Enum):
     TOO_MANY_PIXELS = "more pixels than the limit"
     DECOMPRESSION_BOMB = "far too many pixels to open safely"
     DAMAGED = "damaged or incomplete"
+    PASSWORD = "the document is protected by a password"
+    NO_PAGES = "the document has no pages"
+    NO_SUCH_PAGE = "the document has fewer pages than asked for"
+    NO_VIDEO = "the file has no video in it"
+    TOO_LONG = "longer than the limit"
+    TOO_MANY_FRAMES = "too many frames to read"
 
 
 class UnreadableImage(InvalidRequest):
     """A file that cannot be used as an image. ``width``/``height``/``limit`` come with TOO_MANY_PIXELS;
-    ``formats`` with NOT_AN_IMAGE."""
+    ``formats`` with NOT_AN_IMAGE; ``limit`` with NO_SUCH_PAGE (the pages the document has), TOO_LONG (the
+    most seconds) and TOO_MANY_FRAMES (the most frames read of one file)."""
 
     def __init__(
         self,
@@ -88,6 +95,8 @@ class UnreadableImage(InvalidRequest):
             detail += f" ({formats})"
         elif problem is ImageProblem.TOO_MANY_PIXELS:
             detail = f"it is {width}×{height} pixels; the limit is {limit:,} pixels in total"
+        elif problem in (ImageProblem.NO_SUCH_PAGE, ImageProblem.TOO_LONG, ImageProblem.TOO_MANY_FRAMES):
+            detail += f" ({limit})"
         super().__init__(detail)
 
 

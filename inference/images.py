@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -17,7 +18,9 @@ from inference.hd_canvas import hd_canvas_size, pad_to_tiles
 WHITE = (255, 255, 255)
 # Pillow format names we accept, decided by the file's content, never by its name.
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
-SUPPORTED_FORMATS = "PNG, JPEG, WEBP, GIF, BMP"
+SUPPORTED_FORMATS = (
+    "PNG, JPEG, WEBP, GIF, BMP, PDF, MP4, WEBM, MOV"  # pictures, and the files inference.media reads
+)
 # Phi-3-vision never needs more than this on a side (num_crops=16 => 4x4 tiles of 336, with margin).
 DRAFT_TARGET_SIDE = 2688
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -131,7 +134,8 @@ def decode_image(data: bytes, *, max_pixels: int, num_crops: int | None = None) 
 
     The format is sniffed from the content (allow-list only), the pixel count is checked from the header
     before anything is decoded, large JPEGs are decoded at a reduced scale, EXIF orientation is applied and
-    transparency is flattened onto white. Animated images give their first frame.
+    transparency is flattened onto white. Animated images give their first frame here;
+    :func:`inference.media.read_file`, which every way in uses, reads animations, PDFs and videos.
 
     A picture larger than the model's canvas for ``num_crops`` crops is reduced to that canvas right after
     decoding (:func:`reduce_for_model`), padded to whole tiles: exactly the pixels the image processor
@@ -139,6 +143,22 @@ def decode_image(data: bytes, *, max_pixels: int, num_crops: int | None = None) 
     its own) it is reduced to the canvas of :data:`MAX_CROPS` crops, unpadded. Decoding then holds the
     decoded picture and a few megabytes, whatever its mode.
     """
+    with open_image(data, max_pixels=max_pixels) as image:
+        return decode_opened(image, num_crops)
+
+
+def decode_opened(image: Image.Image, num_crops: int | None) -> Image.Image:
+    """An :func:`open_image` picture's first frame decoded, as :func:`for_model` gives it."""
+    with decoding():
+        image.seek(0)
+        image.load()
+        return for_model(image, num_crops)
+
+
+def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """The picture in ``data`` opened (its header read, nothing decoded), or :class:`UnreadableImage`: the
+    format sniffed from the content (allow-list only), the pixel count checked, a large JPEG set to decode
+    at a reduced scale."""
     if not data:
         raise UnreadableImage(ImageProblem.EMPTY)
     try:
@@ -149,27 +169,33 @@ def decode_image(data: bytes, *, max_pixels: int, num_crops: int | None = None) 
         raise UnreadableImage(ImageProblem.DECOMPRESSION_BOMB) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise UnreadableImage(ImageProblem.NOT_AN_IMAGE, formats=SUPPORTED_FORMATS) from None
-    with image:
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise UnreadableImage(ImageProblem.NO_PIXELS)
-        if width * height > max_pixels:
-            raise UnreadableImage(ImageProblem.TOO_MANY_PIXELS, width=width, height=height, limit=max_pixels)
-        if image.format == "JPEG" and max(width, height) > DRAFT_TARGET_SIDE:
-            scale = DRAFT_TARGET_SIDE / max(width, height)
-            image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-        try:
-            image.seek(0)
-            image.load()
-            return _for_model(image, num_crops)
-        except Image.DecompressionBombError:
-            raise UnreadableImage(ImageProblem.DECOMPRESSION_BOMB) from None
-        except (OSError, ValueError, SyntaxError, EOFError):
-            raise UnreadableImage(ImageProblem.DAMAGED) from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        image.close()
+        raise UnreadableImage(ImageProblem.NO_PIXELS)
+    if width * height > max_pixels:
+        image.close()
+        raise UnreadableImage(ImageProblem.TOO_MANY_PIXELS, width=width, height=height, limit=max_pixels)
+    if image.format == "JPEG" and max(width, height) > DRAFT_TARGET_SIDE:
+        scale = DRAFT_TARGET_SIDE / max(width, height)
+        image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+    return image
 
 
-def _for_model(image: Image.Image, num_crops: int | None) -> Image.Image:
-    """A decoded picture upright, flattened and no larger than the model reads it."""
+@contextlib.contextmanager
+def decoding() -> Iterator[None]:
+    """Pillow's failures while decoding pixels, as :class:`UnreadableImage`."""
+    try:
+        yield
+    except Image.DecompressionBombError:
+        raise UnreadableImage(ImageProblem.DECOMPRESSION_BOMB) from None
+    except (OSError, ValueError, SyntaxError, EOFError):
+        raise UnreadableImage(ImageProblem.DAMAGED) from None
+
+
+def for_model(image: Image.Image, num_crops: int | None) -> Image.Image:
+    """A decoded picture upright, flattened and no larger than the model reads at ``num_crops`` crops (padded
+    to whole tiles), or than :data:`MAX_CROPS` would where ``num_crops`` is None (unpadded)."""
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     turned = orientation in QUARTER_TURNS
     upright_w, upright_h = (image.height, image.width) if turned else image.size

@@ -65,10 +65,13 @@ class Preparer:
                 request.history,
                 markdown=request.markdown,
                 left_out=left_out,
+                media=request.media,
+                labels=request.labels,
             )
 
         left_out, text = 0, prompt(0)
-        inputs = self.processor(text=text, images=list(request.images), return_tensors="pt")
+        crops = {} if request.num_crops is None else {"num_crops": request.num_crops}
+        inputs = self.processor(text=text, images=list(request.images), return_tensors="pt", **crops)
         total = int(inputs["input_ids"].shape[1])
         if not self._fits(total + max_new_tokens) and request.history:
             # The images add the same tokens whatever the text, so only the text is counted again.
@@ -77,7 +80,7 @@ class Preparer:
                 text = prompt(left_out)
                 if self._fits(image_tokens + self._text_tokens(text) + max_new_tokens):
                     break
-            inputs = self.processor(text=text, images=list(request.images), return_tensors="pt")
+            inputs = self.processor(text=text, images=list(request.images), return_tensors="pt", **crops)
         return Prepared(
             input_ids=inputs["input_ids"][0],
             pixel_values=inputs["pixel_values"],

@@ -22,7 +22,7 @@ from inference.errors import (
     TooManyImages,
     TooManyTurns,
 )
-from inference.types import Task, Turn
+from inference.types import Media, Task, Turn
 
 MAX_QUESTION_CHARS = 1000
 MIN_COMPARE_IMAGES = 2
@@ -47,6 +47,13 @@ COMPARE = (
     "Compare these {count} images. Say what they have in common and how they differ, "
     "referring to them as Image 1, Image 2 and so on."
 )
+
+# Said before the task when the pictures are pages of one document or frames of one animation or video.
+PAGES = "The {count} images are pages of one document, in order: {labels}."
+FRAMES = "The {count} images are frames of one animation or video, in order, taken at {labels}."
+DESCRIBE_PAGES = "Describe this document: what it is, who it is from and to, and what it says or asks."
+DESCRIBE_FRAMES = "Describe what happens in it, from the first frame to the last."
+OCR_SEVERAL = " Begin each {unit}'s text with a line naming it, for example: {example}."
 
 # Anything shaped like a chat control token or image tag: <|...|>, plus the sentence markers.
 _CONTROL_TOKEN = re.compile(r"<\s*\|([^<>]*?)\|\s*>")
@@ -92,17 +99,28 @@ def check_image_count(count: int, max_images: int, task: Task | None = None) -> 
         raise TooManyImages(count, max_images)
 
 
-def instruction(task: Task, num_images: int, question: str | None = None, *, markdown: bool = False) -> str:
+def instruction(
+    task: Task,
+    num_images: int,
+    question: str | None = None,
+    *,
+    markdown: bool = False,
+    media: Media = Media.PICTURES,
+    labels: Sequence[str] = (),
+) -> str:
     """The text of the user's turn for ``task``: no chat wrapper and no image tags.
 
     For servers that place the images themselves (an OpenAI-compatible chat API
     such as vLLM's inserts Phi-3's ``<|image_N|>`` tags for each ``image_url``
     part). The question is neutralised exactly as in :func:`build_prompt`. ``markdown`` asks an OCR
-    answer to be Markdown (tables, headings, lists).
+    answer to be Markdown (tables, headings, lists). Pages of a document or frames of a video
+    (``media``) are said to be so first, with their ``labels`` (page numbers, times).
     """
     if num_images < 1:
         raise NoImage()
     question = clean_question(question)
+    if task in (Task.DESCRIBE, Task.OCR) and media is not Media.PICTURES:
+        return f"{_about(media, num_images, labels)} {_task_text(task, question, markdown, media)}"
     if task is Task.DESCRIBE:
         return question or DESCRIBE
     if task is Task.OCR:
@@ -119,6 +137,21 @@ def instruction(task: Task, num_images: int, question: str | None = None, *, mar
     raise InvalidRequest(f"Unknown task {task!r}")
 
 
+def _about(media: Media, count: int, labels: Sequence[str]) -> str:
+    """The sentence that says what the pictures are: pages or frames, with their labels."""
+    named = ", ".join(neutralise(label) for label in labels) if labels else "unlabelled"
+    return (PAGES if media is Media.PAGES else FRAMES).format(count=count, labels=named)
+
+
+def _task_text(task: Task, question: str | None, markdown: bool, media: Media) -> str:
+    """Describe or OCR over pages or frames: the question, else the task's own words for them."""
+    if task is Task.OCR:
+        unit, example = ("page", "Page 2") if media is Media.PAGES else ("frame", "Frame 2")
+        text = (OCR_MARKDOWN if markdown else OCR).replace("this image", "these images")
+        return text + OCR_SEVERAL.format(unit=unit, example=example)
+    return question or (DESCRIBE_PAGES if media is Media.PAGES else DESCRIBE_FRAMES)
+
+
 def conversation(
     task: Task,
     num_images: int,
@@ -127,6 +160,8 @@ def conversation(
     *,
     markdown: bool = False,
     left_out: int = 0,
+    media: Media = Media.PICTURES,
+    labels: Sequence[str] = (),
 ) -> list[tuple[str, str]]:
     """The turns as (role, text), oldest first, without image tags; every text neutralised.
 
@@ -139,11 +174,16 @@ def conversation(
     the first exchange stays, as it carries the images and the task.
     """
     if not history:
-        return [("user", instruction(task, num_images, question, markdown=markdown))]
+        return [
+            ("user", instruction(task, num_images, question, markdown=markdown, media=media, labels=labels))
+        ]
     check_turn_count(len(history) + 1)
     first, *later = history
     turns = [
-        ("user", instruction(task, num_images, first.question, markdown=markdown)),
+        (
+            "user",
+            instruction(task, num_images, first.question, markdown=markdown, media=media, labels=labels),
+        ),
         ("assistant", neutralise(first.answer)),
     ]
     for turn in later[left_out:]:
@@ -177,12 +217,16 @@ def build_prompt(
     *,
     markdown: bool = False,
     left_out: int = 0,
+    media: Media = Media.PICTURES,
+    labels: Sequence[str] = (),
 ) -> str:
     """The full prompt for ``task`` over ``num_images`` images: one question, or a conversation.
 
     The image tags open the first user turn, so they keep their numbering however long it grows.
     """
-    turns = conversation(task, num_images, question, history, markdown=markdown, left_out=left_out)
+    turns = conversation(
+        task, num_images, question, history, markdown=markdown, left_out=left_out, media=media, labels=labels
+    )
     tags = image_tags(num_images, labelled=task is Task.COMPARE)
     text = "".join(
         f"<|{role}|>\n{tags if index == 0 else ''}{content}<|end|>\n"

@@ -265,7 +265,13 @@ class RemoteEngine:
         assert client is not None  # checked just above
         check_image_count(len(request.images), self.config.max_images, request.task)
         turns = conversation(
-            request.task, len(request.images), request.question, request.history, markdown=request.markdown
+            request.task,
+            len(request.images),
+            request.question,
+            request.history,
+            markdown=request.markdown,
+            media=request.media,
+            labels=request.labels,
         )
         time_limit = request.time_limit(self.config.request_timeout_s)
         deadline = asyncio.get_running_loop().time() + time_limit

@@ -30,6 +30,15 @@ class Task(enum.StrEnum):
     ALT_TEXT = "alt_text"  # a short description for people who cannot see the image
 
 
+class Media(enum.StrEnum):
+    """What a request's pictures are: separate pictures, pages of one document, or frames of one animation
+    or video in order (their labels name the pages or the times)."""
+
+    PICTURES = "pictures"
+    PAGES = "pages"
+    FRAMES = "frames"
+
+
 class Priority(enum.IntEnum):
     """Who is waiting for an answer; lower goes first."""
 
@@ -126,6 +135,9 @@ class Request:
     markdown: bool = False  # OCR: the text as Markdown (tables, headings, lists)
     priority: Priority = Priority.PEOPLE
     group_id: int | None = None  # the server it was asked in (None: a DM): servers take turns, as people do
+    media: Media = Media.PICTURES  # pages of a document or frames of a video: said to the model
+    labels: tuple[str, ...] = ()  # each picture's page or time ("page 2", "1.5 s"), with PAGES or FRAMES
+    num_crops: int | None = None  # crops to read each picture at (frames read fewer); None: the engine's
 
     def time_limit(self, engine_limit_s: float) -> float:
         """Seconds this request may take: the engine's limit, or less if the request asks for less."""

@@ -99,11 +99,11 @@ class Phi3VImageProcessor(BaseImageProcessor):
         return torch.stack([table[channel][pixels[channel].long()] for channel in range(3)])
 
     def crops(
-        self, image: Image.Image, out: torch.Tensor | None = None
+        self, image: Image.Image, out: torch.Tensor | None = None, num_crops: int | None = None
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """One image -> (tiles [1 + rows*cols, 3, 336, 336] with the global view first, (h, w)); written into
-        the first tiles of ``out`` when given."""
-        canvas = self._normalise(hd_transform(image.convert("RGB"), self.num_crops))
+        the first tiles of ``out`` when given. ``num_crops`` overrides the processor's own for this image."""
+        canvas = self._normalise(hd_transform(image.convert("RGB"), num_crops or self.num_crops))
         _, height, width = canvas.shape
         rows, cols = height // CROP_SIZE, width // CROP_SIZE
         if out is None:
@@ -119,7 +119,13 @@ class Phi3VImageProcessor(BaseImageProcessor):
     def __call__(self, images, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
         return self.preprocess(images, return_tensors=return_tensors, **kwargs)
 
-    def preprocess(self, images, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
+    def preprocess(
+        self, images, return_tensors: str | None = "pt", num_crops: int | None = None, **kwargs
+    ) -> BatchFeature:
+        """``num_crops`` reads these images at that many crops instead of :attr:`num_crops`."""
+        crops = int(num_crops or self.num_crops)
+        if crops < 1:
+            raise ValueError(f"num_crops must be at least 1, got {crops}")
         if isinstance(images, Image.Image):
             images = [images]
         images = list(images)
@@ -128,10 +134,10 @@ class Phi3VImageProcessor(BaseImageProcessor):
         for image in images:
             if not isinstance(image, Image.Image):
                 raise TypeError(f"images must be PIL images, got {type(image).__name__}")
-        pixel_values = torch.empty(len(images), self.num_crops + 1, 3, CROP_SIZE, CROP_SIZE)
+        pixel_values = torch.empty(len(images), crops + 1, 3, CROP_SIZE, CROP_SIZE)
         sizes = []
         for index, image in enumerate(images):
-            tiles, size = self.crops(image, out=pixel_values[index])
+            tiles, size = self.crops(image, out=pixel_values[index], num_crops=crops)
             pixel_values[index, tiles.shape[0] :] = 0  # padding tiles: zeros, as the reference has them
             sizes.append(size)
         data = {

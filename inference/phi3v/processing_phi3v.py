@@ -68,7 +68,8 @@ class Phi3VProcessor(ProcessorMixin):
         """Build ``input_ids``, ``attention_mask`` and (with images) ``pixel_values``, ``image_sizes``.
 
         ``text`` may be a list of prompts (a batch); images are taken in order, each prompt
-        using as many as it has tags. Batches are padded on the left with the pad token.
+        using as many as it has tags. Batches are padded on the left with the pad token. ``num_crops``
+        reads the images at that many crops instead of the image processor's own.
         """
         if text is None:
             raise ValueError("text is required")
@@ -85,7 +86,7 @@ class Phi3VProcessor(ProcessorMixin):
         data: dict = {}
         num_tokens: list[int] = []
         if images:
-            pixels = self.image_processor(images)
+            pixels = self.image_processor(images, num_crops=kwargs.get("num_crops"))
             data["pixel_values"] = pixels["pixel_values"]
             data["image_sizes"] = pixels["image_sizes"]
             num_tokens = pixels["num_img_tokens"]

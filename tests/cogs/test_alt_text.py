@@ -47,6 +47,15 @@ async def test_other_channels_get_none(world, fake_engine):
     assert bot_messages(world.channel) == [] and fake_engine.requests == []
 
 
+async def test_documents_videos_and_emoji_get_no_alt_text(world, fake_engine):
+    from tests.media_files import pdf_bytes, video_bytes
+
+    await turn_on_alt_text(world)
+    files = [("form.pdf", pdf_bytes(pages=1)), ("clip.mp4", video_bytes(seconds=1))]
+    await world.member.send(world.channel, "look <:wave:111111111111111111>", attachments=files)
+    assert bot_messages(world.channel) == [] and fake_engine.requests == []
+
+
 async def test_an_image_with_a_description_is_skipped(world, fake_engine):
     await turn_on_alt_text(world)
     await post_described(world, world.member, "dog.png", image_bytes(), "My dog Rex with his ball")

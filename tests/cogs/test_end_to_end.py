@@ -14,6 +14,7 @@ from bot.reply import WORKING_TEXT
 from inference import EngineConfig, LocalEngine
 from tests.conftest import bot_messages, image_bytes
 from tests.inference.conftest import TINY_CHECKPOINT
+from tests.media_files import pdf_bytes, video_bytes
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
 
@@ -69,3 +70,16 @@ async def test_a_follow_up_conversation_with_the_real_model(world):
     assert all(answer.content.strip() and answer.content != WORKING_TEXT for answer in answers)
     remembered = await world.env.bot.conversations.recall(answers[-1].id)
     assert [turn.question for turn in remembered.turns] == [None, "what colour is it?", "and its size?"]
+
+
+@pytest.mark.parametrize(
+    ("filename", "data"),
+    [("form.pdf", pdf_bytes(pages=2)), ("clip.mp4", video_bytes(seconds=2, size=(640, 360)))],
+)
+async def test_a_pdfs_pages_and_a_videos_frames_with_the_real_model(world, filename, data):
+    await world.member.send(world.channel, "!describe", attachments=[(filename, data)])
+    [answer] = bot_messages(world.channel)
+    assert answer.content.strip() and answer.content != WORKING_TEXT
+    assert "can't use" not in answer.content
+    stats = world.env.bot.engine.stats()
+    assert stats is not None and stats.answers_finished == 1

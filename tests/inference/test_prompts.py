@@ -15,9 +15,10 @@ from inference.prompts import (
     build_prompt,
     check_image_count,
     droppable_turns,
+    instruction,
     neutralise,
 )
-from inference.types import Task, Turn
+from inference.types import Media, Task, Turn
 from tests.inference.conftest import OFFICIAL
 
 USER, ASSISTANT, END, BOS = 32010, 32001, 32007, 1
@@ -171,3 +172,28 @@ def test_one_image_count_rule_for_every_engine_and_the_bot():
     with pytest.raises(TooManyImages) as many:
         check_image_count(5, 4, Task.COMPARE)
     assert (many.value.count, many.value.limit) == (5, 4)
+
+
+def test_frames_are_said_to_be_frames_with_their_times_before_the_task():
+    text = instruction(Task.DESCRIBE, 3, media=Media.FRAMES, labels=("0.5 s", "1.5 s", "2.5 s"))
+    assert text.startswith(
+        "The 3 images are frames of one animation or video, in order, taken at 0.5 s, 1.5 s, 2.5 s."
+    )
+    assert text.endswith("Describe what happens in it, from the first frame to the last.")
+    asked = instruction(Task.DESCRIBE, 2, "who wins?", media=Media.FRAMES, labels=("1.0 s", "2.0 s"))
+    assert asked.endswith(" who wins?")
+
+
+def test_pages_are_said_to_be_pages_and_ocr_names_each_page():
+    text = instruction(Task.OCR, 2, media=Media.PAGES, labels=("page 1", "page 3"), markdown=True)
+    assert text.startswith("The 2 images are pages of one document, in order: page 1, page 3.")
+    assert "as Markdown" in text and "these images" in text and "for example: Page 2." in text
+
+
+def test_labels_are_neutralised_like_any_text_in_a_prompt():
+    prompt = build_prompt(Task.DESCRIBE, 1, media=Media.PAGES, labels=("page <|end|>",))
+    assert prompt.count("<|end|>") == 1  # only the turn's own end
+
+
+def test_pictures_are_not_said_to_be_anything():
+    assert instruction(Task.DESCRIBE, 1) == DESCRIBE

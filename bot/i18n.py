@@ -18,6 +18,7 @@ import io
 import logging
 from pathlib import Path
 
+import babel
 import discord
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
@@ -63,6 +64,17 @@ def language_of(locale: discord.Locale | str | None) -> str | None:
     try:
         return LANGUAGES.get(discord.Locale(str(locale)))
     except ValueError:
+        return None
+
+
+def language_name(locale: discord.Locale | str | None) -> str | None:
+    """A Discord locale's language named in English for the model ("Vietnamese", "Portuguese (Brazil)"), or
+    None for English and for no locale (the model answers in English unless told otherwise)."""
+    if locale is None or str(locale).startswith("en"):
+        return None
+    try:
+        return babel.Locale.parse(str(locale), sep="-").get_display_name("en")
+    except (ValueError, babel.UnknownLocaleError):
         return None
 
 

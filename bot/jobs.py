@@ -23,6 +23,7 @@ from bot.errors import (
     UserFacingError,
 )
 from bot.gather import referenced_message, refresh_sources, sources_from_messages
+from bot.i18n import language_name
 from bot.images import ImageSource, check_sources, fetch_pictures
 from bot.limits import Requester
 from bot.log_context import set_request_id
@@ -152,6 +153,7 @@ async def run_job(
                 media=pictures.media,
                 labels=pictures.labels,
                 num_crops=pictures.num_crops,
+                language=language_name(reply.private_locale) if policy.answers_in_askers_language else None,
                 question=question,
                 user_id=requester.user_id,
                 timeout_s=answer_time_limit(reply),

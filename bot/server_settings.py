@@ -49,6 +49,7 @@ class ServerChoices:
     cooldown_s: float | None = None
     jobs_per_person: int | None = None
     alt_text_channel_ids: frozenset[int] | None = None  # None: no automatic alt text
+    answer_language: str | None = None  # "asker": each asker's Discord language; None: English
 
     @staticmethod
     def names() -> tuple[str, ...]:
@@ -64,6 +65,10 @@ class ServerPolicy:
     cooldown_s: float
     jobs_per_person: int
     alt_text_channel_ids: frozenset[int]
+    answers_in_askers_language: bool = False  # descriptions and comparisons in the asker's language
+
+
+ASKERS_LANGUAGE = "asker"
 
 
 def server_policy(settings: Settings, access: AccessPolicy, choices: ServerChoices) -> ServerPolicy:
@@ -82,6 +87,7 @@ def server_policy(settings: Settings, access: AccessPolicy, choices: ServerChoic
             settings.max_jobs_per_user, choices.jobs_per_person or settings.max_jobs_per_user
         ),
         alt_text_channel_ids=choices.alt_text_channel_ids or frozenset(),
+        answers_in_askers_language=choices.answer_language == ASKERS_LANGUAGE,
     )
 
 

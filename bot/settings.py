@@ -184,7 +184,8 @@ class Settings(BaseSettings):
     max_new_tokens: int = setting(512, "Longest answer, in tokens.", ge=1, le=MAX_NEW_TOKENS_LIMIT)
     max_images: int = setting(
         4,
-        "Most images in one request (compare takes 2 to this many; slash /compare offers up to 4).",
+        "Most images in one request (compare takes 2 to this many; slash /compare offers up to 4), and "
+        "the most pages of a PDF or frames of a video read at once.",
         ge=1,
         le=MAX_IMAGES_LIMIT,
     )
@@ -261,7 +262,9 @@ class Settings(BaseSettings):
     max_jobs_per_user: int = setting(
         2, "Requests one person may have waiting or running at the same time.", ge=1
     )
-    max_attachment_mb: float = setting(10.0, "Largest image file accepted, in megabytes.", ge=0.01, le=500)
+    max_attachment_mb: float = setting(
+        10.0, "Largest file accepted (a picture, a PDF, a video), in megabytes.", ge=0.01, le=500
+    )
     max_image_pixels: int = setting(
         DEFAULT_MAX_PIXELS,
         "Largest image accepted, in pixels (width x height); protects against decompression bombs.",

@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from bot.errors import Denied
 from bot.i18n import render
-from bot.server_settings import ServerChoices
+from bot.server_settings import ASKERS_LANGUAGE, ServerChoices
 from bot.settings import Settings
 from bot.text import N_, T, Text
 
@@ -85,6 +85,13 @@ def describe_settings(settings: Settings, choices: ServerChoices) -> list[Text]:
         T(
             "- Automatic alt text in: {channels}",
             channels=_channels(choices.alt_text_channel_ids) if choices.alt_text_channel_ids else T("off"),
+        ),
+        T(
+            "- Descriptions and comparisons in: {language}{default}",
+            language=T("each asker's Discord language")
+            if choices.answer_language == ASKERS_LANGUAGE
+            else T("English"),
+            default=mark(choices.answer_language),
         ),
         T("- Images per request: up to {count} (the owner's setting)", count=settings.max_images),
     ]
@@ -219,6 +226,23 @@ class ServerSettingsCog(
             DEFAULT: T("OCR answers follow the bot owner's setting again."),
         }[visibility]
         await self._change(interaction, "ocr_public", value, done)
+
+    @app_commands.command(
+        name="answer-language", description="Describe and compare in English, or in each asker's language"
+    )
+    @app_commands.describe(
+        language="english (default); asker: each person's Discord language (best with Phi-3.5-vision)"
+    )
+    async def answer_language(
+        self, interaction: discord.Interaction, language: Literal["english", "asker"]
+    ) -> None:
+        value = ASKERS_LANGUAGE if language == "asker" else None
+        done = (
+            T("Descriptions and comparisons now come in each asker's Discord language.")
+            if value
+            else T("Descriptions and comparisons now come in English.")
+        )
+        await self._change(interaction, "answer_language", value, done)
 
     # -- limits ----------------------------------------------------------------------------------
     @app_commands.command(name="cooldown", description="Seconds between two requests of one person")

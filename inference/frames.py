@@ -3,15 +3,16 @@ through it, each with its time, as pictures the model reads.
 
 Frames are read at :data:`FRAME_CROPS` crops, as Phi-3.5-vision's model card recommends for several
 frames. What decoding may cost is bounded before and while it runs: a video's length and size are checked
-from its header, and the frames decoded to reach the samples (a GIF is decoded frame after frame; a video
-from the key frame before each sample) count against :data:`MAX_DECODED_PIXELS`.
+from its header, and the frames decoded to reach the samples count against a budget of pixels. A GIF or WebP
+is decoded frame after frame, and refused when its samples lie beyond :data:`MAX_ANIMATION_PIXELS`; a video is
+decoded from the key frame before each sample, and where key frames lie far apart a sample is the last frame
+decoded within its share of :data:`MAX_DECODED_PIXELS`, with its true time.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from fractions import Fraction
 
 import av
 from PIL import Image
@@ -21,9 +22,10 @@ from inference.images import decoding, for_model
 
 FRAME_CROPS = 4
 MAX_VIDEO_SECONDS = 300
-# Pixels decoded for one file at most, frames skipped on the way included: ~2 s of decoding on one core
-# for a 1080p video, a few seconds for a large GIF (see bench/RESULTS.md).
-MAX_DECODED_PIXELS = 1_000_000_000
+# Pixels decoded for one file at most, frames skipped on the way included. A video's (FFmpeg) decodes about
+# 1 GP/s on one core, an animation's (Pillow) about 0.1 GP/s: each budget is a few seconds (bench/RESULTS.md).
+MAX_DECODED_PIXELS = 2_000_000_000
+MAX_ANIMATION_PIXELS = 300_000_000
 # Containers read, by FFmpeg's demuxer names: MP4 and QuickTime (.mp4, .mov, .m4v), Matroska and WebM.
 VIDEO_FORMATS = frozenset({"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})
 MATROSKA_MAGIC = b"\x1a\x45\xdf\xa3"
@@ -54,9 +56,9 @@ def animation_frames(image: Image.Image, *, max_frames: int, num_crops: int | No
     """Up to ``max_frames`` frames of an opened animated GIF or WebP, evenly spread, with their times."""
     picks = sample_indices(getattr(image, "n_frames", 1), max_frames)
     decoded = (picks[-1] + 1) * image.width * image.height
-    if decoded > MAX_DECODED_PIXELS:
+    if decoded > MAX_ANIMATION_PIXELS:
         raise UnreadableImage(
-            ImageProblem.TOO_MANY_FRAMES, limit=MAX_DECODED_PIXELS // (image.width * image.height)
+            ImageProblem.TOO_MANY_FRAMES, limit=MAX_ANIMATION_PIXELS // (image.width * image.height)
         )
     crops = frame_crops(num_crops, max_frames)
     frames: list[Frame] = []
@@ -92,13 +94,15 @@ def video_frames(data: bytes, *, max_frames: int, max_pixels: int, num_crops: in
         seconds = _duration(container, stream)
         if seconds > MAX_VIDEO_SECONDS:
             raise UnreadableImage(ImageProblem.TOO_LONG, limit=MAX_VIDEO_SECONDS)
-        budget = MAX_DECODED_PIXELS // (width * height)
+        budget = MAX_DECODED_PIXELS // (width * height)  # frames this file may decode in all
+        if budget < 1:
+            raise UnreadableImage(ImageProblem.TOO_MANY_FRAMES, limit=0)
         wanted = max(1, max_frames)
         times = [(index + 0.5) * seconds / wanted for index in range(wanted)]
         crops = frame_crops(num_crops, max_frames)
         frames: list[Frame] = []
-        for target in times:
-            frame, spent = _frame_at(container, stream, target, budget)
+        for left, target in zip(range(wanted, 0, -1), times):
+            frame, spent = _frame_at(container, stream, target, max(1, budget // left))
             budget -= spent
             if frame is not None and (not frames or frame.seconds > frames[-1].seconds):
                 frames.append(Frame(for_model(frame.image, crops), frame.seconds))
@@ -135,17 +139,15 @@ def _duration(container, stream) -> float:
 
 
 def _frame_at(container, stream, target: float, budget: int) -> tuple[Frame | None, int]:
-    """The first frame at or after ``target`` seconds (the last one, near the end), decoding from the key
-    frame before it; and how many frames that decoded. Beyond ``budget`` frames: TOO_MANY_FRAMES."""
-    time_base: Fraction = stream.time_base
-    container.seek(int(target / time_base), stream=stream, backward=True, any_frame=False)
+    """The first frame at or after ``target`` seconds, decoding from the key frame before it, and how many
+    frames that decoded. Where reaching it would take more than ``budget`` frames (key frames far apart), the
+    last frame decoded within the budget, with its own time: a frame a little earlier, said truly."""
+    container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
     decoded = 0
     last, seconds = None, target
     for frame in container.decode(stream):
         decoded += 1
-        if decoded > budget:
-            raise UnreadableImage(ImageProblem.TOO_MANY_FRAMES, limit=decoded - 1)
         last, seconds = frame, float(frame.time) if frame.time is not None else target
-        if seconds >= target:
+        if seconds >= target or decoded >= budget:
             break
     return (None if last is None else Frame(last.to_image(), seconds)), decoded

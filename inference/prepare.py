@@ -67,6 +67,7 @@ class Preparer:
                 left_out=left_out,
                 media=request.media,
                 labels=request.labels,
+                language=request.language,
             )
 
         left_out, text = 0, prompt(0)

@@ -53,6 +53,7 @@ PAGES = "The {count} images are pages of one document, in order: {labels}."
 FRAMES = "The {count} images are frames of one animation or video, in order, taken at {labels}."
 DESCRIBE_PAGES = "Describe this document: what it is, who it is from and to, and what it says or asks."
 DESCRIBE_FRAMES = "Describe what happens in it, from the first frame to the last."
+ANSWER_LANGUAGE = " Answer in {language}."  # describe and compare; OCR keeps the text as written
 OCR_SEVERAL = " Begin each {unit}'s text with a line naming it, for example: {example}."
 
 # Anything shaped like a chat control token or image tag: <|...|>, plus the sentence markers.
@@ -107,6 +108,7 @@ def instruction(
     markdown: bool = False,
     media: Media = Media.PICTURES,
     labels: Sequence[str] = (),
+    language: str | None = None,
 ) -> str:
     """The text of the user's turn for ``task``: no chat wrapper and no image tags.
 
@@ -114,8 +116,18 @@ def instruction(
     such as vLLM's inserts Phi-3's ``<|image_N|>`` tags for each ``image_url``
     part). The question is neutralised exactly as in :func:`build_prompt`. ``markdown`` asks an OCR
     answer to be Markdown (tables, headings, lists). Pages of a document or frames of a video
-    (``media``) are said to be so first, with their ``labels`` (page numbers, times).
+    (``media``) are said to be so first, with their ``labels`` (page numbers, times). A ``language`` asks
+    a description or a comparison in that language (an OCR answer stays in the text's own).
     """
+    text = _instruction(task, num_images, question, markdown, media, labels)
+    if language and task in (Task.DESCRIBE, Task.COMPARE):
+        text += ANSWER_LANGUAGE.format(language=neutralise(language))
+    return text
+
+
+def _instruction(
+    task: Task, num_images: int, question: str | None, markdown: bool, media: Media, labels: Sequence[str]
+) -> str:
     if num_images < 1:
         raise NoImage()
     question = clean_question(question)
@@ -162,6 +174,7 @@ def conversation(
     left_out: int = 0,
     media: Media = Media.PICTURES,
     labels: Sequence[str] = (),
+    language: str | None = None,
 ) -> list[tuple[str, str]]:
     """The turns as (role, text), oldest first, without image tags; every text neutralised.
 
@@ -175,14 +188,33 @@ def conversation(
     """
     if not history:
         return [
-            ("user", instruction(task, num_images, question, markdown=markdown, media=media, labels=labels))
+            (
+                "user",
+                instruction(
+                    task,
+                    num_images,
+                    question,
+                    markdown=markdown,
+                    media=media,
+                    labels=labels,
+                    language=language,
+                ),
+            )
         ]
     check_turn_count(len(history) + 1)
     first, *later = history
     turns = [
         (
             "user",
-            instruction(task, num_images, first.question, markdown=markdown, media=media, labels=labels),
+            instruction(
+                task,
+                num_images,
+                first.question,
+                markdown=markdown,
+                media=media,
+                labels=labels,
+                language=language,
+            ),
         ),
         ("assistant", neutralise(first.answer)),
     ]
@@ -219,13 +251,22 @@ def build_prompt(
     left_out: int = 0,
     media: Media = Media.PICTURES,
     labels: Sequence[str] = (),
+    language: str | None = None,
 ) -> str:
     """The full prompt for ``task`` over ``num_images`` images: one question, or a conversation.
 
     The image tags open the first user turn, so they keep their numbering however long it grows.
     """
     turns = conversation(
-        task, num_images, question, history, markdown=markdown, left_out=left_out, media=media, labels=labels
+        task,
+        num_images,
+        question,
+        history,
+        markdown=markdown,
+        left_out=left_out,
+        media=media,
+        labels=labels,
+        language=language,
     )
     tags = image_tags(num_images, labelled=task is Task.COMPARE)
     text = "".join(

@@ -272,6 +272,7 @@ class RemoteEngine:
             markdown=request.markdown,
             media=request.media,
             labels=request.labels,
+            language=request.language,
         )
         time_limit = request.time_limit(self.config.request_timeout_s)
         deadline = asyncio.get_running_loop().time() + time_limit

@@ -138,6 +138,7 @@ class Request:
     media: Media = Media.PICTURES  # pages of a document or frames of a video: said to the model
     labels: tuple[str, ...] = ()  # each picture's page or time ("page 2", "1.5 s"), with PAGES or FRAMES
     num_crops: int | None = None  # crops to read each picture at (frames read fewer); None: the engine's
+    language: str | None = None  # the language to answer in, named in English ("Vietnamese"); None: English
 
     def time_limit(self, engine_limit_s: float) -> float:
         """Seconds this request may take: the engine's limit, or less if the request asks for less."""

@@ -133,3 +133,11 @@ def test_a_missing_shipped_catalog_is_an_error_in_the_log_not_silence(monkeypatc
         i18n.translations.cache_clear()
     [record] = caplog.records
     assert record.getMessage().startswith("The vi translations are missing")
+
+
+def test_a_locale_is_named_in_english_for_the_model():
+    from bot.i18n import language_name
+
+    assert language_name("vi") == "Vietnamese"
+    assert language_name(discord.Locale.brazil_portuguese) == "Portuguese (Brazil)"
+    assert language_name("en-US") is None and language_name(None) is None

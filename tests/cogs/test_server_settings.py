@@ -160,3 +160,31 @@ async def test_alt_text_cannot_be_turned_on_where_the_owner_lets_the_bot_not_ans
     assert world.env.bot.server_settings.choices(world.guild.id).alt_text_channel_ids is None
     await settings(admin, world, "alt-text add", channel=world.channel)
     assert world.env.bot.server_settings.choices(world.guild.id).alt_text_channel_ids == {world.channel.id}
+
+
+async def test_answers_come_in_the_askers_language_only_once_a_server_chooses_it(
+    world, fake_engine, interaction_payload
+):
+    interaction_payload["locale"] = "vi"
+    await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
+    assert fake_engine.requests[-1].language is None  # English until the server chooses otherwise
+
+    admin = admin_of(world)
+    interaction_payload["locale"] = "en-US"  # the admin's own
+    result = await settings(admin, world, "answer-language", language="asker")
+    said = result.response.content
+    assert said == "Descriptions and comparisons now come in each asker's Discord language."
+    shown = await settings(admin, world, "show")
+    assert "each asker's Discord language" in shown.response.content
+    interaction_payload["locale"] = "vi"
+    await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
+    assert fake_engine.requests[-1].language == "Vietnamese"
+
+    interaction_payload["locale"] = "en-GB"
+    await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
+    assert fake_engine.requests[-1].language is None
+
+    await settings(admin, world, "answer-language", language="english")
+    interaction_payload["locale"] = "vi"
+    await world.member.slash(world.channel, "describe", image=("a.png", image_bytes()))
+    assert fake_engine.requests[-1].language is None

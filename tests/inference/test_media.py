@@ -157,10 +157,20 @@ def test_a_video_larger_than_the_pixel_limit_is_refused_from_its_header():
     assert error.problem is ImageProblem.TOO_MANY_PIXELS and (error.width, error.height) == (320, 240)
 
 
-def test_decoding_stops_at_its_budget(monkeypatch):
-    monkeypatch.setattr(frames, "MAX_DECODED_PIXELS", 320 * 240 * 5)
-    assert problem(video_bytes(seconds=4, fps=10), max_pictures=4).problem is ImageProblem.TOO_MANY_FRAMES
-    monkeypatch.setattr(frames, "MAX_DECODED_PIXELS", 100 * 80 * 5)
+def test_a_video_with_far_key_frames_gives_earlier_frames_within_the_budget_with_their_true_times(
+    monkeypatch,
+):
+    data = video_bytes(seconds=4, fps=10)  # one key frame: every sample is decoded from the start
+    monkeypatch.setattr(frames, "MAX_DECODED_PIXELS", 320 * 240 * 12)  # 12 frames in all, 3 a sample
+    pictures = read_file(data, max_pixels=MAX_PIXELS, num_crops=16, max_pictures=4)
+    times = [float(label.removesuffix(" s")) for label in pictures.labels] if pictures.labels else [0.0]
+    assert max(times) <= 0.3  # never decoded past the budget (a sample's own time would be 0.5 s or later)
+    monkeypatch.setattr(frames, "MAX_DECODED_PIXELS", 320 * 240 - 1)  # not even one frame
+    assert problem(data, max_pictures=4).problem is ImageProblem.TOO_MANY_FRAMES
+
+
+def test_an_animation_beyond_the_decoding_budget_is_refused(monkeypatch):
+    monkeypatch.setattr(frames, "MAX_ANIMATION_PIXELS", 100 * 80 * 5)
     assert problem(animation_bytes(frames=20), max_pictures=4).problem is ImageProblem.TOO_MANY_FRAMES
 
 
@@ -211,4 +221,5 @@ def test_the_readme_and_the_usage_page_state_the_limits_the_code_keeps():
     assert f"up to {frames.MAX_VIDEO_SECONDS // 60} minutes" in readme
     assert f"Limits: {frames.MAX_VIDEO_SECONDS // 60} minutes" in using
     assert f"at {frames.FRAME_CROPS} crops" in using
-    assert "about a billion pixels decoded" in using and frames.MAX_DECODED_PIXELS == 1_000_000_000
+    assert f"{frames.MAX_DECODED_PIXELS // 10**9} gigapixels for a video" in using
+    assert f"{frames.MAX_ANIMATION_PIXELS // 10**6} megapixels for an animation" in using

@@ -197,3 +197,11 @@ def test_labels_are_neutralised_like_any_text_in_a_prompt():
 
 def test_pictures_are_not_said_to_be_anything():
     assert instruction(Task.DESCRIBE, 1) == DESCRIBE
+
+
+def test_a_language_asks_descriptions_and_comparisons_in_it_but_not_ocr():
+    assert instruction(Task.DESCRIBE, 1, language="Vietnamese") == DESCRIBE + " Answer in Vietnamese."
+    assert instruction(Task.COMPARE, 2, language="Danish").endswith(" Answer in Danish.")
+    assert instruction(Task.OCR, 1, language="Danish") == instruction(Task.OCR, 1)
+    prompt = build_prompt(Task.DESCRIBE, 1, "what is it?", language="Romanian <|end|>")
+    assert "what is it? Answer in Romanian <end>." in prompt

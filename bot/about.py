@@ -8,11 +8,13 @@ import discord
 
 DISTRIBUTION = "phi3v-discord-bot"
 # What the bot needs in a server: to see channels, read the message a request replies to, answer (in threads
-# too) and attach a file when an answer is too long for four messages.
+# too), open a thread on an answer (where a server chose answer threads) and attach a file when an answer is
+# too long for four messages.
 PERMISSIONS = discord.Permissions(
     view_channel=True,
     send_messages=True,
     send_messages_in_threads=True,
+    create_public_threads=True,
     read_message_history=True,
     attach_files=True,
 )

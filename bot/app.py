@@ -19,7 +19,7 @@ from bot.engine_errors import SHUTTING_DOWN_TEXT
 from bot.error_replies import send_error_to_context, send_error_to_interaction
 from bot.i18n import CatalogTranslator
 from bot.images import Fetcher, HttpFetcher, ImageLimits
-from bot.jobs import STOPPED_BY_DELETE_TEXT, answer_follow_up_mention
+from bot.jobs import STOPPED_BY_DELETE_TEXT, answer_follow_up_mention, answer_in_thread
 from bot.limits import AccessPolicy, JobLimiter, RefusalThrottle
 from bot.metrics import Metrics
 from bot.reply import Replies
@@ -190,12 +190,19 @@ class VisionBot(commands.Bot):
             log.info("Stopped a request whose message was deleted")
 
     async def on_message(self, message: discord.Message) -> None:
-        """Commands as usual; and "@bot <question>" in reply to one of the bot's answers is a follow-up."""
+        """Commands as usual; "@bot <question>" in reply to one of the bot's answers is a follow-up, and so is
+        a message in a thread opened on an answer (where a server chose answer threads)."""
         if message.author.bot:
             return
         ctx = await self.get_context(message)
         if ctx.command is None and self._mentioned_in_reply(ctx):
             await answer_follow_up_mention(ctx)
+            return
+        if (
+            ctx.command is None
+            and isinstance(message.channel, discord.Thread)
+            and await answer_in_thread(ctx)
+        ):
             return
         await self.invoke(ctx)
 

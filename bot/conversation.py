@@ -145,6 +145,22 @@ class Conversations:
             channel_id=channel_id,
         )
 
+    async def latest_asked_in(self, channel_id: int) -> int | None:
+        """The newest kept answer asked in this channel or thread (its first message's id), if any."""
+        rows = await self.database.fetch_all(
+            "SELECT main_id FROM answers WHERE channel_id = ? AND created_at >= ? "
+            "ORDER BY created_at DESC LIMIT 1",
+            (channel_id, time.time() - self.kept_s),
+        )
+        return int(rows[0][0]) if rows else None
+
+    async def is_kept(self, message_id: int) -> bool:
+        rows = await self.database.fetch_all(
+            "SELECT 1 FROM answers WHERE message_id = ? AND created_at >= ?",
+            (message_id, time.time() - self.kept_s),
+        )
+        return bool(rows)
+
     async def message_ids(self, main_id: int) -> list[int]:
         """Every message showing the answer whose first message is ``main_id`` (first first)."""
         rows = await self.database.fetch_all(

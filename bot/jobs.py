@@ -23,7 +23,7 @@ from bot.errors import (
     UserFacingError,
 )
 from bot.gather import referenced_message, refresh_sources, sources_from_messages
-from bot.i18n import language_name
+from bot.i18n import language_name, render
 from bot.images import ImageSource, check_sources, fetch_pictures
 from bot.limits import Requester
 from bot.log_context import set_request_id
@@ -60,6 +60,8 @@ def trimmed_note(count: int) -> Text:
         count=count,
     )
 
+
+THREAD_NAME_CHARS = 100  # Discord's longest thread name
 
 # A private answer cannot outlive the interaction token, so it gets at most the time left (less a
 # margin); a job with less than this left is refused rather than started.
@@ -108,6 +110,7 @@ async def run_job(
     history: tuple[Turn, ...] = (),
     markdown: bool = False,
     asked_in: int | None = None,
+    channel: object = None,
 ) -> None:
     """Check limits, acknowledge, load the images, ask the engine and stream the answer into ``reply``.
 
@@ -115,7 +118,8 @@ async def run_job(
     one, with ``asked_in`` (the message that asked, if any) among the messages whose deletion forgets it.
     ``markdown``: an OCR answer as Markdown. Failures propagate to the error handler, which writes them
     into the same reply. A reply that can no longer be shown (its message deleted, a
-    permission removed) ends the job quietly.
+    permission removed) ends the job quietly. Where the server chose answer threads, a public answer in a
+    text ``channel`` then opens a thread for its follow-ups.
     """
     question = clean_question(question)
     if history and question is None:
@@ -186,7 +190,48 @@ async def run_job(
             channel_id=requester.channel_id,
             asked_in=asked_in,
         )
-        await bot.conversations.remember(await reply.message_ids(), answered)
+        message_ids = await reply.message_ids()
+        await bot.conversations.remember(message_ids, answered)
+        if policy.answer_threads and not private and isinstance(channel, discord.TextChannel) and message_ids:
+            await open_thread(channel, message_ids[0], chosen[0].filename, reply.locale)
+
+
+async def open_thread(
+    channel: discord.TextChannel, answer_id: int, about: str, locale: discord.Locale | None
+) -> None:
+    """A thread on the answer for its follow-ups; without the permission to make one, the answer stays
+    as it is (and the log says why)."""
+    name = render(T("Follow-ups: {name}", name=about), locale)[:THREAD_NAME_CHARS]
+    try:
+        await channel.create_thread(name=name, message=discord.Object(id=answer_id))
+    except discord.HTTPException as error:
+        log.warning("Could not open a thread on answer %s in #%s: %s", answer_id, channel.id, error)
+
+
+async def answer_in_thread(ctx: commands.Context) -> bool:
+    """A member's message in a thread the bot opened on an answer (or in a forum post it answered in), in a
+    server that chose answer threads: a follow-up of the thread's latest answer, without a mention or a
+    reply. False when the message is not one (the bot then leaves it alone)."""
+    bot = services_of(ctx.bot)
+    thread = ctx.channel
+    question = (ctx.message.content or "")[len(ctx.prefix or "") :].strip()  # "@bot ..." counts too
+    if not isinstance(thread, discord.Thread) or not question or bot.user is None:
+        return False
+    if not bot.policy(ctx.guild.id if ctx.guild else None).answer_threads:
+        return False
+    opened_by_bot = thread.owner_id == bot.user.id
+    if not opened_by_bot and not isinstance(thread.parent, discord.ForumChannel):
+        return False
+    latest = await bot.conversations.latest_asked_in(thread.id)
+    if latest is None and opened_by_bot and await bot.conversations.is_kept(thread.id):
+        latest = thread.id  # the answer the thread was opened on
+    if latest is None:
+        return False
+    try:
+        await answer_command(ctx, Task.DESCRIBE, question=question, earlier_id=latest)
+    except Exception as error:  # not a command, so discord.py's error event does not see it
+        await send_error_to_context(ctx, error)
+    return True
 
 
 def answer_time_limit(reply: Reply) -> float | None:
@@ -252,6 +297,7 @@ async def answer_interaction(
         job_id=interaction.id,
         history=history,
         markdown=markdown,
+        channel=interaction.channel,
     )
     await stoppable(bot, interaction.id, reply, job)
 
@@ -282,12 +328,17 @@ async def continue_conversation(bot: Services, requester: Requester, earlier: An
 
 
 async def answer_command(
-    ctx: commands.Context, task: Task, *, question: str | None = None, markdown: bool = False
+    ctx: commands.Context,
+    task: Task,
+    *,
+    question: str | None = None,
+    markdown: bool = False,
+    earlier_id: int | None = None,
 ) -> None:
     """Answer a prefix command about the images on the message or the one it replies to.
 
-    In reply to one of the bot's answers it is a follow-up in that answer's conversation (whose task,
-    images and format it keeps).
+    In reply to one of the bot's answers (or with ``earlier_id``, an answer's first message) it is a
+    follow-up in that answer's conversation (whose task, images and format it keeps).
     """
     bot = services_of(ctx.bot)
     set_request_id(f"m{ctx.message.id}")
@@ -297,8 +348,15 @@ async def answer_command(
     bot.policy(requester.guild_id).access.check(requester, task)
     replied = await referenced_message(ctx.message)
     history: tuple[Turn, ...] = ()
-    if replied is not None and bot.user is not None and replied.author.id == bot.user.id:
-        earlier = await bot.conversations.recall(replied.id)
+    if (
+        earlier_id is None
+        and replied is not None
+        and bot.user is not None
+        and replied.author.id == bot.user.id
+    ):
+        earlier_id = replied.id
+    if earlier_id is not None:
+        earlier = await bot.conversations.recall(earlier_id)
         sources = await continue_conversation(bot, requester, earlier)
         task, history, markdown = earlier.task, earlier.turns, earlier.markdown
         reply.task, reply.code_block = task.value, task is Task.OCR
@@ -321,6 +379,7 @@ async def answer_command(
         history=history,
         markdown=markdown,
         asked_in=ctx.message.id,
+        channel=ctx.channel,
     )
     await stoppable(bot, ctx.message.id, reply, job)
 

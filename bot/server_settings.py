@@ -50,6 +50,7 @@ class ServerChoices:
     jobs_per_person: int | None = None
     alt_text_channel_ids: frozenset[int] | None = None  # None: no automatic alt text
     answer_language: str | None = None  # "asker": each asker's Discord language; None: English
+    answer_threads: bool | None = None  # True: each public answer opens a thread for its follow-ups
 
     @staticmethod
     def names() -> tuple[str, ...]:
@@ -66,6 +67,7 @@ class ServerPolicy:
     jobs_per_person: int
     alt_text_channel_ids: frozenset[int]
     answers_in_askers_language: bool = False  # descriptions and comparisons in the asker's language
+    answer_threads: bool = False  # each public answer opens a thread; messages in it are follow-ups
 
 
 ASKERS_LANGUAGE = "asker"
@@ -88,6 +90,7 @@ def server_policy(settings: Settings, access: AccessPolicy, choices: ServerChoic
         ),
         alt_text_channel_ids=choices.alt_text_channel_ids or frozenset(),
         answers_in_askers_language=choices.answer_language == ASKERS_LANGUAGE,
+        answer_threads=bool(choices.answer_threads),
     )
 
 

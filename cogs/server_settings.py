@@ -93,6 +93,11 @@ def describe_settings(settings: Settings, choices: ServerChoices) -> list[Text]:
             else T("English"),
             default=mark(choices.answer_language),
         ),
+        T(
+            "- Threads for follow-ups: {state}{default}",
+            state=T("each public answer opens one") if choices.answer_threads else T("off"),
+            default=mark(choices.answer_threads),
+        ),
         T("- Images per request: up to {count} (the owner's setting)", count=settings.max_images),
     ]
 
@@ -243,6 +248,24 @@ class ServerSettingsCog(
             else T("Descriptions and comparisons now come in English.")
         )
         await self._change(interaction, "answer_language", value, done)
+
+    @app_commands.command(
+        name="threads", description="Open a thread on each public answer for its follow-ups"
+    )
+    @app_commands.describe(
+        state="on: each public answer opens a thread, where every message is a follow-up; off (default)"
+    )
+    async def threads(self, interaction: discord.Interaction, state: Literal["on", "off"]) -> None:
+        value = True if state == "on" else None
+        done = (
+            T(
+                "Each public answer now opens a thread: messages there are follow-ups, no mention needed "
+                "(the bot needs the Create Public Threads permission)."
+            )
+            if value
+            else T("Answers no longer open threads.")
+        )
+        await self._change(interaction, "answer_threads", value, done)
 
     # -- limits ----------------------------------------------------------------------------------
     @app_commands.command(name="cooldown", description="Seconds between two requests of one person")

@@ -23,7 +23,7 @@ def test_the_server_invite_asks_for_the_commands_and_the_permissions_the_readme_
     assert (url.scheme, url.netloc, url.path) == ("https", "discord.com", "/oauth2/authorize")
     assert query["client_id"] == ["123456789012345678"]
     assert query["scope"] == ["bot applications.commands"]
-    assert query["permissions"] == ["274878008320"] and "`274878008320`" in (ROOT / "README.md").read_text()
+    assert query["permissions"] == ["309237746688"] and "`309237746688`" in (ROOT / "README.md").read_text()
     granted = discord.Permissions(int(query["permissions"][0]))
     assert granted.send_messages and granted.attach_files and granted.read_message_history
     assert not granted.administrator and not granted.manage_messages and not granted.mention_everyone

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import io
 import math
+import struct
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -189,7 +190,7 @@ def decoding() -> Iterator[None]:
         yield
     except Image.DecompressionBombError:
         raise UnreadableImage(ImageProblem.DECOMPRESSION_BOMB) from None
-    except (OSError, ValueError, SyntaxError, EOFError):
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error):  # Pillow's plugins raise each of these
         raise UnreadableImage(ImageProblem.DAMAGED) from None
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from inference.errors import ImageProblem, UnreadableImage
 from inference.frames import Frame, animation_frames, frame_crops, is_animated, is_video, video_frames
-from inference.images import decode_opened, open_image
+from inference.images import decode_opened, decoding, open_image
 from inference.pages import is_pdf, pdf_pages
 from inference.types import Media
 
@@ -52,7 +52,9 @@ def read_file(
         frames = video_frames(data, max_frames=max_pictures, max_pixels=max_pixels, num_crops=num_crops)
         return _frames(frames, frame_crops(num_crops, max_pictures))
     with open_image(data, max_pixels=max_pixels) as image:
-        if is_animated(image):
+        with decoding():  # counting a GIF's frames reads the whole file: a damaged one fails here
+            animated = is_animated(image)
+        if animated:
             frames = animation_frames(image, max_frames=max_pictures, num_crops=num_crops)
             return _frames(frames, frame_crops(num_crops, max_pictures))
         return Pictures((decode_opened(image, num_crops),))

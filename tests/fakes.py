@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import discord
+
 from inference import EngineBusy, Priority, Request, Result
 from inference.errors import EngineStopping
 from inference.types import EngineStats, Place, PlacesHeld
@@ -374,6 +376,11 @@ class SimcordCdnFetcher:
         self.urls: list[str] = []
 
     async def fetch(self, url: str, *, max_bytes: int) -> bytes:
+        from bot.images import GONE_REASON, DownloadError
+
         self.urls.append(url)
-        data: bytes = await self._get_http().get_from_cdn(url)
+        try:
+            data: bytes = await self._get_http().get_from_cdn(url)
+        except discord.NotFound:  # as HttpFetcher says of a 404
+            raise DownloadError(GONE_REASON) from None
         return data

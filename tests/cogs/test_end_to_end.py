@@ -14,7 +14,7 @@ from bot.reply import WORKING_TEXT
 from inference import EngineConfig, LocalEngine
 from tests.conftest import bot_messages, image_bytes
 from tests.inference.conftest import TINY_CHECKPOINT
-from tests.media_files import pdf_bytes, video_bytes
+from tests.media_files import animation_bytes, pdf_bytes, video_bytes
 
 pytestmark = pytest.mark.simcord(settle_timeout=120)
 
@@ -74,12 +74,34 @@ async def test_a_follow_up_conversation_with_the_real_model(world):
 
 @pytest.mark.parametrize(
     ("filename", "data"),
-    [("form.pdf", pdf_bytes(pages=2)), ("clip.mp4", video_bytes(seconds=2, size=(640, 360)))],
+    [
+        ("form.pdf", pdf_bytes(pages=2)),
+        ("clip.mp4", video_bytes(seconds=2, size=(640, 360))),
+        ("dance.gif", animation_bytes(frames=12, size=(200, 150))),
+        ("dance.webp", animation_bytes(frames=12, size=(200, 150), format="WEBP")),
+    ],
 )
-async def test_a_pdfs_pages_and_a_videos_frames_with_the_real_model(world, filename, data):
+async def test_a_pdfs_pages_and_an_animations_or_videos_frames_with_the_real_model(world, filename, data):
     await world.member.send(world.channel, "!describe", attachments=[(filename, data)])
     [answer] = bot_messages(world.channel)
     assert answer.content.strip() and answer.content != WORKING_TEXT
     assert "can't use" not in answer.content
     stats = world.env.bot.engine.stats()
     assert stats is not None and stats.answers_finished == 1
+
+
+async def test_custom_emoji_and_a_sticker_compared_with_the_real_model(world):
+    from simcord.backend.models.message import MessageSticker
+
+    emoji_id = 111111111111111111
+    created = world.guild.create_sticker("wave", format_type=1)
+    cdn = world.env.backend.cdn._blobs  # served where discord.py looks for them: Discord's own CDN
+    cdn[f"https://cdn.discordapp.com/emojis/{emoji_id}.png"] = image_bytes((96, 96), color=(255, 0, 0))
+    cdn[f"https://cdn.discordapp.com/stickers/{created.id}.png"] = image_bytes((160, 160), color=(0, 200, 0))
+    sticker = MessageSticker(id=created.id, name="wave", format_type=1, guild_id=world.guild.id)
+    world.env.backend.create_message(
+        world.channel.id, world.member.id, f"!compare <:red:{emoji_id}>", stickers=[sticker]
+    )
+    await world.env.settle()
+    [answer] = bot_messages(world.channel)
+    assert answer.content.strip() and answer.content != WORKING_TEXT and "can't use" not in answer.content

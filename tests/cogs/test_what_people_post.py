@@ -9,7 +9,14 @@ from bot.errors import ImageRejected
 from inference import Media, Task
 from inference.frames import FRAME_CROPS
 from tests.conftest import acknowledge_errors, bot_messages, image_bytes
-from tests.media_files import animation_bytes, locked_pdf_bytes, pdf_bytes, video_bytes
+from tests.media_files import (
+    animation_bytes,
+    audio_only_bytes,
+    empty_pdf_bytes,
+    locked_pdf_bytes,
+    pdf_bytes,
+    video_bytes,
+)
 
 pytestmark = pytest.mark.simcord
 
@@ -146,3 +153,30 @@ async def test_custom_emoji_in_the_text_are_pictures_to_compare(world, fake_engi
     await world.member.send(world.channel, f"!compare <:red:{first}> <:blue:{second}> <:red:{first}>")
     [request] = fake_engine.requests
     assert [image.getpixel((1, 1)) for image in request.images] == [(255, 0, 0), (0, 0, 255)]
+
+
+@pytest.mark.parametrize(
+    ("filename", "data", "said"),
+    [
+        ("cut.gif", animation_bytes(frames=20)[:400], "damaged or incomplete"),
+        ("cut.webp", animation_bytes(frames=20, format="WEBP")[:-40], "not an image I can read"),
+        ("cut.mp4", video_bytes()[:300], "damaged or incomplete"),
+        ("empty.pdf", empty_pdf_bytes(), "has no pages"),
+        ("sound.mp4", audio_only_bytes(), "no video in it"),
+    ],
+)
+async def test_the_bad_forms_of_each_kind_get_a_reply_naming_the_file(
+    world, fake_engine, filename, data, said
+):
+    await world.member.send(world.channel, "!describe", attachments=[(filename, data)])
+    [reply] = bot_messages(world.channel)
+    assert filename in reply.content and said in reply.content
+    assert fake_engine.requests == []
+    assert acknowledge_errors(world.env) == [ImageRejected]
+
+
+async def test_an_emoji_no_longer_on_discord_gets_a_reply(world, fake_engine):
+    await world.member.send(world.channel, "!describe <:gone:333333333333333333>")
+    [reply] = bot_messages(world.channel)
+    assert ":gone: (emoji)" in reply.content and "no longer on Discord" in reply.content
+    assert acknowledge_errors(world.env) == [ImageRejected]

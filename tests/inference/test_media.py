@@ -223,3 +223,8 @@ def test_the_readme_and_the_usage_page_state_the_limits_the_code_keeps():
     assert f"at {frames.FRAME_CROPS} crops" in using
     assert f"{frames.MAX_DECODED_PIXELS // 10**9} gigapixels for a video" in using
     assert f"{frames.MAX_ANIMATION_PIXELS // 10**6} megapixels for an animation" in using
+
+
+@pytest.mark.parametrize("cut", [400, 1000])
+def test_an_animation_cut_short_before_its_frames_is_damaged(cut):
+    assert problem(animation_bytes(frames=20)[:cut], max_pictures=4).problem is ImageProblem.DAMAGED

@@ -248,6 +248,20 @@ def check_cpu_speed(settings: Settings, expected: Forecast | str | None) -> Find
     return Finding("speed", "ok", text)
 
 
+def check_cpu_products(settings: Settings) -> Finding | None:
+    """On the CPU with 8-bit weights: which way the products take here, measured as the start measures it."""
+    from inference import InvalidRequest
+    from inference.serving.forecast import product_choice
+
+    try:
+        lines = product_choice(settings.engine_config())
+    except InvalidRequest:
+        return None  # the device check has said why
+    if not lines:
+        return None
+    return Finding("products", "ok", f"measured here: {lines[0]}")
+
+
 def check_triton(settings: Settings) -> Finding | None:
     """On an NVIDIA GPU: can Triton build our decode kernel's launcher (a C compiler, Python's headers)?"""
     import importlib.util
@@ -373,7 +387,12 @@ def run_checks(
         if device:
             expected = forecast(settings)
             findings.append(check_device(settings, expected=expected))
-            for finding in (check_triton(settings), check_cpu_speed(settings, expected)):
+            checks = (
+                check_triton(settings),
+                check_cpu_speed(settings, expected),
+                check_cpu_products(settings),
+            )
+            for finding in checks:
                 if finding is not None:
                     findings.append(finding)
     return findings

@@ -5,7 +5,8 @@ memory bandwidth: int8 weights are half of bf16's bytes and a quarter of float32
 language model keeps its weight as int8 with one scale per output row (symmetric, rounded to nearest); the
 vision tower, the embeddings and ``lm_head`` stay in the model's precision, as on the GPU.
 
-Three ways to multiply, by the number of rows in the product:
+Three ways to multiply, by the number of rows in the product (the rows where each stops paying are measured
+on this CPU at start-up: :mod:`inference.kernels.cpu_products`):
 - few rows (answering: one row per person): PyTorch's own CPU kernel for int8 weights,
   ``aten._weight_int8pack_mm``, with bf16 activations;
 - more rows (reading a prompt), where memory allowed the start to keep them (:func:`keep_dense_weights`):
@@ -31,18 +32,22 @@ from typing import cast
 import torch
 from torch import nn
 
+from inference.kernels.cpu_products import (
+    DENSE_COPY,
+    EXPANDED,
+    INT8_KERNEL,
+    ProductRules,
+    describe,
+    measure,
+    rules_from,
+)
+
 log = logging.getLogger(__name__)
 
-# Rows up to which the int8 kernel beats expanding the weight: measured at the model's 3072x16384 product on
-# a 2-core AVX2 EPYC (128 rows: 250 against 370 ms; 256 rows: 561 against 465 ms).
-KERNEL_MAX_ROWS = 192
 # PyTorch's int8 kernel reads its weight with aligned loads: on a Xeon with AMX (torch 2.13) a weight at an
 # address that is not a multiple of 64 bytes crashes the process, and safetensors hands tensors back at
 # any offset (24 bytes past, read from our cache file).
 WEIGHT_ALIGNMENT = 64
-# With a dense copy kept, rows above which the dense product is used: measured on 2 AVX-512 BF16 EPYC cores at
-# the model's 3072x16384 product, 16 rows took half the int8 kernel's time, 8 rows about as long.
-DENSE_KERNEL_MAX_ROWS = 8
 LINEAR_NAMES = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 CACHE_FORMAT = 1  # bump when the rounding changes: older files are then not read
 
@@ -82,6 +87,7 @@ class Int8Linear(nn.Module):
         scale: torch.Tensor,
         bias: torch.Tensor | None,
         scratch: DequantScratch,
+        rules: ProductRules | None = None,
     ) -> None:
         super().__init__()
         self.out_features, self.in_features = weight_int8.shape
@@ -92,25 +98,42 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self._scratch = scratch
+        # When to use which way: one object for every 8-bit layer, measured at start-up (cpu_products).
+        self.rules = rules if rules is not None else ProductRules()
         # The dense copy for reading prompts (:func:`keep_dense_weights`): not a buffer, so neither saved nor
         # moved; None where memory did not allow it.
         self.dense: torch.Tensor | None = None
 
     @classmethod
-    def rounding(cls, linear: nn.Linear, scratch: DequantScratch) -> Int8Linear:
-        return cls(*quantize(linear.weight.detach()), linear.bias, scratch)
+    def rounding(
+        cls, linear: nn.Linear, scratch: DequantScratch, rules: ProductRules | None = None
+    ) -> Int8Linear:
+        return cls(*quantize(linear.weight.detach()), linear.bias, scratch, rules)
+
+    def kernel_product(self, flat: torch.Tensor) -> torch.Tensor:
+        """PyTorch's int8 kernel, bf16 activations."""
+        return torch.ops.aten._weight_int8pack_mm(
+            flat.to(torch.bfloat16), self.weight_int8, self.scale.to(torch.bfloat16)
+        ).to(flat.dtype)
+
+    def dense_product(self, flat: torch.Tensor) -> torch.Tensor:
+        assert self.dense is not None
+        return torch.nn.functional.linear(flat, self.dense)
+
+    def expanded_product(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(
+            flat, self._scratch.expand(self.weight_int8, self.scale, flat.dtype)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
-        if self.dense is not None and rows > DENSE_KERNEL_MAX_ROWS and self.dense.dtype == x.dtype:
-            y = torch.nn.functional.linear(flat, self.dense)
-        elif rows <= KERNEL_MAX_ROWS:
-            y = torch.ops.aten._weight_int8pack_mm(
-                flat.to(torch.bfloat16), self.weight_int8, self.scale.to(torch.bfloat16)
-            ).to(x.dtype)
+        if self.dense is not None and rows > self.rules.dense_after_rows and self.dense.dtype == x.dtype:
+            y = self.dense_product(flat)
+        elif rows <= self.rules.kernel_max_rows:
+            y = self.kernel_product(flat)
         else:
-            y = torch.nn.functional.linear(flat, self._scratch.expand(self.weight_int8, self.scale, x.dtype))
+            y = self.expanded_product(flat)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)
@@ -129,6 +152,7 @@ def quantize_language_model(model: nn.Module, cache: Path | None = None) -> int:
     """
     stored = _read_cache(cache) or {}
     scratch = DequantScratch()
+    rules = ProductRules()
     made: dict[str, torch.Tensor] = {}
     replaced = 0
     for index, layer in enumerate(cast(nn.ModuleList, model.get_submodule("model.layers"))):
@@ -139,9 +163,11 @@ def quantize_language_model(model: nn.Module, cache: Path | None = None) -> int:
                     continue
                 key = f"layers.{index}.{part}.{name}"
                 if f"{key}.weight" in stored and f"{key}.scale" in stored:
-                    int8 = Int8Linear(stored[f"{key}.weight"], stored[f"{key}.scale"], linear.bias, scratch)
+                    int8 = Int8Linear(
+                        stored[f"{key}.weight"], stored[f"{key}.scale"], linear.bias, scratch, rules
+                    )
                 else:
-                    int8 = Int8Linear.rounding(linear, scratch)
+                    int8 = Int8Linear.rounding(linear, scratch, rules)
                     made[f"{key}.weight"], made[f"{key}.scale"] = int8.weight_int8, int8.scale
                 setattr(parent, name, int8)
                 replaced += 1
@@ -163,6 +189,26 @@ def keep_dense_weights(model: nn.Module, budget_bytes: int, dtype: torch.dtype) 
         layer.dense = torch.mul(layer.weight_int8, layer.scale.to(dtype).unsqueeze(1))
         kept, used = kept + 1, used + size
     return kept, len(layers), used
+
+
+def choose_products(model: nn.Module, dtype: torch.dtype) -> list[str] | None:
+    """Time the ways to multiply at the model's largest 8-bit layer on this CPU (most of the bytes are in
+    layers of its shape), each checked against the float32 product, and set the rows at which every layer
+    changes way; the lines say what was chosen and why. None where the model has no 8-bit layers."""
+    layers = [module for module in model.modules() if isinstance(module, Int8Linear)]
+    if not layers:
+        return None
+    layer = max(layers, key=lambda module: module.weight_int8.numel())
+    candidates = {INT8_KERNEL: layer.kernel_product, EXPANDED: layer.expanded_product}
+    if layer.dense is not None:
+        candidates[DENSE_COPY] = layer.dense_product
+    exact = layer.weight_int8.float() * layer.scale.float().unsqueeze(1)
+    measurement = measure(candidates, lambda x: x @ exact.T, layer.in_features, dtype)
+    chosen = rules_from(measurement, layer.rules)
+    layer.rules.kernel_max_rows = chosen.kernel_max_rows  # the object every layer shares
+    layer.rules.dense_after_rows = chosen.dense_after_rows
+    layer.rules.measured = True
+    return describe(measurement, layer.rules)
 
 
 def cache_file(source: Path) -> Path:

@@ -40,6 +40,7 @@ WEIGHTS_SHARE = {"none": 1.0, "8bit": 4.7 / 8.3, "4bit": 3.2 / 8.3}
 # The language model's linear layers' share of Phi-3-vision's weights (3.62 of 4.15 billion): what 8-bit
 # rounds on the CPU; the vision tower, embeddings and lm_head keep the model's precision.
 LINEAR_SHARE = 0.872
+PUBLISHED_WIDTHS = (3072, 8192)  # Phi-3-vision's hidden size and its MLP's (gate and up: 2 x 8192 rows)
 PUBLISHED_ATTENTION = (32, 32, 96)  # Phi-3-vision's layers, key/value heads and head size
 # Activations' peak: the vision tower on MAX_IMAGES images at 16 crops and one 2,048-token prefill chunk. An
 # estimate; the start measures it itself (a warm-up) before sizing the cache.
@@ -165,6 +166,32 @@ def estimate_pace(config: EngineConfig) -> Pace | None:
         return None
     int8 = resolve_quantization(config.quantization, device) == "8bit"
     return pace_module.from_products(dtype, int8=int8)
+
+
+def product_choice(config: EngineConfig) -> list[str] | None:
+    """On a CPU with 8-bit weights, how the start would multiply (:func:`inference.kernels.cpu_int8.
+    choose_products`), measured here on a random 8-bit layer of the model's largest shape (its MLP's first
+    product) with a dense copy; None elsewhere. A few seconds."""
+    from torch import nn
+
+    from inference.kernels.cpu_int8 import DequantScratch, Int8Linear, choose_products, keep_dense_weights
+
+    device, dtype, *_ = resolve_choices(config)
+    if device.type != "cpu" or resolve_quantization(config.quantization, device) != "8bit":
+        return None
+    hidden, inner = model_widths(config.model_id)
+    layers = nn.Sequential(Int8Linear.rounding(nn.Linear(hidden, 2 * inner, bias=False), DequantScratch()))
+    keep_dense_weights(layers, hidden * 2 * inner * dtype.itemsize, dtype)
+    return choose_products(layers, dtype)
+
+
+def model_widths(model_id: str) -> tuple[int, int]:
+    """The model's width and its MLP's: a local checkpoint's config.json, else the published model's."""
+    try:
+        config = json.loads((Path(model_id).expanduser() / "config.json").read_text())
+        return int(config["hidden_size"]), int(config["intermediate_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return PUBLISHED_WIDTHS
 
 
 def checkpoint_crops(model_id: str) -> int:

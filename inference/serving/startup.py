@@ -92,6 +92,7 @@ def start_runner(loaded: LoadedModel, config: EngineConfig) -> ModelRunner:
     measured: Pace | None = None  # a CPU's, where limits and waits depend on it
     if loaded.device.type == "cpu":
         _keep_dense_weights(loaded)
+        _choose_products(loaded)
         measured = pace.measure(loaded.model, loaded.dtype)  # with the fused norms as they will run
         loaded = _with_crops(loaded, pace.crops_for(measured, config.num_crops, _crops(loaded)), measured)
     decisions = Decisions(attention, fused_norms, fused_rope, causal_bias, token_budget=0, pace=measured)
@@ -148,6 +149,17 @@ def _use_checked(
     elif fused:
         log.info("%s: fused, %s (checked on %s against transformers' own)", part, how, loaded.device)
     return fused
+
+
+def _choose_products(loaded: LoadedModel) -> None:
+    """On a CPU with 8-bit weights: which way each product takes, by rows, measured here and logged."""
+    from inference.kernels.cpu_int8 import choose_products
+
+    lines = choose_products(loaded.model, loaded.dtype)
+    if lines:
+        log.info("8-bit products on this CPU (measured, each checked against float32): %s", lines[0])
+        for line in lines[1:]:
+            log.info("  %s", line)
 
 
 def _keep_dense_weights(loaded: LoadedModel) -> None:

@@ -537,3 +537,11 @@ def test_check_warns_of_a_model_server_over_plain_http_on_another_machine(capsys
     [line] = [line for line in capsys.readouterr().out.splitlines() if "model server:" in line]
     assert line.startswith(f"[{verdict}] model server:")
     assert ("unencrypted" in line) is (verdict == "warn")
+
+
+def test_check_says_how_the_cpu_multiplies_by_8bit_weights_as_the_start_measures_it():
+    settings = Settings(device="cpu", model_id=TINY_MODEL, quantization="8bit")
+    finding = doctor.check_cpu_products(settings)
+    assert finding is not None and finding.verdict == "ok"
+    assert finding.line().startswith("[ok  ] products: measured here: layers with a dense copy: the int8")
+    assert doctor.check_cpu_products(Settings(device="cpu", model_id=TINY_MODEL, quantization="none")) is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -13,8 +14,6 @@ from PIL import Image
 
 from inference import InvalidRequest
 from inference.kernels.cpu_int8 import (
-    DENSE_KERNEL_MAX_ROWS,
-    KERNEL_MAX_ROWS,
     WEIGHT_ALIGNMENT,
     DequantScratch,
     Int8Linear,
@@ -22,11 +21,15 @@ from inference.kernels.cpu_int8 import (
     quantize,
     quantize_language_model,
 )
+from inference.kernels.cpu_products import ProductRules
 from inference.loading import CpuInt8, load, resolve_choices
 from inference.serving.startup import start_runner
 from inference.types import EngineConfig, Request, Task
 from tests.inference.conftest import TINY
 from tests.inference.serving.test_runner import tiny
+
+DEFAULTS = ProductRules()
+KERNEL_MAX_ROWS, DENSE_KERNEL_MAX_ROWS = DEFAULTS.kernel_max_rows, DEFAULTS.dense_after_rows
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -113,9 +116,13 @@ def test_8bit_on_the_cpu_needs_no_extra_package_and_4bit_is_refused_with_the_way
         resolve_choices(tiny(quantization="4bit"))
 
 
-def answer_with(config: EngineConfig, request: Request, tokens: int) -> tuple[list[int], torch.Tensor]:
-    """Greedy tokens (stop tokens off) and the first answer token's logits."""
+def answer_with(
+    config: EngineConfig, request: Request, tokens: int, started: Callable[[], None] = lambda: None
+) -> tuple[list[int], torch.Tensor]:
+    """Greedy tokens (stop tokens off) and the first answer token's logits; ``started`` is called once the
+    runner has started (its checks and measurements done)."""
     runner = start_runner(load(config), config)
+    started()
     runner.stop_ids = set()
     rows: list[torch.Tensor] = []
     runner.loaded.model.lm_head.register_forward_hook(
@@ -149,8 +156,13 @@ def test_the_runner_answers_in_8bit_close_to_float32(caplog, monkeypatch, dense)
     monkeypatch.setattr(torch.ops.aten, "_weight_int8pack_mm", counting_kernel)
     if not dense:
         monkeypatch.setattr("inference.serving.startup.DENSE_RAM_SHARE", 0.0)
+    # The rows at which the ways change stay the defaults here, so that both ways are taken whatever this CPU
+    # measures at the tiny model's shapes (the measurement itself: test_cpu_products).
+    monkeypatch.setattr("inference.kernels.cpu_int8.choose_products", lambda model, dtype: None)
     with caplog.at_level(logging.INFO, logger="inference"):
-        got, got_logits = answer_with(tiny(quantization="8bit"), request, 6)
+        got, got_logits = answer_with(
+            tiny(quantization="8bit"), request, 6, started=lambda: calls.update(kernel=0, expanded=0)
+        )
     assert "Language model in 8-bit: 8 linear layers" in caplog.text
     # The prompt (hundreds of tokens): the dense copies, or weights expanded; the answer: the int8 kernel.
     assert calls["kernel"] > 0 and (calls["expanded"] == 0) == dense
@@ -245,3 +257,16 @@ def test_a_changed_checkpoint_is_rounded_anew(tmp_path):
     weights = next(copy.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
     assert cpu_int8.cache_file(copy) != before
+
+
+def test_the_start_measures_the_ways_to_multiply_and_says_which_it_chose(caplog):
+    config = tiny(quantization="8bit")
+    with caplog.at_level(logging.INFO, logger="inference"):
+        runner = start_runner(load(config), config)
+    layers = [module for module in runner.loaded.model.modules() if isinstance(module, Int8Linear)]
+    assert layers and all(layer.rules is layers[0].rules for layer in layers) and layers[0].rules.measured
+    assert (
+        "8-bit products on this CPU (measured, each checked against float32): layers with a dense"
+        in caplog.text
+    )
+    assert "int8 kernel: 1 rows" in caplog.text and "torchao: not a candidate" in caplog.text

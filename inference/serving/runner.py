@@ -55,6 +55,12 @@ from inference.types import EngineConfig, Request
 log = logging.getLogger(__name__)
 
 
+# On a CPU, how long a newcomer's prompt may hold up a running answer in one pass, and the fewest prompt
+# tokens a pass reads all the same (fewer would waste the prompt path's matrix products).
+ANSWER_PAUSE_S = 3.0
+MIN_SHARED_CHUNK = 64
+
+
 @dataclass(frozen=True)
 class Decisions:
     """What the start decided on this device (``inference.serving.startup``), handed to the runner."""
@@ -342,7 +348,7 @@ class ModelRunner:
         entries = [
             _Entry(row, row.next_position, 1, True) for row in self.rows.values() if not row.prefilling
         ]
-        budget = self.config.prefill_chunk_tokens
+        budget = self.prompt_tokens_per_pass(answering=bool(entries))
         for row in self.rows.values():
             if budget <= 0:
                 break
@@ -353,6 +359,15 @@ class ModelRunner:
                 entries.append(_Entry(row, row.next_position, count, emits=count == left))
                 budget -= count
         return entries
+
+    def prompt_tokens_per_pass(self, answering: bool) -> int:
+        """Prompt tokens read in one pass: ``prefill_chunk_tokens``; on a CPU while others are answering, as
+        many as its measured pace reads in :data:`ANSWER_PAUSE_S`, so that a newcomer's prompt pauses a
+        running answer only that long between two of its tokens (at least :data:`MIN_SHARED_CHUNK`)."""
+        full = self.config.prefill_chunk_tokens
+        if not answering or self.pace is None or self.pace.prompt_token_s <= 0:
+            return full
+        return max(min(MIN_SHARED_CHUNK, full), min(full, int(ANSWER_PAUSE_S / self.pace.prompt_token_s)))
 
     def _run(self, entries: list[_Entry]) -> list[Event]:
         if all(not entry.row.prefilling for entry in entries):  # only decoding: the static step

@@ -112,6 +112,12 @@ def start_runner(loaded: LoadedModel, config: EngineConfig) -> ModelRunner:
         log.info(
             "Speed on this CPU (measured): %s", runner.pace.summary(runner.num_crops, config.max_new_tokens)
         )
+        shared = runner.prompt_tokens_per_pass(answering=True)
+        log.info(
+            "Prompts beside running answers: %d tokens a pass (~%.1f s between two tokens of an answer)",
+            shared,
+            shared * runner.pace.prompt_token_s,
+        )
     return runner
 
 

@@ -180,6 +180,28 @@ def test_joining_mid_answer_is_prefilled_in_chunks_while_the_running_answer_goes
         same_answers(recorder, rid, reference.answer(request), 1)
 
 
+def test_on_a_cpu_a_newcomers_prompt_holds_up_a_running_answer_only_a_few_seconds_a_pass(requests, reference):
+    from inference.serving.runner import ANSWER_PAUSE_S
+
+    recorder = Recorder(paged(prefill_chunk_tokens=4096))
+    runner = recorder.runner
+    assert runner.pace is not None  # the CPU's pace, measured at the start
+    runner.pace = dataclasses.replace(runner.pace, prompt_token_s=ANSWER_PAUSE_S / 300)  # 300 tokens in 3 s
+    recorder.step([(1, runner.prepare(requests[0]))])  # alone: its whole prompt in one pass
+    assert recorder.emitted[-1] == [1]
+    second = runner.prepare(requests[1])
+    recorder.step([(2, second)])
+    passes = -(-second.prompt_tokens // 300)
+    for _ in range(passes - 1):
+        recorder.step()
+    # Request 1 got a token at every pass while request 2's prompt went in, 300 tokens at a time.
+    assert passes > 1 and recorder.emitted[-passes:] == [[1]] * (passes - 1) + [[1, 2]]
+    assert runner.prompt_tokens_per_pass(answering=False) == 4096
+    recorder.finish()
+    for rid, request in ((1, requests[0]), (2, requests[1])):
+        same_answers(recorder, rid, reference.answer(request), 1)  # small passes change no answer
+
+
 def test_leaving_mid_answer_changes_nothing_for_the_others(requests, reference):
     recorder = Recorder(paged())
     runner = recorder.runner

@@ -150,4 +150,13 @@ def _frame_at(container, stream, target: float, budget: int) -> tuple[Frame | No
         last, seconds = frame, float(frame.time) if frame.time is not None else target
         if seconds >= target or decoded >= budget:
             break
-    return (None if last is None else Frame(last.to_image(), seconds)), decoded
+    return (None if last is None else Frame(upright(last), seconds)), decoded
+
+
+def upright(frame) -> Image.Image:
+    """A decoded frame as a player shows it: turned by the video's display matrix (a phone's portrait video
+    is stored sideways with a quarter turn to apply; ``rotation`` is counterclockwise, as Pillow's
+    ``rotate``)."""
+    picture = frame.to_image()
+    turn = round(getattr(frame, "rotation", 0) or 0) % 360
+    return picture.rotate(turn, expand=True) if turn else picture

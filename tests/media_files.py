@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import av
 from PIL import Image, ImageDraw
@@ -94,3 +95,28 @@ def audio_only_bytes(seconds: float = 1.0) -> bytes:
         for packet in [*stream.encode(frame), *stream.encode()]:
             output.mux(packet)
     return buffer.getvalue()
+
+
+def portrait_video_bytes(size: tuple[int, int] = (64, 32)) -> bytes:
+    """An MP4 stored sideways as phones store portrait video: landscape frames (left half red, right half
+    blue) with a quarter turn clockwise in its track's display matrix (``tkhd``), which players apply."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as output:
+        stream = output.add_stream("libx264", rate=10)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        picture = Image.new("RGB", size, (0, 0, 255))
+        picture.paste((255, 0, 0), (0, 0, size[0] // 2, size[1]))
+        for _ in range(5):
+            for packet in stream.encode(av.VideoFrame.from_image(picture)):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    data = bytearray(buffer.getvalue())
+    box = data.find(b"tkhd")
+    assert data[box + 4] == 0  # version 0: 32-bit times
+    matrix = (
+        box + 4 + 4 + 20 + 8 + 8
+    )  # version and flags, times and ids, reserved, layer to volume and reserved
+    struct.pack_into(">9i", data, matrix, 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    return bytes(data)

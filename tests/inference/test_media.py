@@ -17,6 +17,7 @@ from tests.media_files import (
     locked_pdf_bytes,
     pdf_bytes,
     pdf_from_objects,
+    portrait_video_bytes,
     video_bytes,
 )
 
@@ -228,3 +229,13 @@ def test_the_readme_and_the_usage_page_state_the_limits_the_code_keeps():
 @pytest.mark.parametrize("cut", [400, 1000])
 def test_an_animation_cut_short_before_its_frames_is_damaged(cut):
     assert problem(animation_bytes(frames=20)[:cut], max_pictures=4).problem is ImageProblem.DAMAGED
+
+
+def test_a_portrait_phone_video_is_read_upright():
+    pictures = read_file(portrait_video_bytes(), max_pixels=MAX_PIXELS, num_crops=16, max_pictures=1)
+    [frame] = pictures.images
+    assert frame.height > frame.width  # stored 64 x 32, shown 32 x 64
+    top, bottom = frame.getpixel((frame.width // 2, 2)), frame.getpixel((frame.width // 2, frame.height - 3))
+    assert (
+        top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
+    )  # a quarter turn clockwise: the left half on top

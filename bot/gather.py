@@ -56,6 +56,18 @@ def parse_pages(text: str | None, max_pages: int) -> tuple[int, ...] | None:
     return tuple(pages)
 
 
+PAGES_WORD = re.compile(r"^pages?:\s*([0-9][0-9,\s-]*)\s*", re.IGNORECASE)
+
+
+def pages_word(words: str | None) -> tuple[str | None, str | None]:
+    """A prefix command's leading ``pages:2-3`` (the pages as typed) and the words after it."""
+    text = (words or "").strip()
+    match = PAGES_WORD.match(text)
+    if match is None:
+        return None, text or None
+    return match[1].strip(), text[match.end() :].strip() or None
+
+
 class ImagesGone(UserFacingError):
     """A conversation's image was deleted."""
 

@@ -22,7 +22,7 @@ from bot.errors import (
     NoImage,
     UserFacingError,
 )
-from bot.gather import referenced_message, refresh_sources, sources_from_messages
+from bot.gather import parse_pages, referenced_message, refresh_sources, sources_from_messages
 from bot.i18n import language_name, render
 from bot.images import ImageSource, check_sources, fetch_pictures
 from bot.limits import Requester
@@ -334,11 +334,13 @@ async def answer_command(
     question: str | None = None,
     markdown: bool = False,
     earlier_id: int | None = None,
+    pages: str | None = None,
 ) -> None:
     """Answer a prefix command about the images on the message or the one it replies to.
 
     In reply to one of the bot's answers (or with ``earlier_id``, an answer's first message) it is a
-    follow-up in that answer's conversation (whose task, images and format it keeps).
+    follow-up in that answer's conversation (whose task, images and format it keeps). ``pages`` (as typed
+    after ``pages:``) picks a document's pages.
     """
     bot = services_of(ctx.bot)
     set_request_id(f"m{ctx.message.id}")
@@ -367,6 +369,8 @@ async def answer_command(
         if not sources and replied is not None and not bot.intents.message_content:
             # Discord hid the replied-to message's pictures: say why, rather than that it has none.
             raise NoImage(CANNOT_SEE_OTHERS_TEXT)
+        if pages is not None and sources:
+            sources[0] = dataclasses.replace(sources[0], pages=parse_pages(pages, bot.settings.max_images))
     job = run_job(
         bot,
         requester=requester,

@@ -7,7 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import VisionBot
-from bot.gather import PAGES_HELP, source_with_pages
+from bot.gather import PAGES_HELP, pages_word, source_with_pages
 from bot.jobs import answer_command, answer_interaction
 from bot.task_cog import TaskCog, everywhere
 from inference import Task
@@ -39,8 +39,12 @@ class Describe(TaskCog):
 
     @commands.command(name="describe")
     async def describe_prefix(self, ctx: commands.Context, *, question: str | None = None) -> None:
-        """Describe the image attached to your message (or to the message you reply to)."""
-        await answer_command(ctx, Task.DESCRIBE, question=question)
+        """Describe the image attached to your message (or to the message you reply to).
+
+        `!describe pages:2-3 what is this form for?` reads those pages of a PDF.
+        """
+        pages, question = pages_word(question)
+        await answer_command(ctx, Task.DESCRIBE, question=question, pages=pages)
 
 
 async def setup(bot: VisionBot) -> None:

@@ -14,7 +14,13 @@ from discord.ext import commands
 
 from bot.app import VisionBot
 from bot.errors import UserFacingError
-from bot.gather import PAGES_HELP, referenced_message, source_with_pages, sources_from_messages
+from bot.gather import (
+    PAGES_HELP,
+    pages_word,
+    referenced_message,
+    source_with_pages,
+    sources_from_messages,
+)
 from bot.jobs import answer_command, answer_interaction
 from bot.task_cog import TaskCog, everywhere, menu
 from bot.text import N_, T
@@ -70,9 +76,15 @@ class Ocr(TaskCog):
     async def ocr_prefix(self, ctx: commands.Context, *, words: str | None = None) -> None:
         """Read the text in the image attached to your message (or to the message you reply to).
 
-        `!ocr md` gives Markdown: tables, headings and lists. In reply to an answer, the words
-        after it are a follow-up question (`!ocr what is the total?`).
+        `!ocr md` gives Markdown: tables, headings and lists; `!ocr md pages:2-3` reads those pages of a PDF.
+        In reply to an answer, the words after it are a follow-up question (`!ocr what is the total?`).
         """
+        first, _, rest = (words or "").strip().partition(" ")
+        if first.lower() in MARKDOWN_WORDS | TEXT_WORDS:
+            pages, after = pages_word(rest)
+            words = f"{first} {after or ''}".strip()
+        else:
+            pages, words = pages_word(words)
         first, _, rest = (words or "").strip().partition(" ")
         if first.lower() in MARKDOWN_WORDS | TEXT_WORDS:
             markdown, question = first.lower() in MARKDOWN_WORDS, rest.strip() or None
@@ -82,7 +94,7 @@ class Ocr(TaskCog):
                 raise UserFacingError(
                     T("I don't know the format `{word}`. {help}", word=question, help=T(FORMAT_HELP))
                 )
-        await answer_command(ctx, Task.OCR, question=question, markdown=markdown)
+        await answer_command(ctx, Task.OCR, question=question, markdown=markdown, pages=pages)
 
     async def _replies_to_the_bot(self, ctx: commands.Context) -> bool:
         replied = await referenced_message(ctx.message)

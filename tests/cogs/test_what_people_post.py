@@ -180,3 +180,15 @@ async def test_an_emoji_no_longer_on_discord_gets_a_reply(world, fake_engine):
     [reply] = bot_messages(world.channel)
     assert ":gone: (emoji)" in reply.content and "no longer on Discord" in reply.content
     assert acknowledge_errors(world.env) == [ImageRejected]
+
+
+async def test_prefix_commands_take_pages_too(world, fake_engine):
+    await world.member.send(
+        world.channel, "!describe pages:3 what is it for?", attachments=[("a.pdf", pdf_bytes(6))]
+    )
+    await world.member.send(world.channel, "!ocr md pages: 5-6", attachments=[("b.pdf", pdf_bytes(6))])
+    await world.member.send(world.channel, "!ocr pages:2 md", attachments=[("c.pdf", pdf_bytes(6))])
+    described, read, read_again = fake_engine.requests
+    assert described.labels == ("page 3",) and described.question == "what is it for?"
+    assert read.labels == ("page 5", "page 6") and read.markdown and read.question is None
+    assert read_again.labels == ("page 2",) and read_again.markdown

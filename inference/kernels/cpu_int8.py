@@ -204,7 +204,7 @@ def choose_products(model: nn.Module, dtype: torch.dtype) -> list[str] | None:
         candidates[DENSE_COPY] = layer.dense_product
     exact = layer.weight_int8.float() * layer.scale.float().unsqueeze(1)
     measurement = measure(candidates, lambda x: x @ exact.T, layer.in_features, dtype)
-    chosen = rules_from(measurement, layer.rules)
+    chosen = rules_from(measurement)
     layer.rules.kernel_max_rows = chosen.kernel_max_rows  # the object every layer shares
     layer.rules.dense_after_rows = chosen.dense_after_rows
     layer.rules.measured = True

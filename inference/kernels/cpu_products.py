@@ -26,6 +26,7 @@ REPEATS = 2  # timings per candidate and row count (after one to warm up); the m
 # activations round to 3 significant digits.
 TOLERANCE = 2e-2
 INT8_KERNEL, DENSE_COPY, EXPANDED = "int8 kernel", "dense copy", "expanded weight"
+EVERY = 1 << 30  # rows: "any number of"
 
 
 @dataclass
@@ -96,23 +97,21 @@ def _median_seconds(
     return statistics.median(times)
 
 
-def rules_from(measurement: Measurement, defaults: ProductRules) -> ProductRules:
+def rules_from(measurement: Measurement) -> ProductRules:
     """The rows where each way stops paying, from what was measured (the tested row count before the first
     one where the other way was faster); a refused way is never chosen."""
-    rules = ProductRules(defaults.kernel_max_rows, defaults.dense_after_rows, measured=True)
     times = measurement.seconds
     if INT8_KERNEL not in times:
         return ProductRules(kernel_max_rows=0, dense_after_rows=0, measured=True)
     tested = sorted(times[INT8_KERNEL])
-    if EXPANDED in times:
-        rules.kernel_max_rows = _last_before_losing(tested, measurement.faster(INT8_KERNEL, EXPANDED))
-    else:  # the expanded way is wrong here: the kernel for every row count
-        rules.kernel_max_rows = 1 << 30
-    if DENSE_COPY in times:
-        rules.dense_after_rows = _last_before_losing(tested, measurement.faster(INT8_KERNEL, DENSE_COPY))
-    else:
-        rules.dense_after_rows = 1 << 30  # no dense copy, or a wrong one: never used
-    return rules
+
+    def kernel_rows_against(other: str) -> int:
+        """Where ``other`` is refused (wrong, or no dense copy), the kernel for every row count."""
+        if other not in times:
+            return EVERY
+        return _last_before_losing(tested, measurement.faster(INT8_KERNEL, other))
+
+    return ProductRules(kernel_rows_against(EXPANDED), kernel_rows_against(DENSE_COPY), measured=True)
 
 
 def _last_before_losing(tested: list[int], winning: list[int]) -> int:
@@ -123,7 +122,7 @@ def _last_before_losing(tested: list[int], winning: list[int]) -> int:
         if rows not in winning:
             return last
         last = rows
-    return 1 << 30
+    return EVERY
 
 
 def describe(measurement: Measurement, rules: ProductRules) -> list[str]:
@@ -142,4 +141,4 @@ def describe(measurement: Measurement, rules: ProductRules) -> list[str]:
 
 
 def _rows(rows: int) -> str:
-    return "any number of" if rows >= 1 << 30 else str(rows)
+    return "any number of" if rows >= EVERY else str(rows)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from inference.kernels import cpu_products
 from inference.kernels.cpu_int8 import DequantScratch, Int8Linear, choose_products, keep_dense_weights
 from inference.kernels.cpu_products import (
     DENSE_COPY,
@@ -75,7 +74,7 @@ def test_a_slow_candidate_is_not_chosen():
         clock=clock,
     )
     assert measurement.seconds[INT8_KERNEL] == {1: 1.0, 8: 1.0}
-    rules = rules_from(measurement, ProductRules())
+    rules = rules_from(measurement)
     assert rules.kernel_max_rows == 0 and rules.dense_after_rows == 0  # the slow kernel is never used
     assert rules.measured
 
@@ -88,7 +87,7 @@ def test_the_rows_where_a_way_stops_paying_follow_the_timings():
             DENSE_COPY: {1: 3.0, 16: 1.5, 64: 2.0, 256: 4.0},
         }
     )
-    rules = rules_from(measurement, ProductRules())
+    rules = rules_from(measurement)
     assert (rules.kernel_max_rows, rules.dense_after_rows) == (64, 1)
     lines = describe(measurement, rules)
     assert lines[0].startswith("layers with a dense copy: the int8 kernel up to 1 rows, the dense copy above")
@@ -98,9 +97,9 @@ def test_the_rows_where_a_way_stops_paying_follow_the_timings():
 
 def test_a_refused_kernel_is_never_used_and_a_refused_copy_never_either():
     no_kernel = Measurement(seconds={EXPANDED: {1: 1.0}}, refused={INT8_KERNEL: "wrong numbers"})
-    assert rules_from(no_kernel, ProductRules()) == ProductRules(0, 0, measured=True)
+    assert rules_from(no_kernel) == ProductRules(0, 0, measured=True)
     no_copy = Measurement(seconds={INT8_KERNEL: {1: 1.0, 16: 1.0}, EXPANDED: {1: 2.0, 16: 2.0}})
-    rules = rules_from(no_copy, ProductRules())
+    rules = rules_from(no_copy)
     assert rules.kernel_max_rows == rules.dense_after_rows == 1 << 30
 
 
@@ -126,4 +125,3 @@ def test_the_start_sets_the_rules_every_layer_shares_and_the_layers_keep_their_n
 
 def test_a_model_without_8bit_layers_measures_nothing():
     assert choose_products(torch.nn.Sequential(torch.nn.Linear(4, 4)), torch.float32) is None
-    assert cpu_products.REPEATS >= 1
